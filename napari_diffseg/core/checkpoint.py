@@ -1,0 +1,147 @@
+"""Model folders: checkpoints (last.pt for resuming, best.pt for predicting) and the JSON model card.
+
+A model folder holds ``last.pt`` (teacher, student, optimisers, step and clock, for resume and warm start),
+``best.pt`` (the mask pathway of the twin that validated better, with its threshold), ``model_card.json``
+(config, data fingerprints, threshold, metrics, versions) and ``losses.csv``. Files are written atomically.
+Loading checks the format tag so corrupt or foreign files give a one-line ``ModelError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+import json
+import os
+from pathlib import Path
+import tempfile
+
+import numpy as np
+import torch
+
+from .errors import InputError, ModelError
+from .io import image_layout, to_channels_first
+from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
+                      probabilities_to_mask, run, tiled_probabilities)
+from .teacher import DiffusionTeacher, NetworkConfig
+
+FORMAT_TAG = "napari-diffseg"
+FORMAT_VERSION = 1
+LAST = "last.pt"
+BEST = "best.pt"
+CARD = "model_card.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(temp_path)`` then rename onto ``path``, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(temp))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    payload = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, **payload}
+    atomic_write(path, lambda temp: torch.save(payload, temp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no checkpoint here (train a model first, or check the model folder)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files
+        raise ModelError(f"{path}: not a readable checkpoint ({type(error).__name__}); the file is corrupt or truncated") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
+        raise ModelError(f"{path}: not a napari-diffseg checkpoint")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelError(f"{path}: written by a newer napari-diffseg (format {payload['format_version']}); upgrade")
+    return payload
+
+
+def write_model_card(model_dir: Path, card: dict) -> None:
+    text = json.dumps(card, indent=2, sort_keys=True, default=str)
+    atomic_write(Path(model_dir) / CARD, lambda temp: temp.write_text(text))
+
+
+def read_model_card(model_dir: Path) -> dict:
+    path = Path(model_dir) / CARD
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: unreadable model card ({error})") from None
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # uint8 class ids, the image's spatial shape
+    probabilities: np.ndarray  # (K, *spatial) float32
+    uncertainty: np.ndarray | None  # float32 in [0, 1], when asked for
+
+
+class SegmentationModel:
+    """A trained predictor (the mask pathway of the better twin) with its threshold, ready for new images."""
+
+    def __init__(self, network: DiffusionTeacher, threshold: float, card: dict, device: torch.device | str = "cpu",
+                 bf16: bool = False):
+        self.network = network.to(device).eval()
+        self.threshold = threshold
+        self.card = card
+        self.device = torch.device(device)
+        self.bf16 = bf16
+
+    @property
+    def config(self) -> NetworkConfig:
+        return self.network.config
+
+    @classmethod
+    def load(cls, model_dir: Path, device: torch.device | str = "cpu", bf16: bool = False) -> "SegmentationModel":
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelError(f"{model_dir}: model folder not found")
+        payload = load_checkpoint(model_dir / BEST)
+        try:
+            config = NetworkConfig(**payload["network"])
+            network = DiffusionTeacher(config)
+            network.mask_path.load_state_dict(payload["mask_path"])
+            threshold = float(payload["threshold"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
+            raise ModelError(f"{model_dir / BEST}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") from None
+        return cls(network, threshold, read_model_card(model_dir), device, bf16)
+
+    def check_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """Normalise a raw image and check it fits the model (dimensionality and channels)."""
+        spatial_dims, channels = image_layout(image)
+        if spatial_dims != self.config.spatial_dims or channels != self.config.image_channels:
+            kind = lambda d, c: f"{d}D {'RGB' if c == 3 else 'grey'}"
+            raise InputError(
+                f"{name}: the model was trained on {kind(self.config.spatial_dims, self.config.image_channels)} "
+                f"images, this one is {kind(spatial_dims, channels)}"
+            )
+        return to_channels_first(image)
+
+    def iter_predict(self, image: np.ndarray, uncertainty: bool = False, draws: int = 4, sampling_steps: int = 1,
+                     tile: tuple[int, ...] | None = None, name: str = "image",
+                     ) -> Generator[TileProgress, None, Prediction]:
+        """Predict one raw image (as read from disk or a layer); yields progress per batch of tiles."""
+        image01 = self.check_image(image, name)
+        if tile is None:
+            tile = DEFAULT_TILE_2D if self.config.spatial_dims == 2 else DEFAULT_TILE_3D
+        probs: Probabilities = yield from tiled_probabilities(
+            [self.network], image01, tile, draws=draws if uncertainty else 0, sampling_steps=sampling_steps,
+            device=self.device, bf16=self.bf16,
+        )
+        mask = probabilities_to_mask(probs.primary, self.threshold)
+        unc = normalised_entropy(probs.ensemble) if probs.ensemble is not None else None
+        return Prediction(mask, probs.primary, unc)
+
+    def predict(self, image: np.ndarray, **options) -> Prediction:
+        return run(self.iter_predict(image, **options))

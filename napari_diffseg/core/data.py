@@ -1,0 +1,173 @@
+"""Training data in memory and random patch sampling at native resolution with flips and 90-degree rotations.
+
+Images are float32 (C, *spatial) in [0, 1] (see ``io.to_channels_first``); labels are int64 class maps. Patches
+that do not fit an image are taken from a reflect-padded copy, so small images work too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import hashlib
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .io import check_mask_matches, name_stem, normalise_mask, pair_images_with_labels, read_image, read_mask, to_channels_first
+
+DEFAULT_PATCH_2D = (128, 128)
+DEFAULT_PATCH_3D = (32, 64, 64)
+MAX_FOREGROUND_COORDS = 20000
+
+
+@dataclass
+class TrainingData:
+    """Normalised images with ground truth for some of them (``labels`` maps image index -> class map)."""
+
+    images: list[np.ndarray]
+    labels: dict[int, np.ndarray]
+    names: list[str]
+    num_classes: int = 2
+    spatial_dims: int = field(init=False)
+    channels: int = field(init=False)
+
+    def __post_init__(self):
+        if not self.images:
+            raise InputError("no images to train on")
+        if not self.labels:
+            raise InputError("no labelled image: label at least one image before training")
+        first = self.images[0]
+        self.spatial_dims, self.channels = first.ndim - 1, first.shape[0]
+        for image, name in zip(self.images, self.names):
+            if image.ndim - 1 != self.spatial_dims or image.shape[0] != self.channels:
+                raise InputError(
+                    f"{name}: all images must have the same kind; expected {self.spatial_dims}D with "
+                    f"{self.channels} channel(s), got {image.ndim - 1}D with {image.shape[0]}"
+                )
+        for index, label in self.labels.items():
+            if label.shape != self.images[index].shape[1:]:
+                raise InputError(
+                    f"{self.names[index]}: label shape {label.shape} does not match image shape "
+                    f"{self.images[index].shape[1:]}"
+                )
+            if label.min() < 0 or label.max() >= self.num_classes:
+                raise InputError(f"{self.names[index]}: label values must lie in 0..{self.num_classes - 1}")
+
+    @property
+    def labelled_indices(self) -> list[int]:
+        return sorted(self.labels)
+
+    @property
+    def unlabelled_indices(self) -> list[int]:
+        return [i for i in range(len(self.images)) if i not in self.labels]
+
+    def fingerprints(self) -> list[dict]:
+        """Name, sha256 of the normalised pixels and labelled flag of each image, for the model card."""
+        return [
+            {"name": name, "sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest(),
+             "labelled": index in self.labels}
+            for index, (name, image) in enumerate(zip(self.names, self.images))
+        ]
+
+
+def effective_patch_size(requested: tuple[int, ...] | None, data: TrainingData, multiple: int) -> tuple[int, ...]:
+    """The requested patch (or the default), shrunk to the largest image and rounded down to ``multiple``."""
+    if requested is None:
+        requested = DEFAULT_PATCH_2D if data.spatial_dims == 2 else DEFAULT_PATCH_3D
+    if len(requested) != data.spatial_dims:
+        raise InputError(f"patch size {requested} does not match {data.spatial_dims}D images")
+    largest = np.max([image.shape[1:] for image in data.images], axis=0)
+    return tuple(max(multiple, (min(p, int(s)) // multiple) * multiple) for p, s in zip(requested, largest))
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...], leading: int) -> np.ndarray:
+    """Reflect-pad the trailing spatial axes of ``array`` up to at least ``shape``."""
+    spatial = array.shape[leading:]
+    if all(s >= p for s, p in zip(spatial, shape)):
+        return array
+    pad = [(0, 0)] * leading + [(0, max(0, p - s)) for s, p in zip(spatial, shape)]
+    return np.pad(array, pad, mode="reflect" if min(spatial) > 1 else "edge")
+
+
+class PatchSampler:
+    """Draws augmented random patches; labelled patches are centred on foreground half of the time."""
+
+    def __init__(self, data: TrainingData, patch_size: tuple[int, ...], seed: int = 0, foreground_fraction: float = 0.5):
+        self.data = data
+        self.patch_size = tuple(patch_size)
+        self.rng = np.random.default_rng(seed)
+        self.foreground_fraction = foreground_fraction
+        self.images = [_pad_to(image, self.patch_size, 1) for image in data.images]
+        self.labels = {i: _pad_to(label, self.patch_size, 0) for i, label in data.labels.items()}
+        self._foreground = {}
+        for index, label in self.labels.items():
+            coords = np.argwhere(label > 0)
+            if len(coords) > MAX_FOREGROUND_COORDS:
+                coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_COORDS, replace=False)]
+            self._foreground[index] = coords
+
+    def _corner(self, index: int, centre_on_foreground: bool) -> tuple[int, ...]:
+        shape = self.images[index].shape[1:]
+        coords = self._foreground.get(index)
+        if centre_on_foreground and coords is not None and len(coords):
+            centre = coords[self.rng.integers(len(coords))]
+            return tuple(int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch_size, shape))
+        return tuple(int(self.rng.integers(0, s - p + 1)) for p, s in zip(self.patch_size, shape))
+
+    def _augment(self, arrays: list[np.ndarray], leading: list[int]) -> list[np.ndarray]:
+        dims = len(self.patch_size)
+        for axis in range(dims):
+            if self.rng.random() < 0.5:
+                arrays = [np.flip(a, axis=lead + axis) for a, lead in zip(arrays, leading)]
+        if self.patch_size[-1] == self.patch_size[-2]:
+            k = int(self.rng.integers(4))
+            arrays = [np.rot90(a, k, axes=(a.ndim - 2, a.ndim - 1)) for a in arrays]
+        return [np.ascontiguousarray(a) for a in arrays]
+
+    def _crop(self, array: np.ndarray, corner: tuple[int, ...], leading: int) -> np.ndarray:
+        index = (slice(None),) * leading + tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))
+        return array[index]
+
+    def labelled_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        indices = self.data.labelled_indices
+        for _ in range(batch_size):
+            index = indices[self.rng.integers(len(indices))]
+            corner = self._corner(index, self.rng.random() < self.foreground_fraction)
+            image, label = self._augment(
+                [self._crop(self.images[index], corner, 1), self._crop(self.labels[index], corner, 0)], [1, 0]
+            )
+            images.append(image)
+            labels.append(label)
+        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)).long()
+
+    def image_batch(self, batch_size: int, indices: list[int] | None = None) -> torch.Tensor:
+        """Random patches of the given images (default: all images), no labels."""
+        indices = list(range(len(self.images))) if indices is None else indices
+        patches = []
+        for _ in range(batch_size):
+            index = indices[self.rng.integers(len(indices))]
+            corner = self._corner(index, False)
+            patches.append(self._augment([self._crop(self.images[index], corner, 1)], [1])[0])
+        return torch.from_numpy(np.stack(patches))
+
+
+def training_data_from_arrays(
+    images: list[np.ndarray], labels: dict[int, np.ndarray], names: list[str], num_classes: int = 2
+) -> TrainingData:
+    """TrainingData from raw images (as read or from layers) and raw label images keyed by image index."""
+    normalised = [to_channels_first(image, name=name) for image, name in zip(images, names)]
+    masks = {}
+    for index, label in labels.items():
+        check_mask_matches(images[index], label, names[index])
+        masks[index] = normalise_mask(label, num_classes, name=names[index]).astype(np.int64)
+    return TrainingData(normalised, masks, list(names), num_classes)
+
+
+def training_data_from_folders(images_dir, labels_dir, num_classes: int = 2) -> TrainingData:
+    """Every image of ``images_dir``; label files of ``labels_dir`` matched by name stem mark the labelled ones."""
+    image_paths, label_paths = pair_images_with_labels(images_dir, labels_dir)
+    names = [name_stem(path) for path in image_paths]
+    images = [read_image(path) for path in image_paths]
+    labels = {i: read_mask(label_paths[name], num_classes) for i, name in enumerate(names) if name in label_paths}
+    return training_data_from_arrays(images, labels, names, num_classes)

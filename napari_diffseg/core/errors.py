@@ -1,0 +1,13 @@
+"""User-facing errors: one-line messages that the CLI prints and the GUI shows as notifications."""
+
+
+class DiffsegError(Exception):
+    """A problem the user can fix; the message is one line and says what to do."""
+
+
+class InputError(DiffsegError):
+    """Bad user data or paths: missing folders, unreadable files, shape mismatches, bad label values."""
+
+
+class ModelError(DiffsegError):
+    """A model folder or checkpoint that is missing, corrupt or was not written by napari-diffseg."""

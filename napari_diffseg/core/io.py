@@ -1,0 +1,402 @@
+"""Image and mask I/O: folder listing, reading, layout checks, normalisation, image/label pairing, atomic TIFF writes.
+
+Everything that touches user pixel files on disk goes through this module, so that every bad input (missing or
+corrupt file, wrong dimensions, NaNs, label values outside the classes, mismatched shapes) ends in one
+:class:`~napari_diffseg.core.errors.InputError` with a one-line message that names the file and says what to do.
+
+Layout rule: a 2D array is a grey image (Y, X); a 3D array whose last axis has 3 or 4 entries is a 2D RGB(A)
+image (Y, X, 3|4) (alpha is dropped); (Y, X, 1) is grey; any other 3D array is a grey volume (Z, Y, X).
+Every spatial axis must be at least ``MIN_AXIS`` pixels long.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_diffseg.core.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+MIN_AXIS = 8
+PERCENTILES = (1.0, 99.8)
+
+_LAYOUT_HELP = (
+    "expected (Y, X) grey, (Y, X, 3|4) RGB(A) or (Z, Y, X) volume with every spatial axis >= "
+    f"{MIN_AXIS} px"
+)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _one_line(text: object) -> str:
+    """Collapse an exception text (which may span lines) into one short line."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _label(name: str | os.PathLike | None) -> str:
+    return f"{name}: " if name is not None else ""
+
+
+def name_stem(path: Path | str) -> str:
+    """File name without its suffix, also without '.ome' for OME-TIFFs ('a.ome.tif' -> 'a')."""
+    stem = Path(path).stem
+    if Path(path).suffix.lower() in TIFF_SUFFIXES and stem.lower().endswith(".ome"):
+        stem = stem[: -len(".ome")]
+    return stem
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+# ----------------------------------------------------------------------------------------------- listing
+def list_images(folder: Path) -> list[Path]:
+    """Image files (IMAGE_SUFFIXES, any case) directly in ``folder``, sorted by name; hidden files are skipped."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"folder not found: {folder}; check the path")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a folder; give the folder that contains the images")
+    files = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    if not files:
+        raise InputError(
+            f"no images in {folder}: put .tif, .tiff, .png, .jpg or .jpeg files in it (hidden files are skipped)"
+        )
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
+    """Read the pixels of one file, raising InputError for anything that is not a readable image."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file not found: {path}; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(
+            f"unsupported file type '{path.suffix}' for {path}; save it as TIFF (.tif), PNG or JPEG"
+        )
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is an empty file (0 bytes); re-export the image")
+    try:
+        if suffix in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array = series.asarray()
+                axes = series.axes
+            if "S" in axes and axes[-1] != "S" and array.shape[axes.index("S")] in (3, 4):
+                array = np.moveaxis(array, axes.index("S"), -1)  # planar RGB -> channels last
+        else:
+            import imageio.v3 as iio
+
+            mode = None
+            if for_mask and iio.immeta(path, plugin="pillow").get("mode") == "P":
+                mode = "P"  # palette label image: keep the indices, not the colours
+            array = iio.imread(path, plugin="pillow", mode=mode)
+            if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha
+                array = array[..., 0]
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile / pillow raise many different types for corrupt files
+        raise InputError(
+            f"cannot read {path}: not a valid {suffix.lstrip('.').upper()} image ({_one_line(exc)}); "
+            "re-save it as TIFF"
+        ) from exc
+    array = np.asarray(array)
+    if array.size == 0:
+        raise InputError(f"{path} contains no pixels; re-export the image")
+    if array.dtype == object or np.iscomplexobj(array) or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == bool
+    ):
+        raise InputError(f"{path} has unsupported pixel type {array.dtype}; save it as uint8, uint16 or float32")
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str | os.PathLike | None) -> None:
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(
+            f"{_label(name)}image contains {bad} NaN or infinite pixel(s); replace them (e.g. by 0) and try again"
+        )
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Pixels of one image file as stored (channels last for RGB), checked for layout and finite values."""
+    path = Path(path)
+    array = _read_raw(path)
+    image_layout(array, name=path)
+    _check_finite(array, path)
+    return array
+
+
+# ----------------------------------------------------------------------------------------------- layout
+def _check_spatial(shape: tuple[int, ...], name: str | os.PathLike | None, what: str = "image") -> None:
+    if any(s < MIN_AXIS for s in shape):
+        raise InputError(
+            f"{_label(name)}{what} shape {tuple(shape)} has an axis shorter than {MIN_AXIS} px; {_LAYOUT_HELP}"
+        )
+
+
+def image_layout(array: np.ndarray, *, name: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(spatial_dims, channels) of a channels-last image; InputError for shapes that are not an image.
+
+    (Y, X) -> (2, 1); (Y, X, 1) -> (2, 1); (Y, X, 3|4) -> (2, 3) (alpha dropped); other (Z, Y, X) -> (3, 1).
+    ``name`` (optional, keyword-only) is put in front of error messages.
+    """
+    shape = tuple(np.shape(array))
+    if len(shape) == 2:
+        _check_spatial(shape, name)
+        return 2, 1
+    if len(shape) == 3:
+        if shape[-1] in (3, 4):
+            _check_spatial(shape[:2], name)
+            return 2, 3
+        if shape[-1] == 1:
+            _check_spatial(shape[:2], name)
+            return 2, 1
+        _check_spatial(shape, name)
+        return 3, 1
+    raise InputError(f"{_label(name)}image has {len(shape)} dimension(s) {shape}; {_LAYOUT_HELP}")
+
+
+def spatial_shape(array: np.ndarray, *, name: str | os.PathLike | None = None) -> tuple[int, ...]:
+    """Spatial shape of a channels-last image ((Y, X) or (Z, Y, X)), following :func:`image_layout`."""
+    spatial_dims, _ = image_layout(array, name=name)
+    return tuple(np.shape(array)[:spatial_dims])
+
+
+def to_channels_first(image: np.ndarray, *, name: str | os.PathLike | None = None) -> np.ndarray:
+    """float32 (C, *spatial) in [0, 1]: per channel, percentiles (1, 99.8) map to 0 and 1, then clipped.
+
+    If the percentiles coincide (e.g. a sparse image) the channel's min / max is used instead; a constant channel
+    becomes all zeros. NaN / inf pixels raise InputError.
+    """
+    image = np.asarray(image)
+    spatial_dims, channels = image_layout(image, name=name)
+    _check_finite(image, name)
+    if spatial_dims == 2 and image.ndim == 3:
+        planes = [image[..., c] for c in range(channels)]  # drops alpha (4th) and squeezes (Y, X, 1)
+    else:
+        planes = [image]
+    out = np.empty((channels, *planes[0].shape), dtype=np.float32)
+    for c, plane in enumerate(planes):
+        plane = plane.astype(np.float32, copy=False)
+        lo, hi = (float(v) for v in np.percentile(plane, PERCENTILES))
+        if hi <= lo:
+            lo, hi = float(plane.min()), float(plane.max())
+        if hi <= lo:
+            out[c] = 0.0
+            continue
+        np.subtract(plane, lo, out=out[c])
+        out[c] *= 1.0 / (hi - lo)
+        np.clip(out[c], 0.0, 1.0, out=out[c])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- masks
+def normalise_mask(
+    mask: np.ndarray, num_classes: int = 2, *, name: str | os.PathLike | None = None
+) -> np.ndarray:
+    """int64 label image (*spatial) from an array.
+
+    num_classes == 2: any value > 0 is foreground (1), so instance masks work. num_classes > 2: values must lie in
+    [0, num_classes). Negative values, NaN / inf and non-integer floats raise InputError. A (Y, X, 1) mask and a
+    (Y, X, 3|4) mask whose colour channels are equal are read as (Y, X).
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    elif mask.ndim == 3 and mask.shape[-1] in (3, 4) and min(mask.shape[:2]) >= MIN_AXIS:
+        rgb = mask[..., :3]
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise InputError(
+                f"{_label(name)}mask is a colour image {mask.shape}; save it as a single-channel label image "
+                "(0 = background, 1.. = classes)"
+            )
+        mask = rgb[..., 0]
+    if mask.ndim not in (2, 3):
+        raise InputError(
+            f"{_label(name)}mask has {mask.ndim} dimension(s) {mask.shape}; expected (Y, X) or (Z, Y, X)"
+        )
+    _check_spatial(mask.shape, name, what="mask")
+    if mask.dtype == bool:
+        return mask.astype(np.int64)
+    if not np.issubdtype(mask.dtype, np.number) or np.iscomplexobj(mask):
+        raise InputError(f"{_label(name)}mask has unsupported pixel type {mask.dtype}; save it as uint8 or uint16")
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.isfinite(mask).all():
+            raise InputError(f"{_label(name)}mask contains NaN or infinite values; labels must be whole numbers >= 0")
+        if not np.array_equal(mask, np.round(mask)):
+            raise InputError(
+                f"{_label(name)}mask has non-integer values (e.g. probabilities); save whole-number labels "
+                "(0 = background, 1.. = classes)"
+            )
+    low = mask.min()
+    if low < 0:
+        raise InputError(
+            f"{_label(name)}mask has negative values (min {low:g}); labels must be 0 (background) or positive"
+        )
+    if num_classes == 2:
+        return (mask > 0).astype(np.int64)
+    high = mask.max()
+    if high >= num_classes:
+        raise InputError(
+            f"{_label(name)}mask has label value {high:g} outside the {num_classes} classes "
+            f"(allowed 0..{num_classes - 1}); fix the mask or raise the number of classes"
+        )
+    return mask.astype(np.int64)
+
+
+def read_mask(path: Path, num_classes: int = 2) -> np.ndarray:
+    """int64 label image (*spatial) from a file, with the rules of :func:`normalise_mask`."""
+    path = Path(path)
+    return normalise_mask(_read_raw(path, for_mask=True), num_classes, name=path)
+
+
+def check_mask_matches(image: np.ndarray, mask: np.ndarray, name: str) -> None:
+    """InputError "shape mismatch" when the spatial shape of ``image`` (as read, channels last) is not ``mask``'s."""
+    image_spatial = spatial_shape(image, name=name)
+    mask_shape = tuple(np.shape(mask))
+    if image_spatial != mask_shape:
+        raise InputError(
+            f"shape mismatch for {name}: image is {image_spatial} but its mask is {mask_shape}; "
+            "the mask must have the same size as its image"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- writing
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write via ``write(file_handle)`` into a hidden temp file next to ``path``, fsync, then os.replace.
+
+    On any failure the temp file is removed and ``path`` is left as it was. OSErrors (full disk, permissions)
+    become InputError with a one-line message.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create folder {path.parent}: {_one_line(exc.strerror or exc)}") from exc
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            logger.warning("could not remove temporary file %s", tmp)
+        if isinstance(exc, OSError):
+            raise InputError(
+                f"cannot write {path}: {_one_line(exc.strerror or exc)}; "
+                "free disk space or choose a writable folder"
+            ) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_tiff_atomic(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a zlib-compressed TIFF, atomically (temp file in the same folder + os.replace).
+
+    (Y, X, 3|4) arrays are stored as RGB(A), everything else as grey pages; reading back gives the same array.
+    """
+    array = np.ascontiguousarray(array)
+    rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
+    kwargs: dict = {"photometric": "rgb" if rgb else "minisblack", "compression": "zlib"}
+    if rgb and array.shape[-1] == 4:
+        kwargs["extrasamples"] = ("unassalpha",)
+
+    def write(fh: object) -> None:
+        tifffile.imwrite(fh, array, **kwargs)
+
+    _atomic_write(Path(path), write)
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a label image as a uint8 zlib TIFF, atomically; InputError for values outside 0..255 or non-integers."""
+    path = Path(path)
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        if not np.issubdtype(mask.dtype, np.number) or np.iscomplexobj(mask):
+            raise InputError(f"cannot save mask {path}: unsupported pixel type {mask.dtype}")
+        if mask.size and np.issubdtype(mask.dtype, np.floating):
+            if not np.isfinite(mask).all() or not np.array_equal(mask, np.round(mask)):
+                raise InputError(f"cannot save mask {path}: it has non-integer, NaN or infinite values")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise InputError(
+                f"cannot save mask {path}: values {mask.min():g}..{mask.max():g} do not fit uint8 (0..255); "
+                "use at most 255 labels"
+            )
+    write_tiff_atomic(path, mask.astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------- pairing
+def _stem_index(paths: Iterable[Path], folder: Path) -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for p in paths:
+        stem = name_stem(p)
+        if stem in index:
+            raise InputError(
+                f"two files in {folder} have the name stem '{stem}' ({index[stem].name}, {p.name}); "
+                "rename or remove one"
+            )
+        index[stem] = p
+    return index
+
+
+def pair_images_with_labels(
+    images_dir: Path, labels_dir: Path | None
+) -> tuple[list[Path], dict[str, Path]]:
+    """All images of ``images_dir`` and the label files of ``labels_dir`` matched to them by name stem.
+
+    Returns (image_paths, {image_stem: label_path}). Label files without an image are logged and ignored;
+    InputError if none of them matches an image.
+    """
+    images_dir = Path(images_dir)
+    images = list_images(images_dir)
+    image_stems = _stem_index(images, images_dir)
+    if labels_dir is None:
+        return images, {}
+    labels_dir = Path(labels_dir)
+    labels = _stem_index(list_images(labels_dir), labels_dir)
+    matched = {stem: path for stem, path in labels.items() if stem in image_stems}
+    unmatched = sorted(p.name for stem, p in labels.items() if stem not in image_stems)
+    if not matched:
+        raise InputError(
+            f"no labelled image: none of the files in {labels_dir} has the name stem of an image in {images_dir}; "
+            "name each label file like its image (e.g. img_001.tif for img_001.png)"
+        )
+    if unmatched:
+        logger.warning(
+            "%d label file(s) in %s have no image in %s and are ignored: %s",
+            len(unmatched), labels_dir, images_dir, ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
+        )
+    return images, {stem: matched[stem] for stem in image_stems if stem in matched}

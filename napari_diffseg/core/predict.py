@@ -1,0 +1,201 @@
+"""Tiled prediction with overlapping, Gaussian-weighted tiles in 2D and 3D; multi-step sampling; uncertainty.
+
+``tiled_probabilities`` is a generator: it yields ``TileProgress`` after every batch of tiles (so callers can show
+progress and cancel) and returns a ``Probabilities`` result. Memory is bounded by the tile size plus the output.
+Uncertainty is the normalised entropy of the mean class probabilities over an ensemble of stochastic draws
+(fresh t and noise per draw) of one or more networks, so it grows both where the networks are unsure and where
+they disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+import contextlib
+import itertools
+
+import numpy as np
+import torch
+
+from .teacher import DiffusionTeacher
+
+DEFAULT_TILE_2D = (512, 512)
+DEFAULT_TILE_3D = (64, 128, 128)
+
+
+@dataclass
+class TileProgress:
+    done: int
+    total: int
+
+
+@dataclass
+class Probabilities:
+    primary: np.ndarray  # (K, *spatial) class probabilities of the first network's deterministic pass
+    ensemble: np.ndarray | None  # (K, *spatial) mean over all draws of all networks, when draws were asked for
+
+
+def _positions(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """Importance map for blending tiles: a Gaussian centred on the tile, floored so borders keep some weight."""
+    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in tile], indexing="ij")
+    weight = np.exp(-sum((g / (sigma_scale * n)) ** 2 / 2 for g, n in zip(grids, tile)))
+    weight /= weight.max()
+    return np.maximum(weight, 1e-3).astype(np.float32)
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _forward_probs(
+    network: DiffusionTeacher, batch: torch.Tensor, stochastic: bool, sampling_steps: int, generator
+) -> torch.Tensor:
+    """Class probabilities for a batch of tiles: one deterministic step, a stochastic draw, or DDIM-style sampling."""
+    if sampling_steps > 1:
+        return sample_mask(network, batch, sampling_steps, generator)
+    logits = network.random_mask_logits(batch, generator) if stochastic else network.mask_logits(batch)
+    return torch.softmax(logits.float(), dim=1)
+
+
+def sample_mask(network: DiffusionTeacher, image01: torch.Tensor, steps: int, generator=None) -> torch.Tensor:
+    """Multi-step (DDIM, eta = 0) refinement of the mask from pure noise; returns class probabilities.
+
+    Each step predicts the clean mask (x0), then re-noises it to the next, smaller t along the predicted noise.
+    """
+    schedule = network.schedule
+    batch, spatial = image01.shape[0], tuple(image01.shape[2:])
+    k = network.config.num_classes
+    timesteps = schedule.sampling_timesteps(steps)
+    noisy = torch.randn((batch, k, *spatial), generator=generator).to(image01)
+    probs = None
+    for index, t_value in enumerate(timesteps):
+        t = torch.full((batch,), t_value, dtype=torch.long, device=image01.device)
+        probs = torch.softmax(network.mask_logits(image01, t, noisy_mask=noisy).float(), dim=1)
+        if index + 1 < len(timesteps):
+            x0 = probs * 2 - 1
+            eps = schedule.predict_eps_from_x0(noisy.float(), t, x0)
+            t_next = torch.full((batch,), timesteps[index + 1], dtype=torch.long, device=image01.device)
+            noisy = schedule.q_sample(x0, t_next, eps).to(image01.dtype)
+    return probs
+
+
+def tiled_probabilities(
+    networks: Sequence[DiffusionTeacher],
+    image01: np.ndarray,
+    tile: tuple[int, ...],
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    draws: int = 0,
+    sampling_steps: int = 1,
+    device: torch.device | str = "cpu",
+    bf16: bool = False,
+    seed: int = 0,
+) -> Generator[TileProgress, None, Probabilities]:
+    """Predict class probabilities of a (C, *spatial) image in [0, 1] with overlapping tiles.
+
+    The first network's deterministic pass gives ``primary``; with ``draws`` > 0 every network adds ``draws``
+    stochastic passes to ``ensemble`` (its deterministic pass included).
+    """
+    device = torch.device(device)
+    networks = list(networks)
+    multiple = networks[0].size_multiple
+    spatial = image01.shape[1:]
+    tile = tuple(int(min(t, -(-s // multiple) * multiple)) for t, s in zip(tile, spatial))
+    tile = tuple(max(multiple, (t // multiple) * multiple) for t in tile)
+    padded_shape = tuple(max(s, t) for s, t in zip(spatial, tile))
+    pad = [(0, 0)] + [(0, p - s) for s, p in zip(spatial, padded_shape)]
+    padded = np.pad(image01, pad, mode="reflect") if any(p[1] for p in pad) else image01
+    strides = [max(1, int(t * (1 - overlap))) for t in tile]
+    corners = list(itertools.product(*[_positions(s, t, st) for s, t, st in zip(padded_shape, tile, strides)]))
+    k = networks[0].config.num_classes
+    weight = gaussian_weight(tile)
+    primary = np.zeros((k, *padded_shape), np.float32)
+    ensemble = np.zeros((k, *padded_shape), np.float32) if draws > 0 else None
+    weights = np.zeros(padded_shape, np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    members = 1 + draws
+    for net in networks:
+        net.eval()
+    total = len(corners)
+    with torch.inference_mode(), autocast_context(device, bf16):
+        for start in range(0, total, batch_size):
+            chunk = corners[start : start + batch_size]
+            slices = [tuple(slice(c, c + t) for c, t in zip(corner, tile)) for corner in chunk]
+            batch = torch.from_numpy(np.stack([padded[(slice(None),) + s] for s in slices])).to(device)
+            first = _forward_probs(networks[0], batch, False, sampling_steps, generator).cpu().numpy()
+            accumulated = None
+            if ensemble is not None:
+                accumulated = first.copy()
+                for net_index, net in enumerate(networks):
+                    if net_index:
+                        accumulated += _forward_probs(net, batch, False, sampling_steps, generator).cpu().numpy()
+                    for _ in range(draws):
+                        accumulated += _forward_probs(net, batch, True, 1, generator).cpu().numpy()
+                accumulated /= members * len(networks)
+            for i, s in enumerate(slices):
+                primary[(slice(None),) + s] += first[i] * weight
+                if accumulated is not None:
+                    ensemble[(slice(None),) + s] += accumulated[i] * weight
+                weights[s] += weight
+            yield TileProgress(min(start + batch_size, total), total)
+    crop = (slice(None),) + tuple(slice(0, s) for s in spatial)
+    primary = (primary / weights)[crop]
+    if ensemble is not None:
+        ensemble = (ensemble / weights)[crop]
+    return Probabilities(primary, ensemble)
+
+
+def run(generator: Generator, on_progress: Callable[[TileProgress], None] | None = None):
+    """Drive a progress generator to completion and return its result."""
+    while True:
+        try:
+            event = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(event)
+
+
+def probabilities_to_mask(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """uint8 class map: background where the foreground probability (1 - p_background) <= threshold, else the
+    most likely foreground class."""
+    foreground = 1.0 - probs[0]
+    if probs.shape[0] == 2:
+        return (foreground > threshold).astype(np.uint8)
+    classes = probs[1:].argmax(0).astype(np.uint8) + 1
+    return np.where(foreground > threshold, classes, 0).astype(np.uint8)
+
+
+def normalised_entropy(probs: np.ndarray) -> np.ndarray:
+    """Per-pixel entropy of class probabilities divided by log(K): 0 = certain, 1 = uniform."""
+    p = np.clip(probs, 1e-7, 1.0)
+    return (-(p * np.log(p)).sum(0) / np.log(probs.shape[0])).astype(np.float32)
+
+
+THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
+
+
+def best_threshold(foreground_probs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Sweep the foreground threshold on validation images; returns (threshold, pooled Dice) of the best one."""
+    probs = np.concatenate([p.ravel() for p in foreground_probs])
+    truth = np.concatenate([(t > 0).ravel() for t in targets])
+    truth_sum = truth.sum()
+    best = (0.5, -1.0)
+    for threshold in THRESHOLDS:
+        pred = probs > threshold
+        denominator = pred.sum() + truth_sum
+        score = 1.0 if denominator == 0 else 2.0 * np.logical_and(pred, truth).sum() / denominator
+        if score > best[1] + 1e-9:
+            best = (float(threshold), float(score))
+    return best

@@ -1,0 +1,609 @@
+"""The on-disk project store shared by the CLI and the GUI: pixel data as TIFF files plus a SQLite manifest.
+
+A project is a folder::
+
+    images/<name>.tif                       the user's images, copied in (original dtype and layout)
+    labels/<name>.tif                       ground truth: painted labels and accepted corrections (uint8)
+    pseudo/round_<k>/<name>.tif             the teacher's pseudo-label of round k (uint8)
+    pseudo/round_<k>/<name>_uncertainty.tif its per-pixel uncertainty (float32)
+    checkpoints/round_<k>/                  model folders of round k (written by core.training / core.checkpoint)
+    project.sqlite                          manifest: tables images, losses, meta (config JSON, current_round, schema)
+
+Durability: every pixel file is written atomically (temp file + ``os.replace``, see ``core.io``) *before* its
+manifest row changes, and every manifest change is its own committed transaction. Killing the process at any moment
+therefore leaves either the old state or the new state of each image, never a row pointing at half a file, and an
+accepted correction is on disk the moment :meth:`Project.accept` returns.
+
+Thread safety: every call opens its own short-lived SQLite connection, and writes are serialised by a per-project
+lock (plus SQLite's own file lock and a busy timeout across processes), so the GUI thread may read and accept while
+a worker thread writes pseudo-labels.
+
+Rounds are numbered from 1; ``current_round`` is the round being trained / reviewed. Image names are sanitised from
+file stems and made unique case-insensitively (``cell``, ``cell_2``, ``cell_3`` ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_diffseg.core.errors import DiffsegError, InputError
+from napari_diffseg.core.io import (
+    check_mask_matches,
+    image_layout,
+    name_stem,
+    normalise_mask,
+    read_image,
+    write_mask,
+    write_tiff_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "project.sqlite"
+APP_ID = "napari-diffseg"
+IMAGES_DIR = "images"
+LABELS_DIR = "labels"
+PSEUDO_DIR = "pseudo"
+CHECKPOINTS_DIR = "checkpoints"
+FIRST_ROUND = 1
+UNCERTAINTY_SUFFIX = "_uncertainty"
+_BUSY_TIMEOUT_S = 30.0
+_MAX_NAME_LEN = 100
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
+
+# the current round, read inside the same statement that stamps a row with it
+_CURRENT_ROUND_SQL = f"COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'current_round'), {FIRST_ROUND})"
+
+_SCHEMA = """
+CREATE TABLE images (
+    name TEXT PRIMARY KEY,
+    image_file TEXT NOT NULL,
+    status TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    model_id TEXT,
+    uncertainty REAL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+CREATE TABLE losses (
+    round INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    time REAL NOT NULL
+);
+CREATE INDEX losses_round ON losses(round);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class ImageStatus(str, Enum):
+    """Where an image is in the human-in-the-loop cycle."""
+
+    UNLABELLED = "unlabelled"
+    LABELLED = "labelled"
+    PSEUDO = "pseudo"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+GROUND_TRUTH_STATUSES = (ImageStatus.LABELLED, ImageStatus.ACCEPTED)
+
+
+@dataclass
+class ImageRecord:
+    """One row of the manifest. ``round`` is the round in which ``status`` was last set."""
+
+    name: str
+    image_path: Path
+    status: ImageStatus
+    round: int
+    model_id: str | None
+    uncertainty: float | None
+    updated_at: str
+    updated_by: str
+
+
+@dataclass
+class LossEntry:
+    """One logged loss value; ``time`` is seconds since the epoch."""
+
+    round: int
+    stage: str
+    step: int
+    name: str
+    value: float
+    time: float
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:  # getpass raises OSError/KeyError/ImportError when no user name can be found
+        return "unknown"
+
+
+def sanitise_name(raw: str) -> str:
+    """A file-system-safe image name: letters, digits, ``.``, ``_``, ``-``; never empty, hidden or reserved."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(raw).strip()).strip("._-")
+    name = re.sub(r"_{2,}", "_", name)[:_MAX_NAME_LEN].rstrip("._-") or "image"
+    if name.upper().split(".")[0] in _WINDOWS_RESERVED or name.endswith(UNCERTAINTY_SUFFIX):
+        # reserved device names cannot be files on Windows; "<x>_uncertainty" would clash with <x>'s uncertainty map
+        name = f"{name}_img"
+    return name
+
+
+class Project:
+    """A project folder: images, ground-truth labels, pseudo-labels per round, checkpoints and the manifest."""
+
+    def __init__(self, folder: Path) -> None:
+        """Use :meth:`create` or :meth:`open`; this constructor does not check the folder."""
+        self.folder = Path(folder).resolve()
+        self.db_path = self.folder / DB_NAME
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ creating and opening
+
+    @classmethod
+    def create(cls, folder: Path, config: dict | None = None) -> Project:
+        """Make a new project in ``folder`` (created if missing; must be empty apart from hidden files)."""
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"cannot create a project at {folder}: it is a file, not a folder")
+        if (folder / DB_NAME).exists():
+            raise InputError(f"{folder} is already a napari-diffseg project; open it instead")
+        if folder.exists() and any(not p.name.startswith(".") for p in folder.iterdir()):
+            raise InputError(f"cannot create a project in {folder}: the folder is not empty; "
+                             "choose a new or empty folder")
+        config_json = _config_to_json(config or {})
+        try:
+            for sub in (IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            # build the database beside its final name and move it into place, so a crash during creation never
+            # leaves a half-initialised project.sqlite behind
+            tmp = folder / f".{DB_NAME}.tmp-{os.getpid()}-{threading.get_ident()}"
+            tmp.unlink(missing_ok=True)
+            con = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                con.executescript(_SCHEMA)
+                con.execute("BEGIN")
+                con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+                    ("app", APP_ID),
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("current_round", str(FIRST_ROUND)),
+                    ("config", config_json),
+                    ("created_at", _now()),
+                    ("created_by", _user()),
+                ])
+                con.execute("COMMIT")
+            finally:
+                con.close()
+            os.replace(tmp, folder / DB_NAME)
+        except (OSError, sqlite3.Error) as exc:
+            raise DiffsegError(f"cannot create a project in {folder}: {exc}") from exc
+        logger.info("created project %s", folder)
+        return cls(folder)
+
+    @classmethod
+    def open(cls, folder: Path) -> Project:
+        """Open an existing project; InputError when ``folder`` is not one, is corrupt or is from a newer version."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"project folder {folder} does not exist")
+        db = folder / DB_NAME
+        if not db.is_file():
+            raise InputError(f"{folder} is not a napari-diffseg project (no {DB_NAME}); create a project first")
+        project = cls(folder)
+        try:
+            con = sqlite3.connect(project._db_uri(), uri=True, timeout=_BUSY_TIMEOUT_S)
+            try:
+                check = con.execute("PRAGMA quick_check").fetchone()
+                if check is None or check[0] != "ok":
+                    raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                meta = dict(con.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+            finally:
+                con.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise DiffsegError(f"project database {db} is locked by another program; try again") from exc
+            raise InputError(f"cannot read project database {db} ({exc}); check that the file is readable, "
+                             "or restore it from a backup") from exc
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"project database {db} is corrupt or not a SQLite file ({exc}); restore it from a "
+                             "backup or create a new project") from exc
+        if meta.get("app") != APP_ID or not {"images", "losses", "meta"} <= tables:
+            raise InputError(f"{db} is not a napari-diffseg project database")
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise InputError(f"project database {db} has an unreadable schema version") from None
+        if version > SCHEMA_VERSION:
+            raise InputError(f"project {folder} was written by a newer napari-diffseg (project format "
+                             f"v{version}, this version reads up to v{SCHEMA_VERSION}); upgrade napari-diffseg")
+        for sub in (IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
+            with contextlib.suppress(OSError):  # read-only projects still open (for prediction); writes will say why
+                (folder / sub).mkdir(exist_ok=True)
+        logger.info("opened project %s (%d images)", folder, len(project.records()))
+        return project
+
+    # ------------------------------------------------------------------ database plumbing
+
+    @contextlib.contextmanager
+    def _connection(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection; with ``write`` an immediate transaction committed on success."""
+        lock = self._lock if write else contextlib.nullcontext()
+        with lock:
+            try:
+                con = sqlite3.connect(self._db_uri(), uri=True, timeout=_BUSY_TIMEOUT_S,
+                                      isolation_level=None)
+            except sqlite3.Error as exc:
+                raise DiffsegError(f"cannot open project database {self.db_path}: {exc}") from exc
+            try:
+                if write:
+                    con.execute("BEGIN IMMEDIATE")
+                try:
+                    yield con
+                except BaseException:
+                    if write and con.in_transaction:
+                        con.execute("ROLLBACK")
+                    raise
+                if write:
+                    con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise DiffsegError(f"project database {self.db_path}: {exc}") from exc
+            finally:
+                con.close()
+
+    def _db_uri(self) -> str:
+        # read-write, never create: a deleted project.sqlite must not silently become an empty new one
+        return f"{self.db_path.as_uri()}?mode=rw"
+
+    def _meta(self, key: str) -> str | None:
+        with self._connection() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _record_from_row(self, row: tuple) -> ImageRecord:
+        name, image_file, status, round_, model_id, uncertainty, updated_at, updated_by = row
+        return ImageRecord(name=name, image_path=self.folder / image_file, status=ImageStatus(status),
+                           round=int(round_), model_id=model_id,
+                           uncertainty=None if uncertainty is None else float(uncertainty),
+                           updated_at=updated_at, updated_by=updated_by)
+
+    def _set_status(self, name: str, status: ImageStatus, **fields: Any) -> None:
+        """Update one image's row in its own committed transaction."""
+        values = {"status": status.value, "updated_at": _now(), "updated_by": _user(), **fields}
+        assignments = ", ".join(f"{column} = ?" for column in values)
+        with self._connection(write=True) as con:
+            cur = con.execute(f"UPDATE images SET {assignments}, round = {_CURRENT_ROUND_SQL} WHERE name = ?",
+                              (*values.values(), name))
+            if cur.rowcount != 1:
+                raise InputError(f"no image named {name!r} in project {self.folder}")
+
+    # ------------------------------------------------------------------ folders
+
+    @property
+    def images_dir(self) -> Path:
+        return self.folder / IMAGES_DIR
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.folder / LABELS_DIR
+
+    def pseudo_dir(self, round: int) -> Path:
+        """``pseudo/round_<k>`` (not created here; writing a pseudo-label creates it)."""
+        return self.folder / PSEUDO_DIR / f"round_{int(round)}"
+
+    def checkpoints_dir(self, round: int) -> Path:
+        """``checkpoints/round_<k>``, created if missing."""
+        path = self.folder / CHECKPOINTS_DIR / f"round_{int(round)}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _label_path(self, name: str) -> Path:
+        return self.labels_dir / f"{name}.tif"
+
+    def _pseudo_paths(self, name: str, round: int) -> tuple[Path, Path]:
+        folder = self.pseudo_dir(round)
+        return folder / f"{name}.tif", folder / f"{name}{UNCERTAINTY_SUFFIX}.tif"
+
+    # ------------------------------------------------------------------ config and rounds
+
+    @property
+    def config(self) -> dict:
+        """A copy of the project's configuration (JSON in the manifest)."""
+        return json.loads(self._meta("config") or "{}")
+
+    def update_config(self, changes: dict) -> dict:
+        """Merge ``changes`` into the configuration (top-level keys), store it and return the new configuration."""
+        with self._connection(write=True) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+            config = json.loads(row[0]) if row else {}
+            config.update(changes)
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('config', ?)", (_config_to_json(config),))
+        return config
+
+    @property
+    def num_classes(self) -> int:
+        """``config["num_classes"]`` (default 2: background / foreground); masks are validated against it."""
+        return int(self.config.get("num_classes", 2))
+
+    @property
+    def current_round(self) -> int:
+        value = self._meta("current_round")
+        return FIRST_ROUND if value is None else int(value)
+
+    def next_round(self) -> int:
+        """Start the next round (e.g. after corrections were accepted); returns its number."""
+        with self._connection(write=True) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'current_round'").fetchone()
+            new = (FIRST_ROUND if row is None else int(row[0])) + 1
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(new),))
+        logger.info("project %s: round %d", self.folder, new)
+        return new
+
+    # ------------------------------------------------------------------ images
+
+    def add_image(self, array_or_path: np.ndarray | Path | str, name: str | None = None) -> ImageRecord:
+        """Copy an image (a file path or an array) into ``images/<name>.tif`` and register it as UNLABELLED.
+
+        The name defaults to the file stem (``"image"`` for arrays); it is sanitised and made unique.
+        All images of a project must share one layout (2D/3D, channel count): InputError otherwise.
+        """
+        if isinstance(array_or_path, (str, Path)):
+            path = Path(array_or_path)
+            array = read_image(path)
+            raw_name = name if name is not None else name_stem(path)
+        else:
+            array = np.asarray(array_or_path)
+            raw_name = name if name is not None else "image"
+            if array.dtype == object or array.dtype.kind not in "biuf":
+                raise InputError(f"image {raw_name!r} has unsupported pixel type {array.dtype}")
+        layout = image_layout(array, name=raw_name)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InputError(f"image {raw_name!r} contains NaN or infinite values; clean it before adding it")
+        base = sanitise_name(raw_name)
+        with self._lock:
+            self._check_layout(raw_name, layout)
+            taken = {n.lower() for n in self.names()}
+            unique = base
+            k = 2
+            while unique.lower() in taken:
+                suffix = f"_{k}"
+                unique = f"{base[: _MAX_NAME_LEN - len(suffix)]}{suffix}"
+                k += 1
+            image_file = f"{IMAGES_DIR}/{unique}.tif"
+            write_tiff_atomic(self.folder / image_file, array)
+            with self._connection(write=True) as con:
+                con.execute("INSERT INTO images(name, image_file, status, round, model_id, uncertainty, updated_at,"
+                            f" updated_by) VALUES (?, ?, ?, {_CURRENT_ROUND_SQL}, NULL, NULL, ?, ?)",
+                            (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
+                con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
+        logger.info("added image %s %s %s", unique, array.shape, array.dtype)
+        return self.record(unique)
+
+    def _check_layout(self, name: str, layout: tuple[int, int]) -> None:
+        stored = self._meta("layout")
+        if stored is None:
+            return
+        dims, channels = json.loads(stored)
+        if (dims, channels) != tuple(layout):
+            raise InputError(f"image {name!r} is {layout[0]}D with {layout[1]} channel(s) but this project holds "
+                             f"{dims}D images with {channels} channel(s); use a separate project for it")
+
+    def names(self) -> list[str]:
+        with self._connection() as con:
+            return [row[0] for row in con.execute("SELECT name FROM images ORDER BY rowid")]
+
+    def records(self) -> list[ImageRecord]:
+        """All images in the order they were added."""
+        with self._connection() as con:
+            rows = con.execute("SELECT name, image_file, status, round, model_id, uncertainty, updated_at, "
+                               "updated_by FROM images ORDER BY rowid").fetchall()
+        return [self._record_from_row(row) for row in rows]
+
+    def record(self, name: str) -> ImageRecord:
+        with self._connection() as con:
+            row = con.execute("SELECT name, image_file, status, round, model_id, uncertainty, updated_at, "
+                              "updated_by FROM images WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise InputError(f"no image named {name!r} in project {self.folder}")
+        return self._record_from_row(row)
+
+    def image(self, name: str) -> np.ndarray:
+        return read_image(self.record(name).image_path)
+
+    def label(self, name: str) -> np.ndarray | None:
+        """The ground-truth mask of a LABELLED / ACCEPTED image, else None."""
+        if self.record(name).status not in GROUND_TRUTH_STATUSES:
+            return None
+        path = self._label_path(name)
+        return read_image(path) if path.is_file() else None
+
+    def _checked_mask(self, name: str, mask: np.ndarray) -> np.ndarray:
+        mask = normalise_mask(np.asarray(mask), self.num_classes, name=name)
+        check_mask_matches(self.image(name), mask, name)
+        return mask.astype(np.uint8, copy=False)
+
+    def save_label(self, name: str, mask: np.ndarray) -> None:
+        """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED."""
+        mask = self._checked_mask(name, mask)
+        with self._lock:
+            write_mask(self._label_path(name), mask)
+            self._set_status(name, ImageStatus.LABELLED)
+        logger.info("saved label %s", name)
+
+    def accept(self, name: str, mask: np.ndarray) -> None:
+        """Store a reviewed (possibly corrected) mask as ground truth and mark the image ACCEPTED.
+
+        The mask file is on disk and the status committed when this returns.
+        """
+        mask = self._checked_mask(name, mask)
+        with self._lock:
+            write_mask(self._label_path(name), mask)
+            self._set_status(name, ImageStatus.ACCEPTED)
+        logger.info("accepted %s", name)
+
+    def reject(self, name: str) -> None:
+        """Mark the image REJECTED: its pseudo-label is not used for training (the pixels still are, unsupervised)."""
+        self._set_status(name, ImageStatus.REJECTED)
+        logger.info("rejected %s", name)
+
+    def save_pseudo(self, name: str, mask: np.ndarray, uncertainty_map: np.ndarray, round: int, model_id: str,
+                    mean_uncertainty: float) -> None:
+        """Write round ``round``'s pseudo-label and uncertainty map, then mark the image PSEUDO.
+
+        Images that are LABELLED or ACCEPTED keep their status (the files are still written, for the record), and a
+        REJECTED image only becomes PSEUDO again with a pseudo-label from a later round than its rejection. The
+        status check and the update are one SQL statement, so a concurrent accept from the GUI always wins.
+        """
+        mask = normalise_mask(np.asarray(mask), self.num_classes, name=name).astype(np.uint8, copy=False)
+        uncertainty_map = np.asarray(uncertainty_map, dtype=np.float32)
+        if uncertainty_map.shape != mask.shape:
+            raise InputError(f"pseudo-label of {name!r}: uncertainty map shape {uncertainty_map.shape} does not "
+                             f"match mask shape {mask.shape}")
+        record = self.record(name)  # InputError for unknown names before anything is written
+        mask_path, uncertainty_path = self._pseudo_paths(record.name, round)
+        write_mask(mask_path, mask)
+        write_tiff_atomic(uncertainty_path, uncertainty_map)
+        mean = float(mean_uncertainty)
+        with self._connection(write=True) as con:
+            cur = con.execute(
+                "UPDATE images SET status = ?, round = ?, model_id = ?, uncertainty = ?, updated_at = ?, "
+                "updated_by = ? WHERE name = ? AND (status IN (?, ?) OR (status = ? AND round < ?))",
+                (ImageStatus.PSEUDO.value, int(round), model_id, mean if math.isfinite(mean) else None, _now(),
+                 _user(), name, ImageStatus.UNLABELLED.value, ImageStatus.PSEUDO.value, ImageStatus.REJECTED.value,
+                 int(round)))
+        if cur.rowcount == 0:
+            logger.debug("pseudo-label of %s (round %d) written; status kept", name, round)
+
+    def pseudo_rounds(self, name: str) -> list[int]:
+        """Rounds that have a pseudo-label file for ``name``, ascending."""
+        rounds = []
+        for folder in (self.folder / PSEUDO_DIR).glob("round_*"):
+            suffix = folder.name[len("round_"):]
+            if suffix.isdigit() and (folder / f"{name}.tif").is_file():
+                rounds.append(int(suffix))
+        return sorted(rounds)
+
+    def pseudo(self, name: str, round: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(mask, uncertainty) of round ``round`` (default: the latest round that has one), or None.
+
+        Used by the GUI's Revert to go back to the teacher's proposal.
+        """
+        self.record(name)
+        if round is None:
+            rounds = self.pseudo_rounds(name)
+            if not rounds:
+                return None
+            round = rounds[-1]
+        mask_path, uncertainty_path = self._pseudo_paths(name, round)
+        if not mask_path.is_file():
+            return None
+        uncertainty = read_image(uncertainty_path) if uncertainty_path.is_file() else None
+        return read_image(mask_path), uncertainty
+
+    # ------------------------------------------------------------------ selections and counts
+
+    def _names_with(self, statuses: tuple[ImageStatus, ...], negate: bool = False) -> list[str]:
+        marks = ", ".join("?" for _ in statuses)
+        op = "NOT IN" if negate else "IN"
+        with self._connection() as con:
+            rows = con.execute(f"SELECT name FROM images WHERE status {op} ({marks}) ORDER BY rowid",
+                               [s.value for s in statuses])
+            return [row[0] for row in rows]
+
+    def labelled_names(self) -> list[str]:
+        """Images with ground truth: LABELLED + ACCEPTED."""
+        return self._names_with(GROUND_TRUTH_STATUSES)
+
+    def unlabelled_names(self) -> list[str]:
+        """Images awaiting a label or review: UNLABELLED + PSEUDO."""
+        return self._names_with((ImageStatus.UNLABELLED, ImageStatus.PSEUDO))
+
+    def training_unlabelled_names(self) -> list[str]:
+        """Images without ground truth (UNLABELLED + PSEUDO + REJECTED): the unlabelled data for training."""
+        return self._names_with(GROUND_TRUTH_STATUSES, negate=True)
+
+    def status_counts(self) -> dict[ImageStatus, int]:
+        """Number of images per status (every status present, zeros included)."""
+        counts = {status: 0 for status in ImageStatus}
+        with self._connection() as con:
+            for status, count in con.execute("SELECT status, COUNT(*) FROM images GROUP BY status"):
+                counts[ImageStatus(status)] = int(count)
+        return counts
+
+    # ------------------------------------------------------------------ loss history
+
+    def log_losses(self, round: int, stage: str, step: int, losses: dict[str, float]) -> None:
+        """Append one step's losses (one transaction for the whole dict)."""
+        if not losses:
+            return
+        now = time.time()
+        rows = []
+        for name, value in losses.items():
+            value = float(value)
+            rows.append((int(round), str(stage), int(step), str(name), value if math.isfinite(value) else None, now))
+        with self._connection(write=True) as con:
+            con.executemany("INSERT INTO losses(round, stage, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?)",
+                            rows)
+
+    def loss_history(self, round: int | None = None) -> list[LossEntry]:
+        """Logged losses in logging order, optionally of one round (non-finite values come back as NaN)."""
+        query = "SELECT round, stage, step, name, value, time FROM losses"
+        params: tuple = ()
+        if round is not None:
+            query += " WHERE round = ?"
+            params = (int(round),)
+        with self._connection() as con:
+            rows = con.execute(query + " ORDER BY rowid", params).fetchall()
+        return [LossEntry(round=r, stage=s, step=st, name=n, value=math.nan if v is None else float(v), time=t)
+                for r, s, st, n, v, t in rows]
+
+    def __repr__(self) -> str:
+        return f"Project({str(self.folder)!r})"
+
+
+def _config_to_json(config: dict) -> str:
+    if not isinstance(config, dict):
+        raise InputError(f"project config must be a dict, got {type(config).__name__}")
+    try:
+        return json.dumps(config, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"project config cannot be stored: {exc}") from exc
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON serialisable")

@@ -1,0 +1,193 @@
+"""The diffusion teacher (mask pathway + image pathway), the twin student, and the losses of both stages.
+
+Follows shared/METHOD.md:
+- mask pathway: input concat(noised all-background one-hot mask, image) and t -> class logits (x0 parameterisation);
+- image pathway: input concat(noised image, soft mask in [-1, 1]) and t -> predicted noise (eps parameterisation);
+- stage 1: cycle-consistency loss on noise-corrupted image reconstruction, backpropagated into both pathways;
+- stage 2: cross pseudo supervision between teacher and student, K pseudo-label rounds (independent or chained),
+  ground truth where it exists.
+The "clean" mask that gets noised is always the all-background one-hot mask (one convention for training and
+inference). Images enter as float in [0, 1] with channels first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .diffusion import DiffusionSchedule, from_signed, to_signed
+from .networks import TimeUNet
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything needed to rebuild the networks of a checkpoint."""
+
+    spatial_dims: int
+    image_channels: int
+    num_classes: int = 2
+    base_channels: int = 16
+    depth: int = 3
+    timesteps: int = 1000
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss: softmax over classes, per sample and class
+    1 - (2 sum p g + smooth) / (sum p^2 + sum g^2 + smooth), averaged over batch and all classes (background too).
+
+    ``target`` holds hard class indices, shape (B, *spatial).
+    """
+    probs = torch.softmax(logits.float(), dim=1)
+    one_hot = F.one_hot(target.long(), probs.shape[1]).movedim(-1, 1).float()
+    dims = tuple(range(2, probs.dim()))
+    intersection = (probs * one_hot).sum(dims)
+    denominator = (probs * probs).sum(dims) + (one_hot * one_hot).sum(dims)
+    return (1 - (2 * intersection + smooth) / (denominator + smooth)).mean()
+
+
+def empty_mask(batch: int, num_classes: int, spatial: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
+    """The all-background one-hot mask in [-1, 1]: +1 in the background channel, -1 elsewhere."""
+    mask = torch.full((batch, num_classes, *spatial), -1.0, device=device, dtype=dtype)
+    mask[:, 0] = 1.0
+    return mask
+
+
+class DiffusionTeacher(nn.Module):
+    """Two U-Nets: the mask pathway segments, the image pathway reconstructs the image from noise given a mask.
+
+    The student is the same class; only its mask pathway is used.
+    """
+
+    def __init__(self, config: NetworkConfig):
+        super().__init__()
+        self.config = config
+        c, k = config.image_channels, config.num_classes
+        self.mask_path = TimeUNet(config.spatial_dims, k + c, k, config.base_channels, config.depth)
+        self.image_path = TimeUNet(config.spatial_dims, c + k, c, config.base_channels, config.depth)
+        self.schedule = DiffusionSchedule(config.timesteps)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.mask_path.size_multiple
+
+    def mask_logits(
+        self,
+        image01: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        noisy_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """f(x): class logits of the mask pathway for images in [0, 1].
+
+        With t and noise given, the all-background mask is noised at t (training and stochastic draws). Without
+        them: t = 0 and no noise, the deterministic single-step prediction. ``noisy_mask`` overrides the noised
+        empty mask (multi-step sampling).
+        """
+        batch, spatial = image01.shape[0], tuple(image01.shape[2:])
+        if t is None:
+            t = torch.zeros(batch, dtype=torch.long, device=image01.device)
+        if noisy_mask is None:
+            clean = empty_mask(batch, self.config.num_classes, spatial, image01.device, image01.dtype)
+            noisy_mask = clean if noise is None else self.schedule.q_sample(clean, t, noise)
+        return self.mask_path(torch.cat([noisy_mask, to_signed(image01)], dim=1), t)
+
+    def random_mask_logits(self, image01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """f(x) with a fresh uniform t and Gaussian noise per sample (as in training)."""
+        batch, spatial = image01.shape[0], tuple(image01.shape[2:])
+        t = self.schedule.sample_timesteps(batch, generator, image01.device)
+        noise = torch.randn((batch, self.config.num_classes, *spatial), generator=generator).to(image01)
+        return self.mask_logits(image01, t, noise)
+
+    def reconstruct(
+        self, image01: torch.Tensor, soft_mask: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise the image at a fresh t, predict the noise conditioned on ``soft_mask`` (probabilities in [0, 1]).
+
+        Returns (per-sample mean squared noise error, shape (B,), and the one-step reconstruction x0_hat in [0, 1]).
+        """
+        batch = image01.shape[0]
+        t = self.schedule.sample_timesteps(batch, generator, image01.device)
+        noise = torch.randn(image01.shape, generator=generator).to(image01)
+        noisy_image = self.schedule.q_sample(to_signed(image01), t, noise)
+        eps_hat = self.image_path(torch.cat([noisy_image, to_signed(soft_mask.to(noisy_image.dtype))], dim=1), t)
+        loss = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)
+        x0_hat = self.schedule.predict_x0_from_eps(noisy_image.float(), t, eps_hat.float()).clamp(-1, 1)
+        return loss, from_signed(x0_hat)
+
+
+def pretraining_loss(teacher: DiffusionTeacher, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Stage 1 cycle consistency: the soft mask must carry whatever helps denoise the image.
+
+    m_hat = softmax(MaskPath([m_t, x], t1)); eps_hat = ImagePath([x_t, 2 m_hat - 1], t2); L = mse(eps_hat, eps2).
+    The gradient flows into both pathways (through m_hat into the mask pathway). No label is used.
+    """
+    soft_mask = torch.softmax(teacher.random_mask_logits(images01, generator).float(), dim=1)
+    loss, _ = teacher.reconstruct(images01, soft_mask, generator)
+    return loss.mean()
+
+
+@dataclass
+class CoTrainingLosses:
+    total: torch.Tensor
+    parts: dict[str, float]
+
+
+def cotraining_loss(
+    teacher: DiffusionTeacher,
+    student: DiffusionTeacher,
+    labelled: torch.Tensor,
+    labels: torch.Tensor,
+    unlabelled: torch.Tensor | None,
+    unlabelled_weight: float,
+    rounds: int = 3,
+    chained: bool = False,
+    lambda_d: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> CoTrainingLosses:
+    """Stage 2 loss L = lambda_u L_u + L_l of shared/METHOD.md for one labelled and one unlabelled batch.
+
+    Labelled and unlabelled patches go through each network as one batch. Stop-gradients: the hard targets of the
+    cross pseudo supervision, the teacher mask that conditions the image pathway, and the reconstruction fed back
+    to the teacher's mask pathway.
+    """
+    n_l = labelled.shape[0]
+    images = labelled if unlabelled is None else torch.cat([labelled, unlabelled], dim=0)
+    student_logits = student.random_mask_logits(images, generator)
+    teacher_logits = teacher.random_mask_logits(images, generator)
+
+    parts: dict[str, float] = {}
+    sup = soft_dice_loss(student_logits[:n_l], labels) + soft_dice_loss(teacher_logits[:n_l], labels)
+    unsup = torch.zeros((), device=images.device)
+    if unlabelled is not None:
+        student_hard = student_logits[n_l:].argmax(1).detach()
+        teacher_hard = teacher_logits[n_l:].argmax(1).detach()
+        cps = soft_dice_loss(student_logits[n_l:], teacher_hard) + soft_dice_loss(teacher_logits[n_l:], student_hard)
+        unsup = unsup + cps
+        parts["cps"] = float(cps.detach())
+
+    conditioning = torch.softmax(teacher_logits.detach().float(), dim=1)
+    round_sup = torch.zeros((), device=images.device)
+    round_unsup = torch.zeros((), device=images.device)
+    for _ in range(rounds):
+        rec_loss, reconstruction = teacher.reconstruct(images, conditioning, generator)
+        round_logits = teacher.random_mask_logits(reconstruction.detach().to(images.dtype), generator)
+        round_sup = round_sup + soft_dice_loss(round_logits[:n_l], labels) + rec_loss[:n_l].mean()
+        if unlabelled is not None:
+            round_unsup = round_unsup + soft_dice_loss(round_logits[n_l:], student_hard) + rec_loss[n_l:].mean()
+        parts["rec"] = parts.get("rec", 0.0) + float(rec_loss.detach().mean()) / rounds
+        if chained:
+            conditioning = torch.softmax(round_logits.detach().float(), dim=1)
+    if rounds:
+        sup = sup + lambda_d / rounds * round_sup
+        unsup = unsup + lambda_d / rounds * round_unsup
+    total = unlabelled_weight * unsup + sup
+    parts.update(supervised=float(sup.detach()), unsupervised=float(unsup.detach()), total=float(total.detach()))
+    return CoTrainingLosses(total, parts)
+
+
+def supervised_loss(network: DiffusionTeacher, labelled: torch.Tensor, labels: torch.Tensor, generator=None) -> torch.Tensor:
+    """Labels-only baseline: the same mask pathway trained with the soft Dice loss on ground truth alone."""
+    return soft_dice_loss(network.random_mask_logits(labelled, generator), labels)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Headless demo on the bundled DSB2018 sample (12 training images of which 3 labelled, 6 test images):
+# install (scripts/install.sh), train for a 120 s budget, predict the test images, score them.
+# Outputs go to runs/demo (model) and runs/demo/pred (masks).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/install.sh
+
+DIFFSEG=.venv/bin/diffseg
+"$DIFFSEG" train sample_data/train/images --labels sample_data/train/labels --out runs/demo --budget 120
+"$DIFFSEG" predict runs/demo sample_data/test/images --out runs/demo/pred
+"$DIFFSEG" eval runs/demo/pred sample_data/test/masks
