@@ -11,15 +11,13 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 import json
-import os
 from pathlib import Path
-import tempfile
 
 import numpy as np
 import torch
 
 from .errors import InputError, ModelError
-from .io import image_layout, to_channels_first
+from .io import atomic_write, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
                       probabilities_to_mask, run, tiled_probabilities)
 from .teacher import DiffusionTeacher, NetworkConfig
@@ -31,23 +29,9 @@ BEST = "best.pt"
 CARD = "model_card.json"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(temp_path)`` then rename onto ``path``, so readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(temp))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, payload: dict) -> None:
     payload = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, **payload}
-    atomic_write(path, lambda temp: torch.save(payload, temp))
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -67,7 +51,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def write_model_card(model_dir: Path, card: dict) -> None:
     text = json.dumps(card, indent=2, sort_keys=True, default=str)
-    atomic_write(Path(model_dir) / CARD, lambda temp: temp.write_text(text))
+    atomic_write(Path(model_dir) / CARD, lambda handle: handle.write(text.encode()))
 
 
 def read_model_card(model_dir: Path) -> dict:

@@ -62,10 +62,13 @@ class TrainingData:
         return [i for i in range(len(self.images)) if i not in self.labels]
 
     def fingerprints(self) -> list[dict]:
-        """Name, sha256 of the normalised pixels and labelled flag of each image, for the model card."""
+        """Name, sha256 of the normalised pixels and of the label (None when unlabelled) of each image."""
+        def digest(array: np.ndarray) -> str:
+            return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
         return [
-            {"name": name, "sha256": hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest(),
-             "labelled": index in self.labels}
+            {"name": name, "sha256": digest(image),
+             "label_sha256": digest(self.labels[index]) if index in self.labels else None}
             for index, (name, image) in enumerate(zip(self.names, self.images))
         ]
 

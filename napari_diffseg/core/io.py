@@ -25,6 +25,7 @@ from napari_diffseg.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+UNCERTAINTY_SUFFIX = "_uncertainty"  # <stem>_uncertainty.tif: the uncertainty map written beside a mask
 TIFF_SUFFIXES = (".tif", ".tiff")
 MIN_AXIS = 8
 PERCENTILES = (1.0, 99.8)
@@ -291,7 +292,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+def atomic_write(path: Path, write: Callable[[object], None]) -> None:
     """Write via ``write(file_handle)`` into a hidden temp file next to ``path``, fsync, then os.replace.
 
     On any failure the temp file is removed and ``path`` is left as it was. OSErrors (full disk, permissions)
@@ -337,7 +338,7 @@ def write_tiff_atomic(path: Path, array: np.ndarray) -> None:
     def write(fh: object) -> None:
         tifffile.imwrite(fh, array, **kwargs)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:

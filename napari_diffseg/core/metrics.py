@@ -18,11 +18,12 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import list_images, name_stem, read_mask
+from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, list_images, name_stem, read_mask
 
 logger = logging.getLogger(__name__)
 
 POOLED_NAME = "pooled/mean"
+
 
 
 def _binary_pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +113,7 @@ def evaluate_folders(pred_dir: Path, mask_dir: Path) -> list[dict]:
     InputError when nothing matches or a pair differs in shape.
     """
     pred_dir, mask_dir = Path(pred_dir), Path(mask_dir)
-    preds = {name_stem(p): p for p in list_images(pred_dir)}
+    preds = {name_stem(p): p for p in list_images(pred_dir) if not name_stem(p).endswith(UNCERTAINTY_SUFFIX)}
     masks = {name_stem(p): p for p in list_images(mask_dir)}
     names = sorted(set(preds) & set(masks))
     if not names:

@@ -1,0 +1,579 @@
+"""The ``diffseg`` console command: ``train``, ``predict``, ``eval`` and ``info`` on folders of images.
+
+A thin argparse front end over ``napari_diffseg.core``: it parses options, reads files through ``core.io``,
+drives the engine's generators (training events, prediction tile progress) with tqdm progress bars and logs,
+and maps errors to exit codes. A user mistake (``DiffsegError``, a bad option, an unusable path) ends with one
+line ``diffseg: error: <message>`` on stderr and exit code 2; an unexpected failure prints one line plus a hint
+to rerun with ``--debug`` (which shows the traceback) and exits 1; Ctrl-C exits 130 (training saves ``last.pt``
+first and says how to resume). Torch is imported lazily so ``diffseg --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import contextlib
+import csv
+import logging
+import math
+from pathlib import Path
+import shlex
+import sys
+import time
+
+from napari_diffseg import __version__
+from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
+from napari_diffseg.core.io import UNCERTAINTY_SUFFIX
+
+PROG = "diffseg"
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+PACKAGE_LOGGER = "napari_diffseg"
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------- argparse
+class _UsageError(Exception):
+    """A command-line usage mistake found by argparse (unknown option, missing argument, bad number)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become one line (``diffseg: error: ...``) instead of usage + message."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the time budget must be a positive number of seconds, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
+    """-q / -v / --debug, accepted before and after the subcommand (subcommand copies do not reset them)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    suppress = argparse.SUPPRESS
+    group = parent.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", default=suppress if for_subcommand else False,
+                       help="only warnings and errors, no progress bars")
+    group.add_argument("-v", "--verbose", action="count", default=suppress if for_subcommand else 0,
+                       help="more detail (debug log)")
+    group.add_argument("--debug", action="store_true", default=suppress if for_subcommand else False,
+                       help="show the full traceback of unexpected errors")
+    return parent
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="CPU threads for torch (default: number of cores - 1, or $DIFFSEG_THREADS)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(for_subcommand=True)
+    parser = _Parser(
+        prog=PROG,
+        parents=[_common_options(for_subcommand=False)],
+        description="Segment a whole image collection after labelling a few images: a diffusion teacher and a "
+                    "co-trained student (arXiv 2504.01547).",
+        epilog="Typical use: diffseg train images --labels labels --out model; "
+               "diffseg predict model new_images --out masks; diffseg eval masks ground_truth",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="train a model on a folder of images, a few of them labelled",
+        description="Train on all images of IMAGES. An image is labelled when LABELS holds a file with the same "
+                    "name stem (img_001.tif labels img_001.png); all other images are unlabelled and feed the "
+                    "semi-supervised stages. MODEL_DIR receives best.pt (for predict), last.pt (for --resume), "
+                    "model_card.json, losses.csv and pseudo_labels/.",
+    )
+    train.add_argument("images", metavar="IMAGES", help="folder of images (.tif, .tiff, .png, .jpg; 2D, RGB or 3D)")
+    train.add_argument("--labels", required=True, metavar="LABELS",
+                       help="folder of label images (0 = background, >0 = object), named like their images")
+    train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+    train.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
+                       help="wall-time budget of the whole training (pretraining + co-training), default 300")
+    train.add_argument("--labels-only", action="store_true",
+                       help="baseline: train the same network on the labelled images alone (same budget)")
+    train.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    train.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                       help="also stop after N optimisation steps (reproducible runs)")
+    train.add_argument("--rounds", type=_non_negative_int, default=3, metavar="K",
+                       help="pseudo-label rounds per co-training step (default 3)")
+    train.add_argument("--chained-rounds", action="store_true",
+                       help="condition each round on the previous round's mask instead of the teacher's")
+    train.add_argument("--pretrain-fraction", type=_fraction, default=0.25, metavar="F",
+                       help="share of the budget for unsupervised teacher pretraining (default 0.25)")
+    train.add_argument("--width", type=_positive_int, default=16, metavar="C",
+                       help="base channels of the U-Nets (default 16; smaller is faster)")
+    train.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
+                       help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
+    train.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                       help="patches per step (default 8 in 2D, 2 in 3D)")
+    train.add_argument("--num-classes", type=int, default=2, metavar="K",
+                       help="classes including background (default 2: any label > 0 is foreground)")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the interrupted or finished run in MODEL_DIR (from MODEL_DIR/last.pt); "
+                            "give the same data and options, the budget counts the time already spent")
+    start.add_argument("--warm-start", metavar="OTHER_MODEL_DIR", default=None,
+                       help="initialise the networks from OTHER_MODEL_DIR/last.pt and skip pretraining")
+    _add_device_options(train)
+    train.set_defaults(handler=_cmd_train)
+
+    predict = commands.add_parser(
+        "predict", parents=[common], help="segment images with a trained model",
+        description="Segment INPUT (an image file or a folder of images) with the model in MODEL_DIR. OUTPUT "
+                    "receives <stem>.tif, a uint8 mask (0 = background, class ids otherwise), and with "
+                    "--uncertainty <stem>_uncertainty.tif (float32 in [0, 1]).",
+    )
+    predict.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
+    predict.add_argument("input", metavar="INPUT", help="image file or folder of images")
+    predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")
+    predict.add_argument("--draws", type=_positive_int, default=4, metavar="N",
+                         help="stochastic draws for the uncertainty (default 4)")
+    predict.add_argument("--sampling-steps", type=_positive_int, default=1, metavar="N",
+                         help="diffusion sampling steps per tile (default 1: one deterministic step)")
+    predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
+                         help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
+    _add_device_options(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[common], help="score predicted masks against ground truth (Dice, Jaccard, HD95)",
+        description="Compare the masks in PRED with those in MASKS, matched by name stem (foreground = value > 0). "
+                    "Prints one row per image and a pooled/mean row (Dice and Jaccard pooled over all pixels, "
+                    "HD95 averaged).",
+    )
+    evaluate.add_argument("pred", metavar="PRED", help="folder of predicted masks")
+    evaluate.add_argument("masks", metavar="MASKS", help="folder of ground-truth masks")
+    evaluate.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    info = commands.add_parser("info", parents=[common], help="show what a model folder holds",
+                               description="Print the model card summary of MODEL_DIR.")
+    info.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
+    info.set_defaults(handler=_cmd_info)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------- output
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{PROG}: {record.levelname.lower()}: {message}"
+        if record.levelno < logging.INFO:
+            return f"{PROG}: debug: {record.name}: {message}"
+        return message
+
+
+@contextlib.contextmanager
+def _logging(quiet: bool, verbose: int):
+    """Send the package's log records to the current stderr for the duration of one command."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    previous = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _bar(quiet: bool, **options):
+    from tqdm import tqdm
+
+    # disable=None: bars only on a terminal, so logs and pipes stay clean
+    return tqdm(disable=True if quiet else None, file=sys.stderr, dynamic_ncols=True, **options)
+
+
+def _bar_logging(bar):
+    """Route log lines around an active progress bar so they do not garble it."""
+    if bar.disable:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger(PACKAGE_LOGGER)])
+
+
+# ---------------------------------------------------------------------------------------------------- train
+def _read_training_data(images_dir: Path, labels_dir: Path, num_classes: int):
+    """TrainingData from a folder of images and a folder of labels matched by name stem."""
+    from napari_diffseg.core.data import training_data_from_folders
+
+    if labels_dir.resolve() == images_dir.resolve():
+        raise InputError(f"--labels {labels_dir} is the images folder; keep the label images in their own folder")
+    return training_data_from_folders(images_dir, labels_dir, num_classes)
+
+
+class _TrainDisplay:
+    """Progress bar (percent of the budget) on a terminal; a log line every 10 % elsewhere."""
+
+    LOSS_KEYS = ("total", "supervised", "reconstruction")
+
+    def __init__(self, quiet: bool):
+        self.bar = _bar(quiet, total=100.0, desc="starting", bar_format="{desc} |{bar}| {percentage:3.0f}%")
+        self.quiet = quiet
+        self.next_log = 0.1
+        self.step = 0
+
+    def progress(self, event) -> None:
+        self.step = event.step
+        if not self.bar.disable:
+            loss = next((event.losses[k] for k in self.LOSS_KEYS if k in event.losses), None)
+            loss_text = "" if loss is None else f"loss {loss:7.4f} "
+            self.bar.set_description_str(
+                f"{event.stage:<10} step {event.step:>6} {loss_text}{_duration(event.remaining):>6} left",
+                refresh=False)
+            self.bar.update(round(event.fraction * 100, 2) - self.bar.n)
+        elif not self.quiet and event.fraction >= self.next_log:
+            self.next_log = math.floor(event.fraction * 10 + 1e-9) / 10 + 0.1
+            losses = ", ".join(f"{k} {v:.4f}" for k, v in event.losses.items())
+            log.info("%3.0f%% %s step %d (%s), %s left", event.fraction * 100, event.stage, event.step, losses,
+                     _duration(event.remaining))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _describe_best(metrics: dict) -> str:
+    twin = metrics.get("selected_twin")
+    validation = metrics.get("validation", {}).get(twin, {})
+    if not twin or not validation:
+        return "no validated model yet"
+    return f"{twin}, threshold {validation['threshold']:.2f}, validation Dice {validation['dice']:.4f}"
+
+
+def _resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted run: the same words, --warm-start dropped, --resume added."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--warm-start":
+            skip = True
+        elif not word.startswith("--warm-start="):
+            words.append(word)
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join([PROG, *words])
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, training
+    from napari_diffseg.core.checkpoint import BEST, CARD, LAST, read_model_card
+
+    config = training.TrainConfig(
+        budget_seconds=args.budget, max_steps=args.steps, labels_only=args.labels_only,
+        pretrain_fraction=args.pretrain_fraction, rounds=args.rounds, chained_rounds=args.chained_rounds,
+        num_classes=args.num_classes, base_channels=args.width,
+        patch_size=tuple(args.patch_size) if args.patch_size else None, batch_size=args.batch_size,
+        seed=args.seed, device=args.device, threads=args.threads, bf16=False if args.no_bf16 else None,
+    )
+    device = devices.select_device(config.device)  # an unavailable device fails before any image is read
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the model")
+    if args.resume and not (out / LAST).is_file():
+        raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
+    if not args.resume and (out / LAST).exists():
+        log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+    data = _read_training_data(Path(args.images), Path(args.labels), config.num_classes)
+    n_unlabelled = len(data.unlabelled_indices)
+    kind = f"{data.spatial_dims}D {'RGB' if data.channels == 3 else 'grey'}"
+    log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images), kind, len(data.labelled_indices),
+             n_unlabelled, " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
+    if not config.labels_only and not data.unlabelled_indices:
+        log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
+    limits = [f"{_duration(config.budget_seconds)} budget"]
+    if config.max_steps:
+        limits.append(f"{config.max_steps} steps")
+    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    log.info("training the %s on %s, %s, into %s", method, device, " / ".join(limits), out)
+
+    display = _TrainDisplay(args.quiet)
+    done = None
+    events = training.train(data, config, out, resume=args.resume,
+                            warm_start=Path(args.warm_start) if args.warm_start else None)
+    try:
+        with contextlib.closing(events), _bar_logging(display.bar):
+            for event in events:
+                if isinstance(event, training.Progress):
+                    display.progress(event)
+                elif isinstance(event, training.CheckpointSaved):
+                    if event.kind == "best":
+                        log.info("step %d: new best model (%s) -> %s", event.metrics.get("step", display.step),
+                                 _describe_best(event.metrics), event.path)
+                    else:
+                        log.debug("step %d: saved %s", display.step, event.path)
+                elif isinstance(event, training.PseudoLabelsReady):
+                    mean = (sum(event.mean_uncertainty.values()) / len(event.mean_uncertainty)
+                            if event.mean_uncertainty else float("nan"))
+                    log.info("step %d: pseudo-labels of %d unlabelled image(s) -> %s (mean uncertainty %.3f)",
+                             event.step, len(event.names), event.directory, mean)
+                elif isinstance(event, training.Done):
+                    done = event
+    except KeyboardInterrupt:
+        # the generator is closed (by contextlib.closing or by the exception passing through it): last.pt is saved
+        display.close()
+        if (out / LAST).is_file():
+            print(f"{PROG}: interrupted at step {display.step}; {out / LAST} is saved. Resume with:\n"
+                  f"  {_resume_command(argv)}", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted before the first step; nothing saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        display.close()
+
+    card = read_model_card(out)
+    trained = card.get("training", {})
+    metrics = done.metrics if done is not None else card.get("metrics", {})
+    print(f"trained {trained.get('steps', display.step)} steps in {_duration(trained.get('elapsed_seconds', 0))} "
+          f"({'labels only' if config.labels_only else 'teacher + student'}, {device})")
+    print(f"selected: {_describe_best(metrics)} (chosen on the labelled training images)")
+    print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
+    print(f"resume:   {out / LAST};  card: {out / CARD};  losses: {out / training.LOSSES_FILE}")
+    if n_unlabelled:
+        print(f"pseudo-labels of the {n_unlabelled} unlabelled image(s): {out / training.PSEUDO_LABEL_DIR}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+def _prediction_inputs(source: Path) -> list[Path]:
+    from napari_diffseg.core import io
+
+    if not source.exists():
+        raise InputError(f"input not found: {source}; give an image file or a folder of images")
+    if source.is_dir():
+        images, _ = io.pair_images_with_labels(source, None)  # also refuses two images with one name stem
+        return images
+    if source.suffix.lower() not in io.IMAGE_SUFFIXES:
+        raise InputError(f"{source}: unsupported file type '{source.suffix}'; give a .tif, .tiff, .png, .jpg or "
+                         ".jpeg image or a folder of them")
+    return [source]
+
+
+def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, io
+    from napari_diffseg.core.checkpoint import SegmentationModel
+
+    device = devices.select_device(args.device)
+    threads = devices.configure_threads(args.threads)
+    inputs = _prediction_inputs(Path(args.input))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the masks")
+    targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
+    sources = {path.resolve() for path in inputs}
+    for target in targets.values():
+        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif")):
+            if candidate.resolve() in sources:
+                raise InputError(f"writing {candidate} would overwrite an input image; choose another --out folder")
+    bf16 = False if args.no_bf16 else devices.bf16_supported(device)
+    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
+    config = model.config
+    if args.tile is not None and len(args.tile) != config.spatial_dims:
+        raise InputError(f"--tile needs {config.spatial_dims} numbers for this {config.spatial_dims}D model, "
+                         f"got {len(args.tile)}")
+    kind = f"{config.spatial_dims}D {'RGB' if config.image_channels == 3 else 'grey'}"
+    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)",
+             len(inputs), kind, args.model, model.threshold, device, threads)
+
+    started = time.perf_counter()
+    images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
+    try:
+        with _bar_logging(images_bar):
+            for path in inputs:
+                images_bar.set_postfix_str(path.name)
+                image = io.read_image(path)
+                run = model.iter_predict(image, uncertainty=args.uncertainty, draws=args.draws,
+                                         sampling_steps=args.sampling_steps,
+                                         tile=tuple(args.tile) if args.tile else None, name=path.name)
+                tiles_bar = None  # only for images of several tile batches
+                try:
+                    while True:
+                        try:
+                            progress = next(run)
+                        except StopIteration as stop:
+                            prediction = stop.value
+                            break
+                        if tiles_bar is None and progress.done < progress.total:
+                            tiles_bar = _bar(args.quiet, total=progress.total, unit="tile", desc="  tiles",
+                                             leave=False)
+                        if tiles_bar is not None:
+                            tiles_bar.update(progress.done - tiles_bar.n)
+                finally:
+                    if tiles_bar is not None:
+                        tiles_bar.close()
+                    run.close()
+                io.write_mask(targets[path], prediction.mask)
+                if args.uncertainty:
+                    io.write_tiff_atomic(targets[path].with_name(f"{targets[path].stem}{UNCERTAINTY_SUFFIX}.tif"),
+                                         prediction.uncertainty.astype("float32"))
+                foreground = float((prediction.mask > 0).mean())
+                log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
+                images_bar.update(1)
+    finally:
+        images_bar.close()
+    extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
+    print(f"predicted {len(inputs)} image(s) in {_duration(time.perf_counter() - started)}: "
+          f"masks <stem>.tif{extra} in {out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- eval, info
+def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import metrics
+
+    rows = metrics.evaluate_folders(Path(args.pred), Path(args.masks))
+    print(metrics.format_table(rows))
+    if args.csv:
+        path = Path(args.csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["name", "dice", "jaccard", "hd95"])
+            writer.writeheader()
+            writer.writerows(rows)
+        log.info("table written to %s", path)
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.checkpoint import CARD, SegmentationModel
+
+    model_dir = Path(args.model)
+    model = SegmentationModel.load(model_dir)  # validates best.pt
+    card = model.card
+    config = model.config
+    kind = f"{config.spatial_dims}D {'RGB' if config.image_channels == 3 else 'grey'}"
+    print(f"model folder: {model_dir}")
+    print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
+    print(f"network:      {kind} images, {config.num_classes} classes, width {config.base_channels}, "
+          f"depth {config.depth}")
+    if card:
+        data = card.get("data", [])
+        labelled = sum(1 for entry in data if entry.get("label_sha256"))
+        training_info = card.get("training", {})
+        print(f"data:         {len(data)} image(s), {labelled} labelled")
+        print(f"training:     {training_info.get('steps', '?')} steps, "
+              f"{_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
+              f"batch {card.get('batch_size')}")
+        print(f"selected:     {_describe_best(card.get('metrics', {}))}")
+        environment = card.get("environment", {})
+        if environment:
+            print(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
+                  f"{environment.get('threads')} thread(s), bf16 {environment.get('bf16')}")
+    else:
+        print(f"threshold:    {model.threshold:.2f} ({CARD} missing)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 unexpected failure, 2 user mistake, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        _error(str(error))
+        return EXIT_USER_ERROR
+    except SystemExit as exit_:  # --help, --version
+        return int(exit_.code or 0)
+    with _logging(args.quiet, args.verbose):
+        try:
+            return args.handler(args, argv)
+        except DiffsegError as error:
+            _error(str(error))
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except OSError as error:  # permissions, full disk, ...: fixable by the user
+            if args.debug:
+                raise
+            where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+            _error(f"{where}{error.strerror or error}")
+            return EXIT_USER_ERROR
+        except Exception as error:
+            if args.debug:
+                raise
+            hint = ""
+            if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+                hint = " (out of memory: try a smaller --patch-size / --batch-size / --tile, or --device cpu)"
+            _error(f"unexpected {type(error).__name__}: {error}{hint}; run with --debug for the traceback")
+            return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
