@@ -19,7 +19,7 @@ import torch
 
 from .teacher import DiffusionTeacher
 
-DEFAULT_TILE_2D = (512, 512)
+DEFAULT_TILE_2D = (1024, 1024)
 DEFAULT_TILE_3D = (64, 128, 128)
 
 
@@ -35,13 +35,26 @@ class Probabilities:
     ensemble: np.ndarray | None  # (K, *spatial) mean over all draws of all networks, when draws were asked for
 
 
-def _positions(length: int, tile: int, stride: int) -> list[int]:
+def _tile_count(length: int, tile: int, min_overlap: int) -> int:
     if length <= tile:
+        return 1
+    return max(2, -(-(length - min_overlap) // max(1, tile - min_overlap)))
+
+
+def fit_tile(length: int, tile: int, min_overlap: int, multiple: int) -> int:
+    """Shrink a tile to the smallest multiple of ``multiple`` that still covers ``length`` with as few tiles."""
+    count = _tile_count(length, tile, min_overlap)
+    needed = -(-(length + (count - 1) * min_overlap) // count)
+    return min(tile, -(-needed // multiple) * multiple)
+
+
+def tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
+    """Fewest tile starts covering ``length`` with neighbours overlapping by at least ``min_overlap`` pixels,
+    spread evenly (so no compute is wasted on a nearly empty last tile)."""
+    count = _tile_count(length, tile, min_overlap)
+    if count == 1:
         return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
@@ -94,7 +107,7 @@ def tiled_probabilities(
     networks: Sequence[DiffusionTeacher],
     image01: np.ndarray,
     tile: tuple[int, ...],
-    overlap: float = 0.25,
+    overlap: float = 0.125,
     batch_size: int = 4,
     draws: int = 0,
     sampling_steps: int = 1,
@@ -104,20 +117,22 @@ def tiled_probabilities(
 ) -> Generator[TileProgress, None, Probabilities]:
     """Predict class probabilities of a (C, *spatial) image in [0, 1] with overlapping tiles.
 
-    The first network's deterministic pass gives ``primary``; with ``draws`` > 0 every network adds ``draws``
+    Tiles overlap by at least ``overlap`` x tile size and are blended with Gaussian weights. Networks and tiles
+    use the channels-last memory layout (2-3x faster convolutions on CPU). The first network's deterministic
+    pass gives ``primary``; with ``draws`` > 0 every network adds ``draws``
     stochastic passes to ``ensemble`` (its deterministic pass included).
     """
     device = torch.device(device)
     networks = list(networks)
     multiple = networks[0].size_multiple
     spatial = image01.shape[1:]
-    tile = tuple(int(min(t, -(-s // multiple) * multiple)) for t, s in zip(tile, spatial))
-    tile = tuple(max(multiple, (t // multiple) * multiple) for t in tile)
+    tile = tuple(max(multiple, (int(t) // multiple) * multiple) for t in tile)
+    overlaps = [int(t * overlap) for t in tile]
+    tile = tuple(fit_tile(s, t, o, multiple) for s, t, o in zip(spatial, tile, overlaps))
     padded_shape = tuple(max(s, t) for s, t in zip(spatial, tile))
     pad = [(0, 0)] + [(0, p - s) for s, p in zip(spatial, padded_shape)]
     padded = np.pad(image01, pad, mode="reflect") if any(p[1] for p in pad) else image01
-    strides = [max(1, int(t * (1 - overlap))) for t in tile]
-    corners = list(itertools.product(*[_positions(s, t, st) for s, t, st in zip(padded_shape, tile, strides)]))
+    corners = list(itertools.product(*[tile_starts(s, t, o) for s, t, o in zip(padded_shape, tile, overlaps)]))
     k = networks[0].config.num_classes
     weight = gaussian_weight(tile)
     primary = np.zeros((k, *padded_shape), np.float32)
@@ -125,14 +140,16 @@ def tiled_probabilities(
     weights = np.zeros(padded_shape, np.float32)
     generator = torch.Generator().manual_seed(seed)
     members = 1 + draws
+    memory_format = torch.channels_last if len(tile) == 2 else torch.channels_last_3d
     for net in networks:
-        net.eval()
+        net.eval().to(memory_format=memory_format)
     total = len(corners)
     with torch.inference_mode(), autocast_context(device, bf16):
         for start in range(0, total, batch_size):
             chunk = corners[start : start + batch_size]
             slices = [tuple(slice(c, c + t) for c, t in zip(corner, tile)) for corner in chunk]
             batch = torch.from_numpy(np.stack([padded[(slice(None),) + s] for s in slices])).to(device)
+            batch = batch.contiguous(memory_format=memory_format)
             first = _forward_probs(networks[0], batch, False, sampling_steps, generator).cpu().numpy()
             accumulated = None
             if ensemble is not None:

@@ -12,7 +12,7 @@ inference). Images enter as float in [0, 1] with channels first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -131,8 +131,15 @@ def pretraining_loss(teacher: DiffusionTeacher, images01: torch.Tensor, generato
 
 @dataclass
 class CoTrainingLosses:
+    """``total`` to backpropagate, ``parts`` as floats for logging, and ``terms``: the unweighted loss tensors
+    (each summed over rounds where it has one per round) that ``total`` is made of, for inspection and tests:
+    sup_student, sup_teacher, round_dice_labelled, rec_labelled, and with an unlabelled batch cps_student,
+    cps_teacher, align, rec_unlabelled. total = w (cps_student + cps_teacher + lambda_d/K (align + rec_unlabelled))
+    + sup_student + sup_teacher + lambda_d/K (round_dice_labelled + rec_labelled)."""
+
     total: torch.Tensor
     parts: dict[str, float]
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def cotraining_loss(
@@ -159,24 +166,40 @@ def cotraining_loss(
     teacher_logits = teacher.random_mask_logits(images, generator)
 
     parts: dict[str, float] = {}
-    sup = soft_dice_loss(student_logits[:n_l], labels) + soft_dice_loss(teacher_logits[:n_l], labels)
+    terms: dict[str, torch.Tensor] = {
+        "sup_student": soft_dice_loss(student_logits[:n_l], labels),
+        "sup_teacher": soft_dice_loss(teacher_logits[:n_l], labels),
+    }
+    sup = terms["sup_student"] + terms["sup_teacher"]
     unsup = torch.zeros((), device=images.device)
     if unlabelled is not None:
         student_hard = student_logits[n_l:].argmax(1).detach()
         teacher_hard = teacher_logits[n_l:].argmax(1).detach()
-        cps = soft_dice_loss(student_logits[n_l:], teacher_hard) + soft_dice_loss(teacher_logits[n_l:], student_hard)
+        terms["cps_student"] = soft_dice_loss(student_logits[n_l:], teacher_hard)
+        terms["cps_teacher"] = soft_dice_loss(teacher_logits[n_l:], student_hard)
+        cps = terms["cps_student"] + terms["cps_teacher"]
         unsup = unsup + cps
         parts["cps"] = float(cps.detach())
 
     conditioning = torch.softmax(teacher_logits.detach().float(), dim=1)
     round_sup = torch.zeros((), device=images.device)
     round_unsup = torch.zeros((), device=images.device)
+    zero = torch.zeros((), device=images.device)
+    terms.update(round_dice_labelled=zero, rec_labelled=zero)
+    if unlabelled is not None:
+        terms.update(align=zero, rec_unlabelled=zero)
     for _ in range(rounds):
         rec_loss, reconstruction = teacher.reconstruct(images, conditioning, generator)
         round_logits = teacher.random_mask_logits(reconstruction.detach().to(images.dtype), generator)
-        round_sup = round_sup + soft_dice_loss(round_logits[:n_l], labels) + rec_loss[:n_l].mean()
+        round_dice, round_rec = soft_dice_loss(round_logits[:n_l], labels), rec_loss[:n_l].mean()
+        terms["round_dice_labelled"] = terms["round_dice_labelled"] + round_dice
+        terms["rec_labelled"] = terms["rec_labelled"] + round_rec
+        round_sup = round_sup + round_dice + round_rec
         if unlabelled is not None:
-            round_unsup = round_unsup + soft_dice_loss(round_logits[n_l:], student_hard) + rec_loss[n_l:].mean()
+            align, round_rec = soft_dice_loss(round_logits[n_l:], student_hard), rec_loss[n_l:].mean()
+            terms["align"] = terms["align"] + align
+            terms["rec_unlabelled"] = terms["rec_unlabelled"] + round_rec
+            round_unsup = round_unsup + align + round_rec
         parts["rec"] = parts.get("rec", 0.0) + float(rec_loss.detach().mean()) / rounds
         if chained:
             conditioning = torch.softmax(round_logits.detach().float(), dim=1)
@@ -185,7 +208,7 @@ def cotraining_loss(
         unsup = unsup + lambda_d / rounds * round_unsup
     total = unlabelled_weight * unsup + sup
     parts.update(supervised=float(sup.detach()), unsupervised=float(unsup.detach()), total=float(total.detach()))
-    return CoTrainingLosses(total, parts)
+    return CoTrainingLosses(total, parts, terms)
 
 
 def supervised_loss(network: DiffusionTeacher, labelled: torch.Tensor, labels: torch.Tensor, generator=None) -> torch.Tensor:

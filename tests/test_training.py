@@ -1,0 +1,337 @@
+"""Tests for napari_diffseg.core.training: the event stream of a run, the stage switch, the labels-only baseline,
+pseudo-label files, reproducibility with fixed seeds, cancel and resume (identical to an uninterrupted run),
+warm start, and configuration errors. Tiny networks and step budgets (no wall-time dependence)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_diffseg.core.checkpoint import BEST, CARD, LAST, SegmentationModel, read_model_card
+from napari_diffseg.core.data import TrainingData
+from napari_diffseg.core.errors import InputError, ModelError
+from napari_diffseg.core.io import to_channels_first
+from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, SUPERVISED,
+                                          CheckpointSaved, Done, Progress, PseudoLabelsReady, TrainConfig, train)
+
+MAX_STEPS = 20
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()  # train() sets the thread count of the process
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_data(n_images=4, n_labelled=2, shape=(40, 40), rgb=False, num_classes=2) -> TrainingData:
+    pairs = make_blobs_dataset(n_images, shape=shape, rgb=rgb, seed=1)
+    images = [to_channels_first(image) for image, _ in pairs]
+    labels = {}
+    for i in range(n_labelled):
+        mask = pairs[i][1].astype(np.int64)
+        if num_classes == 3:  # second class: the right half of the blobs
+            mask[..., mask.shape[-1] // 2:] *= 2
+        labels[i] = mask
+    return TrainingData(images, labels, [f"img_{i:03d}" for i in range(n_images)], num_classes=num_classes)
+
+
+def make_config(**overrides) -> TrainConfig:
+    settings = dict(
+        budget_seconds=None, max_steps=MAX_STEPS, base_channels=4, depth=2, patch_size=(32, 32), batch_size=2,
+        rounds=1, seed=0, device="cpu", threads=1, bf16=False, uncertainty_draws=1,
+        validate_every_seconds=1e9, checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9,
+        pseudo_labels_every_seconds=1e9,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def progress_steps(events) -> list[int]:
+    return [e.step for e in events if isinstance(e, Progress)]
+
+
+def loss_rows(model_dir: Path) -> list[dict]:
+    with (model_dir / LOSSES_FILE).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainingData:
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data):
+    """One uninterrupted run (seed 0, MAX_STEPS steps) shared by several tests."""
+    out = tmp_path_factory.mktemp("reference")
+    events = list(train(data, make_config(), out))
+    return out, events
+
+
+# ----- one full run -----
+
+def test_event_sequence(reference, data):
+    out, events = reference
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [e.step for e in progress] == list(range(1, MAX_STEPS + 1))
+    assert all(e.fraction == pytest.approx(e.step / MAX_STEPS) for e in progress)
+    assert all(e.remaining >= 0 and e.elapsed >= 0 for e in progress)
+    assert progress[-1].fraction == 1.0
+    # every step yields its Progress; the run ends with best, pseudo-labels, last, Done
+    tail = events[len(progress):]
+    assert all(isinstance(e, Progress) for e in events[: len(progress)])
+    assert [type(e) for e in tail] == [CheckpointSaved, PseudoLabelsReady, CheckpointSaved, Done]
+    best, pseudo, last, done = tail
+    assert best.kind == "best" and best.path == out / BEST and best.path.is_file()
+    assert last.kind == "last" and last.path == out / LAST and last.path.is_file()
+    assert best.metrics["selected_twin"] in ("teacher", "student")
+    assert isinstance(done, Done) and done.model_dir == out and not done.cancelled
+    assert done.metrics == best.metrics
+    assert load(out / LAST)["step"] == MAX_STEPS
+
+
+def test_stage_switch_and_losses(reference):
+    _, events = reference
+    progress = [e for e in events if isinstance(e, Progress)]
+    stages = [e.stage for e in progress]
+    n_pretrain = 5  # pretrain_fraction 0.25 of 20 steps
+    assert stages == [PRETRAIN] * n_pretrain + [COTRAIN] * (MAX_STEPS - n_pretrain)
+    assert all(set(e.losses) == {"reconstruction"} for e in progress[:n_pretrain])
+    for e in progress[n_pretrain:]:
+        assert {"cps", "supervised", "unsupervised", "total", "unlabelled_weight"} <= set(e.losses)
+        assert all(np.isfinite(v) for v in e.losses.values())
+    assert any("rec" in e.losses for e in progress[n_pretrain:])  # steps with pseudo-label rounds
+    ramp = [e.losses["unlabelled_weight"] for e in progress[n_pretrain:]]
+    assert ramp[0] == 0.0 and ramp == sorted(ramp) and 0.9 < ramp[-1] < 1.0
+
+
+def test_files_of_a_run(reference, data):
+    out, events = reference
+    for name in (BEST, LAST, CARD, LOSSES_FILE):
+        assert (out / name).is_file(), name
+    rows = loss_rows(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, MAX_STEPS + 1))
+    card = read_model_card(out)
+    done = events[-1]
+    assert card["selected_twin"] == done.metrics["selected_twin"]
+    assert card["threshold"] == done.metrics["validation"][card["selected_twin"]]["threshold"]
+    assert [d["name"] for d in card["data"]] == data.names
+    last = load(out / LAST)
+    assert last["stage"] == COTRAIN and "student" in last and "student_optimiser" in last
+    model = SegmentationModel.load(out)
+    assert model.threshold == card["threshold"]
+    (raw, _), = make_blobs_dataset(1, shape=(44, 52), seed=9)
+    prediction = model.predict(raw, uncertainty=True, draws=1)
+    assert prediction.mask.shape == raw.shape and prediction.mask.dtype == np.uint8
+    assert prediction.uncertainty.shape == raw.shape
+
+
+def test_pseudo_label_files(reference, data):
+    out, events = reference
+    ready = next(e for e in events if isinstance(e, PseudoLabelsReady))
+    assert ready.step == MAX_STEPS and ready.directory == out / PSEUDO_LABEL_DIR
+    assert ready.names == [data.names[i] for i in data.unlabelled_indices] == ["img_002", "img_003"]
+    for index, name in zip(data.unlabelled_indices, ready.names):
+        mask = tifffile.imread(ready.directory / f"{name}.tif")
+        uncertainty = tifffile.imread(ready.directory / f"{name}_uncertainty.tif")
+        assert mask.dtype == np.uint8 and mask.shape == data.images[index].shape[1:]
+        assert set(np.unique(mask)) <= {0, 1}
+        assert uncertainty.dtype == np.float32 and uncertainty.shape == mask.shape
+        assert 0.0 <= uncertainty.min() and uncertainty.max() <= 1.0
+        assert ready.mean_uncertainty[name] == pytest.approx(float(uncertainty.mean()), rel=1e-5)
+    # only the unlabelled images get pseudo-labels
+    assert sorted(p.name for p in ready.directory.iterdir()) == sorted(
+        [f"{n}.tif" for n in ready.names] + [f"{n}_uncertainty.tif" for n in ready.names])
+
+
+@pytest.mark.parametrize("fraction, max_steps, n_pretrain", [(0.5, 6, 3), (0.0, 4, 0), (0.3, 7, 3)])
+def test_stage_switch_at_pretrain_fraction(tmp_path, data, fraction, max_steps, n_pretrain):
+    events = list(train(data, make_config(max_steps=max_steps, pretrain_fraction=fraction), tmp_path))
+    stages = [e.stage for e in events if isinstance(e, Progress)]
+    assert stages == [PRETRAIN] * n_pretrain + [COTRAIN] * (max_steps - n_pretrain)
+
+
+def test_labels_only_never_pretrains(tmp_path, data):
+    events = list(train(data, make_config(max_steps=6, labels_only=True), tmp_path))
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [e.step for e in progress] == list(range(1, 7))
+    assert {e.stage for e in progress} == {SUPERVISED}
+    assert all(set(e.losses) == {"supervised"} for e in progress)
+    assert isinstance(events[-1], Done)
+    assert events[-1].metrics["selected_twin"] == "teacher"
+    last = load(tmp_path / LAST)
+    assert last["stage"] == SUPERVISED and "student" not in last
+    assert "labels-only" in read_model_card(tmp_path)["method"]
+
+
+def test_labelled_images_only(tmp_path):
+    # no unlabelled image: co-training runs on the labelled batch alone and no pseudo-labels are made
+    events = list(train(make_data(n_images=2, n_labelled=2), make_config(max_steps=4), tmp_path))
+    assert not any(isinstance(e, PseudoLabelsReady) for e in events)
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert [e.stage for e in progress] == [PRETRAIN] + [COTRAIN] * 3
+    assert all("cps" not in e.losses and "supervised" in e.losses for e in progress[1:])
+    assert isinstance(events[-1], Done)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["rgb", "3d", "3-class"])
+def test_other_kinds_of_data(tmp_path, kind):
+    if kind == "rgb":
+        data, patch = make_data(n_images=3, n_labelled=1, rgb=True), (32, 32)
+    elif kind == "3d":
+        data, patch = make_data(n_images=3, n_labelled=1, shape=(12, 20, 20)), (8, 16, 16)
+    else:
+        data, patch = make_data(n_images=3, n_labelled=2, num_classes=3), (32, 32)
+    config = make_config(max_steps=4, patch_size=patch, batch_size=1, num_classes=data.num_classes)
+    events = list(train(data, config, tmp_path))
+    assert isinstance(events[-1], Done)
+    ready = next(e for e in events if isinstance(e, PseudoLabelsReady))
+    mask = tifffile.imread(ready.directory / f"{ready.names[0]}.tif")
+    assert mask.shape == data.images[data.unlabelled_indices[0]].shape[1:]
+    assert set(np.unique(mask)) <= set(range(data.num_classes))
+    model = SegmentationModel.load(tmp_path)
+    assert model.config.image_channels == data.channels and model.config.spatial_dims == data.spatial_dims
+
+
+# ----- reproducibility, cancel and resume -----
+
+@pytest.mark.slow
+def test_fixed_seed_reproduces_weights(tmp_path, data, reference):
+    ref_dir, _ = reference
+    list(train(data, make_config(), tmp_path / "same"))
+    list(train(data, make_config(seed=1), tmp_path / "other"))
+    ref_last, ref_best = load(ref_dir / LAST), load(ref_dir / BEST)
+    same_last, same_best = load(tmp_path / "same" / LAST), load(tmp_path / "same" / BEST)
+    other_last, other_best = load(tmp_path / "other" / LAST), load(tmp_path / "other" / BEST)
+    for key in ("teacher", "student"):
+        assert states_equal(same_last[key], ref_last[key]), key
+        assert not states_equal(other_last[key], ref_last[key]), key
+    assert states_equal(same_best["mask_path"], ref_best["mask_path"])
+    assert same_best["threshold"] == ref_best["threshold"] and same_best["twin"] == ref_best["twin"]
+    assert not states_equal(other_best["mask_path"], ref_best["mask_path"])
+
+
+@pytest.mark.slow
+def test_mid_run_validation_and_pseudo_labels_leave_training_untouched(tmp_path, data, reference):
+    # the wall-clock schedules fire at every step here; the weights must still equal those of the reference run
+    # (which only validates at the end), or step-budget runs would not be reproducible
+    config = make_config(validate_every_seconds=0.0, checkpoint_every_seconds=0.0,
+                         first_pseudo_labels_after_seconds=0.0, pseudo_labels_every_seconds=0.0)
+    events = list(train(data, config, tmp_path))
+    assert progress_steps(events) == list(range(1, MAX_STEPS + 1))
+    n_cotrain = MAX_STEPS - 5
+    assert sum(isinstance(e, PseudoLabelsReady) for e in events) == n_cotrain + 1
+    assert sum(isinstance(e, CheckpointSaved) and e.kind == "last" for e in events) == MAX_STEPS + 1
+    assert sum(isinstance(e, CheckpointSaved) and e.kind == "best" for e in events) >= 1
+    ref_last, last = load(reference[0] / LAST), load(tmp_path / LAST)
+    for key in ("teacher", "student"):
+        assert states_equal(last[key], ref_last[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cancel_at", [3, 8], ids=["in-pretraining", "in-cotraining"])
+def test_cancel_and_resume_equals_uninterrupted_run(tmp_path, data, reference, cancel_at):
+    ref_dir, _ = reference
+    run = train(data, make_config(), tmp_path)
+    for event in run:
+        if isinstance(event, Progress) and event.step == cancel_at:
+            break
+    run.close()
+    saved = load(tmp_path / LAST)
+    assert saved["step"] == cancel_at
+    assert saved["stage"] == (PRETRAIN if cancel_at <= 5 else COTRAIN)
+    # a cancelled co-training run still leaves a model to predict with; a cancelled pretraining has none
+    assert (tmp_path / BEST).exists() == (cancel_at > 5)
+    assert len(loss_rows(tmp_path)) == cancel_at
+
+    resumed = list(train(data, make_config(), tmp_path, resume=True))
+    assert progress_steps(resumed) == list(range(cancel_at + 1, MAX_STEPS + 1))
+    assert isinstance(resumed[-1], Done)
+    ref_last, last = load(ref_dir / LAST), load(tmp_path / LAST)
+    assert last["step"] == MAX_STEPS
+    for key in ("teacher", "student"):
+        assert states_equal(last[key], ref_last[key]), key
+    assert states_equal(load(tmp_path / BEST)["mask_path"], load(ref_dir / BEST)["mask_path"])
+    ref_rows, rows = loss_rows(ref_dir), loss_rows(tmp_path)
+    assert [int(r["step"]) for r in rows] == list(range(1, MAX_STEPS + 1))
+    for ref_row, row in zip(ref_rows, rows):
+        for column in ("reconstruction", "total", "cps", "rec"):
+            assert row.get(column) == ref_row.get(column), (row["step"], column)
+
+
+def test_cancel_in_the_final_phase_still_leaves_last(tmp_path, data):
+    config = make_config(max_steps=4)
+    run = train(data, config, tmp_path)
+    for event in run:
+        if isinstance(event, CheckpointSaved) and event.kind == "best":
+            break
+    run.close()
+    assert load(tmp_path / LAST)["step"] == 4
+    resumed = list(train(data, config, tmp_path, resume=True))
+    assert progress_steps(resumed) == []
+    assert isinstance(resumed[-1], Done)
+
+
+def test_resume_without_checkpoint(tmp_path, data):
+    with pytest.raises(ModelError, match="no checkpoint"):
+        list(train(data, make_config(max_steps=2), tmp_path, resume=True))
+
+
+def test_resume_with_other_network_settings(tmp_path, data):
+    list(train(data, make_config(max_steps=1), tmp_path))
+    with pytest.raises(ModelError, match="other network settings"):
+        list(train(data, make_config(max_steps=2, base_channels=8), tmp_path, resume=True))
+
+
+def test_warm_start_skips_pretraining(tmp_path, data, reference):
+    ref_dir, _ = reference
+    events = list(train(data, make_config(max_steps=3), tmp_path, warm_start=ref_dir))
+    assert [e.stage for e in events if isinstance(e, Progress)] == [COTRAIN] * 3
+    assert isinstance(events[-1], Done)
+
+
+# ----- configuration errors -----
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"budget_seconds": None, "max_steps": None}, "budget"), ({"budget_seconds": -1.0}, "positive"),
+     ({"max_steps": 0}, "positive"), ({"pretrain_fraction": 1.0}, "pretrain_fraction"),
+     ({"num_classes": 1}, "num_classes"), ({"rounds": -1}, "rounds")],
+)
+def test_config_errors(overrides, message):
+    with pytest.raises(InputError, match=message):
+        make_config(**overrides)
+
+
+def test_config_round_trip():
+    config = make_config(patch_size=[32, 32], chained_rounds=True)
+    assert config.patch_size == (32, 32)
+    assert TrainConfig.from_dict({**config.to_dict(), "unknown_key": 1}) == config
+
+
+def test_training_data_errors():
+    image = np.zeros((1, 16, 16), np.float32)
+    with pytest.raises(InputError, match="no labelled image"):
+        TrainingData([image], {}, ["a"])
+    with pytest.raises(InputError, match="shape"):
+        TrainingData([image], {0: np.zeros((8, 8), np.int64)}, ["a"])
+    with pytest.raises(InputError, match="label values"):
+        TrainingData([image], {0: np.full((16, 16), 2, np.int64)}, ["a"])
+    with pytest.raises(InputError, match="same kind"):
+        TrainingData([image, np.zeros((3, 16, 16), np.float32)], {0: np.zeros((16, 16), np.int64)}, ["a", "b"])
