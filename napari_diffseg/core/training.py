@@ -26,8 +26,8 @@ from .checkpoint import BEST, LAST, atomic_write, load_checkpoint, save_checkpoi
 from .data import PatchSampler, TrainingData, effective_patch_size
 from .errors import InputError, ModelError
 from .io import write_mask, write_tiff_atomic
-from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, best_threshold, normalised_entropy, probabilities_to_mask,
-                      run, tiled_probabilities)
+from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, autocast_context, best_threshold, memory_format_for,
+                      normalised_entropy, probabilities_to_mask, run, tiled_probabilities)
 from .teacher import DiffusionTeacher, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,10 @@ class _Run:
             spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.num_classes,
             base_channels=config.base_channels, depth=config.depth,
         )
-        self.teacher = DiffusionTeacher(self.network_config).to(self.device)
-        self.student = None if config.labels_only else DiffusionTeacher(self.network_config).to(self.device)
+        self.memory_format = memory_format_for(data.spatial_dims)
+        self.teacher = DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format)
+        self.student = (None if config.labels_only
+                        else DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format))
         self.patch_size = effective_patch_size(config.patch_size, data, self.teacher.size_multiple)
         self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
         self.sampler = PatchSampler(data, self.patch_size, seed=config.seed)
@@ -260,15 +262,16 @@ class _Run:
 
     # ----- one optimisation step -----
     def _autocast(self):
-        from .predict import autocast_context
-
         return autocast_context(self.device, self.bf16)
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device).contiguous(memory_format=self.memory_format)
 
     def train_step(self, clock: _Clock) -> dict[str, float]:
         config, device = self.config, self.device
         self.teacher.train()
         if self.stage == PRETRAIN:
-            images = self.sampler.image_batch(self.batch_size).to(device)
+            images = self._to_device(self.sampler.image_batch(self.batch_size))
             with self._autocast():
                 loss = pretraining_loss(self.teacher, images, self.generator)
             self.teacher_optimiser.zero_grad(set_to_none=True)
@@ -278,7 +281,7 @@ class _Run:
         # every network sees batch_size patches per step: all labelled here, half and half in co-training
         half = max(1, self.batch_size // 2)
         labelled, labels = self.sampler.labelled_batch(self.batch_size if self.stage == SUPERVISED else half)
-        labelled, labels = labelled.to(device), labels.to(device)
+        labelled, labels = self._to_device(labelled), labels.to(device)
         if self.stage == SUPERVISED:
             with self._autocast():
                 loss = supervised_loss(self.teacher, labelled, labels, self.generator)
@@ -288,7 +291,7 @@ class _Run:
             return {"supervised": float(loss.detach())}
         self.student.train()
         unlabelled_indices = self.data.unlabelled_indices
-        unlabelled = self.sampler.image_batch(half, unlabelled_indices).to(device) if unlabelled_indices else None
+        unlabelled = self._to_device(self.sampler.image_batch(half, unlabelled_indices)) if unlabelled_indices else None
         fraction = clock.fraction(self.step)
         ramp = min(1.0, max(0.0, (fraction - config.pretrain_fraction) / max(1e-8, 1 - config.pretrain_fraction)))
         with self._autocast():
@@ -318,15 +321,10 @@ class _Run:
         return {"teacher": self.teacher} if self.student is None else {"teacher": self.teacher, "student": self.student}
 
     def _probabilities(self, networks, image, draws=0):
-        try:
-            return run(tiled_probabilities(networks, image, self.tile, draws=draws, device=self.device,
-                                           bf16=self.bf16, seed=self.config.seed))
-        finally:
-            # tiled_probabilities switches the networks to channels-last in place, which changes the numerics of
-            # the following training steps: switch back, so that validating or making pseudo-labels mid-run (on a
-            # wall-clock schedule) leaves the weights of a step-budget run reproducible
-            for network in networks:
-                network.to(memory_format=torch.contiguous_format)
+        # networks train in the same channels-last layout that tiled_probabilities uses, so validating or making
+        # pseudo-labels mid-run (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
+        return run(tiled_probabilities(networks, image, self.tile, draws=draws, device=self.device,
+                                       bf16=self.bf16, seed=self.config.seed))
 
     def validate(self) -> dict:
         """Threshold sweep and pooled Dice of each twin on the labelled images (the only ground truth there is)."""
