@@ -68,9 +68,9 @@ class TrainConfig:
     bf16: bool | None = None
     validate_every_seconds: float = 20.0
     checkpoint_every_seconds: float = 30.0
-    first_pseudo_labels_after_seconds: float = 20.0
+    first_pseudo_labels_after_seconds: float = 10.0
     pseudo_labels_every_seconds: float = 60.0
-    uncertainty_draws: int = 2
+    uncertainty_draws: int = 1
     max_validation_images: int = 8
 
     def __post_init__(self):
