@@ -141,13 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     train.add_argument("--steps", type=_positive_int, default=None, metavar="N",
                        help="also stop after N optimisation steps (reproducible runs)")
-    train.add_argument("--rounds", type=_non_negative_int, default=3, metavar="K",
-                       help="pseudo-label rounds per co-training step (default 3)")
+    train.add_argument("--rounds", type=_non_negative_int, default=None, metavar="K",
+                       help="pseudo-label rounds K of a co-training step that has rounds (default 1)")
+    train.add_argument("--rounds-every", type=_positive_int, default=None, metavar="N",
+                       help="compute the pseudo-label rounds on every N-th co-training step (default 4; "
+                            "1 = every step as in the paper, slower on a CPU)")
     train.add_argument("--chained-rounds", action="store_true",
                        help="condition each round on the previous round's mask instead of the teacher's")
-    train.add_argument("--pretrain-fraction", type=_fraction, default=0.25, metavar="F",
+    train.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
                        help="share of the budget for unsupervised teacher pretraining (default 0.25)")
-    train.add_argument("--width", type=_positive_int, default=16, metavar="C",
+    train.add_argument("--width", type=_positive_int, default=None, metavar="C",
                        help="base channels of the U-Nets (default 16; smaller is faster)")
     train.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
                        help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
@@ -329,12 +332,16 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, training
     from napari_diffseg.core.checkpoint import BEST, CARD, LAST, read_model_card
 
+    given = {  # options left out keep TrainConfig's defaults (the one place they are defined)
+        "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
+        "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
+        "batch_size": args.batch_size,
+    }
     config = training.TrainConfig(
         budget_seconds=args.budget, max_steps=args.steps, labels_only=args.labels_only,
-        pretrain_fraction=args.pretrain_fraction, rounds=args.rounds, chained_rounds=args.chained_rounds,
-        num_classes=args.num_classes, base_channels=args.width,
-        patch_size=tuple(args.patch_size) if args.patch_size else None, batch_size=args.batch_size,
-        seed=args.seed, device=args.device, threads=args.threads, bf16=False if args.no_bf16 else None,
+        chained_rounds=args.chained_rounds, num_classes=args.num_classes, seed=args.seed, device=args.device,
+        threads=args.threads, bf16=False if args.no_bf16 else None,
+        **{key: value for key, value in given.items() if value is not None},
     )
     device = devices.select_device(config.device)  # an unavailable device fails before any image is read
     out = Path(args.out)
