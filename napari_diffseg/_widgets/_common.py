@@ -1,0 +1,130 @@
+"""Small Qt helpers shared by the panels: layer pickers, path rows, time formatting, safe error reporting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import logging
+from typing import Any
+
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QWidget
+
+from napari_diffseg._workers import error_message, notify_error
+from napari_diffseg.core.errors import DiffsegError
+
+log = logging.getLogger(__name__)
+
+NO_LAYER = "(none)"
+
+
+def format_duration(seconds: float | None) -> str:
+    """'m:ss' (or 'h:mm:ss') for a number of seconds; '-' when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def wrapping_label(text: str = "") -> QLabel:
+    """A word-wrapped label that never widens its dock (long image names are cut at the edge instead)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+    label.setMinimumWidth(1)
+    return label
+
+
+def user_errors(method: Callable) -> Callable:
+    """Decorator for GUI actions: a DiffsegError becomes an error notification instead of a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except DiffsegError as error:
+            notify_error(error_message(error))
+            return None
+
+    return wrapper
+
+
+def connect_until_destroyed(widget: QWidget, signal: Any, slot: Callable) -> None:
+    """Connect a state (psygnal) or viewer (napari event) signal to a widget's slot, and disconnect it when the
+    widget's Qt object is destroyed: the state and the viewer outlive a closed panel, which must not be called.
+    """
+    signal.connect(slot)
+    widget.destroyed.connect(functools.partial(_disconnect_signal, signal, slot))
+
+
+def _disconnect_signal(signal: Any, slot: Callable, *_: Any) -> None:
+    try:
+        signal.disconnect(slot)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+
+
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers of some kinds, kept up to date as layers come and go."""
+
+    def __init__(self, viewer: Any, kinds: tuple[type, ...], optional: bool = False, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kinds = kinds
+        self._optional = optional
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.moved):
+            connect_until_destroyed(self, event, self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in self._viewer.layers if isinstance(layer, self._kinds)]
+        if self._optional:
+            names.insert(0, NO_LAYER)
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if current not in names:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Any | None:
+        name = self.currentText()
+        if not name or name == NO_LAYER or name not in self._viewer.layers:
+            return None
+        return self._viewer.layers[name]
+
+
+class PathRow(QWidget):
+    """A line edit with a Browse button opening a file or folder dialog."""
+
+    def __init__(self, placeholder: str, mode: str = "folder", parent: QWidget | None = None):
+        super().__init__(parent)
+        self.mode = mode
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.button = QPushButton("Browse…")
+        self.button.clicked.connect(self.browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit)
+        layout.addWidget(self.button)
+
+    def browse(self) -> None:
+        if self.mode == "file":
+            path, _ = QFileDialog.getOpenFileName(self, "Choose an image", self.text(),
+                                                  "Images (*.tif *.tiff *.png *.jpg *.jpeg)")
+        else:
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.text())
+        if path:
+            self.edit.setText(path)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        self.edit.setText(text)

@@ -1,0 +1,156 @@
+"""The napari layers the panels work in: one image + labels pair for annotating, one image + pseudo-label +
+uncertainty set for reviewing, each showing one project image at a time; and restoring them on reopen.
+
+Layers are found by their fixed names and tagged with the project image they show (``metadata["diffseg_image"]``),
+so panels opened later adopt the layers that are already there. Which image each set shows is remembered in the
+project configuration (key ``"gui"``), so reopening a project brings the same layers back, with the data as saved
+in the project (unsaved paint strokes are not kept). Call only from the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from napari_diffseg.core.io import image_layout
+from napari_diffseg.core.project import Project
+
+log = logging.getLogger(__name__)
+
+ANNOTATE_IMAGE = "DiffSeg image"
+ANNOTATE_LABELS = "DiffSeg labels"
+REVIEW_IMAGE = "DiffSeg review image"
+REVIEW_PSEUDO = "DiffSeg pseudo-label"
+REVIEW_UNCERTAINTY = "DiffSeg uncertainty"
+ANNOTATE_LAYERS = (ANNOTATE_IMAGE, ANNOTATE_LABELS)
+REVIEW_LAYERS = (REVIEW_IMAGE, REVIEW_PSEUDO, REVIEW_UNCERTAINTY)
+NAME_KEY = "diffseg_image"
+GUI_KEY = "gui"
+
+
+def find_layer(viewer: Any, layer_name: str) -> Any | None:
+    return viewer.layers[layer_name] if layer_name in viewer.layers else None
+
+
+def shown_image(viewer: Any, layer_name: str) -> str | None:
+    """The project image a plugin layer shows, or None."""
+    layer = find_layer(viewer, layer_name)
+    return None if layer is None else layer.metadata.get(NAME_KEY)
+
+
+def _upsert(viewer: Any, kind: str, layer_name: str, data: np.ndarray, image_name: str, **kwargs: Any) -> Any:
+    """Replace the data of the plugin layer ``layer_name`` (or add it) and tag it with ``image_name``."""
+    from napari.layers import Image, Labels
+
+    layer = find_layer(viewer, layer_name)
+    rgb = kwargs.get("rgb", False)
+    expected = Labels if kind == "labels" else Image
+    if layer is not None and (not isinstance(layer, expected) or layer.data.ndim != data.ndim
+                              or (kind == "image" and bool(layer.rgb) != bool(rgb))):
+        viewer.layers.remove(layer)
+        layer = None
+    if layer is None:
+        add = viewer.add_labels if kind == "labels" else viewer.add_image
+        if kind == "labels":
+            kwargs.pop("rgb", None)
+        layer = add(data, name=layer_name, metadata={NAME_KEY: image_name}, **kwargs)
+    else:
+        layer.data = data
+        layer.metadata = {**layer.metadata, NAME_KEY: image_name}
+        if kind == "image":
+            if "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
+            else:
+                layer.reset_contrast_limits()
+        layer.visible = True
+    return layer
+
+
+def _image_kwargs(image: np.ndarray, name: str) -> dict:
+    _, channels = image_layout(image, name=name)
+    return {"rgb": channels == 3}
+
+
+def _set_visible(viewer: Any, names: tuple[str, ...], visible: bool) -> None:
+    for layer_name in names:
+        layer = find_layer(viewer, layer_name)
+        if layer is not None:
+            layer.visible = visible
+
+
+def _remember(project: Project, key: str, image_name: str | None) -> None:
+    gui = dict(project.config.get(GUI_KEY) or {})
+    if gui.get(key) != image_name:
+        gui[key] = image_name
+        project.update_config({GUI_KEY: gui})
+
+
+def show_for_annotation(viewer: Any, project: Project, name: str) -> Any:
+    """Show image ``name`` with an editable Labels layer of its spatial shape; returns the Labels layer.
+
+    The labels start from the saved ground truth, else the latest pseudo-label, else empty.
+    """
+    image = project.image(name)
+    spatial = image.shape[: image_layout(image, name=name)[0]]
+    mask = project.label(name)
+    if mask is None:
+        pseudo = project.pseudo(name)
+        mask = pseudo[0] if pseudo is not None else np.zeros(spatial, np.uint8)
+    _set_visible(viewer, REVIEW_LAYERS, False)
+    _upsert(viewer, "image", ANNOTATE_IMAGE, image, name, **_image_kwargs(image, name))
+    labels = _upsert(viewer, "labels", ANNOTATE_LABELS, np.asarray(mask, np.uint8).copy(), name)
+    labels.editable = True
+    _remember(project, "annotate", name)
+    return labels
+
+
+def show_for_review(viewer: Any, project: Project, name: str) -> Any:
+    """Show image ``name`` with its latest pseudo-label (editable Labels) and uncertainty; returns the Labels layer."""
+    image = project.image(name)
+    spatial = image.shape[: image_layout(image, name=name)[0]]
+    pseudo = project.pseudo(name)
+    if pseudo is None:
+        mask, uncertainty = np.zeros(spatial, np.uint8), None
+    else:
+        mask, uncertainty = pseudo
+    if uncertainty is None:
+        uncertainty = np.zeros(spatial, np.float32)
+    _set_visible(viewer, ANNOTATE_LAYERS, False)
+    _upsert(viewer, "image", REVIEW_IMAGE, image, name, **_image_kwargs(image, name))
+    _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
+            colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0))
+    labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name)
+    labels.editable = True
+    viewer.layers.selection.active = labels
+    _remember(project, "review", name)
+    return labels
+
+
+def forget(project: Project, key: str) -> None:
+    _remember(project, key, None)
+
+
+def remove_plugin_layers(viewer: Any) -> None:
+    """Remove the annotate and review layers (e.g. when another project is opened)."""
+    for layer_name in ANNOTATE_LAYERS + REVIEW_LAYERS:
+        layer = find_layer(viewer, layer_name)
+        if layer is not None:
+            viewer.layers.remove(layer)
+
+
+def restore_layers(viewer: Any, project: Project) -> list[tuple[str, str]]:
+    """Bring back the annotate / review layers the project had open; returns (kind, image name) pairs shown."""
+    gui = project.config.get(GUI_KEY) or {}
+    names = set(project.names())
+    shown = []
+    for key, show in (("annotate", show_for_annotation), ("review", show_for_review)):
+        name = gui.get(key)
+        if name and name in names:
+            try:
+                show(viewer, project, name)
+                shown.append((key, name))
+            except Exception as error:  # a missing or unreadable file must not stop the project from opening
+                log.warning("could not restore the %s layers of %s: %s", key, name, error)
+    return shown

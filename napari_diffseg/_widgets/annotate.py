@@ -1,0 +1,152 @@
+"""Annotate panel: pick a project image, paint its mask in a Labels layer of the right shape (created for you, in
+paint mode with label 1), and save it as ground truth. The layer starts from the image's saved ground truth, else
+from its latest pseudo-label (correcting is quicker than painting), else empty. 3D images get a 3D Labels
+layer: paint slice by slice. Saving writes the mask to the project at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from napari.utils import notifications
+from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_diffseg._state import DiffsegState, state_for_viewer
+from napari_diffseg._widgets import _layers
+from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.project import ImageStatus
+
+log = logging.getLogger(__name__)
+
+HELP = ("Paint the objects with label 1 (0 erases). Keys: P paint, E erase, F fill, [ and ] brush size. "
+        "For 3D images, paint slice by slice with the slider.")
+
+
+class AnnotatePanel(QWidget):
+    """Paint ground truth for one project image at a time."""
+
+    def __init__(self, viewer: Any, state: DiffsegState, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.image_combo = QComboBox()
+        self.open_button = QPushButton("Open for labelling")
+        self.save_button = QPushButton("Save as ground truth")
+        self.clear_button = QPushButton("Clear")
+        self.open_button.clicked.connect(lambda: self.open_image())
+        self.save_button.clicked.connect(lambda: self.save())
+        self.clear_button.clicked.connect(self.clear)
+        self.current_label = wrapping_label("")
+        help_label = wrapping_label(HELP)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Image"))
+        layout.addWidget(self.image_combo)
+        layout.addWidget(self.open_button)
+        layout.addWidget(self.current_label)
+        row = QHBoxLayout()
+        row.addWidget(self.save_button)
+        row.addWidget(self.clear_button)
+        layout.addLayout(row)
+        layout.addWidget(help_label)
+
+        connect_until_destroyed(self, state.project_changed, self.refresh)
+        connect_until_destroyed(self, state.records_changed, self.refresh)
+        connect_until_destroyed(self, state.image_shown, self._on_image_shown)
+        self.refresh()
+        self._update_current()
+
+    # ------------------------------------------------------------------ image list
+    def refresh(self, *_: Any) -> None:
+        """Fill the image list: images without ground truth first, then labelled ones."""
+        project = self.state.project
+        current = self.image_combo.currentData()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        if project is not None:
+            records = project.records()
+            records.sort(key=lambda r: r.status in (ImageStatus.LABELLED, ImageStatus.ACCEPTED))
+            for record in records:
+                self.image_combo.addItem(f"{record.name}  [{record.status.value}]", record.name)
+            index = self.image_combo.findData(current)
+            if index >= 0:
+                self.image_combo.setCurrentIndex(index)
+        self.image_combo.blockSignals(False)
+        enabled = project is not None and self.image_combo.count() > 0
+        self.open_button.setEnabled(enabled)
+        self._update_current()
+
+    def _on_image_shown(self, kind: str, name: str) -> None:
+        if kind == "annotate":
+            index = self.image_combo.findData(name)
+            if index >= 0:
+                self.image_combo.setCurrentIndex(index)
+            self._update_current()
+
+    def current_name(self) -> str | None:
+        """The project image shown in the annotation layers."""
+        return _layers.shown_image(self.viewer, _layers.ANNOTATE_LABELS)
+
+    def labels_layer(self) -> Any | None:
+        return _layers.find_layer(self.viewer, _layers.ANNOTATE_LABELS)
+
+    def _update_current(self) -> None:
+        name = self.current_name()
+        project = self.state.project
+        if name is None or project is None or name not in project.names():
+            self.current_label.setText("No image open for labelling.")
+            self.save_button.setEnabled(False)
+            self.clear_button.setEnabled(False)
+            return
+        self.current_label.setText(f"Labelling {name} ({project.record(name).status.value})")
+        self.save_button.setEnabled(True)
+        self.clear_button.setEnabled(True)
+
+    # ------------------------------------------------------------------ actions
+    @user_errors
+    def open_image(self, name: str | None = None) -> Any:
+        """Show ``name`` (default: the chosen image) with its Labels layer, ready to paint; returns the layer."""
+        project = self.state.project
+        if project is None:
+            raise InputError("create or open a project first")
+        name = name or self.image_combo.currentData()
+        if not name:
+            raise InputError("the project has no images: add images first")
+        labels = _layers.show_for_annotation(self.viewer, project, name)
+        self.viewer.layers.selection.active = labels
+        labels.selected_label = 1
+        labels.mode = "paint"
+        self.state.image_shown.emit("annotate", name)
+        return labels
+
+    @user_errors
+    def save(self) -> bool:
+        """Save the painted mask as the ground truth of the shown image (written at once)."""
+        project = self.state.project
+        name = self.current_name()
+        layer = self.labels_layer()
+        if project is None or name is None or layer is None:
+            raise InputError("open an image for labelling first")
+        mask = np.asarray(layer.data).copy()
+        project.save_label(name, mask)
+        if not mask.any():
+            notifications.show_warning(f"saved an empty mask for {name}: it teaches 'no object here'")
+        else:
+            notifications.show_info(f"saved the mask of {name} as ground truth")
+        self.state.records_changed.emit()
+        return True
+
+    def clear(self) -> None:
+        layer = self.labels_layer()
+        if layer is not None:
+            layer.data = np.zeros_like(layer.data)
+
+
+class AnnotateWidget(AnnotatePanel):
+    """npe2 entry point: the Annotate panel of the viewer's shared state."""
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__(napari_viewer, state_for_viewer(napari_viewer))

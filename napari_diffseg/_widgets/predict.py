@@ -1,0 +1,282 @@
+"""Predict panel: run a trained model (default: the project's latest round) on an open layer, an image file or a
+folder of images, 2D or 3D, in overlapping tiles, with progress and cancel; the result goes to a Labels layer
+or to a folder on disk (uint8 TIFF masks, optionally float32 uncertainty maps).
+
+A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
+plane. The work runs in a background worker; the layer data is snapshotted before it starts, and result layers
+are added on the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton,
+                            QVBoxLayout, QWidget)
+
+from napari_diffseg._state import DiffsegState, state_for_viewer
+from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, PathRow, user_errors, wrapping_label
+from napari_diffseg._workers import error_message, notify_error, start_job
+from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.io import list_images, name_stem, read_image, write_mask, write_tiff_atomic
+from napari_diffseg.core.project import sanitise_name
+
+log = logging.getLogger(__name__)
+
+SOURCE_LAYER, SOURCE_FILE, SOURCE_FOLDER = "open layer", "image file", "folder of images"
+OUTPUT_LAYER, OUTPUT_DISK = "Labels layer", "folder on disk"
+PREDICTION_SUFFIX = " prediction"
+UNCERTAINTY_SUFFIX = " uncertainty"
+
+
+@dataclass
+class PredictProgress:
+    """Overall progress of a prediction job (fraction in [0, 1]) and the image being segmented."""
+
+    fraction: float
+    name: str
+
+
+@dataclass
+class PredictResult:
+    """One segmented image: for a layer output the arrays; for a disk output the written file."""
+
+    name: str
+    mask: np.ndarray | None
+    uncertainty: np.ndarray | None
+    source_layer: str | None
+    path: Path | None = None
+
+
+def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out_dir: Path | None,
+                uncertainty: bool) -> Iterator[PredictProgress | PredictResult]:
+    """Segment each ``(name, array or path, source layer name)``; runs in a worker (imports torch here)."""
+    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.device import bf16_supported, select_device
+
+    device = select_device("auto")
+    model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device))
+    for index, (name, source, layer_name) in enumerate(sources):
+        image = read_image(source) if isinstance(source, Path) else np.asarray(source)
+        per_plane = model.config.spatial_dims == 2 and _is_stack_of_2d(image)
+        planes = list(image) if per_plane else [image]
+        masks, maps = [], []
+        for plane_index, plane in enumerate(planes):
+            run = model.iter_predict(plane, uncertainty=uncertainty, name=name)
+            while True:
+                try:
+                    tiles = next(run)
+                except StopIteration as stop:
+                    prediction = stop.value
+                    break
+                done = (plane_index + tiles.done / max(1, tiles.total)) / len(planes)
+                yield PredictProgress((index + done) / len(sources), name)
+            masks.append(prediction.mask)
+            maps.append(prediction.uncertainty)
+        mask = np.stack(masks) if per_plane else masks[0]
+        unc = (np.stack(maps) if per_plane else maps[0]) if uncertainty else None
+        if out_dir is None:
+            yield PredictResult(name, mask, unc, layer_name)
+            continue
+        stem = sanitise_name(name_stem(source) if isinstance(source, Path) else name)
+        path = Path(out_dir) / f"{stem}.tif"
+        write_mask(path, mask)
+        if unc is not None:
+            write_tiff_atomic(Path(out_dir) / f"{stem}_uncertainty.tif", unc.astype(np.float32))
+        yield PredictResult(name, None, None, layer_name, path)
+
+
+def _is_stack_of_2d(image: np.ndarray) -> bool:
+    """A 3D grey array (volume or stack of 2D planes, any number of planes) or a 4D stack of RGB(A) planes."""
+    if image.ndim == 3:
+        return image.shape[-1] not in (1, 3, 4)
+    return image.ndim == 4 and image.shape[-1] in (3, 4)
+
+
+class PredictPanel(QWidget):
+    """Choose a model and a source, run, watch progress, cancel."""
+
+    def __init__(self, viewer: Any, state: DiffsegState, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.worker = None
+        self.results: list[PredictResult] = []
+        self._auto_model = ""
+
+        self.model_row = PathRow("model folder (with best.pt)")
+        self.latest_button = QPushButton("Use the project's latest model")
+        self.latest_button.clicked.connect(self.use_latest_model)
+        self.source_combo = QComboBox()
+        self.source_combo.addItems([SOURCE_LAYER, SOURCE_FILE, SOURCE_FOLDER])
+        self.layer_combo = LayerCombo(viewer, (Image,))
+        self.source_row = PathRow("image file or folder")
+        self.output_combo = QComboBox()
+        self.output_combo.addItems([OUTPUT_LAYER, OUTPUT_DISK])
+        self.out_row = PathRow("output folder")
+        self.uncertainty_check = QCheckBox("also the uncertainty map")
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.run_button.clicked.connect(lambda: self.run())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.status_label = wrapping_label("")
+        self.source_combo.currentTextChanged.connect(self._update_visibility)
+        self.output_combo.currentTextChanged.connect(self._update_visibility)
+
+        form = QFormLayout()
+        form.addRow("model", self.model_row)
+        form.addRow(self.latest_button)
+        form.addRow("source", self.source_combo)
+        form.addRow("layer", self.layer_combo)
+        form.addRow("path", self.source_row)
+        form.addRow("output", self.output_combo)
+        form.addRow("to", self.out_row)
+        form.addRow(self.uncertainty_check)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+
+        connect_until_destroyed(self, state.project_changed, self._on_project)
+        connect_until_destroyed(self, state.status_changed, self._on_project)
+        self._update_visibility()
+        self._on_project()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ settings
+    def _update_visibility(self, *_: Any) -> None:
+        source = self.source_combo.currentText()
+        self.layer_combo.setEnabled(source == SOURCE_LAYER)
+        self.source_row.setEnabled(source != SOURCE_LAYER)
+        self.source_row.mode = "file" if source == SOURCE_FILE else "folder"
+        self.out_row.setEnabled(self.output_combo.currentText() == OUTPUT_DISK)
+
+    def _on_project(self, *_: Any) -> None:
+        """Follow the project's latest model unless the user chose another folder."""
+        if self.model_row.text() in ("", self._auto_model):
+            self.use_latest_model()
+
+    def use_latest_model(self) -> None:
+        project = self.state.project
+        if project is None:
+            return
+        latest = _latest_model_dir(project)
+        self._auto_model = "" if latest is None else str(latest)
+        self.model_row.setText(self._auto_model)
+
+    # ------------------------------------------------------------------ run
+    def _sources(self) -> list[tuple[str, Any, str | None]]:
+        source = self.source_combo.currentText()
+        if source == SOURCE_LAYER:
+            layer = self.layer_combo.layer()
+            if layer is None:
+                raise InputError("no image layer to segment: open an image first")
+            return [(layer.name, np.asarray(layer.data).copy(), layer.name)]  # snapshot before the worker starts
+        path = Path(self.source_row.text()) if self.source_row.text() else None
+        if path is None:
+            raise InputError(f"choose the {source} to segment")
+        if source == SOURCE_FILE:
+            return [(name_stem(path), path, None)]
+        return [(name_stem(p), p, None) for p in list_images(path)]
+
+    @user_errors
+    def run(self) -> Any:
+        """Start predicting; returns the worker."""
+        if self.worker is not None:
+            raise InputError("a prediction is already running")
+        model_text = self.model_row.text()
+        if not model_text:
+            raise InputError("choose a model folder (train first, or browse to a model)")
+        model_dir = Path(model_text)
+        if not model_dir.is_dir():
+            raise InputError(f"model folder not found: {model_dir}")
+        sources = self._sources()
+        out_dir = None
+        if self.output_combo.currentText() == OUTPUT_DISK:
+            if not self.out_row.text():
+                raise InputError("choose the output folder")
+            out_dir = Path(self.out_row.text())
+        uncertainty = self.uncertainty_check.isChecked()
+        self.results = []
+        self.progress.setValue(0)
+        self.status_label.setText(f"Segmenting {len(sources)} image(s)…")
+        self._set_running(True)
+        self.worker = start_job(lambda: predict_job(model_dir, sources, out_dir, uncertainty), self._on_event,
+                                on_errored=self._on_error, on_finished=self._on_finished)
+        self.worker.aborted.connect(lambda: self.status_label.setText("Cancelled."))
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, PredictProgress):
+            self.progress.setValue(int(round(event.fraction * 1000)))
+            return
+        self.results.append(event)
+        if event.mask is not None:
+            self._show_result(event)
+        self.status_label.setText(f"{len(self.results)} image(s) segmented"
+                                  + (f", written to {event.path.parent}" if event.path is not None else ""))
+
+    def _show_result(self, result: PredictResult) -> None:
+        """Add (or update) the '<name> prediction' Labels layer, aligned with its source layer."""
+        kwargs: dict = {}
+        source = self.viewer.layers[result.source_layer] if result.source_layer in self.viewer.layers else None
+        if source is not None and source.ndim == result.mask.ndim:
+            kwargs = {"scale": source.scale, "translate": source.translate}
+        name = f"{result.name}{PREDICTION_SUFFIX}"
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        if isinstance(existing, Labels) and existing.data.shape == result.mask.shape:
+            existing.data = result.mask
+        else:
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            self.viewer.add_labels(result.mask, name=name, **kwargs)
+        if result.uncertainty is not None:
+            unc_name = f"{result.name}{UNCERTAINTY_SUFFIX}"
+            if unc_name in self.viewer.layers:
+                self.viewer.layers.remove(unc_name)
+            self.viewer.add_image(result.uncertainty, name=unc_name, colormap="inferno", blending="additive",
+                                  opacity=0.5, contrast_limits=(0.0, 1.0), **kwargs)
+
+    def _on_error(self, error: BaseException) -> None:
+        message = error_message(error)
+        self.status_label.setText(f"Failed: {message}")
+        notify_error(message)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
+        if self.progress.value() and self.results:
+            self.progress.setValue(1000)
+
+
+def _latest_model_dir(project: Any) -> Path | None:
+    from napari_diffseg.core.rounds import latest_model_dir
+
+    return latest_model_dir(project)
+
+
+class PredictWidget(PredictPanel):
+    """npe2 entry point: the Predict panel of the viewer's shared state."""
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__(napari_viewer, state_for_viewer(napari_viewer))

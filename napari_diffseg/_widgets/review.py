@@ -1,0 +1,312 @@
+"""Review panel: the teacher's pseudo-labels, most uncertain first, as an editable Labels layer over the image with
+an uncertainty layer; Prev / Next / Accept / Reject / Revert-to-teacher with keyboard shortcuts; counts; and
+"Next round", which starts the next round warm-started from the last checkpoints.
+
+Accept writes the (edited) Labels layer to the project at once: it becomes ground truth for the next round.
+Reject keeps the image out of the ground truth (it stays unlabelled data and gets a new proposal next round).
+Revert puts the teacher's proposal back into the layer. 3D images are reviewed as volumes: scroll through the
+slices with the slider, edit any slice, accept the whole volume.
+
+Shortcuts (viewer key bindings, active while the panel exists): N next, Shift-N previous, A accept, R reject,
+T revert to the teacher. (P is napari's paint key for Labels layers, hence Shift-N for "previous".)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+import weakref
+
+import numpy as np
+from qtpy.QtWidgets import (QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+
+from napari_diffseg._state import DiffsegState, state_for_viewer
+from napari_diffseg._widgets import _layers
+from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg._workers import start_training
+from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.project import ImageStatus
+
+log = logging.getLogger(__name__)
+
+SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
+
+
+class ReviewPanel(QWidget):
+    """Walk the pseudo-labels, most uncertain first; correct, accept or reject them; start the next round."""
+
+    def __init__(self, viewer: Any, state: DiffsegState, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.queue: list[str] = []
+        self._loaded: tuple[str, np.ndarray] | None = None  # (image, pseudo-label as loaded): detects edits
+        self._dock: QDockWidget | None = None
+
+        self.counts_label = wrapping_label("")
+        self.current_label = wrapping_label("")
+        self.queue_list = QListWidget()
+        self.queue_list.itemActivated.connect(lambda item: self.show_image(item.data(256)))
+        self.queue_list.itemClicked.connect(lambda item: self.show_image(item.data(256)))
+        self.prev_button = QPushButton("◀ Prev (Shift-N)")
+        self.next_button = QPushButton("Next (N) ▶")
+        self.accept_button = QPushButton("Accept (A)")
+        self.reject_button = QPushButton("Reject (R)")
+        self.revert_button = QPushButton("Revert to teacher (T)")
+        self.next_round_button = QPushButton("Next round")
+        self.next_round_button.setToolTip("Accepted corrections join the ground truth; training warm-starts from "
+                                          "the last checkpoints.")
+        self.prev_button.clicked.connect(lambda: self.previous())
+        self.next_button.clicked.connect(lambda: self.next())
+        self.accept_button.clicked.connect(lambda: self.accept())
+        self.reject_button.clicked.connect(lambda: self.reject())
+        self.revert_button.clicked.connect(lambda: self.revert())
+        self.next_round_button.clicked.connect(lambda: self.next_round())
+
+        grid = QGridLayout()
+        grid.addWidget(self.prev_button, 0, 0)
+        grid.addWidget(self.next_button, 0, 1)
+        grid.addWidget(self.accept_button, 1, 0)
+        grid.addWidget(self.reject_button, 1, 1)
+        grid.addWidget(self.revert_button, 2, 0, 1, 2)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.counts_label)
+        layout.addWidget(QLabel("Queue (most uncertain first)"))
+        layout.addWidget(self.queue_list)
+        layout.addWidget(self.current_label)
+        layout.addLayout(grid)
+        layout.addWidget(self.next_round_button)
+        hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices.")
+        layout.addWidget(hint)
+
+        self._bind_keys()
+        connect_until_destroyed(self, state.project_changed, self.refresh)
+        connect_until_destroyed(self, state.records_changed, self.refresh)
+        connect_until_destroyed(self, state.status_changed, self._update_enabled)
+        connect_until_destroyed(self, state.image_shown, self._on_image_shown)
+        self.refresh()
+
+    # ------------------------------------------------------------------ shortcuts
+    def _bind_keys(self) -> None:
+        actions = {"next": self.next, "previous": self.previous, "accept": self.accept, "reject": self.reject,
+                   "revert": self.revert}
+        for key, action in SHORTCUTS.items():
+            self.viewer.bind_key(key, _KeyAction(actions[action]), overwrite=True)
+        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer))
+
+    # ------------------------------------------------------------------ queue
+    def current_name(self) -> str | None:
+        """The project image shown in the review layers."""
+        return _layers.shown_image(self.viewer, _layers.REVIEW_PSEUDO)
+
+    def pseudo_layer(self) -> Any | None:
+        return _layers.find_layer(self.viewer, _layers.REVIEW_PSEUDO)
+
+    def refresh(self, *_: Any, show_first: bool = False) -> None:
+        """Re-read the queue and counts. With nothing shown yet, show the queue's first image when ``show_first``
+        or when this panel is on screen and the user is not annotating (Annotate layers visible): new
+        pseudo-labels never take the view away from painting, nor from another panel."""
+        from napari_diffseg.core.rounds import review_queue  # imports torch: only when a panel is built
+
+        project = self.state.project
+        self.queue = [] if project is None else review_queue(project)
+        self.queue_list.blockSignals(True)
+        self.queue_list.clear()
+        records = {} if project is None else {r.name: r for r in project.records()}
+        for name in self.queue:
+            record = records[name]
+            uncertainty = "?" if record.uncertainty is None else f"{record.uncertainty:.3f}"
+            item = QListWidgetItem(f"{uncertainty}  {name}")
+            item.setData(256, name)
+            self.queue_list.addItem(item)
+        self.queue_list.blockSignals(False)
+        if project is None:
+            self.counts_label.setText("No project open")
+        else:
+            counts = project.status_counts()
+            accepted, rejected = counts[ImageStatus.ACCEPTED], counts[ImageStatus.REJECTED]
+            self.counts_label.setText(f"to review: {len(self.queue)} · reviewed: {accepted + rejected} · "
+                                      f"accepted: {accepted} · rejected: {rejected}")
+        current = self.current_name()
+        if project is not None and self.queue and (current is None or current not in records):
+            if show_first or (self.on_screen() and not self._annotating()):
+                self.show_image(self.queue[0])
+            else:
+                self._update_current()
+        elif current in self.queue and self._newer_proposal(current):
+            self.show_image(current)  # the teacher has a newer pseudo-label and the shown one was not edited
+        else:
+            self._update_current()
+
+    def _annotating(self) -> bool:
+        layer = _layers.find_layer(self.viewer, _layers.ANNOTATE_LABELS)
+        return layer is not None and layer.visible
+
+    def on_screen(self) -> bool:
+        """Whether the panel is actually shown (a dock in a background tab counts as visible to Qt)."""
+        return self.isVisible() and not self.visibleRegion().isEmpty()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        """Follow the dock's visibility: coming to the Review tab shows the queue's first image if none is shown."""
+        super().showEvent(event)
+        parent = self.parentWidget()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        if parent is not None and parent is not self._dock:
+            self._dock = parent
+            parent.visibilityChanged.connect(self._on_dock_visibility)
+
+    def _on_dock_visibility(self, visible: bool) -> None:
+        if visible and self.state.project is not None and self.current_name() is None:
+            self.refresh(show_first=True)
+
+    def _newer_proposal(self, name: str) -> bool:
+        layer = self.pseudo_layer()
+        if layer is None or self._loaded is None or self._loaded[0] != name:
+            return False
+        if not np.array_equal(layer.data, self._loaded[1]):
+            return False  # edited: never overwrite the user's work
+        latest = self.state.project.pseudo(name)
+        return latest is not None and not np.array_equal(latest[0], self._loaded[1])
+
+    def _on_image_shown(self, kind: str, name: str) -> None:
+        if kind == "review":
+            layer = self.pseudo_layer()
+            self._loaded = None if layer is None else (name, np.asarray(layer.data).copy())
+            self._update_current()
+
+    def _update_current(self) -> None:
+        name = self.current_name()
+        project = self.state.project
+        if name is None or project is None or name not in project.names():
+            self.current_label.setText("Nothing to review yet: train first." if not self.queue else "")
+        else:
+            record = project.record(name)
+            position = f"{self.queue.index(name) + 1} of {len(self.queue)}" if name in self.queue else record.status.value
+            self.current_label.setText(f"{name}: {position}, pseudo-label of round "
+                                       f"{(project.pseudo_rounds(name) or ['?'])[-1]}")
+            for row in range(self.queue_list.count()):
+                if self.queue_list.item(row).data(256) == name:
+                    self.queue_list.setCurrentRow(row)
+        self._update_enabled()
+
+    def _update_enabled(self, *_: Any) -> None:
+        shown = self.current_name() is not None and self.state.project is not None
+        for button in (self.accept_button, self.reject_button, self.revert_button):
+            button.setEnabled(shown)
+        self.prev_button.setEnabled(bool(self.queue))
+        self.next_button.setEnabled(bool(self.queue))
+        self.next_round_button.setEnabled(self.state.project is not None and not self.state.busy)
+
+    @user_errors
+    def show_image(self, name: str) -> Any:
+        """Show image ``name`` with its pseudo-label and uncertainty; returns the pseudo-label layer."""
+        project = self.state.project
+        if project is None:
+            raise InputError("create or open a project first")
+        layer = _layers.show_for_review(self.viewer, project, name)
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self.state.image_shown.emit("review", name)
+        return layer
+
+    def _neighbour(self, step: int) -> str | None:
+        if not self.queue:
+            return None
+        current = self.current_name()
+        if current not in self.queue:
+            return self.queue[0]
+        index = self.queue.index(current) + step
+        return self.queue[min(max(index, 0), len(self.queue) - 1)]
+
+    def next(self) -> str | None:
+        name = self._neighbour(+1)
+        if name is not None:
+            self.show_image(name)
+        return name
+
+    def previous(self) -> str | None:
+        name = self._neighbour(-1)
+        if name is not None:
+            self.show_image(name)
+        return name
+
+    # ------------------------------------------------------------------ decisions
+    def _decided(self, name: str, old_queue: list[str]) -> None:
+        """After accept / reject: refresh and move on to the next image still in the queue."""
+        self.state.records_changed.emit()  # refreshes this panel's queue too
+        later = old_queue[old_queue.index(name) + 1:] if name in old_queue else []
+        following = next((n for n in later if n in self.queue), None)
+        if following is None and self.queue:
+            following = self.queue[0]
+        if following is not None:
+            self.show_image(following)
+        else:
+            self._update_current()
+
+    @user_errors
+    def accept(self) -> str | None:
+        """Write the (edited) pseudo-label layer as ground truth of the shown image, at once; then go on."""
+        project, name, layer = self.state.project, self.current_name(), self.pseudo_layer()
+        if project is None or name is None or layer is None:
+            raise InputError("nothing to accept: show a pseudo-label first")
+        project.accept(name, np.asarray(layer.data).copy())
+        self._decided(name, list(self.queue))
+        return name
+
+    @user_errors
+    def reject(self) -> str | None:
+        project, name = self.state.project, self.current_name()
+        if project is None or name is None:
+            raise InputError("nothing to reject: show a pseudo-label first")
+        project.reject(name)
+        self._decided(name, list(self.queue))
+        return name
+
+    @user_errors
+    def revert(self) -> bool:
+        """Put the teacher's latest pseudo-label of the shown image back into the layer."""
+        project, name, layer = self.state.project, self.current_name(), self.pseudo_layer()
+        if project is None or name is None or layer is None:
+            raise InputError("nothing to revert: show a pseudo-label first")
+        pseudo = project.pseudo(name)
+        if pseudo is None:
+            raise InputError(f"{name} has no pseudo-label to revert to")
+        layer.data = np.asarray(pseudo[0], np.uint8).copy()
+        return True
+
+    def next_round(self) -> Any:
+        """Start the next round (accepted corrections are ground truth now), warm-started; returns the worker."""
+        return start_training(self.state, next_round=True)
+
+
+class _KeyAction:
+    """A key binding that calls a panel method; it holds the panel weakly and does nothing once it is gone."""
+
+    def __init__(self, method: Any):
+        self._method = weakref.WeakMethod(method)
+
+    def __call__(self, _viewer: Any = None) -> None:
+        method = self._method()
+        if method is None:
+            return
+        try:
+            method()
+        except RuntimeError:  # the panel's Qt object was deleted
+            log.debug("review shortcut ignored: panel closed")
+
+
+def _unbind_keys(viewer: Any, *_: Any) -> None:
+    for key in SHORTCUTS:
+        try:
+            viewer.bind_key(key, None)
+        except (KeyError, ValueError, RuntimeError):
+            pass
+
+
+class ReviewWidget(ReviewPanel):
+    """npe2 entry point: the Review panel of the viewer's shared state."""
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__(napari_viewer, state_for_viewer(napari_viewer))

@@ -1,0 +1,169 @@
+"""The bridge from the core's event generators to napari thread workers; it never touches layers.
+
+- :func:`start_job` runs a core generator in a napari ``GeneratorWorker``; every event the generator yields
+  reaches the GUI thread through the worker's ``yielded`` signal, and slots (on the GUI thread) update the state
+  and the layers.
+- Cancel = ``worker.quit()``: the worker stops at the next yield and then *closes* the generator in the worker
+  thread (:class:`ClosingGeneratorWorker`; superqt's worker would leave it suspended, and it would then be
+  finalised later on whichever thread drops it), so the core's cleanup (writing ``last.pt``) runs off the GUI
+  thread and before ``finished`` is emitted.
+- Errors become one-line messages (:func:`error_message`: ``DiffsegError`` verbatim, anything else "Type:
+  message") shown as napari error notifications. Unexpected exceptions are re-raised as :class:`WorkerFailure`
+  because superqt treats a ``RuntimeError`` escaping a generator as "worker deleted" and would swallow it
+  (torch reports most failures as RuntimeError).
+- :func:`start_training` / :func:`stop_training` drive one training round of the project of a
+  :class:`~napari_diffseg._state.DiffsegState` and keep its status in step: idle -> running -> (stopping) ->
+  done / idle / failed; Start works again from done, idle and failed.
+
+Torch is imported lazily (inside the worker, or when training starts), never at import of this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import contextlib
+import logging
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import notifications
+
+from napari_diffseg._state import DiffsegState, Status
+from napari_diffseg.core.errors import DiffsegError
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailure(Exception):
+    """An unexpected error inside a worker, carried to the GUI thread as a one-line message."""
+
+
+class ClosingGeneratorWorker(GeneratorWorker):
+    """A GeneratorWorker that closes its generator in the worker thread when it stops, also after ``quit()``."""
+
+    def work(self):  # noqa: D102 - runs in the worker thread
+        try:
+            return super().work()
+        finally:
+            self._gen.close()
+
+
+def error_message(error: BaseException) -> str:
+    """One line for the user: DiffsegError / WorkerFailure messages verbatim, other errors as 'Type: message'."""
+    if isinstance(error, (DiffsegError, WorkerFailure)):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    line = " ".join(text.split())
+    return line or type(error).__name__
+
+
+def notify_error(message: str) -> None:
+    """Show a one-line error in napari's notification area (and the log)."""
+    log.error(message)
+    notifications.show_error(message)
+
+
+def _guarded(make_events: Callable[[], Iterator[Any]], configure_threads: bool) -> Iterator[Any]:
+    """Run in the worker thread: set torch threads, build the core generator, relay its events, translate errors."""
+    try:
+        if configure_threads:
+            from napari_diffseg.core.device import configure_threads as set_threads
+
+            set_threads()  # cores - 1: one core stays free for the GUI
+        events = make_events()
+        with contextlib.closing(events) if hasattr(events, "close") else contextlib.nullcontext():
+            yield from events
+    except DiffsegError:
+        raise
+    except Exception as error:
+        log.exception("worker failed")
+        raise WorkerFailure(error_message(error)) from error
+
+
+def start_job(
+    make_events: Callable[[], Iterator[Any]],
+    on_yielded: Callable[[Any], None],
+    on_errored: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    on_returned: Callable[[Any], None] | None = None,
+    configure_threads: bool = True,
+) -> ClosingGeneratorWorker:
+    """Start ``make_events()`` (called in the worker thread) in a napari worker; the callbacks run on the GUI thread.
+
+    Without ``on_errored`` an error is shown as a notification.
+    """
+    worker = create_worker(_guarded, make_events, configure_threads, _worker_class=ClosingGeneratorWorker,
+                           _ignore_errors=True, _start_thread=False)
+    worker.yielded.connect(on_yielded)
+    worker.errored.connect(on_errored or (lambda error: notify_error(error_message(error))))
+    if on_returned is not None:
+        worker.returned.connect(on_returned)
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+def start_training(state: DiffsegState, next_round: bool = False, resume: bool = False) -> ClosingGeneratorWorker | None:
+    """Train the current round of the state's project (after starting the next round, with ``next_round``).
+
+    Returns the worker, or None (with a notification) when training cannot start.
+    """
+    if state.busy:
+        notifications.show_warning("training is already running; stop it first")
+        return None
+    project = state.project
+    if project is None:
+        notify_error("open or create a project first (Project panel)")
+        return None
+    try:
+        config = state.config
+        from napari_diffseg.core import rounds
+        from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady
+
+        if next_round:
+            project.next_round()
+    except DiffsegError as error:
+        notify_error(error_message(error))
+        return None
+    state.refresh_round()
+    state.step = 0
+    state.losses = []
+    state.last_error = ""
+    outcome = {"done": False}
+
+    def on_yielded(event: Any) -> None:
+        if isinstance(event, Progress):
+            state.step = event.step
+            state.losses.append((event.step, event.stage, dict(event.losses)))
+        elif isinstance(event, Done):
+            outcome["done"] = True
+        state.training_event.emit(event)
+        if isinstance(event, PseudoLabelsReady):
+            state.records_changed.emit()  # train_round stored them in the project before yielding
+
+    def on_errored(error: BaseException) -> None:
+        message = error_message(error)
+        state.last_error = message
+        state.set_status(Status.FAILED)
+        notify_error(message)
+        state.error.emit(message)
+
+    def on_finished() -> None:
+        state.worker = None
+        if state.status in (Status.RUNNING, Status.STOPPING):
+            state.set_status(Status.DONE if outcome["done"] else Status.IDLE)
+        state.records_changed.emit()
+
+    state.set_status(Status.RUNNING)
+    state.worker = start_job(lambda: rounds.train_round(project, config, warm_start=True, resume=resume),
+                             on_yielded, on_errored, on_finished)
+    return state.worker
+
+
+def stop_training(state: DiffsegState) -> None:
+    """Ask the running training to stop at its next step (it saves last.pt first); status -> stopping."""
+    if state.worker is not None and state.status == Status.RUNNING:
+        state.set_status(Status.STOPPING)
+        state.worker.quit()

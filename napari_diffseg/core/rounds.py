@@ -1,0 +1,185 @@
+"""Human-in-the-loop rounds on a project: training data from the project store, one training round with warm start
+and pseudo-label bookkeeping, and the review queue.
+
+``train_round`` wraps :func:`core.training.train` for a :class:`~napari_diffseg.core.project.Project`:
+
+- it trains into ``checkpoints/round_<k>`` of the current round ``k``;
+- it warm-starts from the most recent earlier round whose folder holds a ``last.pt`` made with the same network
+  settings (a changed width / depth / image kind means a cold start, announced in :class:`RoundStarted`);
+- on every :class:`~napari_diffseg.core.training.PseudoLabelsReady` it copies each pseudo-label and uncertainty map
+  into the project (``Project.save_pseudo``) *before* re-yielding the event, so a consumer that reacts to the
+  event finds the project already updated;
+- it logs losses to the project in batches (every ``LOSS_LOG_EVERY`` steps, and whatever is left when the run ends
+  or is cancelled).
+
+Which images train how: LABELLED and ACCEPTED images are the labelled set (their masks from ``labels/``); every
+other image, REJECTED ones included, is unlabelled data. This follows ``Project.reject``: a rejected pseudo-label
+is not ground truth, but the pixels still teach the unsupervised parts, and the image gets a fresh pseudo-label
+in a later round (``Project.save_pseudo`` lets a later round's label bring it back to the review queue).
+Excluding rejected images altogether would drop them from review for good.
+
+Like ``train``, ``train_round`` is a generator: close it to cancel (the wrapped run still leaves ``last.pt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+import logging
+import math
+from pathlib import Path
+
+from .checkpoint import BEST, LAST, read_model_card
+from .data import TrainingData, training_data_from_arrays
+from .errors import InputError, ModelError
+from .io import read_image
+from .project import CHECKPOINTS_DIR, ImageStatus, Project
+from .teacher import NetworkConfig
+from .training import Progress, PseudoLabelsReady, TrainConfig, TrainingEvent, train
+
+log = logging.getLogger(__name__)
+
+LOSS_LOG_EVERY = 20
+TRAIN_CONFIG_KEY = "train"
+
+
+@dataclass
+class RoundStarted(TrainingEvent):
+    """First event of ``train_round``: what is being trained, and from where."""
+
+    round: int
+    out_dir: Path
+    warm_start: Path | None
+    resumed: bool
+    labelled: int
+    unlabelled: int
+    note: str = ""
+
+
+def project_training_data(project: Project, num_classes: int | None = None) -> TrainingData:
+    """All images of the project; LABELLED + ACCEPTED ones with their ground-truth masks, the rest unlabelled.
+
+    InputError when the project has no image, or no image with ground truth.
+    """
+    records = project.records()
+    if not records:
+        raise InputError("the project has no images: add images first")
+    classes = project.num_classes if num_classes is None else int(num_classes)
+    images, labels, names = [], {}, []
+    for record in records:
+        images.append(project.image(record.name))
+        names.append(record.name)
+        if record.status in (ImageStatus.LABELLED, ImageStatus.ACCEPTED):
+            mask = project.label(record.name)
+            if mask is None:
+                raise InputError(f"{record.name} is marked {record.status.value} but its mask file is missing from "
+                                 f"{project.labels_dir}; label it again")
+            labels[len(images) - 1] = mask
+    if not labels:
+        raise InputError("no labelled image: label at least one image (Annotate panel) before training")
+    return training_data_from_arrays(images, labels, names, classes)
+
+
+def _round_dir(project: Project, round_: int) -> Path:
+    """``checkpoints/round_<k>`` without creating it (``Project.checkpoints_dir`` creates it)."""
+    return project.folder / CHECKPOINTS_DIR / f"round_{int(round_)}"
+
+
+def previous_checkpoint_dir(project: Project, round: int | None = None) -> Path | None:
+    """The most recent round before ``round`` (default: the current one) whose checkpoint folder has ``last.pt``."""
+    current = project.current_round if round is None else int(round)
+    for earlier in range(current - 1, 0, -1):
+        folder = _round_dir(project, earlier)
+        if (folder / LAST).is_file():
+            return folder
+    return None
+
+
+def latest_model_dir(project: Project) -> Path | None:
+    """The most recent round's checkpoint folder that holds a ``best.pt`` (a model ready to predict with)."""
+    for round_ in range(project.current_round, 0, -1):
+        folder = _round_dir(project, round_)
+        if (folder / BEST).is_file():
+            return folder
+    return None
+
+
+def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
+    return asdict(NetworkConfig(spatial_dims=data.spatial_dims, image_channels=data.channels,
+                                num_classes=config.num_classes, base_channels=config.base_channels,
+                                depth=config.depth))
+
+
+def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, round_: int) -> tuple[Path | None, str]:
+    previous = previous_checkpoint_dir(project, round_)
+    if previous is None:
+        return None, "no earlier round to start from: training from scratch"
+    try:
+        card = read_model_card(previous)
+    except ModelError as error:
+        return None, f"cannot read the model card of {previous.name} ({error}); training from scratch"
+    if card.get("network") != _network_settings(data, config):
+        return None, f"{previous.name} was trained with other network settings: training from scratch"
+    return previous, f"warm start from {previous.name}"
+
+
+def _store_pseudo_labels(project: Project, event: PseudoLabelsReady, round_: int, model_id: str) -> None:
+    for name in event.names:
+        directory = Path(event.directory)
+        mask = read_image(directory / f"{name}.tif")
+        uncertainty = read_image(directory / f"{name}_uncertainty.tif")
+        mean = event.mean_uncertainty.get(name, math.nan)
+        project.save_pseudo(name, mask, uncertainty, round_, model_id, mean)
+
+
+def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
+                resume: bool = False) -> Iterator[TrainingEvent]:
+    """Train the project's current round, yielding :class:`RoundStarted` and then the events of ``train``.
+
+    ``warm_start``: start from the last earlier round's ``last.pt`` when there is a compatible one.
+    ``resume``: continue a stopped run of this round from its ``last.pt`` (optimisers, step and clock included);
+    without one, the round starts normally.
+    """
+    if config.num_classes != project.num_classes:
+        raise InputError(f"the training settings have {config.num_classes} classes but the project has "
+                         f"{project.num_classes}")
+    round_ = project.current_round
+    out_dir = project.checkpoints_dir(round_)
+    data = project_training_data(project, config.num_classes)
+    resumed = bool(resume and (out_dir / LAST).is_file())
+    warm, note = (None, "resuming the stopped run of this round") if resumed else (None, "training from scratch")
+    if warm_start and not resumed:
+        warm, note = _warm_start_dir(project, data, config, round_)
+    project.update_config({TRAIN_CONFIG_KEY: config.to_dict()})
+    log.info("round %d: %s (%d labelled, %d unlabelled)", round_, note, len(data.labelled_indices),
+             len(data.unlabelled_indices))
+    yield RoundStarted(round_, out_dir, warm, resumed, len(data.labelled_indices), len(data.unlabelled_indices), note)
+
+    pending: list[Progress] = []
+
+    def flush() -> None:
+        for progress in pending:
+            project.log_losses(round_, progress.stage, progress.step, progress.losses)
+        pending.clear()
+
+    events = train(data, config, out_dir, resume=resumed, warm_start=warm)
+    try:
+        for event in events:
+            if isinstance(event, Progress):
+                pending.append(event)
+                if len(pending) >= LOSS_LOG_EVERY:
+                    flush()
+            elif isinstance(event, PseudoLabelsReady):
+                _store_pseudo_labels(project, event, round_, f"round_{round_}/step_{event.step}")
+            yield event
+    finally:
+        events.close()  # cancels the run (it writes last.pt) before the last losses are logged
+        flush()
+
+
+def review_queue(project: Project) -> list[str]:
+    """Names of the images awaiting review (status PSEUDO), most uncertain first (unknown uncertainty last)."""
+    records = [r for r in project.records() if r.status == ImageStatus.PSEUDO]
+    order = {name: index for index, name in enumerate(r.name for r in records)}
+    records.sort(key=lambda r: (r.uncertainty is None, -(r.uncertainty or 0.0), order[r.name]))
+    return [r.name for r in records]

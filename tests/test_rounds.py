@@ -1,0 +1,173 @@
+"""Tests for the human-in-the-loop rounds on a project (napari_diffseg.core.rounds), with tiny networks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_diffseg.core import rounds
+from napari_diffseg.core.checkpoint import BEST, LAST
+from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.io import read_image
+from napari_diffseg.core.project import ImageStatus, Project
+from napari_diffseg.core.rounds import (RoundStarted, latest_model_dir, previous_checkpoint_dir,
+                                        project_training_data, review_queue, train_round)
+from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady, TrainConfig
+
+N_IMAGES = 4
+
+
+def tiny_config(**changes) -> TrainConfig:
+    values = dict(budget_seconds=None, max_steps=6, base_channels=8, depth=2, patch_size=(32, 32), batch_size=2,
+                  rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0, validate_every_seconds=0,
+                  checkpoint_every_seconds=1e9, pseudo_labels_every_seconds=1e9, threads=1, device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def pairs():
+    return make_blobs_dataset(N_IMAGES, shape=(40, 40), seed=3)
+
+
+@pytest.fixture
+def project(tmp_path, pairs) -> Project:
+    """Four blob images; the first one labelled."""
+    proj = Project.create(tmp_path / "proj")
+    for index, (image, _) in enumerate(pairs):
+        proj.add_image(image, name=f"img{index}")
+    proj.save_label("img0", pairs[0][1])
+    return proj
+
+
+def test_training_data_uses_labelled_and_accepted_as_ground_truth(project, pairs):
+    project.accept("img1", pairs[1][1])
+    project.reject("img2")
+    data = project_training_data(project)
+    assert data.names == ["img0", "img1", "img2", "img3"]
+    assert data.labelled_indices == [0, 1]
+    assert data.unlabelled_indices == [2, 3]  # rejected images still train unsupervised
+    np.testing.assert_array_equal(data.labels[1], (pairs[1][1] > 0).astype(np.int64))
+    assert data.images[0].shape == (1, 40, 40) and data.images[0].dtype == np.float32
+
+
+def test_training_data_needs_images_and_a_label(tmp_path, pairs):
+    empty = Project.create(tmp_path / "empty")
+    with pytest.raises(InputError, match="no images"):
+        project_training_data(empty)
+    empty.add_image(pairs[0][0], name="a")
+    with pytest.raises(InputError, match="no labelled image"):
+        project_training_data(empty)
+
+
+def test_training_data_reports_a_missing_mask_file(project):
+    (project.labels_dir / "img0.tif").unlink()
+    with pytest.raises(InputError, match="mask file is missing"):
+        project_training_data(project)
+
+
+def test_train_round_stores_pseudo_labels_losses_and_checkpoints(project):
+    config = tiny_config()
+    events = list(train_round(project, config))
+    started = events[0]
+    assert isinstance(started, RoundStarted)
+    assert started.round == 1 and started.warm_start is None and not started.resumed
+    assert (started.labelled, started.unlabelled) == (1, 3)
+    assert isinstance(events[-1], Done)
+    out_dir = project.checkpoints_dir(1)
+    assert (out_dir / LAST).is_file() and (out_dir / BEST).is_file()
+    assert latest_model_dir(project) == out_dir
+
+    ready = [e for e in events if isinstance(e, PseudoLabelsReady)]
+    assert ready and ready[-1].names == ["img1", "img2", "img3"]
+    for name in ready[-1].names:
+        record = project.record(name)
+        assert record.status == ImageStatus.PSEUDO
+        assert record.round == 1 and record.model_id.startswith("round_1/step_")
+        assert record.uncertainty == pytest.approx(ready[-1].mean_uncertainty[name], rel=1e-6)
+        mask, uncertainty = project.pseudo(name, round=1)
+        np.testing.assert_array_equal(mask, read_image(ready[-1].directory / f"{name}.tif"))
+        assert uncertainty.shape == (40, 40) and uncertainty.dtype == np.float32
+    assert project.record("img0").status == ImageStatus.LABELLED
+
+    steps = [e.step for e in events if isinstance(e, Progress)]
+    logged_steps = sorted({entry.step for entry in project.loss_history(round=1)})
+    assert logged_steps == steps == list(range(1, config.max_steps + 1))
+    assert project.config[rounds.TRAIN_CONFIG_KEY]["max_steps"] == config.max_steps
+    assert set(review_queue(project)) == {"img1", "img2", "img3"}
+
+
+def test_next_round_warm_starts_from_the_previous_round(project, pairs):
+    list(train_round(project, tiny_config()))
+    project.accept("img1", pairs[1][1])
+    assert project.next_round() == 2
+    assert previous_checkpoint_dir(project) == project.checkpoints_dir(1)
+    events = list(train_round(project, tiny_config(max_steps=3)))
+    started = events[0]
+    assert started.round == 2 and started.warm_start == project.checkpoints_dir(1)
+    assert (started.labelled, started.unlabelled) == (2, 2)
+    stages = {e.stage for e in events if isinstance(e, Progress)}
+    assert stages == {"cotrain"}  # warm start skips the unsupervised pretraining
+    assert (project.checkpoints_dir(2) / LAST).is_file()
+    assert project.record("img1").status == ImageStatus.ACCEPTED  # not overwritten by round 2's pseudo-labels
+    ready = [e for e in events if isinstance(e, PseudoLabelsReady)][-1]
+    assert ready.names == ["img2", "img3"]
+    assert {project.record(n).round for n in ready.names} == {2}
+
+
+def test_changed_network_settings_train_from_scratch(project):
+    list(train_round(project, tiny_config(max_steps=2)))
+    project.next_round()
+    first = next(iter(train_round(project, tiny_config(max_steps=2, base_channels=4))))
+    assert first.warm_start is None and "other network settings" in first.note
+
+
+def test_closing_the_round_leaves_last_checkpoint_and_logged_losses(project):
+    events = train_round(project, tiny_config(max_steps=50))
+    steps = []
+    for event in events:
+        if isinstance(event, Progress):
+            steps.append(event.step)
+            if event.step == 3:
+                break
+    events.close()
+    assert (project.checkpoints_dir(1) / LAST).is_file()
+    assert sorted({entry.step for entry in project.loss_history(round=1)}) == [1, 2, 3]
+
+    resumed = list(train_round(project, tiny_config(max_steps=5), resume=True))
+    assert resumed[0].resumed and "resuming" in resumed[0].note
+    assert [e.step for e in resumed if isinstance(e, Progress)] == [4, 5]
+
+
+def test_review_queue_is_most_uncertain_first(project, pairs):
+    mask = np.zeros((40, 40), np.uint8)
+    for name, mean in [("img1", 0.2), ("img2", 0.7), ("img3", math.nan)]:
+        project.save_pseudo(name, mask, np.full((40, 40), 0.5, np.float32), 1, "m", mean)
+    assert review_queue(project) == ["img2", "img1", "img3"]
+    project.accept("img2", pairs[2][1])
+    assert review_queue(project) == ["img1", "img3"]
+
+
+def test_class_count_must_match_the_project(project):
+    with pytest.raises(InputError, match="classes"):
+        next(iter(train_round(project, tiny_config(num_classes=3))))
+
+
+def test_checkpoint_lookups_do_not_create_folders(project):
+    assert previous_checkpoint_dir(project, round=3) is None
+    assert latest_model_dir(project) is None
+    assert sorted(p.name for p in (project.folder / "checkpoints").iterdir()) == []
+    (project.checkpoints_dir(1) / LAST).write_bytes(b"x")  # only the presence of last.pt / best.pt is looked at
+    assert previous_checkpoint_dir(project, round=3) == project.checkpoints_dir(1)
+    assert previous_checkpoint_dir(project, round=1) is None

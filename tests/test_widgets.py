@@ -1,0 +1,526 @@
+"""The napari panels (Project, Annotate, Train, Review, Predict) in a real viewer under Xvfb, opened through the
+npe2 manifest; the whole human-in-the-loop cycle on the bundled sample data with a tiny training budget."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from napari.layers import Image, Labels
+from napari.utils import notifications
+from napari.utils.key_bindings import KeyBinding
+
+from napari_diffseg._sample_data import LABELS_NAME, SAMPLE_NAME, load_sample_pairs
+from napari_diffseg._state import DiffsegState, Status, state_for_viewer
+from napari_diffseg._widgets import _layers
+from napari_diffseg._widgets.annotate import AnnotatePanel
+from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FOLDER, PredictPanel
+from napari_diffseg._widgets.project import ProjectPanel
+from napari_diffseg._widgets.review import SHORTCUTS, ReviewPanel
+from napari_diffseg._widgets.train import TrainPanel
+from napari_diffseg.core import rounds
+from napari_diffseg.core.checkpoint import BEST, LAST
+from napari_diffseg.core.io import read_image
+from napari_diffseg.core.project import ImageStatus, Project
+from napari_diffseg.core.rounds import RoundStarted
+from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.training import TrainConfig
+
+PLUGIN = "napari-diffseg"
+PANELS = {"Project": ProjectPanel, "Annotate": AnnotatePanel, "Train": TrainPanel, "Review": ReviewPanel,
+          "Predict": PredictPanel}
+CROP = 64
+N_IMAGES = 4
+TRAIN_TIMEOUT_MS = 60_000
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """A training run of a few seconds: tiny networks, a few steps, validation and pseudo-labels at once."""
+    values = dict(budget_seconds=None, max_steps=8, base_channels=8, depth=2, patch_size=(CROP, CROP),
+                  batch_size=2, rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0,
+                  validate_every_seconds=0, checkpoint_every_seconds=1e9, pseudo_labels_every_seconds=1e9,
+                  device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Records napari error / warning / info notifications instead of showing them."""
+    messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    for kind in messages:
+        monkeypatch.setattr(notifications, f"show_{kind}", lambda message, _k=kind: messages[_k].append(str(message)))
+    return messages
+
+
+def open_panels(viewer) -> dict:
+    panels = {}
+    for name in PANELS:
+        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        panels[name] = widget
+    return panels
+
+
+def wait_until_finished(qtbot, state: DiffsegState, timeout: int = TRAIN_TIMEOUT_MS) -> None:
+    qtbot.waitUntil(lambda: state.status not in (Status.RUNNING, Status.STOPPING) and state.worker is None,
+                    timeout=timeout)
+
+
+def wait_for_import(qtbot, project_panel: ProjectPanel) -> None:
+    qtbot.waitUntil(lambda: project_panel.import_worker is None, timeout=20_000)
+
+
+def sample_crops(n: int = N_IMAGES):
+    """The first ``n`` sample images and their ground-truth masks, cropped to CROP x CROP."""
+    root = Path(__file__).resolve().parents[1] / "napari_diffseg" / "sample_data" / "train" / "masks"
+    crops = []
+    for image, _, name in load_sample_pairs()[:n]:
+        mask = (tifffile.imread(root / f"{name}.tif") > 0).astype(np.uint8)
+        crops.append((image[:CROP, :CROP].copy(), mask[:CROP, :CROP].copy(), name))
+    return crops
+
+
+def test_every_widget_opens_through_the_manifest(make_napari_viewer, qtbot, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    state = state_for_viewer(viewer)
+    for name, cls in PANELS.items():
+        assert isinstance(panels[name], cls), name
+        assert panels[name].state is state  # one shared state per viewer
+    assert viewer.window.add_plugin_dock_widget(PLUGIN, "Train")[1] is panels["Train"]
+    train = panels["Train"]
+    assert train.torch_label.text().startswith(f"torch {torch.__version__}")
+    assert not train.start_button.isEnabled()  # no project yet
+    assert not train.advanced.isVisible()  # advanced settings folded away
+    assert train.budget.value() == 300
+    assert state_for_viewer(make_napari_viewer()) is not state  # a second viewer has its own state
+
+    # a closed panel no longer reacts to the shared state or to its keys
+    review_keys = {KeyBinding.from_str(key) for key in SHORTCUTS}
+    assert review_keys <= set(viewer.keymap)
+    review_dock = viewer.window._wrapped_dock_widgets[f"Review ({PLUGIN})"]
+    viewer.window.remove_dock_widget(review_dock)
+    panels["Review"].deleteLater()
+    qtbot.waitUntil(lambda: not review_keys & set(viewer.keymap), timeout=5_000)
+    state.records_changed.emit()
+    state.project_changed.emit(None)
+    viewer.add_image(np.zeros((8, 8)), name="after closing")
+    assert panels["Predict"].layer_combo.currentText() == "after closing"
+    assert shown["error"] == []
+
+
+def test_widget_modules_do_not_import_torch():
+    modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + "import napari_diffseg._state, napari_diffseg._workers\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    project_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]
+    viewer.open_sample(PLUGIN, "dsb2018_nuclei")  # File > Open Sample
+    project = project_panel.create_project(tmp_path / "proj")
+    assert project_panel.layer_combo.currentText() == SAMPLE_NAME
+    assert project_panel.labels_combo.currentText() == LABELS_NAME  # the matching labels stack is picked
+    assert project_panel.split_check.isChecked()
+    project_panel.add_layer_button.click()
+    wait_for_import(qtbot, project_panel)
+    pairs = load_sample_pairs()
+    assert project.names() == [name for _, _, name in pairs]
+    assert project_panel.counts_label.text() == "12 image(s): 9 unlabelled, 3 labelled"
+    for image, mask, name in pairs:
+        np.testing.assert_array_equal(project.image(name), image)
+        if mask is not None:
+            np.testing.assert_array_equal(project.label(name), mask)
+    assert shown["error"] == []
+
+
+@pytest.mark.slow
+def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    project_panel, annotate, train, review, predict = (panels[n] for n in PANELS)
+    state = project_panel.state
+
+    # load: the bundled sample, cut down to 4 planes of 64 x 64 for speed
+    viewer.open_sample(PLUGIN, "dsb2018_nuclei")
+    sample = viewer.layers[SAMPLE_NAME]
+    names = sample.metadata["names"][:N_IMAGES]
+    sample.data = np.asarray(sample.data)[:N_IMAGES, :CROP, :CROP]
+    sample.metadata = {"names": names}
+    viewer.layers.remove(LABELS_NAME)
+    crops = sample_crops()
+
+    project = project_panel.create_project(tmp_path / "proj")
+    assert isinstance(project, Project) and state.project is project
+    project_panel.layer_combo.setCurrentText(SAMPLE_NAME)
+    assert project_panel.split_check.isChecked()  # the sample names its planes: one image per plane
+    project_panel.add_layer()
+    wait_for_import(qtbot, project_panel)
+    assert project.names() == names
+    assert set(project_panel.statuses().values()) == {"unlabelled"}
+    assert project_panel.counts_label.text() == "4 image(s): 4 unlabelled"
+
+    # label one image: a Labels layer of the right shape is made for us; paint and save
+    labels = annotate.open_image(names[0])
+    assert isinstance(labels, Labels) and labels.data.shape == (CROP, CROP) and labels.mode == "paint"
+    assert viewer.layers[_layers.ANNOTATE_IMAGE].data.shape == (CROP, CROP)
+    labels.paint((5, 5), 1)  # a brush stroke ...
+    assert labels.data[5, 5] == 1
+    labels.data = crops[0][1].copy()  # ... and the full mask of the nuclei
+    assert annotate.save()
+    np.testing.assert_array_equal(read_image(project.labels_dir / f"{names[0]}.tif"), crops[0][1])
+    assert project.record(names[0]).status == ImageStatus.LABELLED
+    assert project_panel.statuses()[names[0]] == "labelled"
+
+    # train in the background with a tiny budget
+    state.config = tiny_config()
+    assert train.width.value() == 8 and train.budget.value() == 0  # the panel mirrors the shared settings
+    events = []
+    state.training_event.connect(events.append)
+    train.start_button.click()
+    assert state.status == Status.RUNNING and not train.start_button.isEnabled() and train.stop_button.isEnabled()
+    viewer.add_points(np.zeros((1, 2)), name="still responsive")  # the viewer works while training runs
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    assert train.progress.value() == 1000 and train.step_label.text() == "step: 8"
+    assert len(train.plot.points) == 8
+    qtbot.waitUntil(lambda: train.plot.draws >= 2, timeout=5_000)  # the throttled redraw picked the points up
+    assert (project.checkpoints_dir(1) / BEST).is_file() and (project.checkpoints_dir(1) / LAST).is_file()
+    assert isinstance(events[0], RoundStarted) and events[0].warm_start is None
+    assert project_panel.statuses()[names[1]] == "pseudo round 1"
+    assert len(project.loss_history(round=1)) > 0
+
+    # review: the most uncertain pseudo-label, editable, with its uncertainty layer
+    queue = rounds.review_queue(project)
+    assert sorted(queue) == sorted(names[1:])
+    assert review.queue == queue
+    assert review.current_name() is None  # the new pseudo-labels did not take the view away from annotating
+    assert viewer.layers[_layers.ANNOTATE_LABELS].visible
+    review.next_button.click()
+    assert review.current_name() == queue[0]
+    pseudo_layer = viewer.layers[_layers.REVIEW_PSEUDO]
+    uncertainty_layer = viewer.layers[_layers.REVIEW_UNCERTAINTY]
+    assert isinstance(pseudo_layer, Labels) and pseudo_layer.editable and pseudo_layer.data.shape == (CROP, CROP)
+    assert isinstance(uncertainty_layer, Image) and uncertainty_layer.data.dtype == np.float32
+    np.testing.assert_array_equal(pseudo_layer.data, project.pseudo(queue[0])[0])
+    assert not viewer.layers[_layers.ANNOTATE_LABELS].visible  # one task's layers at a time
+
+    # keyboard shortcuts go through napari's key handling, with the Labels layer active
+    keys = viewer.window._qt_viewer._key_map_handler
+    assert viewer.layers.selection.active is pseudo_layer or viewer.layers.selection.active.name == _layers.REVIEW_PSEUDO
+    keys.press_key("N")
+    keys.release_key("N")
+    assert review.current_name() == queue[1]
+    keys.press_key("Shift-N")
+    keys.release_key("Shift-N")
+    assert review.current_name() == queue[0]
+
+    # edit the pseudo-label, then accept it: the edited mask is ground truth in the project at once
+    edited = np.asarray(pseudo_layer.data).copy()
+    edited[:20, :20] = 1
+    edited[40:, 40:] = 0
+    pseudo_layer.data = edited
+    keys.press_key("A")
+    keys.release_key("A")
+    np.testing.assert_array_equal(read_image(project.labels_dir / f"{queue[0]}.tif"), edited)
+    assert project.record(queue[0]).status == ImageStatus.ACCEPTED
+    assert review.current_name() == queue[1]  # moved on to the next one
+    assert review.counts_label.text() == "to review: 2 · reviewed: 1 · accepted: 1 · rejected: 0"
+
+    # revert to the teacher after a bad edit; reject the next one
+    layer = viewer.layers[_layers.REVIEW_PSEUDO]
+    layer.data = np.ones_like(layer.data)
+    review.revert_button.click()
+    np.testing.assert_array_equal(layer.data, project.pseudo(queue[1])[0])
+    review.reject_button.click()
+    assert project.record(queue[1]).status == ImageStatus.REJECTED
+    assert review.current_name() == queue[2]
+    assert project_panel.statuses()[queue[0]] == "accepted"
+
+    # next round: accepted corrections are ground truth; training warm-starts from round 1
+    events.clear()
+    state.config = tiny_config(max_steps=4)
+    review.next_round_button.click()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    assert state.round == project.current_round == 2 and train.round_label.text() == "Round 2"
+    started = events[0]
+    assert isinstance(started, RoundStarted) and started.warm_start == project.checkpoints_dir(1)
+    assert (started.labelled, started.unlabelled) == (2, 2)
+    assert (project.checkpoints_dir(2) / LAST).is_file()
+    assert {e.stage for e in events if type(e).__name__ == "Progress"} == {"cotrain"}
+    assert project.record(queue[0]).status == ImageStatus.ACCEPTED
+
+    # predict with the latest model: on the open layer, into a Labels layer of the right shape
+    assert predict.model_row.text() == str(project.checkpoints_dir(2))
+    predict.layer_combo.setCurrentText(SAMPLE_NAME)
+    predict.uncertainty_check.setChecked(True)
+    predict.run_button.click()
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
+    prediction = viewer.layers[f"{SAMPLE_NAME} prediction"]
+    assert isinstance(prediction, Labels) and prediction.data.shape == (N_IMAGES, CROP, CROP)
+    assert prediction.data.dtype == np.uint8 and set(np.unique(prediction.data)) <= {0, 1}
+    assert viewer.layers[f"{SAMPLE_NAME} uncertainty"].data.shape == (N_IMAGES, CROP, CROP)
+    assert predict.progress.value() == 1000
+
+    # ... and on a folder, written to disk
+    source = tmp_path / "new_images"
+    source.mkdir()
+    for image, _, name in crops[:2]:
+        tifffile.imwrite(source / f"{name}.tif", image)
+    predict.source_combo.setCurrentText(SOURCE_FOLDER)
+    predict.source_row.setText(str(source))
+    predict.output_combo.setCurrentText(OUTPUT_DISK)
+    predict.out_row.setText(str(tmp_path / "out"))
+    predict.run()
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
+    for _, _, name in crops[:2]:
+        assert read_image(tmp_path / "out" / f"{name}.tif").shape == (CROP, CROP)
+        assert (tmp_path / "out" / f"{name}_uncertainty.tif").is_file()
+
+    # cancel a long prediction (25 tiles of 1024 x 1024, 4 per step): no result layer appears
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (4096, 4096), dtype=np.uint8), name="big")
+    predict.source_combo.setCurrentText("open layer")
+    predict.output_combo.setCurrentText("Labels layer")
+    predict.layer_combo.setCurrentText("big")
+    predict.uncertainty_check.setChecked(False)
+    predict.run()
+    assert predict.cancel_button.isEnabled() and not predict.run_button.isEnabled()
+    qtbot.waitUntil(lambda: predict.progress.value() > 0, timeout=30_000)
+    predict.cancel_button.click()
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
+    assert predict.progress.value() < 1000
+    assert "big prediction" not in viewer.layers and predict.status_label.text() == "Cancelled."
+    assert predict.run_button.isEnabled()
+    assert shown["error"] == []
+
+
+def _small_project(folder: Path, labelled: int = 1) -> Project:
+    project = Project.create(folder)
+    for index, (image, mask, name) in enumerate(sample_crops()):
+        project.add_image(image, name=name)
+        if index < labelled:
+            project.save_label(name, mask)
+    return project
+
+
+def test_stop_during_training(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    train, state = panels["Train"], panels["Train"].state
+    _small_project(tmp_path / "proj")
+    panels["Project"].open_project(tmp_path / "proj")
+    state.config = tiny_config(max_steps=100_000)
+    train.start()
+    qtbot.waitUntil(lambda: state.step >= 3, timeout=TRAIN_TIMEOUT_MS)
+    train.stop_button.click()
+    assert state.status == Status.STOPPING and not train.stop_button.isEnabled()
+    wait_until_finished(qtbot, state, timeout=30_000)
+    assert state.status == Status.IDLE
+    assert state.step < 100_000
+    assert (state.project.checkpoints_dir(1) / LAST).is_file()
+    assert "Stopped at step" in train.status_label.text()
+    assert train.start_button.isEnabled()
+    logged = {entry.step for entry in state.project.loss_history(round=1)}
+    assert max(logged) == state.step  # the losses up to the stop were logged
+    assert shown["error"] == []
+
+
+def test_training_without_labels_reports_the_problem(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    train, state = panels["Train"], panels["Train"].state
+    _small_project(tmp_path / "proj", labelled=0)
+    panels["Project"].open_project(tmp_path / "proj")
+    state.config = tiny_config()
+    train.start_button.click()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.FAILED
+    assert shown["error"] == ["no labelled image: label at least one image (Annotate panel) before training"]
+    assert train.status_label.text().startswith("Failed: no labelled image")
+    assert train.start_button.isEnabled()
+
+
+def test_failing_worker_shows_error_and_viewer_stays_usable(make_napari_viewer, qtbot, tmp_path, shown,
+                                                          monkeypatch):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    train, state = panels["Train"], panels["Train"].state
+    _small_project(tmp_path / "proj")
+    panels["Project"].open_project(tmp_path / "proj")
+    state.config = tiny_config(max_steps=3)
+    real_train_round = rounds.train_round
+    calls = []
+
+    def failing_once(project, config, warm_start=True, resume=False):
+        calls.append(config)
+        if len(calls) == 1:
+            raise RuntimeError("simulated failure in the engine")
+        yield from real_train_round(project, config, warm_start=warm_start, resume=resume)
+
+    monkeypatch.setattr(rounds, "train_round", failing_once)
+    train.start_button.click()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.FAILED
+    assert shown["error"] == ["RuntimeError: simulated failure in the engine"]
+    assert train.start_button.isEnabled() and not train.stop_button.isEnabled()
+    layer = viewer.add_image(np.zeros((8, 8)), name="after the failure")  # the viewer is still usable
+    assert viewer.layers[-1] is layer
+
+    train.start_button.click()  # ... and the panel is ready to retry
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE and len(calls) == 2
+    assert shown["error"] == ["RuntimeError: simulated failure in the engine"]
+
+
+def test_reopen_project_restores_statuses_settings_and_layers(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    project_panel, state = panels["Project"], panels["Project"].state
+    crops = sample_crops()
+    stack = np.stack([image for image, _, _ in crops])
+    gt = np.zeros(stack.shape, np.uint8)
+    gt[0] = crops[0][1]
+    gt[1] = crops[1][1]
+    viewer.add_image(stack, name="stack")
+    viewer.add_labels(gt, name="painted")
+    project = project_panel.create_project(tmp_path / "proj")
+    project_panel.add_layer("stack", labels_name="painted", split=True)
+    wait_for_import(qtbot, project_panel)
+    names = project.names()
+    assert names == ["stack_000", "stack_001", "stack_002", "stack_003"]  # the layer does not name its planes
+    assert [project.record(n).status for n in names] == [ImageStatus.LABELLED, ImageStatus.LABELLED,
+                                                        ImageStatus.UNLABELLED, ImageStatus.UNLABELLED]
+    np.testing.assert_array_equal(project.label(names[1]), crops[1][1])
+    # a round's outcome, as train_round stores it
+    project.save_pseudo(names[2], crops[2][1], np.full((CROP, CROP), 0.3, np.float32), 1, "round_1/step_8", 0.3)
+    project.save_pseudo(names[3], crops[3][1], np.full((CROP, CROP), 0.1, np.float32), 1, "round_1/step_8", 0.1)
+    state.records_changed.emit()
+    review = panels["Review"]
+    assert review.queue == [names[2], names[3]]  # most uncertain first
+    review.next_button.click()
+    assert review.current_name() == names[2]
+    review.accept()
+    assert review.current_name() == names[3]
+    # a newer proposal from the teacher replaces an unedited pseudo-label layer, never an edited one
+    newer = np.zeros((CROP, CROP), np.uint8)
+    newer[10:30, 10:30] = 1
+    project.save_pseudo(names[3], newer, np.full((CROP, CROP), 0.1, np.float32), 1, "round_1/step_9", 0.1)
+    state.records_changed.emit()
+    layer = viewer.layers[_layers.REVIEW_PSEUDO]
+    np.testing.assert_array_equal(layer.data, newer)
+    edited = newer.copy()
+    edited[40:50, 40:50] = 1
+    layer.data = edited
+    project.save_pseudo(names[3], crops[3][1], np.full((CROP, CROP), 0.1, np.float32), 1, "round_1/step_10", 0.1)
+    state.records_changed.emit()
+    np.testing.assert_array_equal(layer.data, edited)
+    panels["Annotate"].open_image(names[1])
+    state.config = tiny_config(max_steps=7)
+    project.update_config({rounds.TRAIN_CONFIG_KEY: state.config.to_dict()})
+    statuses = project_panel.statuses()
+    assert statuses == {names[0]: "labelled", names[1]: "labelled", names[2]: "accepted", names[3]: "pseudo round 1"}
+
+    # a new napari session opens the project again
+    viewer2 = make_napari_viewer()
+    panels2 = open_panels(viewer2)
+    state2 = panels2["Project"].state
+    assert state2 is not state
+    assert panels2["Project"].open_project(tmp_path / "proj") is not None
+    assert panels2["Project"].statuses() == statuses
+    assert state2.config.max_steps == 7 and panels2["Train"].max_steps.value() == 7
+    annotate_layer = viewer2.layers[_layers.ANNOTATE_LABELS]
+    assert annotate_layer.metadata[_layers.NAME_KEY] == names[1]
+    np.testing.assert_array_equal(annotate_layer.data, crops[1][1])
+    assert panels2["Review"].current_name() == names[3]
+    np.testing.assert_array_equal(viewer2.layers[_layers.REVIEW_PSEUDO].data, crops[3][1])
+    assert viewer2.layers[_layers.REVIEW_UNCERTAINTY].data.max() == pytest.approx(0.1)
+    assert panels2["Review"].queue == [names[3]]
+    assert panels2["Annotate"].current_name() == names[1]
+    assert shown["error"] == []
+
+
+def test_review_shows_the_queue_when_its_tab_comes_up(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer(show=True)
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    review_dock, review = viewer.window.add_plugin_dock_widget(PLUGIN, "Review", tabify=True)
+    project = _small_project(tmp_path / "proj")
+    names = project.names()
+    review.state.set_project(project)
+    qtbot.waitUntil(lambda: review.on_screen() and train.visibleRegion().isEmpty(), timeout=5_000)  # tabs set up
+
+    def train_in_front() -> bool:
+        train_dock.raise_()  # (again: Qt may still be settling the new tab group)
+        return not review.on_screen()
+
+    qtbot.waitUntil(train_in_front, timeout=5_000)
+    for name, mean in zip(names[1:], (0.2, 0.5, 0.4)):
+        project.save_pseudo(name, np.zeros((CROP, CROP), np.uint8), np.full((CROP, CROP), mean, np.float32), 1,
+                            "m", mean)
+    review.state.records_changed.emit()  # as when pseudo-labels arrive during training
+    assert review.queue == [names[2], names[3], names[1]]
+    assert review.current_name() is None and _layers.REVIEW_PSEUDO not in viewer.layers  # the view stays
+    review_dock.raise_()
+    qtbot.waitUntil(lambda: review.current_name() == names[2], timeout=5_000)
+    assert review.on_screen()
+    assert shown["error"] == []
+
+
+@pytest.mark.slow
+def test_3d_stacks_train_review_and_predict(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    project_panel, annotate, train, review, predict = (panels[n] for n in PANELS)
+    state = project_panel.state
+    volumes = make_blobs_dataset(3, shape=(16, 32, 32), seed=1)
+    files = []
+    for index, (volume, _) in enumerate(volumes):
+        files.append(tmp_path / f"volume_{index}.tif")
+        tifffile.imwrite(files[-1], volume)
+    project = project_panel.create_project(tmp_path / "proj3d")
+    project_panel.add_files(files)
+    wait_for_import(qtbot, project_panel)
+    assert project.names() == ["volume_0", "volume_1", "volume_2"]
+
+    labels = annotate.open_image("volume_0")
+    assert labels.data.shape == (16, 32, 32) and viewer.dims.ndim == 3
+    labels.data = volumes[0][1].copy()
+    annotate.save()
+    assert project.record("volume_0").status == ImageStatus.LABELLED
+
+    state.config = tiny_config(max_steps=4, patch_size=(16, 32, 32), batch_size=1)
+    train.start()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    review.next()
+    pseudo = viewer.layers[_layers.REVIEW_PSEUDO]
+    assert pseudo.data.shape == (16, 32, 32) and review.current_name() == review.queue[0]
+    assert set(review.queue) == {"volume_1", "volume_2"}
+    assert viewer.layers[_layers.REVIEW_UNCERTAINTY].data.shape == (16, 32, 32)
+    accepted = review.accept()
+    assert project.record(accepted).status == ImageStatus.ACCEPTED
+    assert read_image(project.labels_dir / f"{accepted}.tif").shape == (16, 32, 32)
+
+    viewer.add_image(volumes[2][0], name="new volume")
+    predict.layer_combo.setCurrentText("new volume")
+    predict.run()
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
+    prediction = viewer.layers["new volume prediction"]
+    assert isinstance(prediction, Labels) and prediction.data.shape == (16, 32, 32)
+    assert shown["error"] == []
