@@ -1,11 +1,12 @@
-"""The ``diffseg`` console command: ``train``, ``predict``, ``eval`` and ``info`` on folders of images.
+"""The ``diffseg`` console command: ``train``, ``predict``, ``eval`` and ``info`` on folders of images, and
+``project create | train | status | export`` on the project store that the napari plugin shares.
 
 A thin argparse front end over ``napari_diffseg.core``: it parses options, reads files through ``core.io``,
-drives the engine's generators (training events, prediction tile progress) with tqdm progress bars and logs,
-and maps errors to exit codes. A user mistake (``DiffsegError``, a bad option, an unusable path) ends with one
-line ``diffseg: error: <message>`` on stderr and exit code 2; an unexpected failure prints one line plus a hint
-to rerun with ``--debug`` (which shows the traceback) and exits 1; Ctrl-C exits 130 (training saves ``last.pt``
-first and says how to resume). Torch is imported lazily so ``diffseg --help`` is instant.
+drives the engine's generators (training events, project rounds, prediction tile progress) with tqdm progress
+bars and logs, and maps errors to exit codes. A user mistake (``DiffsegError``, a bad option, an unusable path)
+ends with one line ``diffseg: error: <message>`` on stderr and exit code 2; an unexpected failure prints one line
+plus a hint to rerun with ``--debug`` (which shows the traceback) and exits 1; Ctrl-C exits 130 (training saves
+``last.pt`` first and says how to resume). Torch is imported lazily so ``diffseg --help`` is instant.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 from collections.abc import Sequence
 import contextlib
 import csv
+from dataclasses import dataclass, field
 import logging
 import math
 from pathlib import Path
@@ -110,6 +112,48 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
                         help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
 
 
+def _class_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 classes (background + one), got {text}")
+    return value
+
+
+def _add_num_classes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=_class_count, default=2, metavar="K",
+                        help="classes including background (default 2: any label > 0 is foreground)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The training options of ``train`` and ``project train``: budget, method, network, device."""
+    parser.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
+                        help="wall-time budget of the whole training (pretraining + co-training), default 300")
+    parser.add_argument("--labels-only", action="store_true",
+                        help="baseline: train the same network on the labelled images alone (same budget)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                        help="also stop after N optimisation steps (reproducible runs)")
+    parser.add_argument("--rounds", type=_non_negative_int, default=None, metavar="K",
+                        help="pseudo-label rounds K of a co-training step that has rounds (default 1)")
+    parser.add_argument("--rounds-every", type=_positive_int, default=None, metavar="N",
+                        help="compute the pseudo-label rounds on every N-th co-training step (default 4; "
+                             "1 = every step as in the paper, slower on a CPU)")
+    parser.add_argument("--chained-rounds", action="store_true",
+                        help="condition each round on the previous round's mask instead of the teacher's")
+    parser.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
+                        help="share of the budget for unsupervised teacher pretraining (default 0.25)")
+    parser.add_argument("--width", type=_positive_int, default=None, metavar="C",
+                        help="base channels of the U-Nets (default 16; smaller is faster)")
+    parser.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
+                        help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                        help="patches per step (default 8 in 2D, 2 in 3D)")
+    _add_device_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common_options(for_subcommand=True)
     parser = _Parser(
@@ -118,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment a whole image collection after labelling a few images: a diffusion teacher and a "
                     "co-trained student (arXiv 2504.01547).",
         epilog="Typical use: diffseg train images --labels labels --out model; "
-               "diffseg predict model new_images --out masks; diffseg eval masks ground_truth",
+               "diffseg predict model new_images --out masks; diffseg eval masks ground_truth. "
+               "Rounds with review in napari: diffseg project --help",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -134,37 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--labels", required=True, metavar="LABELS",
                        help="folder of label images (0 = background, >0 = object), named like their images")
     train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
-    train.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
-                       help="wall-time budget of the whole training (pretraining + co-training), default 300")
-    train.add_argument("--labels-only", action="store_true",
-                       help="baseline: train the same network on the labelled images alone (same budget)")
-    train.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    train.add_argument("--steps", type=_positive_int, default=None, metavar="N",
-                       help="also stop after N optimisation steps (reproducible runs)")
-    train.add_argument("--rounds", type=_non_negative_int, default=None, metavar="K",
-                       help="pseudo-label rounds K of a co-training step that has rounds (default 1)")
-    train.add_argument("--rounds-every", type=_positive_int, default=None, metavar="N",
-                       help="compute the pseudo-label rounds on every N-th co-training step (default 4; "
-                            "1 = every step as in the paper, slower on a CPU)")
-    train.add_argument("--chained-rounds", action="store_true",
-                       help="condition each round on the previous round's mask instead of the teacher's")
-    train.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
-                       help="share of the budget for unsupervised teacher pretraining (default 0.25)")
-    train.add_argument("--width", type=_positive_int, default=None, metavar="C",
-                       help="base channels of the U-Nets (default 16; smaller is faster)")
-    train.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
-                       help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
-    train.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
-                       help="patches per step (default 8 in 2D, 2 in 3D)")
-    train.add_argument("--num-classes", type=int, default=2, metavar="K",
-                       help="classes including background (default 2: any label > 0 is foreground)")
+    _add_training_options(train)
+    _add_num_classes_option(train)
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue the interrupted or finished run in MODEL_DIR (from MODEL_DIR/last.pt); "
                             "give the same data and options, the budget counts the time already spent")
     start.add_argument("--warm-start", metavar="OTHER_MODEL_DIR", default=None,
                        help="initialise the networks from OTHER_MODEL_DIR/last.pt and skip pretraining")
-    _add_device_options(train)
     train.set_defaults(handler=_cmd_train)
 
     predict = commands.add_parser(
@@ -202,7 +224,76 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Print the model card summary of MODEL_DIR.")
     info.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
     info.set_defaults(handler=_cmd_info)
+    _add_project_commands(commands, common)
     return parser
+
+
+def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
+    """``diffseg project create | train | status | export``: the project store that the napari panels also use."""
+    project = commands.add_parser(
+        "project", parents=[common], help="work on a project folder (the store the napari plugin uses)",
+        description="A project folder holds the images, their labels, each round's pseudo-labels and models, and a "
+                    "manifest of every image's status. The napari panels open the same folders, so labelling and "
+                    "review can happen in napari and training here, or the other way round.",
+        epilog="Typical use: diffseg project create proj --images images --labels labels; diffseg project train "
+               "proj; review in napari; diffseg project train proj --next-round; diffseg project export proj "
+               "--out masks",
+    )
+    actions = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+
+    create = actions.add_parser(
+        "create", parents=[common], help="make a project from a folder of images (and some labels)",
+        description="Create a project in DIR (a new or empty folder) and copy in every image of IMAGES; a file of "
+                    "LABELS with an image's name stem becomes that image's ground truth.",
+    )
+    create.add_argument("project", metavar="DIR", help="new or empty folder for the project")
+    create.add_argument("--images", required=True, metavar="IMAGES",
+                        help="folder of images (.tif, .tiff, .png, .jpg; 2D, RGB or 3D)")
+    create.add_argument("--labels", default=None, metavar="LABELS",
+                        help="folder of label images (0 = background, >0 = object), named like their images")
+    _add_num_classes_option(create)
+    create.set_defaults(handler=_cmd_project_create)
+
+    train = actions.add_parser(
+        "train", parents=[common], help="train the project's current round",
+        description="Train the current round on all images of the project: labelled and accepted images are the "
+                    "ground truth, all others are unlabelled. The round's models go to "
+                    "DIR/checkpoints/round_<k> and its pseudo-labels into the project (status 'pseudo', ready for "
+                    "review). Training warm-starts from the latest earlier round with the same network settings. "
+                    "Like napari's Start button this (re)trains the current round; --next-round is napari's "
+                    "'Next round' button. Options not given keep the project's stored settings (those of its last "
+                    "training, from here or from napari) except --budget, --steps, --seed, --labels-only, "
+                    "--chained-rounds and the device options, which always come from this command line.",
+    )
+    train.add_argument("project", metavar="DIR", help="project folder")
+    _add_training_options(train)
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--next-round", action="store_true",
+                       help="start the next round first (accepted corrections become ground truth), warm-started "
+                            "from this one")
+    start.add_argument("--resume", action="store_true",
+                       help="continue the stopped run of the current round (from its last.pt)")
+    train.set_defaults(handler=_cmd_project_train)
+
+    status = actions.add_parser(
+        "status", parents=[common], help="image counts per status, round, latest model and review queue",
+        description="Print how many images are unlabelled, labelled, pseudo-labelled, accepted and rejected, the "
+                    "current round, the latest model folder and the most uncertain pseudo-labels awaiting review.",
+    )
+    status.add_argument("project", metavar="DIR", help="project folder")
+    status.add_argument("--top", type=_positive_int, default=10, metavar="N",
+                        help="review-queue entries to show (default 10)")
+    status.set_defaults(handler=_cmd_project_status)
+
+    export = actions.add_parser(
+        "export", parents=[common], help="write the current best mask of every image",
+        description="Write <name>.tif (uint8) to FOLDER for every image that has a mask: the ground truth of "
+                    "labelled and accepted images, the latest pseudo-label of the others. Rejected images and "
+                    "images without any mask yet are skipped (and counted).",
+    )
+    export.add_argument("project", metavar="DIR", help="project folder")
+    export.add_argument("--out", required=True, metavar="FOLDER", help="folder for the masks")
+    export.set_defaults(handler=_cmd_project_export)
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -266,13 +357,67 @@ def _bar_logging(bar):
 
 
 # ---------------------------------------------------------------------------------------------------- train
+def _check_labels_folder(images_dir: Path, labels_dir: Path) -> None:
+    if labels_dir.resolve() == images_dir.resolve():
+        raise InputError(f"--labels {labels_dir} is the images folder; keep the label images in their own folder")
+
+
 def _read_training_data(images_dir: Path, labels_dir: Path, num_classes: int):
     """TrainingData from a folder of images and a folder of labels matched by name stem."""
     from napari_diffseg.core.data import training_data_from_folders
 
-    if labels_dir.resolve() == images_dir.resolve():
-        raise InputError(f"--labels {labels_dir} is the images folder; keep the label images in their own folder")
+    _check_labels_folder(images_dir, labels_dir)
     return training_data_from_folders(images_dir, labels_dir, num_classes)
+
+
+# TrainConfig fields that the command line always decides (never taken from a project's stored settings)
+_COMMAND_LINE_SETTINGS = frozenset({"budget_seconds", "max_steps", "labels_only", "chained_rounds", "seed",
+                                    "num_classes", "device", "threads", "bf16"})
+
+
+def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | None = None):
+    """TrainConfig from the options of ``_add_training_options``.
+
+    An option left out keeps its value from ``stored`` (a project's stored settings, except the
+    ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
+    """
+    from dataclasses import fields
+
+    from napari_diffseg.core.training import TrainConfig
+
+    kept: dict = {}
+    if stored:
+        names = {f.name for f in fields(TrainConfig)} - _COMMAND_LINE_SETTINGS
+        kept = {key: value for key, value in stored.items() if key in names}
+        try:
+            TrainConfig(**kept)
+        except (DiffsegError, TypeError, ValueError) as error:  # written by another version, or edited by hand
+            log.warning("ignoring the project's stored training settings (%s)", _one_line(error))
+            kept = {}
+    given = {
+        "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
+        "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
+        "batch_size": args.batch_size,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    inherited = {key: value for key, value in kept.items()
+                 if key not in given and value != getattr(TrainConfig, key, value)}
+    if inherited:
+        log.info("kept from the project's stored settings: %s",
+                 ", ".join(f"{key} {value}" for key, value in sorted(inherited.items())))
+    return TrainConfig(**{
+        **kept, **given,
+        "budget_seconds": args.budget, "max_steps": args.steps, "labels_only": args.labels_only,
+        "chained_rounds": args.chained_rounds, "num_classes": num_classes, "seed": args.seed,
+        "device": args.device, "threads": args.threads, "bf16": False if args.no_bf16 else None,
+    })
+
+
+def _limits(config) -> str:
+    limits = [f"{_duration(config.budget_seconds)} budget"]
+    if config.max_steps:
+        limits.append(f"{config.max_steps} steps")
+    return " / ".join(limits)
 
 
 class _TrainDisplay:
@@ -313,36 +458,97 @@ def _describe_best(metrics: dict) -> str:
     return f"{twin}, threshold {validation['threshold']:.2f}, validation Dice {validation['dice']:.4f}"
 
 
-def _resume_command(argv: Sequence[str]) -> str:
-    """The command line that continues an interrupted run: the same words, --warm-start dropped, --resume added."""
+def _resume_command(argv: Sequence[str], drop_options: Sequence[str] = (), drop_flags: Sequence[str] = ()) -> str:
+    """The command line that continues an interrupted run: the same words without ``drop_options`` (and their
+    values) and ``drop_flags``, with --resume added."""
     words, skip = [], False
     for word in argv:
         if skip:
             skip = False
-        elif word == "--warm-start":
+        elif word in drop_options:
             skip = True
-        elif not word.startswith("--warm-start="):
+        elif word not in drop_flags and not any(word.startswith(f"{option}=") for option in drop_options):
             words.append(word)
     if "--resume" not in words:
         words.append("--resume")
     return shlex.join([PROG, *words])
 
 
+@dataclass
+class _TrainOutcome:
+    """What a finished training run reported: its Done event, last step, RoundStarted (project rounds) and the
+    names of the images that received pseudo-labels."""
+
+    done: object | None = None
+    step: int = 0
+    started: object | None = None
+    pseudo_names: set[str] = field(default_factory=set)
+
+
+def _run_training(events, quiet: bool, out: Path | None, resume_command: str) -> _TrainOutcome | None:
+    """Drive a training generator (``core.training.train`` or ``core.rounds.train_round``) with the progress
+    display and log lines; None when Ctrl-C stopped it (the message with ``resume_command`` is printed)."""
+    from napari_diffseg.core import training
+    from napari_diffseg.core.checkpoint import LAST
+    from napari_diffseg.core.rounds import RoundStarted
+
+    display = _TrainDisplay(quiet)
+    outcome = _TrainOutcome()
+    try:
+        with contextlib.closing(events), _bar_logging(display.bar):
+            for event in events:
+                if isinstance(event, training.Progress):
+                    display.progress(event)
+                elif isinstance(event, RoundStarted):  # train_round logs what it starts from
+                    outcome.started, out = event, event.out_dir
+                elif isinstance(event, training.CheckpointSaved):
+                    if event.kind == "best":
+                        log.info("step %d: new best model (%s) -> %s", event.metrics.get("step", display.step),
+                                 _describe_best(event.metrics), event.path)
+                    else:
+                        log.debug("step %d: saved %s", display.step, event.path)
+                elif isinstance(event, training.PseudoLabelsReady):
+                    outcome.pseudo_names.update(event.names)
+                    mean = (sum(event.mean_uncertainty.values()) / len(event.mean_uncertainty)
+                            if event.mean_uncertainty else float("nan"))
+                    log.info("step %d: pseudo-labels of %d unlabelled image(s) -> %s (mean uncertainty %.3f)",
+                             event.step, len(event.names), event.directory, mean)
+                elif isinstance(event, training.Done):
+                    outcome.done = event
+    except KeyboardInterrupt:
+        # the generator is closed (by contextlib.closing or by the exception passing through it): last.pt is saved
+        display.close()
+        if out is not None and (out / LAST).is_file():
+            print(f"{PROG}: interrupted at step {display.step}; {out / LAST} is saved. Resume with:\n"
+                  f"  {resume_command}", file=sys.stderr)
+        else:
+            print(f"{PROG}: interrupted before the first step; nothing saved", file=sys.stderr)
+        return None
+    finally:
+        display.close()
+    outcome.step = display.step
+    return outcome
+
+
+def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device, prefix: str = "") -> None:
+    """The summary lines shared by ``train`` and ``project train``: steps and time, selected twin, model."""
+    from napari_diffseg.core.checkpoint import BEST, read_model_card
+
+    card = read_model_card(out)
+    trained = card.get("training", {})
+    metrics = outcome.done.metrics if outcome.done is not None else card.get("metrics", {})
+    print(f"{prefix}trained {trained.get('steps', outcome.step)} steps in "
+          f"{_duration(trained.get('elapsed_seconds', 0))} "
+          f"({'labels only' if labels_only else 'teacher + student'}, {device})")
+    print(f"selected: {_describe_best(metrics)} (chosen on the labelled training images)")
+    print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
+
+
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, training
-    from napari_diffseg.core.checkpoint import BEST, CARD, LAST, read_model_card
+    from napari_diffseg.core.checkpoint import CARD, LAST
 
-    given = {  # options left out keep TrainConfig's defaults (the one place they are defined)
-        "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
-        "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
-        "batch_size": args.batch_size,
-    }
-    config = training.TrainConfig(
-        budget_seconds=args.budget, max_steps=args.steps, labels_only=args.labels_only,
-        chained_rounds=args.chained_rounds, num_classes=args.num_classes, seed=args.seed, device=args.device,
-        threads=args.threads, bf16=False if args.no_bf16 else None,
-        **{key: value for key, value in given.items() if value is not None},
-    )
+    config = _train_config(args, args.num_classes)
     device = devices.select_device(config.device)  # an unavailable device fails before any image is read
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -358,53 +564,15 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
              n_unlabelled, " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
     if not config.labels_only and not data.unlabelled_indices:
         log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
-    limits = [f"{_duration(config.budget_seconds)} budget"]
-    if config.max_steps:
-        limits.append(f"{config.max_steps} steps")
     method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
-    log.info("training the %s on %s, %s, into %s", method, device, " / ".join(limits), out)
+    log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
 
-    display = _TrainDisplay(args.quiet)
-    done = None
     events = training.train(data, config, out, resume=args.resume,
                             warm_start=Path(args.warm_start) if args.warm_start else None)
-    try:
-        with contextlib.closing(events), _bar_logging(display.bar):
-            for event in events:
-                if isinstance(event, training.Progress):
-                    display.progress(event)
-                elif isinstance(event, training.CheckpointSaved):
-                    if event.kind == "best":
-                        log.info("step %d: new best model (%s) -> %s", event.metrics.get("step", display.step),
-                                 _describe_best(event.metrics), event.path)
-                    else:
-                        log.debug("step %d: saved %s", display.step, event.path)
-                elif isinstance(event, training.PseudoLabelsReady):
-                    mean = (sum(event.mean_uncertainty.values()) / len(event.mean_uncertainty)
-                            if event.mean_uncertainty else float("nan"))
-                    log.info("step %d: pseudo-labels of %d unlabelled image(s) -> %s (mean uncertainty %.3f)",
-                             event.step, len(event.names), event.directory, mean)
-                elif isinstance(event, training.Done):
-                    done = event
-    except KeyboardInterrupt:
-        # the generator is closed (by contextlib.closing or by the exception passing through it): last.pt is saved
-        display.close()
-        if (out / LAST).is_file():
-            print(f"{PROG}: interrupted at step {display.step}; {out / LAST} is saved. Resume with:\n"
-                  f"  {_resume_command(argv)}", file=sys.stderr)
-        else:
-            print(f"{PROG}: interrupted before the first step; nothing saved", file=sys.stderr)
+    outcome = _run_training(events, args.quiet, out, _resume_command(argv, drop_options=("--warm-start",)))
+    if outcome is None:
         return EXIT_INTERRUPTED
-    finally:
-        display.close()
-
-    card = read_model_card(out)
-    trained = card.get("training", {})
-    metrics = done.metrics if done is not None else card.get("metrics", {})
-    print(f"trained {trained.get('steps', display.step)} steps in {_duration(trained.get('elapsed_seconds', 0))} "
-          f"({'labels only' if config.labels_only else 'teacher + student'}, {device})")
-    print(f"selected: {_describe_best(metrics)} (chosen on the labelled training images)")
-    print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
+    _print_trained(out, outcome, config.labels_only, device)
     print(f"resume:   {out / LAST};  card: {out / CARD};  losses: {out / training.LOSSES_FILE}")
     if n_unlabelled:
         print(f"pseudo-labels of the {n_unlabelled} unlabelled image(s): {out / training.PSEUDO_LABEL_DIR}")
@@ -538,6 +706,188 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"{environment.get('threads')} thread(s), bf16 {environment.get('bf16')}")
     else:
         print(f"threshold:    {model.threshold:.2f} ({CARD} missing)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------- project
+def _open_project(folder: str):
+    from napari_diffseg.core.project import Project
+
+    return Project.open(Path(folder))
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns aligned: the first left-aligned, the others right-aligned."""
+    cells = [[str(value) for value in row] for row in [header, *rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:]))])
+                     .rstrip() for line in cells)
+
+
+def _remove_new_project(folder: Path, existed: bool) -> None:
+    """Undo a ``Project.create`` of this command (the folder was new or empty apart from hidden files)."""
+    import shutil
+
+    from napari_diffseg.core import project as store
+
+    for sub in (store.IMAGES_DIR, store.LABELS_DIR, store.PSEUDO_DIR, store.CHECKPOINTS_DIR):
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    for path in folder.glob(f"{store.DB_NAME}*"):
+        path.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    log.info("removed the incomplete project %s", folder)
+
+
+def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import io
+    from napari_diffseg.core.project import Project
+
+    folder, images_dir = Path(args.project), Path(args.images)
+    labels_dir = Path(args.labels) if args.labels else None
+    if labels_dir is not None:
+        _check_labels_folder(images_dir, labels_dir)
+    image_paths, label_paths = io.pair_images_with_labels(images_dir, labels_dir)  # before anything is created
+    existed = folder.exists()
+    project = Project.create(folder, config={"num_classes": args.num_classes})
+    bar = _bar(args.quiet, total=len(image_paths), unit="image", desc="add")
+    labelled = 0
+    try:
+        with _bar_logging(bar):
+            for path in image_paths:
+                bar.set_postfix_str(path.name)
+                record = project.add_image(path)
+                label = label_paths.get(io.name_stem(path))
+                if label is not None:
+                    project.save_label(record.name, io.read_mask(label, args.num_classes))
+                    labelled += 1
+                bar.update(1)
+    except BaseException:  # a bad image or label, Ctrl-C: no half-filled project is left behind
+        bar.close()
+        _remove_new_project(folder, existed)
+        raise
+    finally:
+        bar.close()
+    print(f"created project {project.folder}: {len(image_paths)} image(s), {labelled} labelled, "
+          f"{len(image_paths) - labelled} unlabelled ({args.num_classes} classes)")
+    if labelled:
+        print(f"next: diffseg project train {shlex.quote(str(folder))}")
+    else:
+        print("next: label a few images in napari (Project panel: open this folder; Annotate panel), then "
+              f"diffseg project train {shlex.quote(str(folder))}")
+    return EXIT_OK
+
+
+def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, rounds
+    from napari_diffseg.core.checkpoint import LAST
+
+    project = _open_project(args.project)
+    config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
+    device = devices.select_device(config.device)  # an unavailable device fails before the round changes
+    if args.next_round:  # what napari's 'Next round' button does: a new round, then train it warm-started
+        project.next_round()
+    round_ = project.current_round
+    round_dir = project.checkpoints_dir(round_)
+    if args.resume and not (round_dir / LAST).is_file():
+        raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
+    if not args.resume and (round_dir / LAST).exists():
+        log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
+                    "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
+    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, method, device, _limits(config))
+
+    events = rounds.train_round(project, config, warm_start=True, resume=args.resume)
+    outcome = _run_training(events, args.quiet, round_dir, _resume_command(argv, drop_flags=("--next-round",)))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    started = outcome.started
+    _print_trained(round_dir, outcome, config.labels_only, device, prefix=f"round {round_}: ")
+    if started is not None:
+        print(f"start:    {started.note}")
+    where = project.pseudo_dir(round_)
+    queue = rounds.review_queue(project)
+    print(f"pseudo-labels: {len(outcome.pseudo_names)} image(s) stored in {where}; review queue: {len(queue)} "
+          f"image(s) (diffseg project status {shlex.quote(str(args.project))})")
+    print("next:     review in napari (Review panel), then "
+          f"diffseg project train {shlex.quote(str(args.project))} --next-round")
+    return EXIT_OK
+
+
+def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.project import ImageStatus
+    from napari_diffseg.core.rounds import latest_model_dir, review_queue
+
+    project = _open_project(args.project)
+    counts = project.status_counts()
+    total = sum(counts.values())
+    print(f"project:      {project.folder}")
+    print(f"round:        {project.current_round}")
+    model = latest_model_dir(project)
+    print(f"latest model: {model if model is not None else 'none yet (diffseg project train)'}")
+    print(f"images:       {total} ({project.num_classes} classes)")
+    print(_text_table(["status", "images"], [[status.value, counts[status]] for status in ImageStatus]))
+    queue = review_queue(project)
+    if not queue:
+        print("review queue: empty")
+        return EXIT_OK
+    shown = queue[: args.top]
+    print(f"review queue: {len(queue)} image(s), most uncertain first" +
+          (f" (top {len(shown)})" if len(shown) < len(queue) else ""))
+    rows = []
+    for name in shown:
+        record = project.record(name)
+        uncertainty = "?" if record.uncertainty is None else f"{record.uncertainty:.4f}"
+        rows.append([name, uncertainty, record.round])
+    print(_text_table(["name", "uncertainty", "round"], rows))
+    return EXIT_OK
+
+
+def _cmd_project_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import io, project as store
+
+    project = _open_project(args.project)
+    records = project.records()
+    if not records:
+        raise InputError(f"project {project.folder} has no images: nothing to export")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the masks")
+    target = out.resolve()
+    for sub in ("", store.IMAGES_DIR, store.LABELS_DIR, store.PSEUDO_DIR, store.CHECKPOINTS_DIR):
+        inside = project.folder / sub
+        if target == inside or (sub and target.is_relative_to(inside)):
+            raise InputError(f"--out {out} is inside the project's own files; choose another folder")
+    written: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for record in records:
+        mask, source = None, record.status.value
+        if record.status in store.GROUND_TRUTH_STATUSES:
+            mask = project.label(record.name)
+            if mask is None:
+                log.warning("%s is %s but its mask file is missing; skipped", record.name, source)
+                source = "missing label file"
+        elif record.status != store.ImageStatus.REJECTED:
+            pseudo = project.pseudo(record.name)
+            source = "pseudo-labelled"
+            if pseudo is not None:
+                mask = pseudo[0]
+            else:
+                source = "no mask yet"
+        if mask is None:
+            skipped[source] = skipped.get(source, 0) + 1
+            continue
+        io.write_mask(out / f"{record.name}.tif", mask)
+        written[source] = written.get(source, 0) + 1
+        log.debug("%s: %s mask %s", record.name, source, mask.shape)
+    if not written:
+        raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
+    print(f"exported {sum(written.values())} mask(s) to {out}: "
+          + ", ".join(f"{count} {source}" for source, count in written.items()))
+    if skipped:
+        print(f"skipped {sum(skipped.values())} image(s): "
+              + ", ".join(f"{count} {source}" for source, count in skipped.items()))
     return EXIT_OK
 
 
