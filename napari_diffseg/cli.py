@@ -49,24 +49,22 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def _int_at_least(minimum: int, why: str = ""):
+    """argparse type: a whole number >= ``minimum`` (``why`` explains the bound in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+_class_count = _int_at_least(2, " classes (background + one)")
 
 
 def _budget(text: str) -> float:
@@ -110,16 +108,6 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for torch (default: number of cores - 1, or $DIFFSEG_THREADS)")
     parser.add_argument("--no-bf16", action="store_true",
                         help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
-
-
-def _class_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"needs at least 2 classes (background + one), got {text}")
-    return value
 
 
 def _add_num_classes_option(parser: argparse.ArgumentParser) -> None:
