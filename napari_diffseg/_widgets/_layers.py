@@ -64,7 +64,8 @@ def _upsert(viewer: Any, kind: str, layer_name: str, data: np.ndarray, image_nam
                 layer.contrast_limits = kwargs["contrast_limits"]
             else:
                 layer.reset_contrast_limits()
-        layer.visible = True
+        if not layer.visible:  # napari refreshes (redraws) the layer on every assignment, even an unchanged one
+            layer.visible = True
     return layer
 
 

@@ -2,8 +2,11 @@
 the torch build and device in use, Start / Stop, stage / step / elapsed / remaining time and a live loss plot.
 
 Training runs in a background worker (``napari_diffseg._workers``); this panel only mirrors the shared state.
-The loss plot is redrawn at most twice a second (a timer picks up new points), so fast training steps never
-flood the GUI event loop. It uses matplotlib when available and a text sparkline otherwise.
+Progress events only record the latest step and the new loss point; a timer applies them to the labels, the
+progress bar and the loss plot at most twice a second, so fast training steps never flood the GUI event loop
+(every repaint of a widget recomposes the whole napari window, which costs ~10 ms or more without a GPU).
+The loss plot is painted with QPainter (a matplotlib redraw blocked the GUI thread for 50-300 ms on a busy
+2-core machine; see benchmarks/gui_event_loop.md).
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import logging
 import math
 from typing import Any
 
-from qtpy.QtCore import QTimer
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
@@ -23,12 +28,12 @@ from napari_diffseg.core.errors import DiffsegError
 
 log = logging.getLogger(__name__)
 
-PLOT_INTERVAL_MS = 500
+PLOT_INTERVAL_MS = 500  # the progress display (labels, bar, loss plot) is refreshed at most this often
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STAGE_NAMES = {"pretrain": "1 · teacher pretraining (no labels)", "cotrain": "2 · teacher-student co-training",
                "supervised": "supervised (labelled images only)"}
 PLOTTED_LOSS = ("total", "supervised", "reconstruction")  # the first one present is plotted
-STAGE_COLOURS = {"pretrain": "tab:orange", "cotrain": "tab:blue", "supervised": "tab:green"}
+STAGE_COLOURS = {"pretrain": "#ff9f40", "cotrain": "#4aa3ff", "supervised": "#49c56b"}
 
 
 def plotted_value(losses: dict[str, float]) -> float | None:
@@ -39,37 +44,62 @@ def plotted_value(losses: dict[str, float]) -> float | None:
     return None
 
 
+def nice_ticks(low: float, high: float, log_scale: bool, most: int = 5, integer: bool = False) -> list[float]:
+    """Round tick values between ``low`` and ``high`` (data units): 1-2-5 steps (whole numbers with ``integer``),
+    or 1-2-5 x powers of ten on a log scale; at most about ``most`` of them."""
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low or (log_scale and low <= 0):
+        return []
+    if log_scale:
+        ticks: list[float] = []
+        for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+            ticks = [m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+                     for m in mantissas if low <= m * 10.0**e <= high]
+            if len(ticks) >= 3:
+                break
+        return ticks[::max(1, math.ceil(len(ticks) / most))]
+    raw = (high - low) / max(1, most - 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = max(1.0, round(step))
+    first = math.ceil(low / step) * step
+    return [round(first + i * step, 12) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _envelope(xs: np.ndarray, ys: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Pixel coordinates of a polyline; with more points than half the pixel columns, its per-column (min, max)
+    zigzag instead: the same look with at most two points per column, however many steps. Returns (xs, ys, dense).
+    """
+    if xs.size <= width / 2:
+        return xs, ys, False
+    columns = xs.astype(np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(columns)) + 1))
+    lows, highs = np.minimum.reduceat(ys, starts), np.maximum.reduceat(ys, starts)
+    odd = np.arange(starts.size) % 2 == 1  # alternate (high, low) / (low, high): one continuous zigzag
+    first, second = np.where(odd, lows, highs), np.where(odd, highs, lows)
+    return (np.repeat(columns[starts].astype(float), 2), np.column_stack((first, second)).ravel(), True)
+
+
 class LossPlot(QWidget):
-    """Loss per step, one line per stage; ``set_points`` is cheap, ``redraw`` draws (about 20 ms with matplotlib:
-    the lines are updated in place, no layout pass)."""
+    """Loss per step, one line per stage (log scale when all losses are positive), painted with QPainter in a few
+    milliseconds, where a matplotlib redraw held the GUI thread for 50-300 ms on a busy 2-core machine.
+    ``set_points`` is cheap; ``redraw`` schedules a repaint. Points are copied into numpy arrays incrementally
+    (the list only grows during a run), so a repaint costs the same after 100 or 100 000 steps."""
+
+    MARGINS = (46, 8, 8, 22)  # left, top, right, bottom (pixels)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.points: list[tuple[int, str, float]] = []
         self.draws = 0
         self._dirty = False
-        self._lines: dict[str, Any] = {}
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        try:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-            from matplotlib.figure import Figure
-        except ImportError:  # matplotlib is optional: fall back to a text sparkline
-            self.canvas = None
-            self.axes = None
-            self.sparkline = QLabel("")
-            layout.addWidget(self.sparkline)
-        else:
-            self.figure = Figure(figsize=(4, 2.2))
-            self.figure.subplots_adjust(left=0.16, right=0.97, bottom=0.2, top=0.95)
-            self.axes = self.figure.add_subplot(111)
-            self.axes.set_xlabel("step", fontsize=8)
-            self.axes.set_ylabel("loss", fontsize=8)
-            self.axes.tick_params(labelsize=7)
-            self.canvas = FigureCanvasQTAgg(self.figure)
-            self.canvas.setFixedHeight(180)  # a resize redraws synchronously: keep layout changes from causing it
-            layout.addWidget(self.canvas)
-            self.sparkline = None
+        self._source: list | None = None  # the list the arrays were built from, and how much of it
+        self._steps = np.empty(0)
+        self._values = np.empty(0)
+        self._codes = np.empty(0, np.int64)
+        self._stages: dict[str, int] = {}
+        self.setFixedHeight(180)
+        self.setMinimumWidth(160)
 
     def set_points(self, points: list[tuple[int, str, float]]) -> None:
         self.points = points
@@ -82,40 +112,104 @@ class LossPlot(QWidget):
     def redraw(self) -> None:
         self._dirty = False
         self.draws += 1
-        finite = [(s, st, v) for s, st, v in self.points if math.isfinite(v)]
-        if self.canvas is None:
-            self.sparkline.setText(_sparkline([v for _, _, v in finite][-60:]))
+        self.update()
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        done = self._steps.size
+        if self._source is not self.points or len(self.points) < done:
+            self._source, done = self.points, 0
+            self._steps, self._values, self._codes = np.empty(0), np.empty(0), np.empty(0, np.int64)
+            self._stages = {}
+        new = self.points[done:]
+        if new:
+            codes = [self._stages.setdefault(stage, len(self._stages)) for _, stage, _ in new]
+            self._steps = np.concatenate((self._steps, np.fromiter((p[0] for p in new), float, len(new))))
+            self._values = np.concatenate((self._values, np.fromiter((p[2] for p in new), float, len(new))))
+            self._codes = np.concatenate((self._codes, np.array(codes, np.int64)))
+        return self._steps, self._values, self._codes
+
+    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        painter = QPainter(self)
+        try:
+            self._paint(painter)
+        finally:
+            painter.end()
+
+    def _paint(self, painter: QPainter) -> None:
+        painter.setRenderHint(QPainter.Antialiasing)
+        text_colour = self.palette().color(self.foregroundRole())
+        font = QFont(self.font())
+        if font.pointSizeF() > 0:
+            font.setPointSizeF(max(6.0, font.pointSizeF() * 0.85))
+        painter.setFont(font)
+        metrics = painter.fontMetrics()
+        left, top, right, bottom = self.MARGINS
+        area = QRectF(left, top, max(1, self.width() - left - right), max(1, self.height() - top - bottom))
+        painter.setPen(QPen(text_colour, 1))
+        painter.drawRect(area)
+        steps, values, codes = self._arrays()
+        finite = np.isfinite(values)
+        if not finite.any():
+            painter.drawText(area, Qt.AlignCenter, "loss per step")
             return
-        axes = self.axes
-        stages = list(dict.fromkeys(st for _, st, _ in finite))
-        for stage in list(self._lines):
-            if stage not in stages:
-                self._lines.pop(stage).remove()
+        log_scale = bool(values[finite].min() > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ys = np.log10(values) if log_scale else values
+        x_low, x_high = float(steps[finite].min()), float(steps[finite].max())
+        x_span = (x_high - x_low) or 1.0
+        y_low, y_high = float(ys[finite].min()), float(ys[finite].max())
+        pad = (y_high - y_low) * 0.05 or 0.5
+        y_low, y_high = y_low - pad, y_high + pad
+
+        def to_x(step: Any) -> Any:
+            return area.left() + (step - x_low) / x_span * area.width()
+
+        def to_y(value: Any) -> Any:
+            return area.bottom() - (value - y_low) / (y_high - y_low) * area.height()
+
+        grid = QColor(text_colour)
+        grid.setAlpha(50)
+        data_range = (10.0**y_low, 10.0**y_high) if log_scale else (y_low, y_high)
+        for tick in nice_ticks(*data_range, log_scale):
+            y = to_y(math.log10(tick) if log_scale else tick)
+            painter.setPen(QPen(grid, 1))
+            painter.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+            painter.setPen(QPen(text_colour, 1))
+            painter.drawText(QRectF(0, y - metrics.height() / 2, left - 4, metrics.height()),
+                             Qt.AlignRight | Qt.AlignVCenter, f"{tick:g}")
+        for tick in nice_ticks(x_low, x_high, False, integer=True):
+            painter.drawText(QRectF(to_x(tick) - 30, area.bottom() + 2, 60, bottom - 2),
+                             Qt.AlignHCenter | Qt.AlignTop, f"{tick:g}")
+        painter.drawText(QRectF(0, area.bottom() + 2, left - 10, bottom - 2), Qt.AlignRight | Qt.AlignTop, "step")
+
+        stages = [stage for stage, code in self._stages.items() if np.any(finite & (codes == code))]
+        painter.setClipRect(area)
         for stage in stages:
-            if stage not in self._lines:
-                (self._lines[stage],) = axes.plot([], [], color=STAGE_COLOURS.get(stage), linewidth=1, label=stage)
-            self._lines[stage].set_data([s for s, st, _ in finite if st == stage],
-                                        [v for _, st, v in finite if st == stage])
-        wanted_scale = "log" if finite and min(v for _, _, v in finite) > 0 else "linear"
-        if axes.get_yscale() != wanted_scale:
-            axes.set_yscale(wanted_scale)
-        axes.relim()
-        axes.autoscale_view()
-        legend = axes.get_legend()
-        if stages and (legend is None or len(legend.get_texts()) != len(stages)):
-            axes.legend(fontsize=7, loc="upper right")
-        elif not stages and legend is not None:
-            legend.remove()
-        self.canvas.draw_idle()
-
-
-def _sparkline(values: list[float]) -> str:
-    if not values:
-        return ""
-    bars = "▁▂▃▄▅▆▇█"
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
-    return "".join(bars[min(7, int((v - low) / span * 7.999))] for v in values)
+            chosen = finite & (codes == self._stages[stage])
+            xs, line_ys, dense = _envelope(to_x(steps[chosen]), to_y(ys[chosen]), area.width())
+            painter.setRenderHint(QPainter.Antialiasing, not dense)  # a dense zigzag rasterises far faster
+            painter.setPen(QPen(QColor(STAGE_COLOURS.get(stage, "#cccccc")), 1 if dense else 1.5))
+            points = [QPointF(x, y) for x, y in zip(xs.tolist(), line_ys.tolist())]
+            if len(points) == 1:
+                painter.drawEllipse(points[0], 2.0, 2.0)
+            painter.drawPolyline(QPolygonF(points))
+        painter.setClipping(False)
+        painter.setRenderHint(QPainter.Antialiasing)
+        widest = max(metrics.horizontalAdvance(stage) for stage in stages)
+        backdrop = QColor(self.palette().color(self.backgroundRole()))
+        backdrop.setAlpha(200)
+        painter.fillRect(QRectF(area.right() - widest - 30, area.top() + 1, widest + 29,
+                                metrics.height() * len(stages) + 4), backdrop)
+        y = area.top() + 2
+        for stage in stages:  # legend, top right
+            width = metrics.horizontalAdvance(stage)
+            x = area.right() - width - 26
+            middle = y + metrics.height() / 2
+            painter.setPen(QPen(QColor(STAGE_COLOURS.get(stage, "#cccccc")), 2))
+            painter.drawLine(QPointF(x, middle), QPointF(x + 14, middle))
+            painter.setPen(QPen(text_colour, 1))
+            painter.drawText(QRectF(x + 18, y, width + 4, metrics.height()), Qt.AlignLeft | Qt.AlignVCenter, stage)
+            y += metrics.height()
 
 
 class TrainPanel(QWidget):
@@ -219,9 +313,10 @@ class TrainPanel(QWidget):
         self.seed.valueChanged.connect(lambda v: self._apply(seed=int(v)))
         self.device.currentTextChanged.connect(self._apply_device)
 
+        self._pending_progress: Any = None  # the latest Progress event not shown yet
         self.plot_timer = QTimer(self)
         self.plot_timer.setInterval(PLOT_INTERVAL_MS)
-        self.plot_timer.timeout.connect(self.plot.redraw_if_needed)
+        self.plot_timer.timeout.connect(self._refresh_progress)
         self.plot_timer.start()
 
         connect_until_destroyed(self, state.config_changed, self._sync_from_config)
@@ -311,6 +406,8 @@ class TrainPanel(QWidget):
         self.round_label.setText(f"Round {round_}" if round_ else "No project open")
 
     def _on_status(self, status: Status) -> None:
+        if not self.state.busy:
+            self._refresh_progress()  # the last steps of a stopped or failed run
         has_project = self.state.project is not None
         self.start_button.setEnabled(has_project and not self.state.busy)
         self.stop_button.setEnabled(status == Status.RUNNING)
@@ -327,21 +424,29 @@ class TrainPanel(QWidget):
             text = f"Stopped at step {self.state.step}; last.pt saved. Start again, or tick 'resume' under Advanced."
         self.status_label.setText(text)
         if status == Status.RUNNING:
+            self._pending_progress = None
             self.progress.setValue(0)
             self.plot.set_points([])
             self.plot.redraw()
         self._update_torch_label()
 
-    def _on_event(self, event: Any) -> None:
-        from napari_diffseg.core.rounds import RoundStarted
-        from napari_diffseg.core.training import CheckpointSaved, Done, Progress, PseudoLabelsReady
-
-        if isinstance(event, Progress):
+    def _refresh_progress(self) -> None:
+        """Show the latest progress (timer slot, and when the run ends): labels, bar and loss plot."""
+        event, self._pending_progress = self._pending_progress, None
+        if event is not None:
             self.progress.setValue(int(round(event.fraction * 1000)))
             self.stage_label.setText(f"stage: {STAGE_NAMES.get(event.stage, event.stage)}")
             self.step_label.setText(f"step: {event.step}")
             self.elapsed_label.setText(f"elapsed: {format_duration(event.elapsed)}")
             self.remaining_label.setText(f"remaining: {format_duration(event.remaining)}")
+        self.plot.redraw_if_needed()
+
+    def _on_event(self, event: Any) -> None:
+        from napari_diffseg.core.rounds import RoundStarted
+        from napari_diffseg.core.training import CheckpointSaved, Done, Progress, PseudoLabelsReady
+
+        if isinstance(event, Progress):  # cheap: shown by the next _refresh_progress
+            self._pending_progress = event
             value = plotted_value(event.losses)
             if value is not None:
                 self.plot.points.append((event.step, event.stage, value))
@@ -358,6 +463,7 @@ class TrainPanel(QWidget):
                 self.status_label.setText(f"Best model so far: Dice {dice:.3f} on the labelled images "
                                           f"(step {event.metrics.get('step')}).")
         elif isinstance(event, Done):
+            self._refresh_progress()
             self.progress.setValue(1000)
 
 
