@@ -167,6 +167,10 @@ def test_describe_torch():
     assert build in text
 
 
+def test_describe_torch_reports_given_threads():
+    assert dev.describe_torch("cpu", threads=3).endswith("3 thread(s)")
+
+
 def test_describe_torch_defaults_to_auto_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

@@ -382,10 +382,11 @@ class TrainPanel(QWidget):
         self._update_torch_label()
 
     def _update_torch_label(self) -> None:
-        from napari_diffseg.core.device import describe_torch, select_device
+        from napari_diffseg.core.device import default_threads, describe_torch, select_device
 
         try:
-            self.torch_label.setText(describe_torch(select_device(self.state.config.device)))
+            config = self.state.config  # the worker sets these threads for itself (cores - 1 by default)
+            self.torch_label.setText(describe_torch(select_device(config.device), config.threads or default_threads()))
         except DiffsegError as error:
             self.torch_label.setText(f"device not available: {error}")
 

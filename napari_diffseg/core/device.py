@@ -160,14 +160,16 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
-def describe_torch(device: torch.device | str | None = None) -> str:
+def describe_torch(device: torch.device | str | None = None, threads: int | None = None) -> str:
     """One line for users, e.g. "torch 2.13.0+cpu (CPU-only build), device cpu, 1 thread(s)".
 
-    ``device`` defaults to what ``select_device("auto")`` picks.
+    ``device`` defaults to what ``select_device("auto")`` picks; ``threads`` to this thread's torch setting
+    (torch's thread count is per thread: a GUI describing a worker's run passes the worker's count).
     """
     device = select_device("auto") if device is None else torch.device(device)
     build = "CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
     where = str(device)
     if device.type == "cuda" and torch.cuda.is_available():
         where += f" ({torch.cuda.get_device_name(device)})"
-    return f"torch {torch.__version__} ({build}), device {where}, {torch.get_num_threads()} thread(s)"
+    threads = torch.get_num_threads() if threads is None else threads
+    return f"torch {torch.__version__} ({build}), device {where}, {threads} thread(s)"
