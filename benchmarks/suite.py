@@ -1,0 +1,1020 @@
+"""Benchmark suite: how good with how few labels, how fast, and how much labelling time it saves.
+
+One command runs the sections, prints markdown tables, writes ``benchmarks/RESULTS.md`` (tables, machine,
+versions, date, load) and PNG plots in ``benchmarks/plots/``, and keeps the raw numbers in ``<out>/results.json``:
+
+- accuracy: Dice and HD95 on each dataset's test split vs the number of labelled images (1, 2, 5, 10 where the
+  train split has more images than that) for this project's default (semi-supervised), the same network on the
+  labels only, a random-forest pixel classifier on scikit-image features (what ilastik does) and Otsu;
+- ablations (on dsb2018, 2 labelled): no unsupervised pretraining, K pseudo-label rounds, chained rounds, network
+  width, time budget, and single- vs multi-step sampling at prediction;
+- effort: a simulated annotator who, after each round, corrects the N most uncertain pseudo-labels (their ground
+  truth becomes labels) vs N random ones vs none; the next round warm-starts from the last, as the napari
+  *Next round* button and ``diffseg project train --next-round`` do;
+- speed: training step time and prediction throughput by patch / tile size and width, fp32 vs bf16.
+
+The method and the labels-only baseline run through the engine the `diffseg` CLI uses (see ``_common.py``).
+Independent runs go two at a time in worker processes with one torch thread each (both see the same machine
+load); the speed section runs alone afterwards with the default thread count.
+
+    python benchmarks/suite.py --mode quick               # < 10 min on 2 cores: dsb2018, 1 seed, short budgets
+    python benchmarks/suite.py --mode full                # about an hour: all datasets, 3 seeds
+    python benchmarks/suite.py --mode full --sections accuracy --datasets glas ph2 --dry-run   # the plan only
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+import datetime
+import json
+import math
+import os
+from pathlib import Path
+import shutil
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from _common import (DEFAULT_DATA, cpu_model, load_average, load_split, mosaic, score_masks, score_model,
+                     time_prediction, train_and_score, train_model, versions)
+
+BENCH_DIR = Path(__file__).resolve().parent
+SECTIONS = ("accuracy", "ablations", "effort", "speed")
+ALL_DATASETS = ("dsb2018", "glas", "ph2", "isbi2012_em", "la_mri_3d")
+METHODS = ("DiffSeg", "labels only", "random forest", "Otsu")
+VARIANTS: dict[str, dict] = {  # ablations: TrainConfig fields that differ from the default
+    "no pretraining": {"pretrain_fraction": 0.0},
+    "K = 0 rounds": {"rounds": 0},
+    "K = 3 rounds": {"rounds": 3},
+    "K = 5 rounds": {"rounds": 5},
+    "K = 3 chained": {"rounds": 3, "chained_rounds": True},
+    "width 32": {"base_channels": 32},
+    "width 64": {"base_channels": 64},
+}
+DEFAULT_VARIANT = "default"
+STRATEGIES = ("uncertainty", "random", "none")
+RF_PIXELS_PER_IMAGE = 20000  # half foreground, half background (fewer when an image has fewer)
+RF_MAX_PIXELS = 40000  # in total over the labelled images, so one fit stays under ~30 s on one core
+RF_TREES = 50
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one mode runs. Budgets are wall-time seconds per training run (one torch thread each)."""
+
+    seeds: tuple[int, ...]
+    datasets: tuple[str, ...]
+    labelled: tuple[int, ...] = (1, 2, 5, 10)
+    budget_2d: float = 40.0
+    budget_3d: float = 40.0
+    ablation_dataset: str = "dsb2018"
+    ablation_labelled: int = 2
+    ablation_seeds: tuple[int, ...] = (0,)
+    variants: tuple[str, ...] = tuple(VARIANTS)
+    budgets: tuple[float, ...] = (60.0, 120.0, 300.0, 600.0)
+    sampling_steps: tuple[int, ...] = (1, 5, 20)
+    effort_start: int = 1
+    effort_per_round: int = 2
+    effort_rounds: int = 3
+    effort_budget: float = 30.0
+    effort_seeds: tuple[int, ...] = (0,)
+    strategies: tuple[str, ...] = STRATEGIES
+    speed_configs: tuple[tuple[int, int], ...] = ((16, 64), (16, 128), (16, 256), (32, 128), (64, 128))
+    speed_steps: int = 6
+    speed_mosaic: int = 1024
+    speed_tiles: tuple[int, ...] = (256, 512, 1024)
+    speed_repeats: int = 1
+
+
+MODES = {
+    "quick": Settings(
+        seeds=(0,), datasets=("dsb2018",), labelled=(1, 2, 5), budget_2d=35.0,
+        variants=("no pretraining", "K = 3 rounds", "K = 3 chained", "width 32"),
+        budgets=(35.0, 70.0), sampling_steps=(1, 5), effort_rounds=2, effort_budget=20.0,
+        strategies=("uncertainty", "random"), speed_configs=((16, 128), (32, 128)), speed_tiles=(256, 1024),
+    ),
+    "full": Settings(seeds=(0, 1, 2), datasets=ALL_DATASETS),
+}
+
+
+@dataclass
+class Job:
+    """One unit of work for a worker process; ``after``: the key of a job whose result it needs."""
+
+    key: str
+    kind: str
+    params: dict
+    cost: float  # estimated seconds, for scheduling and the plan
+    after: str | None = None
+    exclusive: bool = False  # timing runs: alone on the machine, after everything else
+    priority: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+def _grey(image: np.ndarray) -> np.ndarray:
+    """Grey float image; RGB(A) -> luminance."""
+    from skimage.color import rgb2gray
+    from napari_diffseg.core.io import image_layout
+
+    if image_layout(image)[1] == 3:
+        return rgb2gray(image[..., :3])
+    return image.astype(np.float64)
+
+
+def rf_features(image: np.ndarray) -> np.ndarray:
+    """ilastik-like pixel features: intensity, edges and texture at several scales, per channel ((*spatial, F))."""
+    from skimage.feature import multiscale_basic_features
+    from napari_diffseg.core.io import to_channels_first
+
+    channels_last = np.moveaxis(to_channels_first(image), 0, -1)
+    return multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)
+
+
+def job_random_forest(params: dict, _dependency: dict | None) -> dict:
+    """Random forest on the labelled images' pixels (balanced subsample), predicted on every test pixel."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    train_pairs, test_pairs = load_split(Path(params["root"]))
+    n, seed = params["n"], params["seed"]
+    rng = np.random.default_rng(seed)
+    per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // n) // 2
+    start = time.perf_counter()
+    features, targets = [], []
+    for image, mask, _ in train_pairs[:n]:
+        flat = rf_features(image).reshape(mask.size, -1)
+        truth = mask.ravel() > 0
+        for value in (True, False):
+            where = np.flatnonzero(truth == value)
+            take = rng.choice(where, min(per_class, len(where)), replace=False)
+            features.append(flat[take])
+            targets.append(truth[take])
+    forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
+    forest.fit(np.concatenate(features), np.concatenate(targets))
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
+    predictions = []
+    for image, mask, _ in test_pairs:
+        if foreground is None:
+            predictions.append(np.zeros(mask.shape, bool))
+            continue
+        probs = forest.predict_proba(rf_features(image).reshape(mask.size, -1))[:, foreground]
+        predictions.append(probs.reshape(mask.shape) > 0.5)
+    result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
+    result.update(fit_seconds=fit_seconds, predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs),
+                  pixels=int(sum(len(t) for t in targets)))
+    return result
+
+
+def job_otsu(params: dict, _dependency: dict | None) -> dict:
+    """Otsu threshold per test image; the polarity (foreground brighter or darker) that fits the labelled images."""
+    from skimage.filters import threshold_otsu
+    from napari_diffseg.core.metrics import dice
+
+    train_pairs, test_pairs = load_split(Path(params["root"]))
+    brighter = darker = 0.0
+    for image, mask, _ in train_pairs[: params["n"]]:
+        grey = _grey(image)
+        threshold = threshold_otsu(grey)
+        brighter += dice(grey > threshold, mask)
+        darker += dice(grey <= threshold, mask)
+    bright = brighter >= darker
+    predictions = []
+    for image, _, _ in test_pairs:
+        grey = _grey(image)
+        threshold = threshold_otsu(grey)
+        predictions.append(grey > threshold if bright else grey <= threshold)
+    result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
+    result["foreground"] = "brighter" if bright else "darker"
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ method jobs
+def job_train(params: dict, _dependency: dict | None) -> dict:
+    result = train_and_score(params["root"], params["n"], params["labels_only"], params["budget"], params["seed"],
+                             params["overrides"], tuple(params["sampling_steps"]), params.get("keep_dir"))
+    result["model_dir"] = params.get("keep_dir")
+    return result
+
+
+def job_effort(params: dict, start: dict) -> dict:
+    """Rounds of: pick N unlabelled images (most uncertain / random / none), label them with their ground truth,
+    train the next round warm-started from the last; score on the test split after each round."""
+    from napari_diffseg.core.training import TrainConfig
+
+    train_pairs, test_pairs = load_split(Path(params["root"]))
+    names = [pair[2] for pair in train_pairs]
+    seed, strategy, per_round = params["seed"], params["strategy"], params["per_round"]
+    rng = np.random.default_rng(seed)
+    labelled = list(range(params["start_n"]))
+    rows = [{"round": 0, "corrected": 0, "labelled": len(labelled), "mean_dice": start["mean_dice"],
+             "mean_hd95": start["mean_hd95"], "seconds": start["train_seconds"], "steps": start["steps"], "chosen": []}]
+    previous, uncertainty = Path(start["model_dir"]), start["mean_uncertainty"]
+    for round_ in range(1, params["rounds"] + 1):
+        began = time.perf_counter()
+        pool = [i for i in range(len(train_pairs)) if i not in labelled]
+        if strategy == "uncertainty":
+            chosen = sorted(pool, key=lambda i: -uncertainty.get(names[i], -1.0))[:per_round]
+        elif strategy == "random":
+            chosen = [int(i) for i in rng.choice(pool, min(per_round, len(pool)), replace=False)]
+        else:
+            chosen = []
+        labelled = sorted(set(labelled) | set(chosen))
+        out = Path(params["work_dir"]) / f"round_{round_}"
+        config = TrainConfig(budget_seconds=params["budget"], seed=seed, threads=1)
+        trained = train_model(train_pairs, labelled, config, out, warm_start=previous)
+        seconds = time.perf_counter() - began
+        scores = score_model(out, test_pairs)
+        rows.append({"round": round_, "corrected": len(labelled) - params["start_n"], "labelled": len(labelled),
+                     "mean_dice": scores["mean_dice"], "mean_hd95": scores["mean_hd95"], "seconds": seconds,
+                     "steps": trained["steps"], "chosen": [names[i] for i in chosen]})
+        if previous != Path(start["model_dir"]):
+            shutil.rmtree(previous, ignore_errors=True)
+        previous, uncertainty = out, trained["mean_uncertainty"]
+    return {"rounds": rows}
+
+
+def job_speed_train(params: dict, _dependency: dict | None) -> dict:
+    """Seconds per pretraining and per co-training step (batch 8) with the default thread count."""
+    from napari_diffseg.core.device import configure_threads
+    from napari_diffseg.core.training import Progress, TrainConfig
+
+    train_pairs, _ = load_split(Path(params["root"]))
+    patch = params["patch"]
+    config = TrainConfig(budget_seconds=None, max_steps=params["steps"], base_channels=params["width"],
+                         patch_size=(patch, patch), bf16=params["bf16"], validate_every_seconds=1e9,
+                         checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9)
+    elapsed: dict[str, list[float]] = {}
+
+    def collect(event) -> None:
+        if isinstance(event, Progress):
+            elapsed.setdefault(event.stage, []).append(event.elapsed)
+
+    train_model(train_pairs[:3], [0, 1], config, Path(params["keep_dir"]), on_event=collect)
+    deltas = {stage: np.diff(values) for stage, values in elapsed.items()}
+    cotrain = deltas.get("cotrain", np.array([]))[1:]  # the first co-training step includes kernel warm-up
+    pretrain = deltas.get("pretrain", np.array([]))
+    step = float(cotrain.mean()) if len(cotrain) else math.nan
+    return {"pretrain_step": float(pretrain.mean()) if len(pretrain) else math.nan, "cotrain_step": step,
+            "patch_mp_per_s": 8 * patch * patch / 1e6 / step, "threads": configure_threads(None),
+            "model_dir": params["keep_dir"]}
+
+
+def job_speed_predict(params: dict, trained: dict) -> dict:
+    """Prediction throughput on a large grey mosaic by tile size and precision (default thread count)."""
+    from napari_diffseg.core.device import bf16_supported, configure_threads
+
+    threads = configure_threads(None)
+    train_pairs, _ = load_split(Path(params["root"]))
+    image = mosaic([pair[0] for pair in train_pairs], params["size"])
+    rows = []
+    for tile in params["tiles"]:
+        for bf16 in ([False, True] if bf16_supported("cpu") else [False]):
+            timing = time_prediction(Path(trained["model_dir"]), image, bf16, params["repeats"], tile=(tile, tile))
+            rows.append({"tile": tile, "bf16": bf16, "threads": threads, **timing})
+    return {"rows": rows}
+
+
+JOB_FUNCTIONS = {"train": job_train, "rf": job_random_forest, "otsu": job_otsu, "effort": job_effort,
+                 "speed_train": job_speed_train, "speed_predict": job_speed_predict}
+
+
+def run_job(kind: str, params: dict, dependency: dict | None) -> dict:
+    began = time.perf_counter()
+    result = JOB_FUNCTIONS[kind](params, dependency)
+    result["job_seconds"] = time.perf_counter() - began
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def _train_overhead(dataset: str, labels_only: bool, unlabelled: int) -> float:
+    """Seconds a run takes beyond its budget (measured): start-up, the final validation and pseudo-labels of the
+    unlabelled images (two networks unless labels only), test prediction."""
+    per_image = (1.0 if dataset == "la_mri_3d" else 0.12) * (1 if labels_only else 3)
+    return 5.0 + per_image * unlabelled
+
+
+def _speed_step_estimate(width: int, patch: int, bf16: bool) -> float:
+    """Rough seconds per co-training step on one core (measured: 0.6 s at width 16, 128 px, bf16)."""
+    return 0.6 * (width / 16) ** 1.9 * (patch / 128) ** 2.3 * (1.0 if bf16 else 1.9)
+
+
+def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[str, ...], data_root: Path,
+               work: Path, scale: float) -> list[Job]:
+    jobs: dict[str, Job] = {}
+    sizes = {name: len(json.loads((data_root / name / "split.json").read_text())["train"])
+             for name in set(datasets) | {settings.ablation_dataset}}
+
+    def budget_for(dataset: str) -> float:
+        return (settings.budget_3d if dataset == "la_mri_3d" else settings.budget_2d) * scale
+
+    def add(job: Job) -> str:
+        if job.key in jobs:  # the same run asked for by two sections: one run, the union of what they need
+            old = jobs[job.key]
+            if job.kind == "train":
+                old.params["sampling_steps"] = sorted(set(old.params["sampling_steps"]) | set(job.params["sampling_steps"]))
+                old.params["keep_dir"] = old.params.get("keep_dir") or job.params.get("keep_dir")
+                old.cost = max(old.cost, job.cost)
+            return job.key
+        jobs[job.key] = job
+        return job.key
+
+    def train_job(dataset: str, n: int, seed: int, variant: str, labels_only: bool = False,
+                  budget: float | None = None, sampling: tuple[int, ...] = (1,), keep: bool = False) -> str:
+        budget = budget_for(dataset) if budget is None else budget
+        method = "labels only" if labels_only else "DiffSeg"
+        key = f"train/{dataset}/n{n}/seed{seed}/{variant}/{budget:g}s/{method}"
+        params = {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seed": seed, "variant": variant,
+                  "labels_only": labels_only, "budget": budget, "method": method,
+                  "overrides": dict(VARIANTS.get(variant, {})), "sampling_steps": list(sampling),
+                  "keep_dir": str(work / key.replace("/", "_")) if keep else None}
+        cost = budget + _train_overhead(dataset, labels_only, sizes[dataset] - n) + 2 * len(sampling)
+        if variant.startswith("width"):
+            cost += 0.3 * int(variant.split()[1])  # slower validation and pseudo-labels
+        return add(Job(key, "train", params, cost))
+
+    if "accuracy" in sections:
+        for dataset in datasets:
+            for n in (n for n in settings.labelled if n < sizes[dataset]):
+                three_d = dataset == "la_mri_3d"
+                for seed in settings.seeds:
+                    train_job(dataset, n, seed, DEFAULT_VARIANT)
+                    train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True)
+                    features = 72 if dataset in ("glas", "ph2") else 24  # 24 per channel
+                    rf_cost = 8 + 7e-6 * min(n * RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS) * features
+                    add(Job(f"rf/{dataset}/n{n}/seed{seed}", "rf",
+                            {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seed": seed,
+                             "method": "random forest"}, rf_cost * (1.5 if three_d else 1)))
+                add(Job(f"otsu/{dataset}/n{n}", "otsu",
+                        {"dataset": dataset, "root": str(data_root / dataset), "n": n, "method": "Otsu"}, 3.0))
+    dataset, n = settings.ablation_dataset, settings.ablation_labelled
+    if "ablations" in sections:
+        for seed in settings.ablation_seeds:
+            train_job(dataset, n, seed, DEFAULT_VARIANT, sampling=settings.sampling_steps)
+            for variant in settings.variants:
+                train_job(dataset, n, seed, variant)
+            for budget in settings.budgets:
+                train_job(dataset, n, seed, DEFAULT_VARIANT, budget=budget * scale)
+    if "effort" in sections:
+        for seed in settings.effort_seeds:
+            start = train_job(dataset, settings.effort_start, seed, DEFAULT_VARIANT, keep=True)
+            budget = settings.effort_budget * scale
+            for strategy in settings.strategies:
+                key = f"effort/{dataset}/seed{seed}/{strategy}"
+                params = {"dataset": dataset, "root": str(data_root / dataset), "seed": seed, "strategy": strategy,
+                          "start_n": settings.effort_start, "per_round": settings.effort_per_round,
+                          "rounds": settings.effort_rounds, "budget": budget,
+                          "work_dir": str(work / key.replace("/", "_"))}
+                cost = settings.effort_rounds * (budget + _train_overhead(dataset, False, sizes[dataset]))
+                add(Job(key, "effort", params, cost, after=start))
+    if "speed" in sections:
+        root = str(data_root / "dsb2018")
+        for width, patch in settings.speed_configs:
+            for bf16 in (False, True):
+                key = f"speed_train/w{width}/p{patch}/{'bf16' if bf16 else 'fp32'}"
+                params = {"root": root, "width": width, "patch": patch, "bf16": bf16, "steps": settings.speed_steps,
+                          "keep_dir": str(work / key.replace("/", "_"))}
+                add(Job(key, "speed_train", params, 8 + settings.speed_steps * _speed_step_estimate(width, patch, bf16),
+                        exclusive=True))
+        for width in sorted({w for w, _ in settings.speed_configs}):
+            patch = min((p for w, p in settings.speed_configs if w == width), key=lambda p: abs(p - 128))
+            megapixels = settings.speed_mosaic ** 2 / 1e6
+            cost = len(settings.speed_tiles) * 2 * settings.speed_repeats * megapixels / (2.0 / (width / 16) ** 1.9) + 5
+            add(Job(f"speed_predict/w{width}", "speed_predict",
+                    {"root": root, "width": width, "size": settings.speed_mosaic, "tiles": list(settings.speed_tiles),
+                     "repeats": settings.speed_repeats},
+                    cost, after=f"speed_train/w{width}/p{patch}/fp32", exclusive=True))
+    plan = list(jobs.values())
+    by_key = {job.key: job for job in plan}
+
+    def priority(job: Job) -> float:  # own cost + the longest chain waiting on it (critical path first)
+        return job.cost + max((priority(j) for j in plan if j.after == job.key), default=0.0)
+
+    return [replace(job, priority=priority(job)) for job in plan if job.after is None or job.after in by_key]
+
+
+def simulate(jobs: list[Job], workers: int) -> float:
+    """Estimated wall seconds of running ``jobs`` with the scheduler of ``run_jobs``."""
+    clock, free, done, pending = 0.0, [0.0] * workers, {}, sorted(jobs, key=lambda j: -j.priority)
+    running: list[tuple[float, str]] = []
+    while pending or running:
+        for job in list(pending):
+            if len(running) >= workers:
+                break
+            if job.after is None or job.after in done:
+                running.append((max(clock, done.get(job.after, 0.0)) + job.cost, job.key))
+                pending.remove(job)
+        running.sort()
+        if not running:
+            break
+        clock, key = running.pop(0)
+        done[key] = clock
+    return clock
+
+
+def describe_plan(jobs: list[Job], workers: int) -> str:
+    lines = ["| kind | runs | budget / cost each | estimated seconds |", "|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        if job.kind == "train":
+            label = "training run"
+            each = f"{job.params['budget']:g} s"
+        elif job.kind == "effort":
+            label = "annotation rounds"
+            each = f"{job.params['rounds']} x {job.params['budget']:g} s"
+        else:
+            label, each = job.kind, "-"
+        groups.setdefault((label, each), []).append(job)
+    for (label, each), members in groups.items():
+        lines.append(f"| {label} | {len(members)} | {each} | {sum(j.cost for j in members):.0f} |")
+    parallel = [j for j in jobs if not j.exclusive]
+    exclusive = [j for j in jobs if j.exclusive]
+    wall = simulate(parallel, workers) + simulate(exclusive, 1)
+    lines.append(f"\nEstimated wall time: {wall / 60:.1f} min ({workers} workers, then the speed runs alone)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ scheduler
+def _summary(job: Job, result: dict) -> str:
+    if "error" in result:
+        return f"FAILED: {result['error'].splitlines()[-1]}"
+    if "mean_dice" in result:
+        extra = f", {result['steps']} steps" if "steps" in result else ""
+        return f"Dice {result['mean_dice']:.3f}, HD95 {result['mean_hd95']:.1f}{extra}"
+    if job.kind == "effort":
+        return "Dice by round " + " ".join(f"{r['mean_dice']:.3f}" for r in result["rounds"])
+    if job.kind == "speed_train":
+        return f"co-train {result['cotrain_step']:.2f} s/step"
+    if job.kind == "speed_predict":
+        return " ".join(f"{r['tile']}/{'bf16' if r['bf16'] else 'fp32'} {r['mp_per_s']:.2f} MP/s" for r in result["rows"])
+    return ""
+
+
+def run_jobs(jobs: list[Job], workers: int, results: dict[str, dict], started: float) -> None:
+    """Run jobs in ``workers`` processes, longest critical path first, a job only after the one it needs."""
+    pending = sorted(jobs, key=lambda j: -j.priority)
+    total = len(pending)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        running = {}
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= workers:
+                    break
+                if job.after is not None and job.after not in results:
+                    continue
+                pending.remove(job)
+                dependency = results.get(job.after) if job.after else None
+                if dependency is not None and "error" in dependency:
+                    results[job.key] = {"error": f"skipped: {job.after} failed"}
+                    continue
+                running[pool.submit(run_job, job.kind, job.params, dependency)] = job
+            if not running:
+                for job in pending:
+                    results[job.key] = {"error": "skipped: its dependency was not planned"}
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job = running.pop(future)
+                try:
+                    results[job.key] = future.result()
+                except Exception:  # a failed run is reported, the others go on
+                    results[job.key] = {"error": traceback.format_exc()}
+                done = sum(1 for j in jobs if j.key in results)
+                print(f"[{(time.perf_counter() - started) / 60:5.1f} min] {done}/{total} {job.key}: "
+                      f"{_summary(job, results[job.key])}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
+def _fmt(mean: float, sd: float | None, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" if sd is None or math.isnan(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def aggregate(runs: list[dict], metric: str) -> tuple[float, float]:
+    """Mean and spread of a metric: sd over seeds when there are several runs, else over the test images."""
+    if len(runs) > 1:
+        return _mean_sd([r[f"mean_{metric}"] for r in runs])
+    if len(runs) == 1:
+        mean, _ = _mean_sd([runs[0][f"mean_{metric}"]])
+        return mean, _mean_sd(runs[0][metric])[1]
+    return math.nan, math.nan
+
+
+@dataclass
+class Report:
+    settings: Settings
+    plan: list[Job]
+    results: dict[str, dict]
+    meta: dict
+    plots_dir: Path
+    lines: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    def runs(self, **match) -> list[dict]:
+        found = []
+        for job in self.plan:
+            result = self.results.get(job.key)
+            if result is None or "error" in result:
+                continue
+            values = {"kind": job.kind, **job.params}
+            if all(values.get(k) == v for k, v in match.items()):
+                found.append({**job.params, **result})
+        return found
+
+    def method_runs(self, dataset: str, n: int, method: str, budget: float) -> list[dict]:
+        if method in ("DiffSeg", "labels only"):
+            return self.runs(kind="train", dataset=dataset, n=n, method=method, variant=DEFAULT_VARIANT, budget=budget)
+        return self.runs(kind="rf" if method == "random forest" else "otsu", dataset=dataset, n=n)
+
+    def spread_note(self, seeds: int) -> str:
+        return ("± is the standard deviation over seeds (each seed's value is the mean over the test images)"
+                if seeds > 1 else "± is the standard deviation over the test images (one seed)")
+
+    def save(self, figure, name: str, caption: str) -> None:
+        self.plots_dir.mkdir(parents=True, exist_ok=True)
+        figure.savefig(self.plots_dir / name, dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        self.plots.append(name)
+        self.lines += [f"![{caption}](plots/{name})", ""]
+
+    # --------------------------------------------------------------------------- accuracy
+    def accuracy(self, datasets: tuple[str, ...]) -> list[tuple]:
+        s = self.settings
+        table = [row for row in ((d, n) for d in datasets for n in s.labelled)
+                 if any(self.method_runs(row[0], row[1], m, self.budget(row[0])) for m in METHODS)]
+        if not table:
+            return []
+        self.lines += ["## Accuracy vs number of labelled images", "",
+                       f"Test-split Dice and HD95 (pixels / voxels), {self.spread_note(len(s.seeds))}; seeds "
+                       f"{', '.join(map(str, s.seeds))}. Training budget per run: {s.budget_2d * self.meta['scale']:g} s "
+                       f"for 2D" + (f", {s.budget_3d * self.meta['scale']:g} s for 3D" if "la_mri_3d" in datasets else "")
+                       + " wall time, one torch thread (two runs side by side). DiffSeg = this project's default "
+                       "(pretraining + teacher-student co-training on all train images, the first n labelled); "
+                       "labels only = the same network and budget on the n labelled images; random forest = "
+                       f"{RF_TREES} trees on scikit-image multiscale intensity / edge / texture features of up to "
+                       f"{RF_PIXELS_PER_IMAGE // 1000}k balanced pixels per labelled image ({RF_MAX_PIXELS // 1000}k "
+                       "in total); Otsu = one global threshold per test image, polarity chosen on the labelled "
+                       "images (deterministic, no spread over seeds). HD95 is averaged over the images where both "
+                       "masks are non-empty; `k empty` counts test images where a method found no foreground at all. "
+                       "Best mean in bold.", ""]
+        summary = []
+        for metric, better in (("dice", max), ("hd95", min)):
+            title = "Dice (higher is better)" if metric == "dice" else "HD95 in pixels (lower is better)"
+            self.lines += [f"**{title}**", "",
+                           "| dataset | labelled | " + " | ".join(METHODS) + (" | steps (DiffSeg / labels only) |" if metric == "dice" else " |"),
+                           "|---|---|" + "---|" * len(METHODS) + ("---|" if metric == "dice" else "")]
+            for dataset, n in table:
+                budget = self.budget(dataset)
+                cells = {}
+                for method in METHODS:
+                    runs = self.method_runs(dataset, n, method, budget)
+                    mean, sd = aggregate(runs, metric)
+                    empty = sum(r["hd95_undefined"] for r in runs)
+                    cells[method] = (mean, None if method == "Otsu" and len(s.seeds) > 1 else sd, empty)
+                    if metric == "dice" and runs:
+                        per_image = np.mean([r["dice"] for r in runs], axis=0)
+                        summary.append((dataset, n, method, mean, sd, aggregate(runs, "hd95")[0], per_image))
+                finite = [c[0] for c in cells.values() if not math.isnan(c[0])]
+                best = better(finite) if finite else None
+                row = []
+                for method in METHODS:
+                    mean, sd, empty = cells[method]
+                    text = _fmt(mean, sd, 3 if metric == "dice" else 1)
+                    if best is not None and mean == best:
+                        text = f"**{text}**"
+                    if metric == "hd95" and empty:
+                        text += f" ({empty} empty)"
+                    row.append(text)
+                line = f"| {dataset} | {n} | " + " | ".join(row) + " |"
+                if metric == "dice":
+                    steps = [np.mean([r["steps"] for r in self.method_runs(dataset, n, m, budget)] or [math.nan])
+                             for m in ("DiffSeg", "labels only")]
+                    line += f" {steps[0]:.0f} / {steps[1]:.0f} |"
+                self.lines.append(line)
+            self.lines.append("")
+        self.plot_accuracy(table, summary)
+        return summary
+
+    def budget(self, dataset: str) -> float:
+        s = self.settings
+        return (s.budget_3d if dataset == "la_mri_3d" else s.budget_2d) * self.meta["scale"]
+
+    def plot_accuracy(self, table: list[tuple], summary: list[tuple]) -> None:
+        import matplotlib.pyplot as plt
+
+        datasets = list(dict.fromkeys(d for d, _ in table))
+        figure, axes = plt.subplots(2, len(datasets), figsize=(3.6 * len(datasets), 6.4), squeeze=False)
+        for column, dataset in enumerate(datasets):
+            for row, metric in enumerate(("dice", "hd95")):
+                ax = axes[row][column]
+                for method in METHODS:
+                    points = []
+                    for n in (n for d, n in table if d == dataset):
+                        mean, sd = aggregate(self.method_runs(dataset, n, method, self.budget(dataset)), metric)
+                        points.append((n, mean, sd))
+                    if points:
+                        xs, ys, sds = zip(*points)
+                        ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=method)
+                ax.set_xscale("log")
+                ax.minorticks_off()
+                ax.set_xticks([n for d, n in table if d == dataset])
+                ax.set_xticklabels([str(n) for d, n in table if d == dataset])
+                ax.set_xlabel("labelled images")
+                ax.set_ylabel("Dice" if metric == "dice" else "HD95 (px)")
+                if row == 0:
+                    ax.set_title(dataset)
+        axes[0][0].legend(fontsize=8)
+        figure.tight_layout()
+        self.save(figure, "accuracy.png", "Dice and HD95 vs labelled images")
+
+    # --------------------------------------------------------------------------- ablations
+    def ablations(self) -> dict:
+        s = self.settings
+        dataset, n = s.ablation_dataset, s.ablation_labelled
+        budget = s.budget_2d * self.meta["scale"]
+        default = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=DEFAULT_VARIANT, budget=budget)
+        if not default:
+            return {}
+        note = self.spread_note(len(s.ablation_seeds))
+        d_mean, _ = aggregate(default, "dice")
+        self.lines += ["## Ablations of the method", "",
+                       f"{dataset}, {n} labelled images, seeds {', '.join(map(str, s.ablation_seeds))}; {note}. "
+                       f"Every variant changes one setting of the default (pretraining for 25% of the budget, one "
+                       f"independent pseudo-label round every 4th co-training step, width 16) and trains for the "
+                       f"same {budget:g} s.", "",
+                       "| variant | Dice | HD95 | steps | Dice vs default |", "|---|---|---|---|---|"]
+        found = {}
+        for variant in (DEFAULT_VARIANT, *s.variants):
+            runs = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=variant, budget=budget)
+            if not runs:
+                continue
+            mean, sd = aggregate(runs, "dice")
+            hd = aggregate(runs, "hd95")
+            found[variant] = (mean, sd)
+            name = "default (K = 1, independent, width 16, pretraining)" if variant == DEFAULT_VARIANT else variant
+            delta = "" if variant == DEFAULT_VARIANT else f"{mean - d_mean:+.3f}"
+            self.lines.append(f"| {name} | {_fmt(mean, sd)} | {_fmt(*hd, 1)} | "
+                              f"{np.mean([r['steps'] for r in runs]):.0f} | {delta} |")
+        labels_only = self.runs(kind="train", dataset=dataset, n=n, method="labels only", variant=DEFAULT_VARIANT,
+                                budget=budget)
+        if labels_only:
+            mean, sd = aggregate(labels_only, "dice")
+            self.lines.append(f"| (labels only, for reference) | {_fmt(mean, sd)} | "
+                              f"{_fmt(*aggregate(labels_only, 'hd95'), 1)} | "
+                              f"{np.mean([r['steps'] for r in labels_only]):.0f} | {mean - d_mean:+.3f} |")
+        self.lines.append("")
+        budget_rows = []
+        for seconds in sorted(set(b * self.meta["scale"] for b in s.budgets)):
+            runs = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=DEFAULT_VARIANT, budget=seconds)
+            if runs:
+                budget_rows.append((seconds, aggregate(runs, "dice"), aggregate(runs, "hd95"),
+                                    np.mean([r["steps"] for r in runs])))
+        if budget_rows:
+            self.lines += ["**Time budget** (same settings, longer runs; seconds of wall time on one core)", "",
+                           "| budget | Dice | HD95 | steps |", "|---|---|---|---|"]
+            self.lines += [f"| {_duration(sec)} | {_fmt(*dice_)} | {_fmt(*hd, 1)} | {steps:.0f} |"
+                           for sec, dice_, hd, steps in budget_rows]
+            self.lines.append("")
+        sampling_rows = []
+        for steps in s.sampling_steps:
+            values = [r["sampling"].get(str(steps)) for r in default if str(steps) in r.get("sampling", {})]
+            if values:
+                sampling_rows.append((steps, _mean_sd([v["mean_dice"] for v in values]),
+                                      _mean_sd([v["mean_hd95"] for v in values]),
+                                      np.mean([v["predict_seconds_per_image"] for v in values])))
+        if sampling_rows:
+            spread = "; ± over seeds" if len(default) > 1 else ", one seed"
+            self.lines += [f"**Sampling at prediction** (the default model(s) above{spread}; more steps refine the "
+                           "mask DDIM-style from noise, `diffseg predict --sampling-steps`)", "",
+                           "| sampling steps | Dice | HD95 | seconds per test image |", "|---|---|---|---|"]
+            single = len(default) == 1
+            self.lines += [f"| {steps} | {_fmt(dice_[0], None if single else dice_[1])} | "
+                           f"{_fmt(hd[0], None if single else hd[1], 1)} | {sec:.3f} |"
+                           for steps, dice_, hd, sec in sampling_rows]
+            self.lines.append("")
+        self.plot_ablations(found, budget_rows, sampling_rows)
+        return {"variants": found, "budgets": budget_rows, "sampling": sampling_rows, "default": d_mean}
+
+    def plot_ablations(self, found: dict, budget_rows: list, sampling_rows: list) -> None:
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+        names = list(found)
+        axes[0].barh(names, [found[v][0] for v in names], xerr=[found[v][1] for v in names], capsize=3)
+        axes[0].invert_yaxis()
+        axes[0].set_xlabel("Dice")
+        axes[0].set_title("variants at equal budget")
+        if budget_rows:
+            axes[1].errorbar([r[0] / 60 for r in budget_rows], [r[1][0] for r in budget_rows],
+                             yerr=[r[1][1] for r in budget_rows], marker="o", capsize=3)
+        axes[1].set_xlabel("budget (min)")
+        axes[1].set_ylabel("Dice")
+        axes[1].set_title("time budget")
+        if sampling_rows:
+            axes[2].plot([r[0] for r in sampling_rows], [r[1][0] for r in sampling_rows], marker="o")
+        axes[2].set_xlabel("sampling steps")
+        axes[2].set_ylabel("Dice")
+        axes[2].set_title("sampling at prediction")
+        figure.tight_layout()
+        self.save(figure, "ablations.png", "Ablations")
+
+    # --------------------------------------------------------------------------- effort
+    def effort(self) -> dict:
+        s = self.settings
+        curves: dict[str, list[list[dict]]] = {}
+        for strategy in STRATEGIES:
+            runs = self.runs(kind="effort", strategy=strategy)
+            if runs:
+                curves[strategy] = [r["rounds"] for r in runs]
+        if not curves:
+            return {}
+        self.lines += ["## Annotation effort: which pseudo-labels to correct", "",
+                       f"{s.ablation_dataset}: start with the first {s.effort_start} image(s) labelled and a default "
+                       f"run of {s.budget_2d * self.meta['scale']:g} s (round 0). Each round a simulated annotator "
+                       f"corrects {s.effort_per_round} pseudo-labels (their ground truth becomes labels): the most "
+                       "uncertain ones (mean uncertainty the training reports with its pseudo-labels, the order of "
+                       "the Review panel) or random ones"
+                       + (", or none (the same extra training without corrections)" if "none" in curves else "")
+                       + "; then "
+                       f"the next round trains for {s.effort_budget * self.meta['scale']:g} s warm-started from the last "
+                       f"(like *Next round*). Seeds {', '.join(map(str, s.effort_seeds))}; test-split Dice "
+                       "(mean over seeds); round seconds = training incl. pseudo-labels.", "",
+                       "| strategy | round | corrected images | Dice | HD95 | round seconds |", "|---|---|---|---|---|---|"]
+        for strategy, seeds in curves.items():
+            for index in range(len(seeds[0])):
+                rows = [rounds[index] for rounds in seeds if index < len(rounds)]
+                dice_ = _mean_sd([r["mean_dice"] for r in rows])
+                hd = _mean_sd([r["mean_hd95"] for r in rows])
+                self.lines.append(f"| {strategy} | {index} | {rows[0]['corrected']} | "
+                                  f"{_fmt(*dice_) if len(rows) > 1 else _fmt(dice_[0], None)} | "
+                                  f"{_fmt(hd[0], None, 1)} | {np.mean([r['seconds'] for r in rows]):.0f} |")
+        self.lines.append("")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for strategy, seeds in curves.items():
+            length = min(len(r) for r in seeds)
+            xs = [seeds[0][i]["corrected"] if strategy != "none" else i * s.effort_per_round for i in range(length)]
+            ys = [np.mean([rounds[i]["mean_dice"] for rounds in seeds]) for i in range(length)]
+            axes[0].plot(xs, ys, marker="o", label=strategy)
+            axes[1].plot(range(length), [np.mean([rounds[i]["seconds"] for rounds in seeds]) for i in range(length)],
+                         marker="o", label=strategy)
+        axes[0].set_xlabel("corrected images (for 'none': same rounds, no corrections)")
+        axes[0].set_ylabel("test Dice")
+        axes[0].legend()
+        axes[1].set_xlabel("round")
+        axes[1].set_ylabel("seconds per round")
+        axes[1].set_ylim(bottom=0)
+        from matplotlib.ticker import MaxNLocator
+
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        figure.tight_layout()
+        self.save(figure, "effort.png", "Dice vs corrected images")
+        return {strategy: [np.mean([rounds[-1]["mean_dice"] for rounds in seeds]), seeds[0][-1]["corrected"]]
+                for strategy, seeds in curves.items()}
+
+    # --------------------------------------------------------------------------- speed
+    def speed(self) -> dict:
+        s = self.settings
+        rows = []
+        for width, patch in s.speed_configs:
+            for bf16 in (False, True):
+                result = self.results.get(f"speed_train/w{width}/p{patch}/{'bf16' if bf16 else 'fp32'}")
+                if result and "error" not in result:
+                    rows.append((width, patch, bf16, result))
+        predictions = []
+        for width in sorted({w for w, _ in s.speed_configs}):
+            result = self.results.get(f"speed_predict/w{width}")
+            if result and "error" not in result:
+                predictions += [(width, row) for row in result["rows"]]
+        if not rows and not predictions:
+            return {}
+        threads = rows[0][3]["threads"] if rows else predictions[0][1]["threads"]
+        self.lines += ["## Speed", "",
+                       f"Alone on the machine (after the other sections), {threads} torch thread(s) (the default: "
+                       f"cores - 1), dsb2018 images. Training: batch 8, mean seconds per step over a "
+                       f"{s.speed_steps}-step run (the first co-training step, with kernel warm-up, left out; one "
+                       "pseudo-label round every 4th co-training step as by default); patch megapixels per second = "
+                       "8 x patch pixels / co-training step. Prediction: one deterministic step on a "
+                       f"{s.speed_mosaic}x{s.speed_mosaic} mosaic, overlapping Gaussian-blended tiles.", ""]
+        if rows:
+            self.lines += ["| width | patch | precision | pretraining s/step | co-training s/step | patch Mpx/s |",
+                           "|---|---|---|---|---|---|"]
+            for width, patch, bf16, r in rows:
+                self.lines.append(f"| {width} | {patch} | {'bf16' if bf16 else 'fp32'} | {r['pretrain_step']:.2f} | "
+                                  f"{r['cotrain_step']:.2f} | {r['patch_mp_per_s']:.3f} |")
+            self.lines.append("")
+        if predictions:
+            self.lines += ["| width | tile | precision | seconds | megapixels/s |", "|---|---|---|---|---|"]
+            for width, r in predictions:
+                self.lines.append(f"| {width} | {r['tile']} | {'bf16' if r['bf16'] else 'fp32'} | {r['seconds']:.2f} | "
+                                  f"{r['mp_per_s']:.2f} |")
+            self.lines.append("")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+        labels = sorted({f"w{w} p{p}" for w, p, _, _ in rows}, key=lambda t: [int(x[1:]) for x in t.split()])
+        for offset, bf16 in ((-0.2, False), (0.2, True)):
+            values = {f"w{w} p{p}": r["cotrain_step"] for w, p, b, r in rows if b == bf16}
+            axes[0].bar(np.arange(len(labels)) + offset, [values.get(l, np.nan) for l in labels], width=0.4,
+                        label="bf16" if bf16 else "fp32")
+        axes[0].set_xticks(np.arange(len(labels)), labels)
+        axes[0].set_ylabel("seconds per co-training step")
+        axes[0].set_yscale("log")
+        axes[0].legend()
+        keys = sorted({(w, r["tile"]) for w, r in predictions})
+        for offset, bf16 in ((-0.2, False), (0.2, True)):
+            values = {(w, r["tile"]): r["mp_per_s"] for w, r in predictions if r["bf16"] == bf16}
+            axes[1].bar(np.arange(len(keys)) + offset, [values.get(k, np.nan) for k in keys], width=0.4,
+                        label="bf16" if bf16 else "fp32")
+        axes[1].set_xticks(np.arange(len(keys)), [f"w{w} t{t}" for w, t in keys])
+        axes[1].set_ylabel("prediction megapixels / s")
+        axes[1].legend()
+        figure.tight_layout()
+        self.save(figure, "speed.png", "Training and prediction speed")
+        return {"train": rows, "predict": predictions}
+
+    # --------------------------------------------------------------------------- verdict
+    def losses(self, summary: list[tuple], ablation: dict, effort: dict) -> None:
+        lines = ["## Where the method loses", ""]
+        cases, wins = [], 0
+        groups: dict[tuple, dict] = {}
+        for dataset, n, method, mean, sd, hd, per_image in summary:
+            groups.setdefault((dataset, n), {})[method] = (mean, sd, hd, per_image)
+        for (dataset, n), methods in groups.items():
+            ours = methods.get("DiffSeg")
+            if ours is None or math.isnan(ours[0]):
+                continue
+            beaten_by = [(m, v) for m, v in methods.items() if m != "DiffSeg" and not math.isnan(v[0]) and v[0] > ours[0]]
+            if not beaten_by:
+                wins += 1
+            for method, (mean, sd, hd, per_image) in beaten_by:
+                better = int(np.sum(per_image > ours[3]))
+                cases.append(f"- {dataset}, {n} labelled: **{method}** {mean:.3f} vs DiffSeg {ours[0]:.3f} "
+                             f"(Dice {ours[0] - mean:+.3f}; {method} better on {better} of {len(per_image)} test "
+                             f"images; HD95 {hd:.1f} vs {ours[2]:.1f})")
+        if cases:
+            lines += [f"DiffSeg has the best mean Dice in {wins} of {len(groups)} dataset / label-count settings. It "
+                      "loses in these (a baseline's mean test Dice is higher):", "", *cases, ""]
+        elif groups:
+            lines += [f"DiffSeg has the best mean Dice in all {len(groups)} dataset / label-count settings measured.", ""]
+        tried = []
+        if ablation.get("variants"):
+            best = max(((k, v) for k, v in ablation["variants"].items() if k != DEFAULT_VARIANT),
+                       key=lambda item: item[1][0], default=None)
+            if best is not None and best[1][0] > ablation["default"]:
+                tried.append(f"- Method variants at the same budget (table above): the best is **{best[0]}** "
+                             f"(Dice {best[1][0]:.3f} vs default {ablation['default']:.3f}).")
+            elif best is not None:
+                tried.append(f"- Method variants at the same budget (table above): none beats the default "
+                             f"({ablation['default']:.3f}; the best variant, {best[0]}, has {best[1][0]:.3f}).")
+        if ablation.get("budgets"):
+            first, last = ablation["budgets"][0], ablation["budgets"][-1]
+            tried.append(f"- More time: {_duration(first[0])} -> {_duration(last[0])} changes Dice from "
+                         f"{first[1][0]:.3f} to {last[1][0]:.3f}.")
+        if ablation.get("sampling") and len(ablation["sampling"]) > 1:
+            first, last = ablation["sampling"][0], ablation["sampling"][-1]
+            tried.append(f"- Multi-step sampling: {first[0]} -> {last[0]} steps changes Dice from {first[1][0]:.3f} "
+                         f"to {last[1][0]:.3f} at {last[3] / max(first[3], 1e-9):.1f}x the prediction time.")
+        if effort:
+            text = ", ".join(f"{k} {v[0]:.3f}" for k, v in effort.items())
+            tried.append(f"- Corrections (effort section), final Dice after the last round: {text}.")
+        if tried:
+            lines += ["What was tried to close the gaps (all numbers in this file):", "", *tried, ""]
+        budgets = f"{self.settings.budget_2d * self.meta['scale']:g} s"
+        lines += [f"Caveat that applies to every loss above: each run trains for {budgets} of wall time on one core "
+                  "(the CLI default is 300 s). A co-training step costs ~3x a labels-only step, and the default run "
+                  "also spends part of its budget writing the first pseudo-labels of every unlabelled image (10 s "
+                  "into co-training, so the GUI can show them early), so at short budgets the semi-supervised run "
+                  "has done far fewer steps (see the steps columns).", ""]
+        self.lines += lines
+
+    def render(self, datasets: tuple[str, ...], sections: tuple[str, ...]) -> str:
+        m = self.meta
+        header = [f"# Benchmark results ({m['mode']} mode)", "",
+                  f"Generated by `python benchmarks/suite.py {m['argv']}` on {m['date']}; wall time "
+                  f"{m['wall_seconds'] / 60:.1f} min.", "",
+                  f"- Machine: {m['cpu']}, {m['cores']} cores" + (", native bf16" if m.get("bf16") else ""),
+                  "- Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+                  f"- Load average (1 / 5 / 15 min) at start: {' / '.join(f'{x:.2f}' for x in m['load_start'])}; "
+                  f"at end: {' / '.join(f'{x:.2f}' for x in m['load_end'])} (a shared machine: other users' load "
+                  "slows the runs; wall-time budgets then buy fewer steps)",
+                  f"- Sections: {', '.join(sections)}; datasets: {', '.join(datasets)}"]
+        for note in m.get("notes", []):
+            header.append(f"- {note}")
+        header += ["", "Plots: " + ", ".join(f"[{p}](plots/{p})" for p in self.plots), ""]
+        return "\n".join(header + self.lines)
+
+
+def write_report(settings: Settings, plan: list[Job], results: dict, meta: dict, report_path: Path,
+                 datasets: tuple[str, ...], sections: tuple[str, ...]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    report = Report(settings, plan, results, meta, report_path.parent / "plots")
+    summary = report.accuracy(datasets) if "accuracy" in sections else []
+    ablation = report.ablations() if "ablations" in sections else {}
+    effort = report.effort() if "effort" in sections else {}
+    if "speed" in sections:
+        report.speed()
+    failures = [f"- `{key}`: {result['error'].strip().splitlines()[-1]}" for key, result in results.items()
+                if "error" in result]
+    if failures:
+        report.lines += ["## Failed runs", "", *failures, ""]
+    if summary or ablation:
+        report.losses(summary, ablation, effort)
+    text = report.render(datasets, sections)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=tuple(MODES), default="quick")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--datasets", nargs="+", help="datasets of the accuracy section (default: the mode's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the mode's seeds (accuracy section)")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="raw results (results.json)")
+    parser.add_argument("--report", type=Path, default=BENCH_DIR / "RESULTS.md",
+                        help="the markdown report; plots go to plots/ next to it")
+    parser.add_argument("--workers", type=int, default=2, help="training runs side by side (default 2)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every budget (a smoke test: 0.1)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--keep-models", action="store_true", help="keep the model folders in <out>/work")
+    parser.add_argument("--from-json", type=Path, help="only rewrite the report from an earlier results.json")
+    args = parser.parse_args(argv)
+
+    settings = MODES[args.mode]
+    if args.seeds:
+        settings = replace(settings, seeds=tuple(args.seeds))
+    datasets = tuple(args.datasets or settings.datasets)
+    unknown = [d for d in datasets if not (args.data_root / d / "split.json").is_file()]
+    if unknown:
+        parser.error(f"no dataset (split.json) in {args.data_root} for: {', '.join(unknown)}")
+    sections = tuple(s for s in SECTIONS if s in args.sections)
+    work = args.out / "work"
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        plan = build_plan(settings, sections, datasets, args.data_root, work, saved["meta"]["scale"])
+        print(write_report(settings, plan, saved["results"], saved["meta"], args.report, datasets, sections))
+        return 0
+    plan = build_plan(settings, sections, datasets, args.data_root, work, args.scale)
+
+    print(f"# {args.mode} mode: {len(plan)} jobs\n")
+    print(describe_plan(plan, args.workers), flush=True)
+    if args.dry_run:
+        return 0
+    notes = []
+    if args.mode == "quick":
+        skipped = [d for d in ALL_DATASETS if d not in datasets]
+        if skipped:
+            notes.append(f"Quick mode: accuracy on {', '.join(datasets)} only; not run: {', '.join(skipped)}"
+                         + (" (3D training is slow on a CPU: left to the full mode)" if "la_mri_3d" in skipped else "") + ". `--mode full` runs them.")
+        notes.append(f"Quick mode: one seed, labelled {', '.join(map(str, settings.labelled))}, "
+                     f"{len(settings.variants)} ablation variants, budgets {', '.join(f'{b:g} s' for b in settings.budgets)}.")
+    if args.scale != 1.0:
+        notes.append(f"Budgets scaled by {args.scale:g} (a smoke test, not a measurement).")
+    meta = {"mode": args.mode, "argv": " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False,
+            "versions": versions(), "load_start": load_average(), "scale": args.scale, "notes": notes,
+            "settings": asdict(settings)}
+    started = time.perf_counter()
+    results: dict[str, dict] = {}
+    run_jobs([j for j in plan if not j.exclusive], args.workers, results, started)
+    run_jobs([j for j in plan if j.exclusive], 1, results, started)
+    meta.update(wall_seconds=time.perf_counter() - started, load_end=load_average())
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    if not args.keep_models:
+        shutil.rmtree(work, ignore_errors=True)
+    text = write_report(settings, plan, results, meta, args.report, datasets, sections)
+    print("\n" + text)
+    print(f"\nwrote {args.report}, plots in {args.report.parent / 'plots'}, raw results in {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
