@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from napari_diffseg.core import rounds
 from napari_diffseg.core.checkpoint import BEST, LAST
@@ -16,24 +15,14 @@ from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.rounds import (RoundStarted, latest_model_dir, previous_checkpoint_dir,
                                         project_training_data, review_queue, train_round)
 from napari_diffseg.core.synthetic import make_blobs_dataset
+from conftest import tiny_train_config
 from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady, TrainConfig
 
 N_IMAGES = 4
 
 
 def tiny_config(**changes) -> TrainConfig:
-    values = dict(budget_seconds=None, max_steps=6, base_channels=8, depth=2, patch_size=(32, 32), batch_size=2,
-                  rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0, validate_every_seconds=0,
-                  checkpoint_every_seconds=1e9, pseudo_labels_every_seconds=1e9, threads=1, device="cpu")
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    return tiny_train_config(**{"threads": 1, **changes})
 
 
 @pytest.fixture

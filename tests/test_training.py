@@ -23,13 +23,6 @@ from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO
 MAX_STEPS = 20
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()  # train() sets the thread count of the process
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_data(n_images=4, n_labelled=2, shape=(40, 40), rgb=False, num_classes=2) -> TrainingData:
     pairs = make_blobs_dataset(n_images, shape=shape, rgb=rgb, seed=1)
     images = [to_channels_first(image) for image, _ in pairs]

@@ -29,6 +29,7 @@ from napari_diffseg.core.io import read_image
 from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.rounds import RoundStarted
 from napari_diffseg.core.synthetic import make_blobs_dataset
+from conftest import tiny_train_config
 from napari_diffseg.core.training import TrainConfig
 
 PLUGIN = "napari-diffseg"
@@ -40,20 +41,7 @@ TRAIN_TIMEOUT_MS = 60_000
 
 
 def tiny_config(**changes) -> TrainConfig:
-    """A training run of a few seconds: tiny networks, a few steps, validation and pseudo-labels at once."""
-    values = dict(budget_seconds=None, max_steps=8, base_channels=8, depth=2, patch_size=(CROP, CROP),
-                  batch_size=2, rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0,
-                  validate_every_seconds=0, checkpoint_every_seconds=1e9, pseudo_labels_every_seconds=1e9,
-                  device="cpu")
-    values.update(changes)
-    return TrainConfig(**values)
-
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+    return tiny_train_config(**{"max_steps": 8, "patch_size": (CROP, CROP), **changes})
 
 
 @pytest.fixture
