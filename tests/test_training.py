@@ -288,8 +288,24 @@ def test_resume_without_checkpoint(tmp_path, data):
 
 def test_resume_with_other_network_settings(tmp_path, data):
     list(train(data, make_config(max_steps=1), tmp_path))
-    with pytest.raises(ModelError, match="other network settings"):
+    with pytest.raises(ModelError, match=r"other network settings .*base_channels"):
         list(train(data, make_config(max_steps=2, base_channels=8), tmp_path, resume=True))
+
+
+def test_resume_with_changed_labels_is_refused(tmp_path, data):
+    list(train(data, make_config(max_steps=1), tmp_path))
+    changed = TrainingData(data.images, {i: 1 - label for i, label in data.labels.items()}, data.names)
+    with pytest.raises(ModelError, match="same images and labels"):
+        list(train(changed, make_config(max_steps=2), tmp_path, resume=True))
+
+
+def test_a_new_run_leaves_no_older_model_beside_it(tmp_path, data):
+    list(train(data, make_config(max_steps=2), tmp_path))
+    assert (tmp_path / BEST).exists() and (tmp_path / PSEUDO_LABEL_DIR).is_dir()
+    run = train(data, make_config(max_steps=50), tmp_path)
+    next(run)  # the first step of pretraining: no model of this run yet
+    assert not (tmp_path / BEST).exists() and not (tmp_path / PSEUDO_LABEL_DIR).exists()
+    run.close()
 
 
 def test_warm_start_skips_pretraining(tmp_path, data, reference):

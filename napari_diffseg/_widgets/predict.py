@@ -24,7 +24,7 @@ from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, PathRow, user_errors, wrapping_label
 from napari_diffseg._workers import error_message, notify_error, start_job
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import list_images, name_stem, read_image, write_mask, write_tiff_atomic
+from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, write_mask, write_tiff_atomic
 from napari_diffseg.core.project import sanitise_name
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SOURCE_LAYER, SOURCE_FILE, SOURCE_FOLDER = "open layer", "image file", "folder of images"
 OUTPUT_LAYER, OUTPUT_DISK = "Labels layer", "folder on disk"
 PREDICTION_SUFFIX = " prediction"
-UNCERTAINTY_SUFFIX = " uncertainty"
+UNCERTAINTY_LAYER_SUFFIX = " uncertainty"  # layer name: "<source> uncertainty"
 
 
 @dataclass
@@ -88,7 +88,7 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
         path = Path(out_dir) / f"{stem}.tif"
         write_mask(path, mask)
         if unc is not None:
-            write_tiff_atomic(Path(out_dir) / f"{stem}_uncertainty.tif", unc.astype(np.float32))
+            write_tiff_atomic(Path(out_dir) / f"{stem}{UNCERTAINTY_SUFFIX}.tif", unc.astype(np.float32))
         yield PredictResult(name, None, None, layer_name, path)
 
 
@@ -251,7 +251,7 @@ class PredictPanel(QWidget):
                 self.viewer.layers.remove(existing)
             self.viewer.add_labels(result.mask, name=name, **kwargs)
         if result.uncertainty is not None:
-            unc_name = f"{result.name}{UNCERTAINTY_SUFFIX}"
+            unc_name = f"{result.name}{UNCERTAINTY_LAYER_SUFFIX}"
             if unc_name in self.viewer.layers:
                 self.viewer.layers.remove(unc_name)
             self.viewer.add_image(result.uncertainty, name=unc_name, colormap="inferno", blending="additive",

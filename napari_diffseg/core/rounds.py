@@ -32,7 +32,7 @@ from pathlib import Path
 from .checkpoint import BEST, LAST, read_model_card
 from .data import TrainingData, training_data_from_arrays
 from .errors import InputError, ModelError
-from .io import read_image
+from .io import UNCERTAINTY_SUFFIX, read_image
 from .project import CHECKPOINTS_DIR, ImageStatus, Project
 from .teacher import NetworkConfig
 from .training import Progress, PseudoLabelsReady, TrainConfig, TrainingEvent, train
@@ -127,7 +127,7 @@ def _store_pseudo_labels(project: Project, event: PseudoLabelsReady, round_: int
     for name in event.names:
         directory = Path(event.directory)
         mask = read_image(directory / f"{name}.tif")
-        uncertainty = read_image(directory / f"{name}_uncertainty.tif")
+        uncertainty = read_image(directory / f"{name}{UNCERTAINTY_SUFFIX}.tif")
         mean = event.mean_uncertainty.get(name, math.nan)
         project.save_pseudo(name, mask, uncertainty, round_, model_id, mean)
 

@@ -16,16 +16,17 @@ import io as _stringio
 import json
 import logging
 from pathlib import Path
+import shutil
 import time
 
 import numpy as np
 import torch
 
 from . import device as devices
-from .checkpoint import BEST, LAST, atomic_write, load_checkpoint, save_checkpoint, write_model_card
+from .checkpoint import BEST, CARD, LAST, load_checkpoint, save_checkpoint, write_model_card
 from .data import PatchSampler, TrainingData, effective_patch_size
 from .errors import InputError, ModelError
-from .io import write_mask, write_tiff_atomic
+from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, autocast_context, best_threshold, memory_format_for,
                       normalised_entropy, probabilities_to_mask, run, tiled_probabilities)
 from .teacher import DiffusionTeacher, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
@@ -225,8 +226,15 @@ class _Run:
 
     def restore(self, payload: dict, full: bool) -> float:
         """Load weights from a last.pt payload; ``full`` also restores optimisers, step, stage, clock and RNG."""
-        if payload.get("network") != asdict(self.network_config):
-            raise ModelError("the checkpoint was trained with other network settings or another kind of image")
+        saved_network = payload.get("network") or {}
+        differences = [f"{key} {saved_network.get(key)} vs {value}"
+                       for key, value in asdict(self.network_config).items() if saved_network.get(key) != value]
+        if differences:
+            raise ModelError("the checkpoint was trained with other network settings or another kind of image "
+                             f"(checkpoint vs now: {', '.join(differences)})")
+        if full and json.loads(payload.get("data", "[]")) != self.data.fingerprints():
+            raise ModelError("resume needs the same images and labels as the interrupted run, and they changed; "
+                             "start a new run, or warm-start from this one")
         try:
             self.teacher.load_state_dict(payload["teacher"])
             if self.student is not None and "student" in payload:
@@ -253,7 +261,8 @@ class _Run:
     def _write_losses(self) -> None:
         if not self.loss_rows:
             return
-        columns = sorted({key for row in self.loss_rows for key in row}, key=lambda k: (k not in ("step", "stage", "elapsed"), k))
+        leading = ["step", "stage", "elapsed"]
+        columns = leading + sorted({key for row in self.loss_rows for key in row} - set(leading))
         buffer = _stringio.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
@@ -387,7 +396,7 @@ class _Run:
             probs = self._probabilities(networks, self.data.images[index], draws=self.config.uncertainty_draws)
             uncertainty = normalised_entropy(probs.ensemble)
             write_mask(directory / f"{name}.tif", probabilities_to_mask(probs.primary, threshold))
-            write_tiff_atomic(directory / f"{name}_uncertainty.tif", uncertainty)
+            write_tiff_atomic(directory / f"{name}{UNCERTAINTY_SUFFIX}.tif", uncertainty)
             names.append(name)
             uncertainty_means[name] = float(uncertainty.mean())
         self.pseudo_label_count += 1
@@ -413,10 +422,14 @@ def train(
     if resume:
         elapsed = state.restore(load_checkpoint(out_dir / LAST), full=True)
         log.info("resuming at step %d (%s), %.0f s already spent", state.step, state.stage, elapsed)
-    elif warm_start is not None:
-        state.restore(load_checkpoint(Path(warm_start) / LAST), full=False)
-        if not config.labels_only:
-            state.enter_cotraining()
+    else:
+        for stale in (BEST, CARD, LOSSES_FILE, PSEUDO_LABEL_DIR):  # a new run leaves no older model beside it
+            path = out_dir / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if warm_start is not None:
+            state.restore(load_checkpoint(Path(warm_start) / LAST), full=False)
+            if not config.labels_only:
+                state.enter_cotraining()
     clock = _Clock(config, elapsed)
     last_validation = last_checkpoint = clock.elapsed
     cotrain_started = None
