@@ -20,12 +20,10 @@ from napari_diffseg import cli
 from napari_diffseg.core.io import write_mask
 from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.rounds import review_queue
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
-from test_cli import assert_one_line_error, run_cli  # the in-process runner and error check of the CLI tests
+from test_cli import (N_IMAGES, N_LABELLED, SHAPE_2D, assert_one_line_error, dataset,  # noqa: F401 (fixture)
+                      run_cli)  # the CLI tests' in-process runner, error check and synthetic dataset
 
 FAST = ["--steps", "6", "--width", "8", "--patch-size", "32", "32"]
-SHAPE_2D = (48, 48)
-N_IMAGES, N_LABELLED = 6, 2
 NAMES = [f"img_{i:03d}" for i in range(N_IMAGES)]
 UNLABELLED = NAMES[N_LABELLED:]
 
@@ -38,13 +36,6 @@ def status_table(out: str) -> dict[str, int]:
         if len(words) == 2 and words[0] in {s.value for s in ImageStatus} and words[1].isdigit():
             counts[words[0]] = int(words[1])
     return counts
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("blobs2d")
-    write_dataset(folder, make_blobs_dataset(N_IMAGES, SHAPE_2D, seed=1), N_LABELLED)
-    return folder
 
 
 @pytest.fixture(scope="module")
