@@ -69,7 +69,7 @@ class Settings:
     seeds: tuple[int, ...]
     datasets: tuple[str, ...]
     labelled: tuple[int, ...] = (1, 2, 5, 10)
-    budget_2d: float = 40.0
+    budget_2d: float = 35.0
     budget_3d: float = 40.0
     ablation_dataset: str = "dsb2018"
     ablation_labelled: int = 2
@@ -97,7 +97,9 @@ MODES = {
         budgets=(35.0, 70.0), sampling_steps=(1, 5), effort_rounds=2, effort_budget=20.0,
         strategies=("uncertainty", "random"), speed_configs=((16, 128), (32, 128)), speed_tiles=(256, 1024),
     ),
-    "full": Settings(seeds=(0, 1, 2), datasets=ALL_DATASETS),
+    # ablations and effort on GlaS in the full mode: Otsu nearly solves dsb2018 (0.919 Dice), so differences
+    # between variants there are within noise; on GlaS the semi-supervised runs differ from labels-only
+    "full": Settings(seeds=(0, 1, 2), datasets=ALL_DATASETS, ablation_dataset="glas"),
 }
 
 
@@ -131,43 +133,49 @@ def rf_features(image: np.ndarray) -> np.ndarray:
     from napari_diffseg.core.io import to_channels_first
 
     channels_last = np.moveaxis(to_channels_first(image), 0, -1)
-    return multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)
+    features = multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)
+    return features.astype(np.float32)  # what scikit-learn's trees use: half the memory of float64
 
 
 def job_random_forest(params: dict, _dependency: dict | None) -> dict:
-    """Random forest on the labelled images' pixels (balanced subsample), predicted on every test pixel."""
+    """Random forests on the labelled images' pixels (a balanced subsample drawn per seed), each predicted on
+    every test pixel; the features of the images are computed once for all seeds."""
     from sklearn.ensemble import RandomForestClassifier
 
     train_pairs, test_pairs = load_split(Path(params["root"]))
-    n, seed = params["n"], params["seed"]
-    rng = np.random.default_rng(seed)
+    n = params["n"]
     per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // n) // 2
-    start = time.perf_counter()
-    features, targets = [], []
-    for image, mask, _ in train_pairs[:n]:
-        flat = rf_features(image).reshape(mask.size, -1)
-        truth = mask.ravel() > 0
-        for value in (True, False):
-            where = np.flatnonzero(truth == value)
-            take = rng.choice(where, min(per_class, len(where)), replace=False)
-            features.append(flat[take])
-            targets.append(truth[take])
-    forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
-    forest.fit(np.concatenate(features), np.concatenate(targets))
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
-    predictions = []
-    for image, mask, _ in test_pairs:
-        if foreground is None:
-            predictions.append(np.zeros(mask.shape, bool))
-            continue
-        probs = forest.predict_proba(rf_features(image).reshape(mask.size, -1))[:, foreground]
-        predictions.append(probs.reshape(mask.shape) > 0.5)
-    result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
-    result.update(fit_seconds=fit_seconds, predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs),
-                  pixels=int(sum(len(t) for t in targets)))
-    return result
+    began = time.perf_counter()
+    labelled = [(rf_features(image).reshape(mask.size, -1), mask.ravel() > 0) for image, mask, _ in train_pairs[:n]]
+    test = [rf_features(image).reshape(mask.size, -1) for image, mask, _ in test_pairs]
+    feature_seconds = time.perf_counter() - began
+    per_seed = []
+    for seed in params["seeds"]:
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        features, targets = [], []
+        for flat, truth in labelled:
+            for value in (True, False):
+                where = np.flatnonzero(truth == value)
+                take = rng.choice(where, min(per_class, len(where)), replace=False)
+                features.append(flat[take])
+                targets.append(truth[take])
+        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
+        forest.fit(np.concatenate(features), np.concatenate(targets))
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
+        predictions = []
+        for flat, (_, mask, _) in zip(test, test_pairs):
+            if foreground is None:
+                predictions.append(np.zeros(mask.shape, bool))
+            else:
+                predictions.append(forest.predict_proba(flat)[:, foreground].reshape(mask.shape) > 0.5)
+        result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
+        result.update(seed=seed, fit_seconds=fit_seconds, pixels=int(sum(len(t) for t in targets)),
+                      predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs))
+        per_seed.append(result)
+    return {"seed_results": per_seed, "feature_seconds": feature_seconds}
 
 
 def job_otsu(params: dict, _dependency: dict | None) -> dict:
@@ -291,11 +299,45 @@ def run_job(kind: str, params: dict, dependency: dict | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the plan
-def _train_overhead(dataset: str, labels_only: bool, unlabelled: int) -> float:
-    """Seconds a run takes beyond its budget (measured): start-up, the final validation and pseudo-labels of the
-    unlabelled images (two networks unless labels only), test prediction."""
-    per_image = (1.0 if dataset == "la_mri_3d" else 0.12) * (1 if labels_only else 3)
-    return 5.0 + per_image * unlabelled
+@dataclass(frozen=True)
+class DatasetShape:
+    """What the plan needs to know about a dataset to estimate run times."""
+
+    train: int
+    test: int
+    megapixels: float  # per image (megavoxels for 3D), from the first image
+    three_d: bool
+    channels: int
+
+
+def dataset_shape(root: Path) -> DatasetShape:
+    import tifffile
+
+    split = json.loads((root / "split.json").read_text())
+    first = tifffile.imread(root / "images" / f"{split['train'][0]}.tif")
+    three_d = first.ndim == 3 and first.shape[-1] not in (3, 4)
+    rgb = not three_d and first.ndim == 3
+    spatial = first.shape[:-1] if rgb else first.shape
+    return DatasetShape(len(split["train"]), len(split["test"]), float(np.prod(spatial)) / 1e6, three_d,
+                        first.shape[-1] if rgb else 1)
+
+
+def _train_overhead(shape: DatasetShape, labels_only: bool, unlabelled: int) -> float:
+    """Seconds a run takes beyond its budget (measured on dsb2018, isbi2012_em, la_mri_3d at one thread):
+    start-up, the final validation, pseudo-labels of the unlabelled images (two networks unless labels only)
+    and the test prediction; ~1 s per megapixel per network in 2D, ~3 s per megavoxel in 3D."""
+    per_megapixel = 3.2 if shape.three_d else 1.0
+    networks = 1 if labels_only else 2
+    return 2.5 + per_megapixel * shape.megapixels * (networks * unlabelled + shape.test)
+
+
+def _rf_cost(shape: DatasetShape, n: int, seeds: int) -> float:
+    """Seconds of a random-forest job (measured with one seed: 2-5 s on dsb2018, 7-15 s on isbi2012_em, 9-23 s on
+    glas, 10-26 s on la_mri_3d): features of the labelled and test images once, then per seed the fit on up to
+    RF_MAX_PIXELS pixels and the test prediction."""
+    feature_seconds = (12.0 if shape.three_d else 4.0) * shape.megapixels * shape.channels * (n + shape.test)
+    fit_seconds = 6e-6 * min(n * RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS) * shape.channels
+    return 1.0 + feature_seconds + seeds * (fit_seconds + 0.2 * feature_seconds)
 
 
 def _speed_step_estimate(width: int, patch: int, bf16: bool) -> float:
@@ -306,8 +348,9 @@ def _speed_step_estimate(width: int, patch: int, bf16: bool) -> float:
 def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[str, ...], data_root: Path,
                work: Path, scale: float) -> list[Job]:
     jobs: dict[str, Job] = {}
-    sizes = {name: len(json.loads((data_root / name / "split.json").read_text())["train"])
-             for name in set(datasets) | {settings.ablation_dataset}}
+    needed = set(datasets) | ({settings.ablation_dataset} if {"ablations", "effort"} & set(sections) else set())
+    shapes = {name: dataset_shape(data_root / name) for name in needed}
+    sizes = {name: shape.train for name, shape in shapes.items()}
 
     def budget_for(dataset: str) -> float:
         return (settings.budget_3d if dataset == "la_mri_3d" else settings.budget_2d) * scale
@@ -332,7 +375,7 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
                   "labels_only": labels_only, "budget": budget, "method": method,
                   "overrides": dict(VARIANTS.get(variant, {})), "sampling_steps": list(sampling),
                   "keep_dir": str(work / key.replace("/", "_")) if keep else None}
-        cost = budget + _train_overhead(dataset, labels_only, sizes[dataset] - n) + 2 * len(sampling)
+        cost = budget + _train_overhead(shapes[dataset], labels_only, sizes[dataset] - n) + 2 * len(sampling)
         if variant.startswith("width"):
             cost += 0.3 * int(variant.split()[1])  # slower validation and pseudo-labels
         return add(Job(key, "train", params, cost))
@@ -340,15 +383,12 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
     if "accuracy" in sections:
         for dataset in datasets:
             for n in (n for n in settings.labelled if n < sizes[dataset]):
-                three_d = dataset == "la_mri_3d"
                 for seed in settings.seeds:
                     train_job(dataset, n, seed, DEFAULT_VARIANT)
                     train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True)
-                    features = 72 if dataset in ("glas", "ph2") else 24  # 24 per channel
-                    rf_cost = 8 + 7e-6 * min(n * RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS) * features
-                    add(Job(f"rf/{dataset}/n{n}/seed{seed}", "rf",
-                            {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seed": seed,
-                             "method": "random forest"}, rf_cost * (1.5 if three_d else 1)))
+                add(Job(f"rf/{dataset}/n{n}", "rf",
+                        {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seeds": list(settings.seeds),
+                         "method": "random forest"}, _rf_cost(shapes[dataset], n, len(settings.seeds))))
                 add(Job(f"otsu/{dataset}/n{n}", "otsu",
                         {"dataset": dataset, "root": str(data_root / dataset), "n": n, "method": "Otsu"}, 3.0))
     dataset, n = settings.ablation_dataset, settings.ablation_labelled
@@ -357,8 +397,9 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
             train_job(dataset, n, seed, DEFAULT_VARIANT, sampling=settings.sampling_steps)
             for variant in settings.variants:
                 train_job(dataset, n, seed, variant)
-            for budget in settings.budgets:
+            for budget in settings.budgets:  # both methods: where the semi-supervised run starts to pay off
                 train_job(dataset, n, seed, DEFAULT_VARIANT, budget=budget * scale)
+                train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True, budget=budget * scale)
     if "effort" in sections:
         for seed in settings.effort_seeds:
             start = train_job(dataset, settings.effort_start, seed, DEFAULT_VARIANT, keep=True)
@@ -369,7 +410,7 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
                           "start_n": settings.effort_start, "per_round": settings.effort_per_round,
                           "rounds": settings.effort_rounds, "budget": budget,
                           "work_dir": str(work / key.replace("/", "_"))}
-                cost = settings.effort_rounds * (budget + _train_overhead(dataset, False, sizes[dataset]))
+                cost = settings.effort_rounds * (budget + _train_overhead(shapes[dataset], False, sizes[dataset]))
                 add(Job(key, "effort", params, cost, after=start))
     if "speed" in sections:
         root = str(data_root / "dsb2018")
@@ -445,6 +486,8 @@ def _summary(job: Job, result: dict) -> str:
     if "mean_dice" in result:
         extra = f", {result['steps']} steps" if "steps" in result else ""
         return f"Dice {result['mean_dice']:.3f}, HD95 {result['mean_hd95']:.1f}{extra}"
+    if "seed_results" in result:
+        return "Dice by seed " + " ".join(f"{r['mean_dice']:.3f}" for r in result["seed_results"])
     if job.kind == "effort":
         return "Dice by round " + " ".join(f"{r['mean_dice']:.3f}" for r in result["rounds"])
     if job.kind == "speed_train":
@@ -534,7 +577,8 @@ class Report:
                 continue
             values = {"kind": job.kind, **job.params}
             if all(values.get(k) == v for k, v in match.items()):
-                found.append({**job.params, **result})
+                # a job that ran several seeds (the random forest) counts as one run per seed
+                found += [{**job.params, **one} for one in result.get("seed_results", [result])]
         return found
 
     def method_runs(self, dataset: str, n: int, method: str, budget: float) -> list[dict]:
@@ -681,17 +725,28 @@ class Report:
                               f"{_fmt(*aggregate(labels_only, 'hd95'), 1)} | "
                               f"{np.mean([r['steps'] for r in labels_only]):.0f} | {mean - d_mean:+.3f} |")
         self.lines.append("")
-        budget_rows = []
-        for seconds in sorted(set(b * self.meta["scale"] for b in s.budgets)):
-            runs = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=DEFAULT_VARIANT, budget=seconds)
-            if runs:
-                budget_rows.append((seconds, aggregate(runs, "dice"), aggregate(runs, "hd95"),
-                                    np.mean([r["steps"] for r in runs])))
-        if budget_rows:
-            self.lines += ["**Time budget** (same settings, longer runs; seconds of wall time on one core)", "",
-                           "| budget | Dice | HD95 | steps |", "|---|---|---|---|"]
-            self.lines += [f"| {_duration(sec)} | {_fmt(*dice_)} | {_fmt(*hd, 1)} | {steps:.0f} |"
-                           for sec, dice_, hd, steps in budget_rows]
+        budget_rows = []  # (seconds, {method: (dice mean/sd, hd95 mean/sd, steps)})
+        for seconds in sorted(set(b * self.meta["scale"] for b in s.budgets) | {budget}):
+            by_method = {}
+            for method in ("DiffSeg", "labels only"):
+                runs = self.runs(kind="train", dataset=dataset, n=n, method=method, variant=DEFAULT_VARIANT,
+                                 budget=seconds)
+                if runs:
+                    by_method[method] = (aggregate(runs, "dice"), aggregate(runs, "hd95"),
+                                         np.mean([r["steps"] for r in runs]))
+            if "DiffSeg" in by_method:
+                budget_rows.append((seconds, by_method))
+        if len(budget_rows) > 1:
+            self.lines += ["**Time budget**: both networks with longer runs (same settings; wall time on one core). "
+                           "Where the semi-supervised run starts to pay off.", "",
+                           "| budget | DiffSeg Dice | labels only Dice | DiffSeg HD95 | labels only HD95 | steps "
+                           "(DiffSeg / labels only) |", "|---|---|---|---|---|---|"]
+            for seconds, by_method in budget_rows:
+                ours, theirs = by_method["DiffSeg"], by_method.get("labels only")
+                self.lines.append(
+                    f"| {_duration(seconds)} | {_fmt(*ours[0])} | {_fmt(*theirs[0]) if theirs else 'n/a'} | "
+                    f"{_fmt(*ours[1], 1)} | {_fmt(*theirs[1], 1) if theirs else 'n/a'} | "
+                    f"{ours[2]:.0f} / {f'{theirs[2]:.0f}' if theirs else '-'} |")
             self.lines.append("")
         sampling_rows = []
         for steps in s.sampling_steps:
@@ -722,9 +777,13 @@ class Report:
         axes[0].invert_yaxis()
         axes[0].set_xlabel("Dice")
         axes[0].set_title("variants at equal budget")
+        for method in ("DiffSeg", "labels only"):
+            points = [(sec / 60, *by_method[method][0]) for sec, by_method in budget_rows if method in by_method]
+            if points:
+                xs, ys, sds = zip(*points)
+                axes[1].errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=method)
         if budget_rows:
-            axes[1].errorbar([r[0] / 60 for r in budget_rows], [r[1][0] for r in budget_rows],
-                             yerr=[r[1][1] for r in budget_rows], marker="o", capsize=3)
+            axes[1].legend(fontsize=8)
         axes[1].set_xlabel("budget (min)")
         axes[1].set_ylabel("Dice")
         axes[1].set_title("time budget")
@@ -887,10 +946,15 @@ class Report:
             elif best is not None:
                 tried.append(f"- Method variants at the same budget (table above): none beats the default "
                              f"({ablation['default']:.3f}; the best variant, {best[0]}, has {best[1][0]:.3f}).")
-        if ablation.get("budgets"):
+        if len(ablation.get("budgets", [])) > 1:
             first, last = ablation["budgets"][0], ablation["budgets"][-1]
-            tried.append(f"- More time: {_duration(first[0])} -> {_duration(last[0])} changes Dice from "
-                         f"{first[1][0]:.3f} to {last[1][0]:.3f}.")
+
+            def dice_at(row, method):
+                return f"{row[1][method][0][0]:.3f}" if method in row[1] else "n/a"
+
+            tried.append(f"- More time: {_duration(first[0])} -> {_duration(last[0])} changes DiffSeg's Dice from "
+                         f"{dice_at(first, 'DiffSeg')} to {dice_at(last, 'DiffSeg')} (labels only: "
+                         f"{dice_at(first, 'labels only')} to {dice_at(last, 'labels only')}).")
         if ablation.get("sampling") and len(ablation["sampling"]) > 1:
             first, last = ablation["sampling"][0], ablation["sampling"][-1]
             tried.append(f"- Multi-step sampling: {first[0]} -> {last[0]} steps changes Dice from {first[1][0]:.3f} "

@@ -1,0 +1,90 @@
+"""The benchmark suite (benchmarks/suite.py): its full-mode plan covers what issue #5 asks, and its baselines and
+report run end to end on a small synthetic dataset (the training runs are covered by tests/test_training.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import sys
+
+import numpy as np
+import pytest
+
+from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
+import suite  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def blobs_root(tmp_path_factory) -> Path:
+    """A dataset folder laid out like ../shared/data/*: images/, masks/, split.json (6 train, 3 test)."""
+    root = tmp_path_factory.mktemp("blobs")
+    write_dataset(root, make_blobs_dataset(9, shape=(48, 48), seed=3), n_labelled=0)
+    names = sorted(p.stem for p in (root / "images").glob("*.tif"))
+    (root / "split.json").write_text(json.dumps({"train": names[:6], "test": names[6:]}))
+    return root
+
+
+def _data_root(tmp_path: Path, blobs_root: Path, names: tuple[str, ...]) -> Path:
+    for name in names:
+        (tmp_path / name).symlink_to(blobs_root, target_is_directory=True)
+    return tmp_path
+
+
+def test_full_plan_covers_the_issue(tmp_path, blobs_root):
+    settings = suite.MODES["full"]
+    data_root = _data_root(tmp_path, blobs_root, suite.ALL_DATASETS)
+    plan = suite.build_plan(settings, suite.SECTIONS, suite.ALL_DATASETS, data_root, tmp_path / "work", 1.0)
+    trains = [j.params for j in plan if j.kind == "train"]
+
+    for dataset in suite.ALL_DATASETS:  # 6 train images: 1, 2 and 5 labelled, 3 seeds, both networks
+        for n in (1, 2, 5):
+            for method in ("DiffSeg", "labels only"):
+                seeds = {p["seed"] for p in trains if (p["dataset"], p["n"], p["method"], p["variant"]) ==
+                         (dataset, n, method, suite.DEFAULT_VARIANT)
+                         and p["budget"] in (settings.budget_2d, settings.budget_3d)}
+                assert seeds == {0, 1, 2}, (dataset, n, method)
+            forests = [j for j in plan if j.kind == "rf" and j.params["dataset"] == dataset and j.params["n"] == n]
+            assert len(forests) == 1 and forests[0].params["seeds"] == [0, 1, 2]
+            assert any(j.kind == "otsu" and j.params["dataset"] == dataset and j.params["n"] == n for j in plan)
+        assert not any(p["dataset"] == dataset and p["n"] >= 6 for p in trains)  # no run without unlabelled images
+
+    ablation = [p for p in trains if p["dataset"] == settings.ablation_dataset and p["n"] == settings.ablation_labelled]
+    overrides = [p["overrides"] for p in ablation if p["variant"] != suite.DEFAULT_VARIANT]
+    assert {o.get("rounds") for o in overrides if "rounds" in o} == {0, 3, 5}  # and K = 1, the default
+    assert {"rounds": 3, "chained_rounds": True} in overrides
+    assert {o["base_channels"] for o in overrides if "base_channels" in o} == {32, 64}  # and 16, the default
+    assert {"pretrain_fraction": 0.0} in overrides
+    for method in ("DiffSeg", "labels only"):
+        budgets = {p["budget"] for p in ablation if p["method"] == method and p["variant"] == suite.DEFAULT_VARIANT}
+        assert {60.0, 120.0, 300.0, 600.0} <= budgets
+    assert any(p["sampling_steps"] == [1, 5, 20] for p in ablation)
+    assert {j.params["strategy"] for j in plan if j.kind == "effort"} == {"uncertainty", "random", "none"}
+    speed = [j.params for j in plan if j.kind == "speed_train"]
+    assert {p["width"] for p in speed} == {16, 32, 64} and {p["bf16"] for p in speed} == {False, True}
+    assert len({p["patch"] for p in speed}) >= 3
+
+
+def test_baselines_and_report_run_on_a_small_dataset(tmp_path, blobs_root):
+    settings = suite.MODES["quick"]
+    data_root = _data_root(tmp_path, blobs_root, ("blobs",))
+    plan = suite.build_plan(settings, ("accuracy",), ("blobs",), data_root, tmp_path / "work", 1.0)
+    baselines = [j for j in plan if j.kind in ("rf", "otsu")]
+    results = {job.key: suite.run_job(job.kind, {**job.params, "seeds": [0, 1]} if job.kind == "rf" else job.params,
+                                      None) for job in baselines}
+
+    forest = results["rf/blobs/n1"]
+    assert [r["seed"] for r in forest["seed_results"]] == [0, 1]
+    assert all(r["mean_dice"] > 0.6 for r in forest["seed_results"])  # bright blobs on a dark background
+    otsu = results["otsu/blobs/n1"]  # uneven illumination: one global threshold is mediocre, not useless
+    assert otsu["foreground"] == "brighter" and otsu["mean_dice"] > 0.4
+
+    meta = {"mode": "quick", "argv": "test", "date": "today", "cpu": "cpu", "cores": 2, "versions": {},
+            "load_start": (0, 0, 0), "load_end": (0, 0, 0), "scale": 1.0, "wall_seconds": 1.0}
+    report = tmp_path / "RESULTS.md"
+    text = suite.write_report(settings, plan, results, meta, report, ("blobs",), ("accuracy",))
+    row = next(line for line in text.splitlines() if line.startswith("| blobs | 1 |"))
+    forest_mean = np.mean([r["mean_dice"] for r in forest["seed_results"]])
+    assert f"{forest_mean:.3f}" in row  # the random-forest cell is the mean over its two seeds
+    assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 1000
