@@ -76,6 +76,7 @@ class Settings:
     ablation_seeds: tuple[int, ...] = (0,)
     variants: tuple[str, ...] = tuple(VARIANTS)
     budgets: tuple[float, ...] = (60.0, 120.0, 300.0, 600.0)
+    labels_only_budgets: tuple[float, ...] = (60.0, 120.0, 300.0)  # the same network on the labels only
     sampling_steps: tuple[int, ...] = (1, 5, 20)
     effort_start: int = 1
     effort_per_round: int = 2
@@ -84,7 +85,7 @@ class Settings:
     effort_seeds: tuple[int, ...] = (0,)
     strategies: tuple[str, ...] = STRATEGIES
     speed_configs: tuple[tuple[int, int], ...] = ((16, 64), (16, 128), (16, 256), (32, 128), (64, 128))
-    speed_steps: int = 6
+    speed_steps: int = 10  # 25% pretraining: 2 pretraining and 5 co-training step intervals are timed
     speed_mosaic: int = 1024
     speed_tiles: tuple[int, ...] = (256, 512, 1024)
     speed_repeats: int = 1
@@ -94,12 +95,14 @@ MODES = {
     "quick": Settings(
         seeds=(0,), datasets=("dsb2018",), labelled=(1, 2, 5), budget_2d=35.0,
         variants=("no pretraining", "K = 3 rounds", "K = 3 chained", "width 32"),
-        budgets=(35.0, 70.0), sampling_steps=(1, 5), effort_rounds=2, effort_budget=20.0,
+        budgets=(35.0, 70.0), labels_only_budgets=(70.0,), sampling_steps=(1, 5), effort_rounds=2, effort_budget=20.0,
         strategies=("uncertainty", "random"), speed_configs=((16, 128), (32, 128)), speed_tiles=(256, 1024),
     ),
     # ablations and effort on GlaS in the full mode: Otsu nearly solves dsb2018 (0.919 Dice), so differences
-    # between variants there are within noise; on GlaS the semi-supervised runs differ from labels-only
-    "full": Settings(seeds=(0, 1, 2), datasets=ALL_DATASETS, ablation_dataset="glas"),
+    # between variants there are within noise; on GlaS the semi-supervised runs differ from labels-only.
+    # Three seeds for uncertainty vs random corrections (one random draw says little); no 'none' control there.
+    "full": Settings(seeds=(0, 1, 2), datasets=ALL_DATASETS, ablation_dataset="glas", effort_seeds=(0, 1, 2),
+                     strategies=("uncertainty", "random")),
 }
 
 
@@ -268,6 +271,7 @@ def job_speed_train(params: dict, _dependency: dict | None) -> dict:
     pretrain = deltas.get("pretrain", np.array([]))
     step = float(cotrain.mean()) if len(cotrain) else math.nan
     return {"pretrain_step": float(pretrain.mean()) if len(pretrain) else math.nan, "cotrain_step": step,
+            "pretrain_intervals": len(pretrain), "cotrain_intervals": len(cotrain),
             "patch_mp_per_s": 8 * patch * patch / 1e6 / step, "threads": configure_threads(None),
             "model_dir": params["keep_dir"]}
 
@@ -397,8 +401,9 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
             train_job(dataset, n, seed, DEFAULT_VARIANT, sampling=settings.sampling_steps)
             for variant in settings.variants:
                 train_job(dataset, n, seed, variant)
-            for budget in settings.budgets:  # both methods: where the semi-supervised run starts to pay off
+            for budget in settings.budgets:
                 train_job(dataset, n, seed, DEFAULT_VARIANT, budget=budget * scale)
+            for budget in settings.labels_only_budgets:  # does the semi-supervised run pay off with more time?
                 train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True, budget=budget * scale)
     if "effort" in sections:
         for seed in settings.effort_seeds:
@@ -616,9 +621,11 @@ class Report:
                        f"{RF_TREES} trees on scikit-image multiscale intensity / edge / texture features of up to "
                        f"{RF_PIXELS_PER_IMAGE // 1000}k balanced pixels per labelled image ({RF_MAX_PIXELS // 1000}k "
                        "in total); Otsu = one global threshold per test image, polarity chosen on the labelled "
-                       "images (deterministic, no spread over seeds). HD95 is averaged over the images where both "
-                       "masks are non-empty; `k empty` counts test images where a method found no foreground at all. "
-                       "Best mean in bold.", ""]
+                       "images (deterministic, no spread over seeds). HD95 is averaged over the images where it is "
+                       "defined; `k/m undefined` counts the test images (over all seeds) where exactly one of the "
+                       "prediction and the ground truth is empty: they are left out of that mean, so the lowest HD95 "
+                       "is bold only among methods without undefined images. Best mean in bold."
+                       + self.missing_counts(datasets, table), ""]
         summary = []
         for metric, better in (("dice", max), ("hd95", min)):
             title = "Dice (higher is better)" if metric == "dice" else "HD95 in pixels (lower is better)"
@@ -631,31 +638,77 @@ class Report:
                 for method in METHODS:
                     runs = self.method_runs(dataset, n, method, budget)
                     mean, sd = aggregate(runs, metric)
-                    empty = sum(r["hd95_undefined"] for r in runs)
+                    empty = (sum(r["hd95_undefined"] for r in runs), sum(len(r["hd95"]) for r in runs))
                     cells[method] = (mean, None if method == "Otsu" and len(s.seeds) > 1 else sd, empty)
                     if metric == "dice" and runs:
                         per_image = np.mean([r["dice"] for r in runs], axis=0)
                         summary.append((dataset, n, method, mean, sd, aggregate(runs, "hd95")[0], per_image))
-                finite = [c[0] for c in cells.values() if not math.isnan(c[0])]
+                finite = [c[0] for c in cells.values() if not math.isnan(c[0]) and (metric == "dice" or not c[2][0])]
                 best = better(finite) if finite else None
                 row = []
                 for method in METHODS:
                     mean, sd, empty = cells[method]
                     text = _fmt(mean, sd, 3 if metric == "dice" else 1)
-                    if best is not None and mean == best:
+                    if best is not None and mean == best and (metric == "dice" or not empty[0]):
                         text = f"**{text}**"
-                    if metric == "hd95" and empty:
-                        text += f" ({empty} empty)"
+                    if metric == "hd95" and empty[0]:
+                        text += f" ({empty[0]}/{empty[1]} undefined)"
                     row.append(text)
                 line = f"| {dataset} | {n} | " + " | ".join(row) + " |"
                 if metric == "dice":
                     steps = [np.mean([r["steps"] for r in self.method_runs(dataset, n, m, budget)] or [math.nan])
                              for m in ("DiffSeg", "labels only")]
-                    line += f" {steps[0]:.0f} / {steps[1]:.0f} |"
+                    line += " " + " / ".join("-" if math.isnan(x) else f"{x:.0f}" for x in steps) + " |"
                 self.lines.append(line)
             self.lines.append("")
+        self.labels_saved(summary)
         self.plot_accuracy(table, summary)
         return summary
+
+    def missing_counts(self, datasets: tuple[str, ...], table: list[tuple]) -> str:
+        """Why a dataset has fewer label counts than asked: a semi-supervised run needs unlabelled images."""
+        short = []
+        for dataset in datasets:
+            measured = [n for d, n in table if d == dataset]
+            if measured and measured != list(self.settings.labelled):
+                short.append(f"{dataset} {', '.join(map(str, measured))}")
+        if not short:
+            return ""
+        return (" Label counts measured where the train split is small (a count must leave unlabelled images for "
+                f"the semi-supervised run): {'; '.join(short)}.")
+
+    def labels_saved(self, summary: list[tuple]) -> None:
+        """How many labelled images each trained baseline needs to match DiffSeg's mean Dice (measured counts)."""
+        means: dict[tuple[str, str], dict[int, float]] = {}
+        for dataset, n, method, mean, *_ in summary:
+            if not math.isnan(mean):
+                means.setdefault((dataset, method), {})[n] = mean
+        rivals = ("labels only", "random forest")
+        rows = []
+        for (dataset, method), ours in means.items():
+            if method != "DiffSeg":
+                continue
+            for n, target in sorted(ours.items()):
+                cells = []
+                for rival in rivals:
+                    theirs = means.get((dataset, rival), {})
+                    if not theirs:
+                        cells.append("n/a")
+                        continue
+                    enough = [m for m, value in sorted(theirs.items()) if value >= target]
+                    if not enough:
+                        cells.append(f"more than {max(theirs)} (never reached)")
+                    elif enough[0] <= n:
+                        cells.append(f"{enough[0]}: no saving")
+                    else:
+                        cells.append(f"{enough[0]}: **{enough[0] - n} saved**")
+                rows.append(f"| {dataset} | {n} | {target:.3f} | " + " | ".join(cells) + " |")
+        if rows:
+            self.lines += ["**Labelling saved**: the fewest labelled images (among the counts measured) with which "
+                           "each baseline reaches DiffSeg's mean Dice; `no saving` = the baseline does as well with "
+                           "as many labels or fewer. Same budgets as above.", "",
+                           "| dataset | DiffSeg labelled | DiffSeg Dice | labels only needs | random forest needs |",
+                           "|---|---|---|---|---|", *rows, ""]
 
     def budget(self, dataset: str) -> float:
         s = self.settings
@@ -673,7 +726,8 @@ class Report:
                     points = []
                     for n in (n for d, n in table if d == dataset):
                         mean, sd = aggregate(self.method_runs(dataset, n, method, self.budget(dataset)), metric)
-                        points.append((n, mean, sd))
+                        deterministic = method == "Otsu" and len(self.settings.seeds) > 1  # as in the table
+                        points.append((n, mean, 0.0 if deterministic else sd))
                     if points:
                         xs, ys, sds = zip(*points)
                         ax.errorbar(xs, ys, yerr=sds, marker="o", capsize=3, label=method)
@@ -694,7 +748,11 @@ class Report:
         s = self.settings
         dataset, n = s.ablation_dataset, s.ablation_labelled
         budget = s.budget_2d * self.meta["scale"]
-        default = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=DEFAULT_VARIANT, budget=budget)
+
+        def ablation_runs(**match) -> list[dict]:  # the accuracy section may have more seeds of the same runs
+            return [r for r in self.runs(kind="train", dataset=dataset, n=n, **match) if r["seed"] in s.ablation_seeds]
+
+        default = ablation_runs(method="DiffSeg", variant=DEFAULT_VARIANT, budget=budget)
         if not default:
             return {}
         note = self.spread_note(len(s.ablation_seeds))
@@ -707,7 +765,7 @@ class Report:
                        "| variant | Dice | HD95 | steps | Dice vs default |", "|---|---|---|---|---|"]
         found = {}
         for variant in (DEFAULT_VARIANT, *s.variants):
-            runs = self.runs(kind="train", dataset=dataset, n=n, method="DiffSeg", variant=variant, budget=budget)
+            runs = ablation_runs(method="DiffSeg", variant=variant, budget=budget)
             if not runs:
                 continue
             mean, sd = aggregate(runs, "dice")
@@ -717,8 +775,7 @@ class Report:
             delta = "" if variant == DEFAULT_VARIANT else f"{mean - d_mean:+.3f}"
             self.lines.append(f"| {name} | {_fmt(mean, sd)} | {_fmt(*hd, 1)} | "
                               f"{np.mean([r['steps'] for r in runs]):.0f} | {delta} |")
-        labels_only = self.runs(kind="train", dataset=dataset, n=n, method="labels only", variant=DEFAULT_VARIANT,
-                                budget=budget)
+        labels_only = ablation_runs(method="labels only", variant=DEFAULT_VARIANT, budget=budget)
         if labels_only:
             mean, sd = aggregate(labels_only, "dice")
             self.lines.append(f"| (labels only, for reference) | {_fmt(mean, sd)} | "
@@ -729,8 +786,7 @@ class Report:
         for seconds in sorted(set(b * self.meta["scale"] for b in s.budgets) | {budget}):
             by_method = {}
             for method in ("DiffSeg", "labels only"):
-                runs = self.runs(kind="train", dataset=dataset, n=n, method=method, variant=DEFAULT_VARIANT,
-                                 budget=seconds)
+                runs = ablation_runs(method=method, variant=DEFAULT_VARIANT, budget=seconds)
                 if runs:
                     by_method[method] = (aggregate(runs, "dice"), aggregate(runs, "hd95"),
                                          np.mean([r["steps"] for r in runs]))
@@ -738,7 +794,7 @@ class Report:
                 budget_rows.append((seconds, by_method))
         if len(budget_rows) > 1:
             self.lines += ["**Time budget**: both networks with longer runs (same settings; wall time on one core). "
-                           "Where the semi-supervised run starts to pay off.", "",
+                           "Does the semi-supervised run pay off with more time?", "",
                            "| budget | DiffSeg Dice | labels only Dice | DiffSeg HD95 | labels only HD95 | steps "
                            "(DiffSeg / labels only) |", "|---|---|---|---|---|---|"]
             for seconds, by_method in budget_rows:
@@ -757,7 +813,7 @@ class Report:
                                       np.mean([v["predict_seconds_per_image"] for v in values])))
         if sampling_rows:
             spread = "; ± over seeds" if len(default) > 1 else ", one seed"
-            self.lines += [f"**Sampling at prediction** (the default model(s) above{spread}; more steps refine the "
+            self.lines += [f"**Sampling at prediction** (the default model(s) above{spread}; more steps sample the "
                            "mask DDIM-style from noise, `diffseg predict --sampling-steps`)", "",
                            "| sampling steps | Dice | HD95 | seconds per test image |", "|---|---|---|---|"]
             single = len(default) == 1
@@ -868,12 +924,16 @@ class Report:
         if not rows and not predictions:
             return {}
         threads = rows[0][3]["threads"] if rows else predictions[0][1]["threads"]
+        counted = [(r.get("pretrain_intervals"), r.get("cotrain_intervals")) for *_, r in rows]
+        intervals = ("pretraining / co-training intervals timed: " + ", ".join(sorted({f"{a} / {b}" for a, b in counted}))
+                     if counted and None not in counted[0] else "step intervals not recorded by this run")
         self.lines += ["## Speed", "",
                        f"Alone on the machine (after the other sections), {threads} torch thread(s) (the default: "
-                       f"cores - 1), dsb2018 images. Training: batch 8, mean seconds per step over a "
-                       f"{s.speed_steps}-step run (the first co-training step, with kernel warm-up, left out; one "
-                       "pseudo-label round every 4th co-training step as by default); patch megapixels per second = "
-                       "8 x patch pixels / co-training step. Prediction: one deterministic step on a "
+                       f"cores - 1), dsb2018 images. Training: batch 8, mean seconds per step over the step intervals "
+                       f"of a {s.speed_steps}-step run ({intervals}; the first co-training step, with kernel "
+                       "warm-up, left out; one pseudo-label round every 4th co-training step as by default, so a "
+                       "short run may hold one round more or less than the default's share); patch megapixels per "
+                       "second = ""8 x patch pixels / co-training step. Prediction: one deterministic step on a "
                        f"{s.speed_mosaic}x{s.speed_mosaic} mosaic, overlapping Gaussian-blended tiles.", ""]
         if rows:
             self.lines += ["| width | patch | precision | pretraining s/step | co-training s/step | patch Mpx/s |",
@@ -914,28 +974,43 @@ class Report:
 
     # --------------------------------------------------------------------------- verdict
     def losses(self, summary: list[tuple], ablation: dict, effort: dict) -> None:
+        """Plain statements of every comparison DiffSeg loses, from the numbers in this report."""
         lines = ["## Where the method loses", ""]
-        cases, wins = [], 0
+        cases, dice_wins, hd_wins = [], 0, 0
         groups: dict[tuple, dict] = {}
         for dataset, n, method, mean, sd, hd, per_image in summary:
             groups.setdefault((dataset, n), {})[method] = (mean, sd, hd, per_image)
+        groups = {key: methods for key, methods in groups.items()
+                  if "DiffSeg" in methods and not math.isnan(methods["DiffSeg"][0])}
         for (dataset, n), methods in groups.items():
-            ours = methods.get("DiffSeg")
-            if ours is None or math.isnan(ours[0]):
-                continue
-            beaten_by = [(m, v) for m, v in methods.items() if m != "DiffSeg" and not math.isnan(v[0]) and v[0] > ours[0]]
-            if not beaten_by:
-                wins += 1
+            ours = methods["DiffSeg"]
+            others = {m: v for m, v in methods.items() if m != "DiffSeg" and not math.isnan(v[0])}
+            beaten_by = [(m, v) for m, v in others.items() if v[0] > ours[0]]
+            dice_wins += not beaten_by
+            hd_wins += all(math.isnan(v[2]) or v[2] >= ours[2] for v in others.values())
             for method, (mean, sd, hd, per_image) in beaten_by:
                 better = int(np.sum(per_image > ours[3]))
                 cases.append(f"- {dataset}, {n} labelled: **{method}** {mean:.3f} vs DiffSeg {ours[0]:.3f} "
                              f"(Dice {ours[0] - mean:+.3f}; {method} better on {better} of {len(per_image)} test "
                              f"images; HD95 {hd:.1f} vs {ours[2]:.1f})")
-        if cases:
-            lines += [f"DiffSeg has the best mean Dice in {wins} of {len(groups)} dataset / label-count settings. It "
-                      "loses in these (a baseline's mean test Dice is higher):", "", *cases, ""]
-        elif groups:
-            lines += [f"DiffSeg has the best mean Dice in all {len(groups)} dataset / label-count settings measured.", ""]
+        if groups:
+            lines += [f"DiffSeg has the best mean Dice in **{dice_wins} of {len(groups)}** dataset / label-count "
+                      f"settings and the lowest mean HD95 in **{hd_wins} of {len(groups)}**."
+                      + (" It loses on Dice in these (a baseline's mean test Dice is higher):" if cases else ""), ""]
+            lines += [*cases, ""] if cases else []
+        budgets = ablation.get("budgets", [])
+        behind = [(sec, m) for sec, m in budgets if "labels only" in m and m["labels only"][0][0] >= m["DiffSeg"][0][0]]
+        if behind:
+            text = ", ".join(f"{_duration(sec)} ({m['DiffSeg'][0][0]:.3f} vs {m['labels only'][0][0]:.3f})"
+                             for sec, m in behind)
+            lines += [f"- Time budget ({self.settings.ablation_dataset}): the labels-only network is as good or "
+                      f"better at {text} (DiffSeg vs labels only).", ""]
+        if "uncertainty" in effort and "random" in effort and effort["uncertainty"][0] <= effort["random"][0]:
+            lines += [f"- Annotation effort: correcting the most uncertain pseudo-labels was not better than "
+                      f"correcting random ones (final Dice {effort['uncertainty'][0]:.3f} vs "
+                      f"{effort['random'][0]:.3f} after {effort['uncertainty'][1]} corrected images"
+                      + (", one seed: within run-to-run noise" if len(self.settings.effort_seeds) == 1 else "")
+                      + ").", ""]
         tried = []
         if ablation.get("variants"):
             best = max(((k, v) for k, v in ablation["variants"].items() if k != DEFAULT_VARIANT),
@@ -946,8 +1021,8 @@ class Report:
             elif best is not None:
                 tried.append(f"- Method variants at the same budget (table above): none beats the default "
                              f"({ablation['default']:.3f}; the best variant, {best[0]}, has {best[1][0]:.3f}).")
-        if len(ablation.get("budgets", [])) > 1:
-            first, last = ablation["budgets"][0], ablation["budgets"][-1]
+        if len(budgets) > 1:
+            first, last = budgets[0], budgets[-1]
 
             def dice_at(row, method):
                 return f"{row[1][method][0][0]:.3f}" if method in row[1] else "n/a"
@@ -964,13 +1039,30 @@ class Report:
             tried.append(f"- Corrections (effort section), final Dice after the last round: {text}.")
         if tried:
             lines += ["What was tried to close the gaps (all numbers in this file):", "", *tried, ""]
-        budgets = f"{self.settings.budget_2d * self.meta['scale']:g} s"
-        lines += [f"Caveat that applies to every loss above: each run trains for {budgets} of wall time on one core "
-                  "(the CLI default is 300 s). A co-training step costs ~3x a labels-only step, and the default run "
-                  "also spends part of its budget writing the first pseudo-labels of every unlabelled image (10 s "
-                  "into co-training, so the GUI can show them early), so at short budgets the semi-supervised run "
-                  "has done far fewer steps (see the steps columns).", ""]
+        if cases or behind:
+            lines.append(self.step_caveat())
         self.lines += lines
+
+    def step_caveat(self) -> str:
+        """The budgets of the accuracy runs and the measured steps of each network within them."""
+        s, scale = self.settings, self.meta["scale"]
+        steps = {}
+        for method in ("DiffSeg", "labels only"):
+            runs = [r for r in self.runs(kind="train", method=method, variant=DEFAULT_VARIANT)
+                    if r["budget"] in (s.budget_2d * scale, s.budget_3d * scale)]
+            steps[method] = np.mean([r["steps"] for r in runs]) if runs else math.nan
+        three_d = any(r["dataset"] == "la_mri_3d" for r in self.runs(kind="train"))
+        budgets = f"{s.budget_2d * scale:.3g} s per 2D run" + (
+            f" and {s.budget_3d * scale:.3g} s per 3D run" if three_d and s.budget_3d != s.budget_2d else "")
+        ratio = steps["labels only"] / steps["DiffSeg"] if steps["DiffSeg"] else math.nan
+        text = (f"Context for the accuracy comparisons: {budgets} of wall time on one core (the CLI default is "
+                "300 s). A DiffSeg run pretrains for a quarter of it, trains two networks, makes pseudo-labels and "
+                "writes the first pseudo-labels of every unlabelled image 10 s into co-training (so the GUI can show "
+                "them early)")
+        if not math.isnan(ratio):
+            text += (f"; in these runs it made {steps['DiffSeg']:.0f} steps on average against "
+                     f"{steps['labels only']:.0f} for the labels-only network ({ratio:.1f}x)")
+        return text + ". The time-budget table shows what longer runs change.\n"
 
     def render(self, datasets: tuple[str, ...], sections: tuple[str, ...]) -> str:
         m = self.meta
@@ -1013,6 +1105,11 @@ def write_report(settings: Settings, plan: list[Job], results: dict, meta: dict,
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _as_tuples(value):
+    """JSON lists back to the tuples of ``Settings``."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=tuple(MODES), default="quick")
@@ -1041,6 +1138,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out / "work"
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
+        if "settings" in saved["meta"]:  # the settings the results were measured with
+            settings = Settings(**{key: _as_tuples(value) for key, value in saved["meta"]["settings"].items()})
         plan = build_plan(settings, sections, datasets, args.data_root, work, saved["meta"]["scale"])
         print(write_report(settings, plan, saved["results"], saved["meta"], args.report, datasets, sections))
         return 0
@@ -1062,14 +1161,15 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(f"Budgets scaled by {args.scale:g} (a smoke test, not a measurement).")
     meta = {"mode": args.mode, "argv": " ".join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "bf16": "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False,
             "versions": versions(), "load_start": load_average(), "scale": args.scale, "notes": notes,
             "settings": asdict(settings)}
     started = time.perf_counter()
     results: dict[str, dict] = {}
     run_jobs([j for j in plan if not j.exclusive], args.workers, results, started)
     run_jobs([j for j in plan if j.exclusive], 1, results, started)
-    meta.update(wall_seconds=time.perf_counter() - started, load_end=load_average())
+    from napari_diffseg.core.device import bf16_supported  # imports torch: only after the worker processes are gone
+
+    meta.update(wall_seconds=time.perf_counter() - started, load_end=load_average(), bf16=bf16_supported("cpu"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
     if not args.keep_models:
