@@ -60,7 +60,9 @@ def test_full_plan_covers_the_issue(tmp_path, blobs_root):
         budgets = {p["budget"] for p in ablation if p["method"] == method and p["variant"] == suite.DEFAULT_VARIANT}
         assert expected <= budgets
     assert any(p["sampling_steps"] == [1, 5, 20] for p in ablation)
-    assert {j.params["strategy"] for j in plan if j.kind == "effort"} == {"uncertainty", "random", "none"}
+    effort = [j.params for j in plan if j.kind == "effort"]
+    assert {(p["strategy"], p["seed"]) for p in effort} == {(name, seed) for name in ("uncertainty", "random")
+                                                            for seed in (0, 1, 2)}
     speed = [j.params for j in plan if j.kind == "speed_train"]
     assert {p["width"] for p in speed} == {16, 32, 64} and {p["bf16"] for p in speed} == {False, True}
     assert len({p["patch"] for p in speed}) >= 3
