@@ -1,15 +1,17 @@
 """Benchmark suite: how good with how few labels, how fast, and how much labelling time it saves.
 
 One command runs the sections, prints markdown tables, writes ``benchmarks/RESULTS.md`` (tables, machine,
-versions, date, load) and PNG plots in ``benchmarks/plots/``, and keeps the raw numbers in ``<out>/results.json``:
+versions, date, load) and PNG plots in ``benchmarks/plots/`` (the quick mode: ``benchmarks/quick/``), and keeps the
+raw numbers in ``<out>/results.json``:
 
 - accuracy: Dice and HD95 on each dataset's test split vs the number of labelled images (1, 2, 5, 10 where the
   train split has more images than that) for this project's default (semi-supervised), the same network on the
   labels only, a random-forest pixel classifier on scikit-image features (what ilastik does) and Otsu;
-- ablations (on dsb2018, 2 labelled): no unsupervised pretraining, K pseudo-label rounds, chained rounds, network
-  width, time budget, and single- vs multi-step sampling at prediction;
-- effort: a simulated annotator who, after each round, corrects the N most uncertain pseudo-labels (their ground
-  truth becomes labels) vs N random ones vs none; the next round warm-starts from the last, as the napari
+- ablations (2 labelled; GlaS in the full mode, dsb2018 in the quick one): no unsupervised pretraining, K
+  pseudo-label rounds, chained rounds, network width, time budget (also for labels only), and single- vs multi-step
+  sampling at prediction;
+- effort (same dataset): a simulated annotator who, after each round, corrects the N most uncertain pseudo-labels
+  (their ground truth becomes labels) vs N random ones; the next round warm-starts from the last, as the napari
   *Next round* button and ``diffseg project train --next-round`` do;
 - speed: training step time and prediction throughput by patch / tile size and width, fp32 vs bf16.
 
@@ -17,8 +19,8 @@ The method and the labels-only baseline run through the engine the `diffseg` CLI
 Independent runs go two at a time in worker processes with one torch thread each (both see the same machine
 load); the speed section runs alone afterwards with the default thread count.
 
-    python benchmarks/suite.py --mode quick               # < 10 min on 2 cores: dsb2018, 1 seed, short budgets
-    python benchmarks/suite.py --mode full                # about an hour: all datasets, 3 seeds
+    python benchmarks/suite.py --mode quick               # < 10 min on 2 cores: dsb2018, 1 seed -> quick/RESULTS.md
+    python benchmarks/suite.py --mode full                # about an hour: all datasets, 3 seeds -> RESULTS.md
     python benchmarks/suite.py --mode full --sections accuracy --datasets glas ph2 --dry-run   # the plan only
 """
 
@@ -1117,9 +1119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", help="datasets of the accuracy section (default: the mode's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the mode's seeds (accuracy section)")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="raw results (results.json)")
-    parser.add_argument("--report", type=Path, default=BENCH_DIR / "RESULTS.md",
-                        help="the markdown report; plots go to plots/ next to it")
+    parser.add_argument("--out", type=Path, help="raw results (results.json); default: results/ for the full mode, "
+                        "quick/results/ for the quick one")
+    parser.add_argument("--report", type=Path, help="the markdown report, plots in plots/ next to it; default: "
+                        "RESULTS.md for the full mode, quick/RESULTS.md for the quick one (a quick run never "
+                        "overwrites the full results)")
     parser.add_argument("--workers", type=int, default=2, help="training runs side by side (default 2)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every budget (a smoke test: 0.1)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
@@ -1128,6 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = MODES[args.mode]
+    home = BENCH_DIR if args.mode == "full" else BENCH_DIR / args.mode
+    args.out = args.out or home / "results"
+    args.report = args.report or home / "RESULTS.md"
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))
     datasets = tuple(args.datasets or settings.datasets)
