@@ -1025,13 +1025,13 @@ class Report:
                              f"({ablation['default']:.3f}; the best variant, {best[0]}, has {best[1][0]:.3f}).")
         if len(budgets) > 1:
             first, last = budgets[0], budgets[-1]
-
-            def dice_at(row, method):
-                return f"{row[1][method][0][0]:.3f}" if method in row[1] else "n/a"
-
-            tried.append(f"- More time: {_duration(first[0])} -> {_duration(last[0])} changes DiffSeg's Dice from "
-                         f"{dice_at(first, 'DiffSeg')} to {dice_at(last, 'DiffSeg')} (labels only: "
-                         f"{dice_at(first, 'labels only')} to {dice_at(last, 'labels only')}).")
+            text = (f"- More time: {_duration(first[0])} -> {_duration(last[0])} changes DiffSeg's Dice from "
+                    f"{first[1]['DiffSeg'][0][0]:.3f} to {last[1]['DiffSeg'][0][0]:.3f}")
+            theirs = [(sec, m["labels only"][0][0]) for sec, m in budgets if "labels only" in m]
+            if len(theirs) > 1:
+                text += (f" (labels only: {theirs[0][1]:.3f} at {_duration(theirs[0][0])} -> {theirs[-1][1]:.3f} at "
+                         f"{_duration(theirs[-1][0])})")
+            tried.append(text + ".")
         if ablation.get("sampling") and len(ablation["sampling"]) > 1:
             first, last = ablation["sampling"][0], ablation["sampling"][-1]
             tried.append(f"- Multi-step sampling: {first[0]} -> {last[0]} steps changes Dice from {first[1][0]:.3f} "
