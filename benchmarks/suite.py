@@ -47,6 +47,7 @@ from _common import (DEFAULT_DATA, cpu_model, load_average, load_split, mosaic, 
 BENCH_DIR = Path(__file__).resolve().parent
 SECTIONS = ("accuracy", "ablations", "effort", "speed")
 ALL_DATASETS = ("dsb2018", "glas", "ph2", "isbi2012_em", "la_mri_3d")
+THREE_D_DATASETS = ("la_mri_3d",)  # volumes: their own (longer) training budget
 METHODS = ("DiffSeg", "labels only", "random forest", "Otsu")
 VARIANTS: dict[str, dict] = {  # ablations: TrainConfig fields that differ from the default
     "no pretraining": {"pretrain_fraction": 0.0},
@@ -317,15 +318,18 @@ class DatasetShape:
 
 
 def dataset_shape(root: Path) -> DatasetShape:
-    import tifffile
+    from napari_diffseg.core.io import image_layout, read_image, spatial_shape
 
     split = json.loads((root / "split.json").read_text())
-    first = tifffile.imread(root / "images" / f"{split['train'][0]}.tif")
-    three_d = first.ndim == 3 and first.shape[-1] not in (3, 4)
-    rgb = not three_d and first.ndim == 3
-    spatial = first.shape[:-1] if rgb else first.shape
-    return DatasetShape(len(split["train"]), len(split["test"]), float(np.prod(spatial)) / 1e6, three_d,
-                        first.shape[-1] if rgb else 1)
+    first = read_image(root / "images" / f"{split['train'][0]}.tif")
+    spatial_dims, channels = image_layout(first)
+    return DatasetShape(len(split["train"]), len(split["test"]), float(np.prod(spatial_shape(first))) / 1e6,
+                        spatial_dims == 3, channels)
+
+
+def run_budget(settings: Settings, dataset: str, scale: float) -> float:
+    """Seconds of one accuracy run on ``dataset`` (3D volumes get their own budget)."""
+    return (settings.budget_3d if dataset in THREE_D_DATASETS else settings.budget_2d) * scale
 
 
 def _train_overhead(shape: DatasetShape, labels_only: bool, unlabelled: int) -> float:
@@ -358,9 +362,6 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
     shapes = {name: dataset_shape(data_root / name) for name in needed}
     sizes = {name: shape.train for name, shape in shapes.items()}
 
-    def budget_for(dataset: str) -> float:
-        return (settings.budget_3d if dataset == "la_mri_3d" else settings.budget_2d) * scale
-
     def add(job: Job) -> str:
         if job.key in jobs:  # the same run asked for by two sections: one run, the union of what they need
             old = jobs[job.key]
@@ -374,7 +375,7 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
 
     def train_job(dataset: str, n: int, seed: int, variant: str, labels_only: bool = False,
                   budget: float | None = None, sampling: tuple[int, ...] = (1,), keep: bool = False) -> str:
-        budget = budget_for(dataset) if budget is None else budget
+        budget = run_budget(settings, dataset, scale) if budget is None else budget
         method = "labels only" if labels_only else "DiffSeg"
         key = f"train/{dataset}/n{n}/seed{seed}/{variant}/{budget:g}s/{method}"
         params = {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seed": seed, "variant": variant,
@@ -616,7 +617,7 @@ class Report:
         self.lines += ["## Accuracy vs number of labelled images", "",
                        f"Test-split Dice and HD95 (pixels / voxels), {self.spread_note(len(s.seeds))}; seeds "
                        f"{', '.join(map(str, s.seeds))}. Training budget per run: {s.budget_2d * self.meta['scale']:g} s "
-                       f"for 2D" + (f", {s.budget_3d * self.meta['scale']:g} s for 3D" if "la_mri_3d" in datasets else "")
+                       f"for 2D" + (f", {s.budget_3d * self.meta['scale']:g} s for 3D" if set(THREE_D_DATASETS) & set(datasets) else "")
                        + " wall time, one torch thread (two runs side by side). DiffSeg = this project's default "
                        "(pretraining + teacher-student co-training on all train images, the first n labelled); "
                        "labels only = the same network and budget on the n labelled images; random forest = "
@@ -713,8 +714,7 @@ class Report:
                            "|---|---|---|---|---|", *rows, ""]
 
     def budget(self, dataset: str) -> float:
-        s = self.settings
-        return (s.budget_3d if dataset == "la_mri_3d" else s.budget_2d) * self.meta["scale"]
+        return run_budget(self.settings, dataset, self.meta["scale"])
 
     def plot_accuracy(self, table: list[tuple], summary: list[tuple]) -> None:
         import matplotlib.pyplot as plt
@@ -1051,9 +1051,9 @@ class Report:
         steps = {}
         for method in ("DiffSeg", "labels only"):
             runs = [r for r in self.runs(kind="train", method=method, variant=DEFAULT_VARIANT)
-                    if r["budget"] in (s.budget_2d * scale, s.budget_3d * scale)]
+                    if r["budget"] == self.budget(r["dataset"])]  # the accuracy runs
             steps[method] = np.mean([r["steps"] for r in runs]) if runs else math.nan
-        three_d = any(r["dataset"] == "la_mri_3d" for r in self.runs(kind="train"))
+        three_d = any(r["dataset"] in THREE_D_DATASETS for r in self.runs(kind="train"))
         budgets = f"{s.budget_2d * scale:.3g} s per 2D run" + (
             f" and {s.budget_3d * scale:.3g} s per 3D run" if three_d and s.budget_3d != s.budget_2d else "")
         ratio = steps["labels only"] / steps["DiffSeg"] if steps["DiffSeg"] else math.nan
@@ -1161,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped = [d for d in ALL_DATASETS if d not in datasets]
         if skipped:
             notes.append(f"Quick mode: accuracy on {', '.join(datasets)} only; not run: {', '.join(skipped)}"
-                         + (" (3D training is slow on a CPU: left to the full mode)" if "la_mri_3d" in skipped else "") + ". `--mode full` runs them.")
+                         + (" (3D training is slow on a CPU: left to the full mode)" if set(THREE_D_DATASETS) & set(skipped) else "") + ". `--mode full` runs them.")
         notes.append(f"Quick mode: one seed, labelled {', '.join(map(str, settings.labelled))}, "
                      f"{len(settings.variants)} ablation variants, budgets {', '.join(f'{b:g} s' for b in settings.budgets)}.")
     if args.scale != 1.0:
