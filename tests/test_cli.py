@@ -152,22 +152,28 @@ def test_3d_volumes_train_and_predict(tmp_path):
     assert code == 0 and "pooled/mean" in out
 
 
+def interrupt_training_at_step(monkeypatch, step: int):
+    """Make the CLI's progress display raise KeyboardInterrupt (Ctrl-C) after ``step``; returns the undo."""
+    original = cli._TrainDisplay.progress
+
+    def interrupt(self, event):
+        original(self, event)
+        if event.step == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli._TrainDisplay, "progress", interrupt)
+    return lambda: monkeypatch.setattr(cli._TrainDisplay, "progress", original)
+
+
 def test_ctrl_c_saves_last_and_resume_finishes(dataset, tmp_path, monkeypatch):
     model = tmp_path / "interrupted"
     argv = ["train", str(dataset / "images"), "--labels", str(dataset / "labels"), "--out", str(model), *FAST]
-    original = cli._TrainDisplay.progress
-
-    def interrupt_at_step_3(self, event):
-        original(self, event)
-        if event.step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli._TrainDisplay, "progress", interrupt_at_step_3)
+    restore = interrupt_training_at_step(monkeypatch, 3)
     code, out, err = run_cli(argv)
     assert code == 130
     assert (model / "last.pt").is_file()
     assert "interrupted at step 3" in err and "--resume" in err and "Traceback" not in err
-    monkeypatch.setattr(cli._TrainDisplay, "progress", original)
+    restore()
 
     code, out, err = run_cli([*argv, "--resume"])
     assert code == 0, err

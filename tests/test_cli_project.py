@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffseg import cli
 from napari_diffseg.core.io import write_mask
 from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.rounds import review_queue
 from test_cli import (N_IMAGES, N_LABELLED, SHAPE_2D, assert_one_line_error, dataset,  # noqa: F401 (fixture)
-                      run_cli)  # the CLI tests' in-process runner, error check and synthetic dataset
+                      interrupt_training_at_step, run_cli)  # the CLI tests' helpers and synthetic dataset
 
 FAST = ["--steps", "6", "--width", "8", "--patch-size", "32", "32"]
 NAMES = [f"img_{i:03d}" for i in range(N_IMAGES)]
@@ -152,14 +151,7 @@ def test_ctrl_c_saves_the_round_and_resume_finishes_it(dataset, tmp_path, monkey
     code, out, err = run_cli(["project", "create", project_dir, "--images", dataset / "images",
                               "--labels", dataset / "labels"])
     assert code == 0, err
-    original = cli._TrainDisplay.progress
-
-    def interrupt_at_step_3(self, event):
-        original(self, event)
-        if event.step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli._TrainDisplay, "progress", interrupt_at_step_3)
+    restore = interrupt_training_at_step(monkeypatch, 3)
     code, out, err = run_cli(["project", "train", project_dir, "--next-round", *FAST])
     assert code == 130
     round_2 = project_dir / "checkpoints" / "round_2"
@@ -168,7 +160,7 @@ def test_ctrl_c_saves_the_round_and_resume_finishes_it(dataset, tmp_path, monkey
     resume = shlex.split(err.split("Resume with:", 1)[1].strip().splitlines()[0])
     assert resume[:3] == ["diffseg", "project", "train"]
     assert "--resume" in resume and "--next-round" not in resume  # the round already moved on: resume it
-    monkeypatch.setattr(cli._TrainDisplay, "progress", original)
+    restore()
 
     code, out, err = run_cli(resume[1:])
     assert code == 0, err
