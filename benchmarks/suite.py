@@ -360,7 +360,6 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
     jobs: dict[str, Job] = {}
     needed = set(datasets) | ({settings.ablation_dataset} if {"ablations", "effort"} & set(sections) else set())
     shapes = {name: dataset_shape(data_root / name) for name in needed}
-    sizes = {name: shape.train for name, shape in shapes.items()}
 
     def add(job: Job) -> str:
         if job.key in jobs:  # the same run asked for by two sections: one run, the union of what they need
@@ -382,14 +381,14 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
                   "labels_only": labels_only, "budget": budget, "method": method,
                   "overrides": dict(VARIANTS.get(variant, {})), "sampling_steps": list(sampling),
                   "keep_dir": str(work / key.replace("/", "_")) if keep else None}
-        cost = budget + _train_overhead(shapes[dataset], labels_only, sizes[dataset] - n) + 2 * len(sampling)
+        cost = budget + _train_overhead(shapes[dataset], labels_only, shapes[dataset].train - n) + 2 * len(sampling)
         if variant.startswith("width"):
             cost += 0.3 * int(variant.split()[1])  # slower validation and pseudo-labels
         return add(Job(key, "train", params, cost))
 
     if "accuracy" in sections:
         for dataset in datasets:
-            for n in (n for n in settings.labelled if n < sizes[dataset]):
+            for n in (n for n in settings.labelled if n < shapes[dataset].train):
                 for seed in settings.seeds:
                     train_job(dataset, n, seed, DEFAULT_VARIANT)
                     train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True)
@@ -418,7 +417,8 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
                           "start_n": settings.effort_start, "per_round": settings.effort_per_round,
                           "rounds": settings.effort_rounds, "budget": budget,
                           "work_dir": str(work / key.replace("/", "_"))}
-                cost = settings.effort_rounds * (budget + _train_overhead(shapes[dataset], False, sizes[dataset]))
+                overhead = _train_overhead(shapes[dataset], False, shapes[dataset].train)
+                cost = settings.effort_rounds * (budget + overhead)
                 add(Job(key, "effort", params, cost, after=start))
     if "speed" in sections:
         root = str(data_root / "dsb2018")
