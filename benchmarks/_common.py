@@ -27,6 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 
 Pair = tuple[np.ndarray, np.ndarray, str]  # (raw image, ground-truth mask, name)
+RF_PIXELS_PER_IMAGE = 20000  # half foreground, half background (fewer when an image has fewer)
+RF_MAX_PIXELS = 40000  # in total over the labelled images, so one fit stays under ~30 s on one core
+RF_TREES = 50
 
 
 def load_split(root: Path) -> tuple[list[Pair], list[Pair]]:
@@ -183,3 +186,54 @@ def versions(packages: tuple[str, ...] = ("napari-diffseg", "torch", "numpy", "s
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15 minute load averages (what ``uptime`` shows)."""
     return os.getloadavg()
+
+
+# ------------------------------------------------------------------------------------------ random forest
+def rf_features(image: np.ndarray) -> np.ndarray:
+    """ilastik-like pixel features: intensity, edges and texture at several scales, per channel ((*spatial, F))."""
+    from skimage.feature import multiscale_basic_features
+    from napari_diffseg.core.io import to_channels_first
+
+    channels_last = np.moveaxis(to_channels_first(image), 0, -1)
+    features = multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)
+    return features.astype(np.float32)  # what scikit-learn's trees use: half the memory of float64
+
+
+def random_forest_scores(root: Path, n: int, seeds: tuple[int, ...] | list[int]) -> dict:
+    """Random forests on the labelled images' pixels (a balanced subsample drawn per seed), each predicted on
+    every test pixel; the features of the images are computed once for all seeds."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    train_pairs, test_pairs = load_split(Path(root))
+    per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // n) // 2
+    began = time.perf_counter()
+    labelled = [(rf_features(image).reshape(mask.size, -1), mask.ravel() > 0) for image, mask, _ in train_pairs[:n]]
+    test = [rf_features(image).reshape(mask.size, -1) for image, mask, _ in test_pairs]
+    feature_seconds = time.perf_counter() - began
+    per_seed = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        features, targets = [], []
+        for flat, truth in labelled:
+            for value in (True, False):
+                where = np.flatnonzero(truth == value)
+                take = rng.choice(where, min(per_class, len(where)), replace=False)
+                features.append(flat[take])
+                targets.append(truth[take])
+        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
+        forest.fit(np.concatenate(features), np.concatenate(targets))
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
+        predictions = []
+        for flat, (_, mask, _) in zip(test, test_pairs):
+            if foreground is None:
+                predictions.append(np.zeros(mask.shape, bool))
+            else:
+                predictions.append(forest.predict_proba(flat)[:, foreground].reshape(mask.shape) > 0.5)
+        result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
+        result.update(seed=seed, fit_seconds=fit_seconds, pixels=int(sum(len(t) for t in targets)),
+                      predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs))
+        per_seed.append(result)
+    return {"seed_results": per_seed, "feature_seconds": feature_seconds}

@@ -41,7 +41,8 @@ import traceback
 
 import numpy as np
 
-from _common import (DEFAULT_DATA, cpu_model, load_average, load_split, mosaic, score_masks, score_model,
+from _common import (DEFAULT_DATA, RF_MAX_PIXELS, RF_PIXELS_PER_IMAGE, RF_TREES, cpu_model, load_average,
+                     load_split, mosaic, random_forest_scores, score_masks, score_model,
                      time_prediction, train_and_score, train_model, versions)
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -60,9 +61,6 @@ VARIANTS: dict[str, dict] = {  # ablations: TrainConfig fields that differ from 
 }
 DEFAULT_VARIANT = "default"
 STRATEGIES = ("uncertainty", "random", "none")
-RF_PIXELS_PER_IMAGE = 20000  # half foreground, half background (fewer when an image has fewer)
-RF_MAX_PIXELS = 40000  # in total over the labelled images, so one fit stays under ~30 s on one core
-RF_TREES = 50
 
 
 @dataclass(frozen=True)
@@ -133,55 +131,8 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64)
 
 
-def rf_features(image: np.ndarray) -> np.ndarray:
-    """ilastik-like pixel features: intensity, edges and texture at several scales, per channel ((*spatial, F))."""
-    from skimage.feature import multiscale_basic_features
-    from napari_diffseg.core.io import to_channels_first
-
-    channels_last = np.moveaxis(to_channels_first(image), 0, -1)
-    features = multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)
-    return features.astype(np.float32)  # what scikit-learn's trees use: half the memory of float64
-
-
 def job_random_forest(params: dict, _dependency: dict | None) -> dict:
-    """Random forests on the labelled images' pixels (a balanced subsample drawn per seed), each predicted on
-    every test pixel; the features of the images are computed once for all seeds."""
-    from sklearn.ensemble import RandomForestClassifier
-
-    train_pairs, test_pairs = load_split(Path(params["root"]))
-    n = params["n"]
-    per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // n) // 2
-    began = time.perf_counter()
-    labelled = [(rf_features(image).reshape(mask.size, -1), mask.ravel() > 0) for image, mask, _ in train_pairs[:n]]
-    test = [rf_features(image).reshape(mask.size, -1) for image, mask, _ in test_pairs]
-    feature_seconds = time.perf_counter() - began
-    per_seed = []
-    for seed in params["seeds"]:
-        rng = np.random.default_rng(seed)
-        start = time.perf_counter()
-        features, targets = [], []
-        for flat, truth in labelled:
-            for value in (True, False):
-                where = np.flatnonzero(truth == value)
-                take = rng.choice(where, min(per_class, len(where)), replace=False)
-                features.append(flat[take])
-                targets.append(truth[take])
-        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
-        forest.fit(np.concatenate(features), np.concatenate(targets))
-        fit_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
-        predictions = []
-        for flat, (_, mask, _) in zip(test, test_pairs):
-            if foreground is None:
-                predictions.append(np.zeros(mask.shape, bool))
-            else:
-                predictions.append(forest.predict_proba(flat)[:, foreground].reshape(mask.shape) > 0.5)
-        result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
-        result.update(seed=seed, fit_seconds=fit_seconds, pixels=int(sum(len(t) for t in targets)),
-                      predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs))
-        per_seed.append(result)
-    return {"seed_results": per_seed, "feature_seconds": feature_seconds}
+    return random_forest_scores(Path(params["root"]), params["n"], params["seeds"])
 
 
 def job_otsu(params: dict, _dependency: dict | None) -> dict:
@@ -260,7 +211,7 @@ def job_speed_train(params: dict, _dependency: dict | None) -> dict:
     train_pairs, _ = load_split(Path(params["root"]))
     patch = params["patch"]
     config = TrainConfig(budget_seconds=None, max_steps=params["steps"], base_channels=params["width"],
-                         patch_size=(patch, patch), bf16=params["bf16"], validate_every_seconds=1e9,
+                         patch_size=(patch, patch), bf16=params["bf16"],
                          checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9)
     elapsed: dict[str, list[float]] = {}
 

@@ -442,8 +442,9 @@ def _describe_best(metrics: dict) -> str:
     twin = metrics.get("selected_twin")
     validation = metrics.get("validation", {}).get(twin, {})
     if not twin or not validation:
-        return "no validated model yet"
-    return f"{twin}, threshold {validation['threshold']:.2f}, validation Dice {validation['dice']:.4f}"
+        return "no model yet"
+    return (f"{twin} (final weights), threshold {validation['threshold']:.2f}, "
+            f"Dice on the labelled training images {validation['dice']:.4f}")
 
 
 def _resume_command(argv: Sequence[str], drop_options: Sequence[str] = (), drop_flags: Sequence[str] = ()) -> str:
@@ -491,7 +492,7 @@ def _run_training(events, quiet: bool, out: Path | None, resume_command: str) ->
                     outcome.started, out = event, event.out_dir
                 elif isinstance(event, training.CheckpointSaved):
                     if event.kind == "best":
-                        log.info("step %d: new best model (%s) -> %s", event.metrics.get("step", display.step),
+                        log.info("step %d: model written (%s) -> %s", event.metrics.get("step", display.step),
                                  _describe_best(event.metrics), event.path)
                     else:
                         log.debug("step %d: saved %s", display.step, event.path)
@@ -528,7 +529,7 @@ def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device,
     print(f"{prefix}trained {trained.get('steps', outcome.step)} steps in "
           f"{_duration(trained.get('elapsed_seconds', 0))} "
           f"({'labels only' if labels_only else 'teacher + student'}, {device})")
-    print(f"selected: {_describe_best(metrics)} (chosen on the labelled training images)")
+    print(f"kept:     {_describe_best(metrics)} (a fit, not a validation)")
     print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
 
 
@@ -686,8 +687,8 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"data:         {len(data)} image(s), {labelled} labelled")
         print(f"training:     {training_info.get('steps', '?')} steps, "
               f"{_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
-              f"batch {card.get('batch_size')}")
-        print(f"selected:     {_describe_best(card.get('metrics', {}))}")
+              f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}")
+        print(f"kept:         {_describe_best(card.get('metrics', {}))}")
         environment = card.get("environment", {})
         if environment:
             print(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "

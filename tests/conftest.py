@@ -11,7 +11,7 @@ from napari_diffseg.core.training import TrainConfig
 def tiny_train_config(**changes) -> TrainConfig:
     """A training run of a few seconds: tiny networks, a few steps, validation and pseudo-labels at once."""
     values = dict(budget_seconds=None, max_steps=6, base_channels=8, depth=2, patch_size=(32, 32), batch_size=2,
-                  rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0, validate_every_seconds=0,
+                  rounds=1, uncertainty_draws=1, first_pseudo_labels_after_seconds=0,
                   checkpoint_every_seconds=1e9, pseudo_labels_every_seconds=1e9, device="cpu")
     values.update(changes)
     return TrainConfig(**values)

@@ -79,9 +79,10 @@ def test_train_predict_eval_end_to_end(trained, tmp_path):
     assert card["config"]["seed"] == 3 and card["config"]["base_channels"] == 8
     # summary on stdout, one log line per best checkpoint / pseudo-label event on stderr
     assert "trained 6 steps" in trained["out"]
-    assert f"validation Dice {card['metrics']['validation'][card['selected_twin']]['dice']:.4f}" in trained["out"]
+    fit = card['metrics']['validation'][card['selected_twin']]['dice']
+    assert f"Dice on the labelled training images {fit:.4f}" in trained["out"]
     assert str(model / "best.pt") in trained["out"]
-    assert "new best model" in trained["err"] and "pseudo-labels of 4 unlabelled image(s)" in trained["err"]
+    assert "model written" in trained["err"] and "pseudo-labels of 4 unlabelled image(s)" in trained["err"]
     assert "Traceback" not in trained["err"]
 
     pred = tmp_path / "pred"
@@ -186,7 +187,7 @@ def test_info_prints_model_card(trained):
     code, out, err = run_cli(["info", trained["model"]])
     assert code == 0, err
     assert "2D grey images, 2 classes, width 8" in out
-    assert "6 image(s), 2 labelled" in out and "validation Dice" in out
+    assert "6 image(s), 2 labelled" in out and "Dice on the labelled training images" in out
 
 
 def test_unexpected_error_one_line_and_debug_reraises(trained, tmp_path, monkeypatch):

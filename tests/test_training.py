@@ -39,7 +39,7 @@ def make_config(**overrides) -> TrainConfig:
     settings = dict(
         budget_seconds=None, max_steps=MAX_STEPS, base_channels=4, depth=2, patch_size=(32, 32), batch_size=2,
         rounds=1, seed=0, device="cpu", threads=1, bf16=False, uncertainty_draws=1,
-        validate_every_seconds=1e9, checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9,
+        checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9,
         pseudo_labels_every_seconds=1e9,
     )
     settings.update(overrides)
@@ -146,7 +146,8 @@ def test_pseudo_label_files(reference, data):
         assert set(np.unique(mask)) <= {0, 1}
         assert uncertainty.dtype == np.float32 and uncertainty.shape == mask.shape
         assert 0.0 <= uncertainty.min() and uncertainty.max() <= 1.0
-        assert ready.mean_uncertainty[name] == pytest.approx(float(uncertainty.mean()), rel=1e-5)
+        # the image-level score is the twins' disagreement (1 - soft Dice between teacher and student)
+        assert 0.0 <= ready.mean_uncertainty[name] <= 1.0
     # only the unlabelled images get pseudo-labels
     assert sorted(p.name for p in ready.directory.iterdir()) == sorted(
         [f"{n}.tif" for n in ready.names] + [f"{n}_uncertainty.tif" for n in ready.names])
@@ -221,10 +222,10 @@ def test_fixed_seed_reproduces_weights(tmp_path, data, reference):
 
 
 @pytest.mark.slow
-def test_mid_run_validation_and_pseudo_labels_leave_training_untouched(tmp_path, data, reference):
+def test_mid_run_pseudo_labels_and_checkpoints_leave_training_untouched(tmp_path, data, reference):
     # the wall-clock schedules fire at every step here; the weights must still equal those of the reference run
-    # (which only validates at the end), or step-budget runs would not be reproducible
-    config = make_config(validate_every_seconds=0.0, checkpoint_every_seconds=0.0,
+    # (which makes them only at the end), or step-budget runs would not be reproducible
+    config = make_config(checkpoint_every_seconds=0.0,
                          first_pseudo_labels_after_seconds=0.0, pseudo_labels_every_seconds=0.0)
     events = list(train(data, config, tmp_path))
     assert progress_steps(events) == list(range(1, MAX_STEPS + 1))

@@ -461,8 +461,8 @@ class TrainPanel(QWidget):
         elif isinstance(event, CheckpointSaved) and event.kind == "best":
             dice = event.metrics.get("validation", {}).get(event.metrics.get("selected_twin"), {}).get("dice")
             if dice is not None:
-                self.status_label.setText(f"Best model so far: Dice {dice:.3f} on the labelled images "
-                                          f"(step {event.metrics.get('step')}).")
+                self.status_label.setText(f"Model written at step {event.metrics.get('step')}: Dice {dice:.3f} "
+                                          "on the labelled (training) images.")
         elif isinstance(event, Done):
             self._refresh_progress()
             self.progress.setValue(1000)

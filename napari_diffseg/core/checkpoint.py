@@ -20,6 +20,7 @@ from .errors import InputError, ModelError
 from .io import atomic_write, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
                       probabilities_to_mask, run, tiled_probabilities)
+from .scale import resize_image, resize_probabilities, scaled_shape
 from .teacher import DiffusionTeacher, NetworkConfig
 
 FORMAT_TAG = "napari-diffseg"
@@ -75,9 +76,10 @@ class SegmentationModel:
     """A trained predictor (the mask pathway of the better twin) with its threshold, ready for new images."""
 
     def __init__(self, network: DiffusionTeacher, threshold: float, card: dict, device: torch.device | str = "cpu",
-                 bf16: bool = False):
+                 bf16: bool = False, working_scale: float = 1.0):
         self.network = network.to(device).eval()
         self.threshold = threshold
+        self.working_scale = working_scale
         self.card = card
         self.device = torch.device(device)
         self.bf16 = bf16
@@ -97,9 +99,13 @@ class SegmentationModel:
             network = DiffusionTeacher(config)
             network.mask_path.load_state_dict(payload["mask_path"])
             threshold = float(payload["threshold"])
+            working_scale = float(payload.get("working_scale", 1.0))
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
             raise ModelError(f"{model_dir / BEST}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") from None
-        return cls(network, threshold, read_model_card(model_dir), device, bf16)
+        if not (0 < threshold < 1 and 0 < working_scale <= 1):
+            raise ModelError(f"{model_dir / BEST}: threshold {threshold} or working scale {working_scale} out of range; "
+                             "the checkpoint is damaged: train again")
+        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale)
 
     def check_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Normalise a raw image and check it fits the model (dimensionality and channels)."""
@@ -115,17 +121,23 @@ class SegmentationModel:
     def iter_predict(self, image: np.ndarray, uncertainty: bool = False, draws: int = 4, sampling_steps: int = 1,
                      tile: tuple[int, ...] | None = None, name: str = "image",
                      ) -> Generator[TileProgress, None, Prediction]:
-        """Predict one raw image (as read from disk or a layer); yields progress per batch of tiles."""
+        """Predict one raw image (as read from disk or a layer) at the model's working scale, with the result at
+        the image's full resolution; yields progress per batch of tiles."""
         image01 = self.check_image(image, name)
+        full_shape = image01.shape[1:]
+        if self.working_scale != 1.0:
+            image01 = resize_image(image01, scaled_shape(full_shape, self.working_scale))
         if tile is None:
             tile = DEFAULT_TILE_2D if self.config.spatial_dims == 2 else DEFAULT_TILE_3D
         probs: Probabilities = yield from tiled_probabilities(
             [self.network], image01, tile, draws=draws if uncertainty else 0, sampling_steps=sampling_steps,
             device=self.device, bf16=self.bf16,
         )
-        mask = probabilities_to_mask(probs.primary, self.threshold)
-        unc = normalised_entropy(probs.ensemble) if probs.ensemble is not None else None
-        return Prediction(mask, probs.primary, unc)
+        primary = resize_probabilities(probs.primary, full_shape)
+        mask = probabilities_to_mask(primary, self.threshold)
+        unc = (normalised_entropy(resize_probabilities(probs.ensemble, full_shape))
+               if probs.ensemble is not None else None)
+        return Prediction(mask, primary, unc)
 
     def predict(self, image: np.ndarray, **options) -> Prediction:
         return run(self.iter_predict(image, **options))

@@ -32,7 +32,8 @@ class TileProgress:
 @dataclass
 class Probabilities:
     primary: np.ndarray  # (K, *spatial) class probabilities of the first network's deterministic pass
-    ensemble: np.ndarray | None  # (K, *spatial) mean over all draws of all networks, when draws were asked for
+    ensemble: np.ndarray | None  # (K, *spatial) mean over all draws of all networks (several networks or draws)
+    second: np.ndarray | None = None  # (K, *spatial) the second network's deterministic pass, when there is one
 
 
 def _tile_count(length: int, tile: int, min_overlap: int) -> int:
@@ -124,8 +125,8 @@ def tiled_probabilities(
 
     Tiles overlap by at least ``overlap`` x tile size and are blended with Gaussian weights. Networks and tiles
     use the channels-last memory layout (2-3x faster convolutions on CPU). The first network's deterministic
-    pass gives ``primary``; with ``draws`` > 0 every network adds ``draws``
-    stochastic passes to ``ensemble`` (its deterministic pass included).
+    pass gives ``primary``; with several networks or ``draws`` > 0, ``ensemble`` is the mean of every network's
+    deterministic pass and ``draws`` stochastic passes each, and ``second`` the second network's deterministic pass.
     """
     device = torch.device(device)
     networks = list(networks)
@@ -141,7 +142,8 @@ def tiled_probabilities(
     k = networks[0].config.num_classes
     weight = gaussian_weight(tile)
     primary = np.zeros((k, *padded_shape), np.float32)
-    ensemble = np.zeros((k, *padded_shape), np.float32) if draws > 0 else None
+    ensemble = np.zeros((k, *padded_shape), np.float32) if draws > 0 or len(networks) > 1 else None
+    second = np.zeros((k, *padded_shape), np.float32) if len(networks) > 1 else None
     weights = np.zeros(padded_shape, np.float32)
     generator = torch.Generator().manual_seed(seed)
     members = 1 + draws
@@ -161,7 +163,11 @@ def tiled_probabilities(
                 accumulated = first.copy()
                 for net_index, net in enumerate(networks):
                     if net_index:
-                        accumulated += _forward_probs(net, batch, False, sampling_steps, generator).cpu().numpy()
+                        deterministic = _forward_probs(net, batch, False, sampling_steps, generator).cpu().numpy()
+                        accumulated += deterministic
+                        if net_index == 1:
+                            for i, s in enumerate(slices):
+                                second[(slice(None),) + s] += deterministic[i] * weight
                     for _ in range(draws):
                         accumulated += _forward_probs(net, batch, True, 1, generator).cpu().numpy()
                 accumulated /= members * len(networks)
@@ -175,7 +181,9 @@ def tiled_probabilities(
     primary = (primary / weights)[crop]
     if ensemble is not None:
         ensemble = (ensemble / weights)[crop]
-    return Probabilities(primary, ensemble)
+    if second is not None:
+        second = (second / weights)[crop]
+    return Probabilities(primary, ensemble, second)
 
 
 def run(generator: Generator, on_progress: Callable[[TileProgress], None] | None = None):
@@ -203,6 +211,15 @@ def normalised_entropy(probs: np.ndarray) -> np.ndarray:
     """Per-pixel entropy of class probabilities divided by log(K): 0 = certain, 1 = uniform."""
     p = np.clip(probs, 1e-7, 1.0)
     return (-(p * np.log(p)).sum(0) / np.log(probs.shape[0])).astype(np.float32)
+
+
+def disagreement(first: np.ndarray, second: np.ndarray) -> float:
+    """Image-level uncertainty of a pseudo-label: 1 - soft Dice between the foreground probabilities of two
+    networks (0 = they agree everywhere, 1 = no overlap). Two twins trained apart that disagree point at a mask
+    that is likely wrong; both predicting no foreground counts as agreement."""
+    a, b = 1.0 - first[0], 1.0 - second[0]
+    denominator = float(a.sum() + b.sum())
+    return 0.0 if denominator < 1e-6 else float(1.0 - 2.0 * (a * b).sum() / denominator)
 
 
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)

@@ -48,6 +48,18 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return (1 - (2 * intersection + smooth) / (denominator + smooth)).mean()
 
 
+LOSSES = ("dice", "dice_ce")
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
+    """The loss of every mask term: soft Dice (the paper's), or soft Dice + cross-entropy ("dice_ce", nnU-Net's
+    pairing: the cross-entropy gives every pixel a gradient from the first step on)."""
+    loss = soft_dice_loss(logits, target)
+    if kind == "dice_ce":
+        loss = loss + F.cross_entropy(logits.float(), target.long())
+    return loss
+
+
 def empty_mask(batch: int, num_classes: int, spatial: tuple[int, ...], device=None, dtype=torch.float32) -> torch.Tensor:
     """The all-background one-hot mask in [-1, 1]: +1 in the background channel, -1 elsewhere."""
     mask = torch.full((batch, num_classes, *spatial), -1.0, device=device, dtype=dtype)
@@ -153,30 +165,35 @@ def cotraining_loss(
     chained: bool = False,
     lambda_d: float = 1.0,
     generator: torch.Generator | None = None,
+    student_view: torch.Tensor | None = None,
+    loss: str = "dice",
 ) -> CoTrainingLosses:
     """Stage 2 loss L = lambda_u L_u + L_l of shared/METHOD.md for one labelled and one unlabelled batch.
 
     Labelled and unlabelled patches go through each network as one batch. Stop-gradients: the hard targets of the
     cross pseudo supervision, the teacher mask that conditions the image pathway, and the reconstruction fed back
-    to the teacher's mask pathway.
+    to the teacher's mask pathway. ``student_view``: the same patches (labelled then unlabelled) as the student
+    sees them, e.g. with other intensity perturbations (default: the teacher's view), so that each twin learns
+    to reproduce the other's mask under a perturbation it did not see.
     """
     n_l = labelled.shape[0]
+    mask_loss = lambda logits, target: segmentation_loss(logits, target, loss)  # noqa: E731
     images = labelled if unlabelled is None else torch.cat([labelled, unlabelled], dim=0)
-    student_logits = student.random_mask_logits(images, generator)
+    student_logits = student.random_mask_logits(images if student_view is None else student_view, generator)
     teacher_logits = teacher.random_mask_logits(images, generator)
 
     parts: dict[str, float] = {}
     terms: dict[str, torch.Tensor] = {
-        "sup_student": soft_dice_loss(student_logits[:n_l], labels),
-        "sup_teacher": soft_dice_loss(teacher_logits[:n_l], labels),
+        "sup_student": mask_loss(student_logits[:n_l], labels),
+        "sup_teacher": mask_loss(teacher_logits[:n_l], labels),
     }
     sup = terms["sup_student"] + terms["sup_teacher"]
     unsup = torch.zeros((), device=images.device)
     if unlabelled is not None:
         student_hard = student_logits[n_l:].argmax(1).detach()
         teacher_hard = teacher_logits[n_l:].argmax(1).detach()
-        terms["cps_student"] = soft_dice_loss(student_logits[n_l:], teacher_hard)
-        terms["cps_teacher"] = soft_dice_loss(teacher_logits[n_l:], student_hard)
+        terms["cps_student"] = mask_loss(student_logits[n_l:], teacher_hard)
+        terms["cps_teacher"] = mask_loss(teacher_logits[n_l:], student_hard)
         cps = terms["cps_student"] + terms["cps_teacher"]
         unsup = unsup + cps
         parts["cps"] = float(cps.detach())
@@ -191,12 +208,12 @@ def cotraining_loss(
     for _ in range(rounds):
         rec_loss, reconstruction = teacher.reconstruct(images, conditioning, generator)
         round_logits = teacher.random_mask_logits(reconstruction.detach().to(images.dtype), generator)
-        round_dice, round_rec = soft_dice_loss(round_logits[:n_l], labels), rec_loss[:n_l].mean()
+        round_dice, round_rec = mask_loss(round_logits[:n_l], labels), rec_loss[:n_l].mean()
         terms["round_dice_labelled"] = terms["round_dice_labelled"] + round_dice
         terms["rec_labelled"] = terms["rec_labelled"] + round_rec
         round_sup = round_sup + round_dice + round_rec
         if unlabelled is not None:
-            align, round_rec = soft_dice_loss(round_logits[n_l:], student_hard), rec_loss[n_l:].mean()
+            align, round_rec = mask_loss(round_logits[n_l:], student_hard), rec_loss[n_l:].mean()
             terms["align"] = terms["align"] + align
             terms["rec_unlabelled"] = terms["rec_unlabelled"] + round_rec
             round_unsup = round_unsup + align + round_rec
@@ -211,6 +228,7 @@ def cotraining_loss(
     return CoTrainingLosses(total, parts, terms)
 
 
-def supervised_loss(network: DiffusionTeacher, labelled: torch.Tensor, labels: torch.Tensor, generator=None) -> torch.Tensor:
-    """Labels-only baseline: the same mask pathway trained with the soft Dice loss on ground truth alone."""
-    return soft_dice_loss(network.random_mask_logits(labelled, generator), labels)
+def supervised_loss(network: DiffusionTeacher, labelled: torch.Tensor, labels: torch.Tensor, generator=None,
+                    loss: str = "dice") -> torch.Tensor:
+    """Labels-only baseline: the same mask pathway trained with the same mask loss on ground truth alone."""
+    return segmentation_loss(network.random_mask_logits(labelled, generator), labels, loss)

@@ -1,16 +1,23 @@
 """Training as a generator of events: stage 1 (unsupervised teacher pretraining), stage 2 (teacher-student
-co-training), or the labels-only baseline; validation, threshold choice, checkpoints, pseudo-labels, resume.
+co-training), or the labels-only baseline; working scale, learning-rate schedule, checkpoints, pseudo-labels, resume.
 
 Callers (the CLI, the napari worker) iterate ``train(...)``; every optimisation step yields a ``Progress`` event,
 so closing the generator cancels at the next step. A cancelled or finished run leaves ``last.pt`` to resume
-from and ``best.pt`` to predict with (see ``checkpoint``). The budget is wall time in seconds and/or a number of
-steps (steps make runs reproducible: with a fixed seed and no time budget, two runs give identical weights).
+from and ``best.pt`` to predict with (see ``checkpoint``). The budget is optimisation time in seconds and/or a
+number of steps (steps make runs reproducible: with a fixed seed and no time budget, two runs give identical
+weights). Pseudo-label passes, checkpoint writes and the final model write are timed apart and do not eat the
+budget (``Clock.paused``); the model card reports both times.
+
+Model selection does not look at the labelled images (with 1-5 of them, "best on the training images" is the most
+overfit model): the learning rate anneals to zero at the end of the budget (poly schedule, as nnU-Net), and the
+final weights of the kept twin (``keep_twin``) are saved with a fixed threshold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+import contextlib
 import csv
 import io as _stringio
 import json
@@ -24,28 +31,35 @@ import torch
 
 from . import device as devices
 from .checkpoint import BEST, CARD, LAST, load_checkpoint, save_checkpoint, write_model_card
-from .data import PatchSampler, TrainingData, effective_patch_size
+from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
-from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, autocast_context, best_threshold, memory_format_for,
+from .metrics import dice as dice_score
+from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, autocast_context, disagreement, memory_format_for,
                       normalised_entropy, probabilities_to_mask, run, tiled_probabilities)
-from .teacher import DiffusionTeacher, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
+from .scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
+from .teacher import LOSSES, DiffusionTeacher, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
 
 log = logging.getLogger(__name__)
 
 PRETRAIN, COTRAIN, SUPERVISED = "pretrain", "cotrain", "supervised"
 PSEUDO_LABEL_DIR = "pseudo_labels"
+LR_SCHEDULES = ("poly", "constant")
+TWINS = ("teacher", "student")
+POLY_EXPONENT = 0.9
 LOSSES_FILE = "losses.csv"
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run; defaults are tuned for a 2-core CPU (see benchmarks/).
+    """Settings of one training run; defaults are tuned for a 2-core CPU (see benchmarks/quality).
 
-    Departures from the paper-scale settings of shared/METHOD.md, measured on dsb2018 at equal wall time:
-    one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step (a step with K = 3
-    costs ~4x one without rounds on a CPU), Adam 3e-3 in co-training (1e-3 was clearly worse within minutes;
-    the paper's 1e-2 has not been measured here), and labelled + unlabelled halves of one batch per network.
+    Departures from the paper-scale settings of shared/METHOD.md, measured at equal optimisation time (README,
+    "How it works"): one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step, Adam
+    3e-3 in co-training, labelled + unlabelled halves of one batch per network, a working scale chosen from the
+    labelled objects, intensity/colour augmentation (each twin sees its own perturbed view of a patch), a poly
+    learning-rate schedule that anneals to zero at the end of the budget, and the final weights of the teacher
+    with a fixed 0.5 threshold instead of a selection on the labelled images.
     """
 
     budget_seconds: float | None = 300.0
@@ -63,15 +77,20 @@ class TrainConfig:
     batch_size: int | None = None
     lr_pretrain: float = 1e-3
     lr_cotrain: float = 3e-3
+    lr_schedule: str = "poly"
+    working_scale: float | None = None
+    augment: float = 1.0
+    keep_twin: str = "teacher"
+    loss: str = "dice"
+    threshold: float = 0.5
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
     bf16: bool | None = None
-    validate_every_seconds: float = 20.0
     checkpoint_every_seconds: float = 30.0
     first_pseudo_labels_after_seconds: float = 10.0
     pseudo_labels_every_seconds: float = 60.0
-    uncertainty_draws: int = 1
+    uncertainty_draws: int = 0
     max_validation_images: int = 8
 
     def __post_init__(self):
@@ -87,6 +106,21 @@ class TrainConfig:
             raise InputError("num_classes must be at least 2 (background + one class)")
         if self.rounds < 0 or self.rounds_every < 1:
             raise InputError("rounds must be >= 0 and rounds_every >= 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.working_scale is not None and not 0.05 <= self.working_scale <= 1:
+            raise InputError(f"the working scale must lie in [0.05, 1] (1 = native resolution), "
+                             f"got {self.working_scale}")
+        if self.augment < 0:
+            raise InputError(f"the augmentation strength must be >= 0, got {self.augment}")
+        if self.loss not in LOSSES:
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.keep_twin not in TWINS:
+            raise InputError(f"keep_twin must be one of {', '.join(TWINS)}, got {self.keep_twin!r}")
+        if not 0 < self.threshold < 1:
+            raise InputError(f"the threshold must lie in (0, 1), got {self.threshold}")
+        if self.uncertainty_draws < 0:
+            raise InputError(f"uncertainty_draws must be >= 0, got {self.uncertainty_draws}")
         if self.patch_size is not None:
             self.patch_size = tuple(int(p) for p in self.patch_size)
 
@@ -126,7 +160,7 @@ class PseudoLabelsReady(TrainingEvent):
     step: int
     directory: Path
     names: list[str]
-    mean_uncertainty: dict[str, float]
+    mean_uncertainty: dict[str, float]  # image-level uncertainty score per name (orders the review queue)
 
 
 @dataclass
@@ -137,16 +171,37 @@ class Done(TrainingEvent):
 
 
 class _Clock:
-    """Budget bookkeeping: wall time (carried over on resume) and steps."""
+    """Budget bookkeeping: optimisation time (carried over on resume), steps, and the time spent on everything
+    else (pseudo-labels, checkpoints), which ``paused`` keeps out of the budget."""
 
-    def __init__(self, config: TrainConfig, elapsed: float = 0.0):
+    def __init__(self, config: TrainConfig, elapsed: float = 0.0, overhead: float = 0.0):
         self.config = config
         self.offset = elapsed
+        self.overhead = overhead
         self.start = time.perf_counter()
+        self._paused_since: float | None = None
+        self._paused_total = 0.0
 
     @property
     def elapsed(self) -> float:
-        return self.offset + time.perf_counter() - self.start
+        """Seconds of optimisation (wall time minus paused time)."""
+        now = self._paused_since if self._paused_since is not None else time.perf_counter()
+        return self.offset + now - self.start - self._paused_total
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time inside this block counts as overhead, not budget (re-entrant)."""
+        if self._paused_since is not None:
+            yield
+            return
+        self._paused_since = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - self._paused_since
+            self._paused_total += spent
+            self.overhead += spent
+            self._paused_since = None
 
     def fraction(self, step: int) -> float:
         parts = []
@@ -161,10 +216,25 @@ class _Clock:
         return 0.0 if fraction <= 0 else self.elapsed * (1 - fraction) / fraction
 
 
+def scaled_training_data(data: TrainingData, scale: float) -> TrainingData:
+    """``data`` resampled to the working scale (images by area averaging, labels by majority of the one-hot)."""
+    if scale == 1.0:
+        return data
+    images = [resize_image(image, scaled_shape(image.shape[1:], scale)) for image in data.images]
+    labels = {index: resize_labels(label, images[index].shape[1:], data.num_classes)
+              for index, label in data.labels.items()}
+    return TrainingData(images, labels, list(data.names), data.num_classes)
+
+
+def poly_factor(progress: float) -> float:
+    """nnU-Net's poly learning-rate factor (1 - progress) ** 0.9, progress in [0, 1] of the stage."""
+    return max(0.0, 1.0 - min(1.0, max(0.0, progress))) ** POLY_EXPONENT
+
+
 class _Run:
     """State of one training run; ``train`` drives it."""
 
-    def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path):
+    def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path, scale: float | None = None):
         self.data, self.config, self.out_dir = data, config, Path(out_dir)
         self.device = devices.select_device(config.device)
         self.threads = devices.configure_threads(config.threads)
@@ -175,13 +245,19 @@ class _Run:
             spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.num_classes,
             base_channels=config.base_channels, depth=config.depth,
         )
+        if scale is None:
+            scale = config.working_scale
+        if scale is None:
+            scale = choose_working_scale([data.labels[i] for i in data.labelled_indices])
+        self.scale = float(scale)
+        self.scaled = scaled_training_data(data, self.scale)
         self.memory_format = memory_format_for(data.spatial_dims)
         self.teacher = DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format)
         self.student = (None if config.labels_only
                         else DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format))
-        self.patch_size = effective_patch_size(config.patch_size, data, self.teacher.size_multiple)
+        self.patch_size = effective_patch_size(config.patch_size, self.scaled, self.teacher.size_multiple)
         self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
-        self.sampler = PatchSampler(data, self.patch_size, seed=config.seed)
+        self.sampler = PatchSampler(self.scaled, self.patch_size, seed=config.seed)
         lr = config.lr_cotrain if config.labels_only else config.lr_pretrain
         self.teacher_optimiser = torch.optim.Adam(self.teacher.parameters(), lr=lr)
         self.student_optimiser = (
@@ -189,8 +265,8 @@ class _Run:
         )
         self.step = 0
         self.stage = SUPERVISED if config.labels_only else PRETRAIN
-        self.best_score = -1.0
-        self.best_metrics: dict = {}
+        self.stage_start = 0.0  # budget fraction at which the current stage began (for the schedules)
+        self.fit_metrics: dict = {}
         self.loss_rows: list[dict] = []
         self.pseudo_label_count = 0
 
@@ -206,13 +282,14 @@ class _Run:
         payload = {
             "config": self.config.to_dict(),
             "network": asdict(self.network_config),
+            "working_scale": self.scale,
             "teacher": self.teacher.state_dict(),
             "teacher_optimiser": self.teacher_optimiser.state_dict(),
             "step": self.step,
             "stage": self.stage,
+            "stage_start": self.stage_start,
             "elapsed": clock.elapsed,
-            "best_score": self.best_score,
-            "best_metrics": json.dumps(self.best_metrics),
+            "overhead": clock.overhead,
             "data": json.dumps(self.data.fingerprints()),
             "rng": self._rng_state(),
         }
@@ -224,8 +301,9 @@ class _Run:
         self._write_losses()
         return path
 
-    def restore(self, payload: dict, full: bool) -> float:
-        """Load weights from a last.pt payload; ``full`` also restores optimisers, step, stage, clock and RNG."""
+    def restore(self, payload: dict, full: bool) -> tuple[float, float]:
+        """Load weights from a last.pt payload; ``full`` also restores optimisers, step, stage, clock and RNG.
+        Returns the (optimisation, overhead) seconds already spent (zeros for a warm start)."""
         saved_network = payload.get("network") or {}
         differences = [f"{key} {saved_network.get(key)} vs {value}"
                        for key, value in asdict(self.network_config).items() if saved_network.get(key) != value]
@@ -240,7 +318,7 @@ class _Run:
             if self.student is not None and "student" in payload:
                 self.student.load_state_dict(payload["student"])
             if not full:
-                return 0.0
+                return 0.0, 0.0
             self.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
             if self.student is not None:
                 self.student_optimiser.load_state_dict(payload["student_optimiser"])
@@ -248,15 +326,14 @@ class _Run:
             raise ModelError(f"the checkpoint does not fit this run ({type(error).__name__}: {error})") from None
         self.step = int(payload["step"])
         self.stage = payload["stage"]
-        self.best_score = float(payload["best_score"])
-        self.best_metrics = json.loads(payload["best_metrics"])
+        self.stage_start = float(payload.get("stage_start", 0.0))
         torch.set_rng_state(payload["rng"]["torch"])
         self.generator.set_state(payload["rng"]["generator"])
         self.sampler.rng.bit_generator.state = json.loads(payload["rng"]["numpy"])
         losses_path = self.out_dir / LOSSES_FILE
         if losses_path.exists():
             self.loss_rows = list(csv.DictReader(losses_path.open()))
-        return float(payload["elapsed"])
+        return float(payload["elapsed"]), float(payload.get("overhead", 0.0))
 
     def _write_losses(self) -> None:
         if not self.loss_rows:
@@ -276,8 +353,28 @@ class _Run:
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.device).contiguous(memory_format=self.memory_format)
 
+    def _augmented(self, images: torch.Tensor) -> torch.Tensor:
+        return self._to_device(augment_intensity(images, self.generator, self.config.augment))
+
+    def stage_progress(self, fraction: float) -> float:
+        """How far the current stage has come, in [0, 1] (co-training and labels-only run to the budget's end)."""
+        end = self.config.pretrain_fraction if self.stage == PRETRAIN else 1.0
+        return min(1.0, max(0.0, (fraction - self.stage_start) / max(1e-8, end - self.stage_start)))
+
+    def set_learning_rates(self, fraction: float) -> None:
+        """Poly schedule within co-training / labels-only training (stage 1 keeps its constant rate)."""
+        if self.stage == PRETRAIN:
+            return
+        factor = poly_factor(self.stage_progress(fraction)) if self.config.lr_schedule == "poly" else 1.0
+        for optimiser in (self.teacher_optimiser, self.student_optimiser):
+            if optimiser is not None:
+                for group in optimiser.param_groups:
+                    group["lr"] = self.config.lr_cotrain * factor
+
     def train_step(self, clock: _Clock) -> dict[str, float]:
         config, device = self.config, self.device
+        fraction = clock.fraction(self.step)
+        self.set_learning_rates(fraction)
         self.teacher.train()
         if self.stage == PRETRAIN:
             images = self._to_device(self.sampler.image_batch(self.batch_size))
@@ -290,24 +387,29 @@ class _Run:
         # every network sees batch_size patches per step: all labelled here, half and half in co-training
         half = max(1, self.batch_size // 2)
         labelled, labels = self.sampler.labelled_batch(self.batch_size if self.stage == SUPERVISED else half)
-        labelled, labels = self._to_device(labelled), labels.to(device)
+        labels = labels.to(device)
         if self.stage == SUPERVISED:
             with self._autocast():
-                loss = supervised_loss(self.teacher, labelled, labels, self.generator)
+                loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator, config.loss)
             self.teacher_optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.teacher_optimiser.step()
             return {"supervised": float(loss.detach())}
         self.student.train()
-        unlabelled_indices = self.data.unlabelled_indices
-        unlabelled = self._to_device(self.sampler.image_batch(half, unlabelled_indices)) if unlabelled_indices else None
-        fraction = clock.fraction(self.step)
-        ramp = min(1.0, max(0.0, (fraction - config.pretrain_fraction) / max(1e-8, 1 - config.pretrain_fraction)))
+        unlabelled_indices = self.scaled.unlabelled_indices
+        patches = labelled
+        if unlabelled_indices:
+            patches = torch.cat([labelled, self.sampler.image_batch(half, unlabelled_indices)])
+        teacher_view, student_view = self._augmented(patches), self._augmented(patches)
+        n_l = labelled.shape[0]
+        ramp = self.stage_progress(fraction)
         with self._autocast():
             losses = cotraining_loss(
-                self.teacher, self.student, labelled, labels, unlabelled, ramp,
+                self.teacher, self.student, teacher_view[:n_l], labels,
+                teacher_view[n_l:] if unlabelled_indices else None, ramp,
                 rounds=config.rounds if self.step % config.rounds_every == 0 else 0,
                 chained=config.chained_rounds, lambda_d=config.lambda_d, generator=self.generator,
+                student_view=student_view, loss=config.loss,
             )
         self.teacher_optimiser.zero_grad(set_to_none=True)
         self.student_optimiser.zero_grad(set_to_none=True)
@@ -316,12 +418,12 @@ class _Run:
         self.student_optimiser.step()
         return {**losses.parts, "unlabelled_weight": ramp}
 
-    def enter_cotraining(self) -> None:
+    def enter_cotraining(self, fraction: float) -> None:
         self.stage = COTRAIN
-        for group in self.teacher_optimiser.param_groups:
-            group["lr"] = self.config.lr_cotrain
+        self.stage_start = fraction
+        self.set_learning_rates(fraction)
 
-    # ----- validation, pseudo-labels -----
+    # ----- fit report, model, pseudo-labels -----
     @property
     def tile(self) -> tuple[int, ...]:
         return DEFAULT_TILE_2D if self.data.spatial_dims == 2 else DEFAULT_TILE_3D
@@ -329,78 +431,96 @@ class _Run:
     def twins(self) -> dict[str, DiffusionTeacher]:
         return {"teacher": self.teacher} if self.student is None else {"teacher": self.teacher, "student": self.student}
 
-    def _probabilities(self, networks, image, draws=0):
-        # networks train in the same channels-last layout that tiled_probabilities uses, so validating or making
-        # pseudo-labels mid-run (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
-        return run(tiled_probabilities(networks, image, self.tile, draws=draws, device=self.device,
-                                       bf16=self.bf16, seed=self.config.seed))
+    @property
+    def kept_twin(self) -> str:
+        return "teacher" if self.student is None else self.config.keep_twin
 
-    def validate(self) -> dict:
-        """Threshold sweep and pooled Dice of each twin on the labelled images (the only ground truth there is)."""
+    def _probabilities(self, networks, index: int, draws: int = 0):
+        """Probabilities of image ``index`` at the working scale, brought back to its full resolution."""
+        # networks train in the same channels-last layout that tiled_probabilities uses, so predicting mid-run
+        # (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
+        probs = run(tiled_probabilities(networks, self.scaled.images[index], self.tile, draws=draws,
+                                        device=self.device, bf16=self.bf16, seed=self.config.seed))
+        shape = self.data.images[index].shape[1:]
+        probs.primary = resize_probabilities(probs.primary, shape)
+        if probs.ensemble is not None:
+            probs.ensemble = resize_probabilities(probs.ensemble, shape)
+        if probs.second is not None:
+            probs.second = resize_probabilities(probs.second, shape)
+        return probs
+
+    def measure_fit(self) -> dict:
+        """Dice of each twin on the labelled images at the fixed threshold: how well the training labels are fitted
+        (a report, not a validation: these are the images it trained on)."""
         indices = self.data.labelled_indices[: self.config.max_validation_images]
-        targets = [self.data.labels[i] for i in indices]
         metrics = {}
         for name, network in self.twins().items():
-            foreground = [1 - self._probabilities([network], self.data.images[i]).primary[0] for i in indices]
-            threshold, score = best_threshold(foreground, targets)
-            metrics[name] = {"threshold": threshold, "dice": score}
+            masks = [probabilities_to_mask(self._probabilities([network], i).primary, self.config.threshold)
+                     for i in indices]
+            truth = [self.data.labels[i] for i in indices]
+            metrics[name] = {"threshold": self.config.threshold,
+                             "dice": dice_score(np.concatenate([m.ravel() for m in masks]),
+                                                np.concatenate([t.ravel() for t in truth]))}
         return metrics
 
-    def maybe_save_best(self, metrics: dict, clock: _Clock) -> CheckpointSaved | None:
-        twin = max(metrics, key=lambda name: metrics[name]["dice"])
-        score = metrics[twin]["dice"]
-        if score < self.best_score:
-            return None
-        self.best_score = score
-        self.best_metrics = {"selected_twin": twin, "validation": metrics, "step": self.step,
-                             "elapsed": round(clock.elapsed, 1)}
-        network = self.twins()[twin]
+    def save_best(self, clock: _Clock) -> CheckpointSaved:
+        """Write the kept twin's mask pathway (the model to predict with) and the model card."""
+        self.fit_metrics = {"selected_twin": self.kept_twin, "validation": self.measure_fit(), "step": self.step,
+                            "elapsed": round(clock.elapsed, 1)}
+        network = self.twins()[self.kept_twin]
         path = self.out_dir / BEST
         save_checkpoint(path, {
             "network": asdict(self.network_config),
             "mask_path": network.mask_path.state_dict(),
-            "threshold": metrics[twin]["threshold"],
-            "twin": twin,
+            "threshold": self.config.threshold,
+            "working_scale": self.scale,
+            "twin": self.kept_twin,
         })
         self.write_card(clock)
-        return CheckpointSaved(path, "best", dict(self.best_metrics))
+        return CheckpointSaved(path, "best", dict(self.fit_metrics))
 
     def write_card(self, clock: _Clock) -> None:
-        selected = self.best_metrics.get("selected_twin")
         write_model_card(self.out_dir, {
             "format": "napari-diffseg model card",
             "method": "labels-only baseline" if self.config.labels_only
             else "diffusion teacher + co-trained student (arXiv 2504.01547)",
             "config": self.config.to_dict(),
             "network": asdict(self.network_config),
+            "working_scale": self.scale,
             "patch_size": list(self.patch_size),
             "batch_size": self.batch_size,
             "data": self.data.fingerprints(),
-            "threshold": self.best_metrics.get("validation", {}).get(selected, {}).get("threshold"),
-            "selected_twin": selected,
-            "metrics": self.best_metrics,
-            "validation_note": "threshold and twin chosen on the labelled (training) images",
-            "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 1)},
+            "threshold": self.config.threshold,
+            "selected_twin": self.kept_twin,
+            "metrics": self.fit_metrics,
+            "validation_note": "final weights of the kept twin with a fixed threshold; the Dice under "
+                               "metrics.validation is the fit on the labelled (training) images, not a validation",
+            "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 1),
+                         "overhead_seconds": round(clock.overhead, 1)},
             "environment": {"torch": torch.__version__, "device": str(self.device), "threads": self.threads,
                             "bf16": self.bf16},
         })
 
     def pseudo_labels(self) -> PseudoLabelsReady:
-        """Teacher masks (with its threshold) and ensemble uncertainty for every unlabelled image."""
+        """Masks of the kept twin (fixed threshold) for every unlabelled image, the per-pixel uncertainty (entropy
+        of the twins' mean) and an image-level score: the twins' disagreement (1 - soft Dice between them), or
+        the mean entropy when there is one network."""
         directory = self.out_dir / PSEUDO_LABEL_DIR
-        threshold = self.best_metrics.get("validation", {}).get("teacher", {}).get("threshold", 0.5)
-        networks = list(self.twins().values())
-        names, uncertainty_means = [], {}
+        twins = self.twins()
+        networks = [twins[self.kept_twin]] + [net for name, net in twins.items() if name != self.kept_twin]
+        names, scores = [], {}
         for index in self.data.unlabelled_indices:
             name = self.data.names[index]
-            probs = self._probabilities(networks, self.data.images[index], draws=self.config.uncertainty_draws)
-            uncertainty = normalised_entropy(probs.ensemble)
-            write_mask(directory / f"{name}.tif", probabilities_to_mask(probs.primary, threshold))
+            probs = self._probabilities(networks, index, draws=self.config.uncertainty_draws)
+            members = probs.ensemble if probs.ensemble is not None else probs.primary
+            uncertainty = normalised_entropy(members)
+            write_mask(directory / f"{name}.tif", probabilities_to_mask(probs.primary, self.config.threshold))
             write_tiff_atomic(directory / f"{name}{UNCERTAINTY_SUFFIX}.tif", uncertainty)
             names.append(name)
-            uncertainty_means[name] = float(uncertainty.mean())
+            scores[name] = (disagreement(probs.primary, probs.second) if probs.second is not None
+                            else float(uncertainty.mean()))
         self.pseudo_label_count += 1
-        return PseudoLabelsReady(self.step, directory, names, uncertainty_means)
+        return PseudoLabelsReady(self.step, directory, names, scores)
 
 
 def train(
@@ -412,34 +532,45 @@ def train(
 ) -> Iterator[TrainingEvent]:
     """Run (or resume) training, yielding events; close the generator to cancel (a last.pt is still written).
 
-    ``warm_start``: a model folder of an earlier round whose last.pt initialises the twins; pretraining is then
-    skipped (the teacher already learned from all images).
+    ``warm_start``: a model folder of an earlier round whose last.pt initialises the twins (and, unless the config
+    fixes one, gives the working scale); pretraining is then skipped (the teacher already learned from all images).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = _Run(data, config, out_dir)
-    elapsed = 0.0
+    payload = None
     if resume:
-        elapsed = state.restore(load_checkpoint(out_dir / LAST), full=True)
+        payload = load_checkpoint(out_dir / LAST)
+    elif warm_start is not None:
+        payload = load_checkpoint(Path(warm_start) / LAST)
+    scale = None
+    if payload is not None and config.working_scale is None and "working_scale" in payload:
+        scale = float(payload["working_scale"])
+    state = _Run(data, config, out_dir, scale)
+    elapsed = overhead = 0.0
+    if resume:
+        elapsed, overhead = state.restore(payload, full=True)
         log.info("resuming at step %d (%s), %.0f s already spent", state.step, state.stage, elapsed)
     else:
         for stale in (BEST, CARD, LOSSES_FILE, PSEUDO_LABEL_DIR):  # a new run leaves no older model beside it
             path = out_dir / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
-            state.restore(load_checkpoint(Path(warm_start) / LAST), full=False)
+            state.restore(payload, full=False)
             if not config.labels_only:
-                state.enter_cotraining()
-    clock = _Clock(config, elapsed)
-    last_validation = last_checkpoint = clock.elapsed
+                state.enter_cotraining(0.0)
+    log.info("working scale %.2f (%s), patch %s", state.scale,
+             "chosen from the labelled objects" if config.working_scale is None and scale is None else "given",
+             "x".join(map(str, state.patch_size)))
+    clock = _Clock(config, elapsed, overhead)
+    last_checkpoint = clock.elapsed
     cotrain_started = None
     last_pseudo = None
-    cancelled = True
+    finished = False
     try:
         while True:
             fraction = clock.fraction(state.step)
             if state.stage == PRETRAIN and fraction >= config.pretrain_fraction:
-                state.enter_cotraining()
+                state.enter_cotraining(fraction)
             if fraction >= 1.0:
                 break
             losses = state.train_step(clock)
@@ -448,33 +579,35 @@ def train(
             now = clock.elapsed
             if state.stage != PRETRAIN:
                 cotrain_started = now if cotrain_started is None else cotrain_started
-                if now - last_validation >= config.validate_every_seconds:
-                    last_validation = now
-                    saved = state.maybe_save_best(state.validate(), clock)
-                    if saved:
-                        yield saved
                 due = (last_pseudo is None and now - cotrain_started >= config.first_pseudo_labels_after_seconds) or (
                     last_pseudo is not None and now - last_pseudo >= config.pseudo_labels_every_seconds)
-                if due and data.unlabelled_indices and state.best_metrics:
-                    yield state.pseudo_labels()
+                if due and data.unlabelled_indices:
+                    with clock.paused():
+                        event = state.pseudo_labels()
+                    yield event
                     last_pseudo = clock.elapsed
             if now - last_checkpoint >= config.checkpoint_every_seconds:
                 last_checkpoint = now
-                yield CheckpointSaved(state.save_last(clock), "last")
+                with clock.paused():
+                    path = state.save_last(clock)
+                yield CheckpointSaved(path, "last")
             yield Progress(state.stage, state.step, clock.fraction(state.step), clock.elapsed,
                            clock.remaining(state.step), losses)
-        saved = state.maybe_save_best(state.validate(), clock)
-        if saved:
-            yield saved
-        state.write_card(clock)
+        with clock.paused():
+            saved = state.save_best(clock)
+        yield saved
         if data.unlabelled_indices:
-            yield state.pseudo_labels()
-        last = state.save_last(clock)
-        cancelled = False  # only now: closing at an earlier yield of this final phase must still leave a last.pt
+            with clock.paused():
+                event = state.pseudo_labels()
+            yield event
+        with clock.paused():
+            last = state.save_last(clock)
+            state.write_card(clock)
+        finished = True  # only now: closing at an earlier yield of this final phase must still leave a last.pt
         yield CheckpointSaved(last, "last")
-        yield Done(out_dir, dict(state.best_metrics))
+        yield Done(out_dir, dict(state.fit_metrics))
     finally:
-        if cancelled:
+        if not finished:
             state.save_last(clock)
             if not (out_dir / BEST).exists() and state.stage != PRETRAIN:
-                state.maybe_save_best(state.validate(), clock)
+                state.save_best(clock)
