@@ -38,7 +38,7 @@ def make_data(n_images=4, n_labelled=2, shape=(40, 40), rgb=False, num_classes=2
 def make_config(**overrides) -> TrainConfig:
     settings = dict(
         budget_seconds=None, max_steps=MAX_STEPS, base_channels=4, depth=2, patch_size=(32, 32), batch_size=2,
-        rounds=1, seed=0, device="cpu", threads=1, bf16=False, uncertainty_draws=1,
+        rounds=1, seed=0, device="cpu", threads=1, bf16=False, uncertainty_draws=1, pretrain_fraction=0.25,
         checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9,
         pseudo_labels_every_seconds=1e9,
     )

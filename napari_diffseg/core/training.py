@@ -65,7 +65,7 @@ class TrainConfig:
     budget_seconds: float | None = 300.0
     max_steps: int | None = None
     labels_only: bool = False
-    pretrain_fraction: float = 0.25
+    pretrain_fraction: float = 0.0
     rounds: int = 1
     rounds_every: int = 4
     chained_rounds: bool = False
