@@ -1,7 +1,7 @@
 """Model folders: checkpoints (last.pt for resuming, best.pt for predicting) and the JSON model card.
 
 A model folder holds ``last.pt`` (teacher, student, optimisers, step and clock, for resume and warm start),
-``best.pt`` (the mask pathway of the twin that validated better, with its threshold), ``model_card.json``
+``best.pt`` (the mask pathway of the kept twin, with its threshold and working scale), ``model_card.json``
 (config, data fingerprints, threshold, metrics, versions) and ``losses.csv``. Files are written atomically.
 Loading checks the format tag so corrupt or foreign files give a one-line ``ModelError``.
 """
@@ -73,7 +73,8 @@ class Prediction:
 
 
 class SegmentationModel:
-    """A trained predictor (the mask pathway of the better twin) with its threshold, ready for new images."""
+    """A trained predictor (the mask pathway of the kept twin) with its threshold and working scale, ready for new
+    images."""
 
     def __init__(self, network: DiffusionTeacher, threshold: float, card: dict, device: torch.device | str = "cpu",
                  bf16: bool = False, working_scale: float = 1.0):
