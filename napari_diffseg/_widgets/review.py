@@ -7,8 +7,9 @@ Reject keeps the image out of the ground truth (it stays unlabelled data and get
 Revert puts the teacher's proposal back into the layer. 3D images are reviewed as volumes: scroll through the
 slices with the slider, edit any slice, accept the whole volume.
 
-Shortcuts (viewer key bindings, active while the panel exists): N next, Shift-N previous, A accept, R reject,
-T revert to the teacher. (P is napari's paint key for Labels layers, hence Shift-N for "previous".)
+Shortcuts (viewer key bindings, active while the panel is on screen, removed when it is hidden or closed): N next,
+Shift-N previous, A accept, R reject, T revert to the teacher. (P is napari's paint key for Labels layers, hence
+Shift-N for "previous".)
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import weakref
 
 import numpy as np
 from qtpy.QtWidgets import (QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+
+from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
@@ -80,7 +83,8 @@ class ReviewPanel(QWidget):
         hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices.")
         layout.addWidget(hint)
 
-        self._bind_keys()
+        self._key_handlers: dict[str, Any] = {}
+        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, self._key_handlers))
         connect_until_destroyed(self, state.project_changed, self.refresh)
         connect_until_destroyed(self, state.records_changed, self.refresh)
         connect_until_destroyed(self, state.status_changed, self._update_enabled)
@@ -88,12 +92,22 @@ class ReviewPanel(QWidget):
         self.refresh()
 
     # ------------------------------------------------------------------ shortcuts
-    def _bind_keys(self) -> None:
-        actions = {"next": self.next, "previous": self.previous, "accept": self.accept, "reject": self.reject,
-                   "revert": self.revert}
+    def bind_keys(self) -> None:
+        """Bind the review keys on the viewer (napari needs named functions: its action manager lists them)."""
+        if self._key_handlers:
+            return
         for key, action in SHORTCUTS.items():
-            self.viewer.bind_key(key, _KeyAction(actions[action]), overwrite=True)
-        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer))
+            handler = _key_handler(self, action)
+            self.viewer.bind_key(key, handler, overwrite=True)
+            self._key_handlers[key] = handler
+
+    def unbind_keys(self) -> None:
+        """Remove the review keys (only ours: a key the user rebound since stays)."""
+        _unbind_keys(self.viewer, self._key_handlers)
+
+    def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        super().hideEvent(event)
+        self.unbind_keys()
 
     # ------------------------------------------------------------------ queue
     def current_name(self) -> str | None:
@@ -150,6 +164,7 @@ class ReviewPanel(QWidget):
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         """Follow the dock's visibility: coming to the Review tab shows the queue's first image if none is shown."""
         super().showEvent(event)
+        self.bind_keys()
         parent = self.parentWidget()
         while parent is not None and not isinstance(parent, QDockWidget):
             parent = parent.parentWidget()
@@ -281,28 +296,31 @@ class ReviewPanel(QWidget):
         return start_training(self.state, next_round=True)
 
 
-class _KeyAction:
-    """A key binding that calls a panel method; it holds the panel weakly and does nothing once it is gone."""
+def _key_handler(panel: ReviewPanel, action: str) -> Any:
+    """A named viewer key binding that calls ``panel.<action>()``; it holds the panel weakly."""
+    panel_ref = weakref.ref(panel)
 
-    def __init__(self, method: Any):
-        self._method = weakref.WeakMethod(method)
-
-    def __call__(self, _viewer: Any = None) -> None:
-        method = self._method()
-        if method is None:
+    def handler(_viewer: Any = None) -> None:
+        target = panel_ref()
+        if target is None:
             return
         try:
-            method()
+            getattr(target, action)()
         except RuntimeError:  # the panel's Qt object was deleted
             log.debug("review shortcut ignored: panel closed")
 
+    handler.__name__ = handler.__qualname__ = f"diffseg_review_{action}"
+    return handler
 
-def _unbind_keys(viewer: Any, *_: Any) -> None:
-    for key in SHORTCUTS:
+
+def _unbind_keys(viewer: Any, handlers: dict[str, Any], *_: Any) -> None:
+    for key, handler in list(handlers.items()):
         try:
-            viewer.bind_key(key, None)
+            if viewer.keymap.get(KeyBinding.from_str(key)) is handler:
+                viewer.bind_key(key, None)
         except (KeyError, ValueError, RuntimeError):
             pass
+    handlers.clear()
 
 
 class ReviewWidget(ReviewPanel):
