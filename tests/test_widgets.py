@@ -22,7 +22,7 @@ from napari_diffseg._widgets.annotate import AnnotatePanel
 from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FOLDER, PredictPanel
 from napari_diffseg._widgets.project import ProjectPanel
 from napari_diffseg._widgets.review import SHORTCUTS, ReviewPanel
-from napari_diffseg._widgets.train import TrainPanel
+from napari_diffseg._widgets.train import MIN_BUDGET_SECONDS, TrainPanel
 from napari_diffseg.core import rounds
 from napari_diffseg.core.checkpoint import BEST, LAST
 from napari_diffseg.core.io import read_image
@@ -93,6 +93,13 @@ def test_every_widget_opens_through_the_manifest(make_napari_viewer, qtbot, show
     assert not train.start_button.isEnabled()  # no project yet
     assert not train.advanced.isVisible()  # advanced settings folded away
     assert train.budget.value() == 300
+    train.budget.setValue(0)  # "no time limit" is not offered while no step limit would end the run
+    assert train.budget.value() == MIN_BUDGET_SECONDS and state.config.budget_seconds == MIN_BUDGET_SECONDS
+    state.update_config(max_steps=50)
+    train.budget.setValue(0)  # with a step limit it is
+    assert train.budget.text() == "no time limit" and state.config.budget_seconds is None
+    state.update_config(max_steps=None, budget_seconds=300)
+    assert train.budget.minimum() == MIN_BUDGET_SECONDS and train.budget.value() == 300
     assert state_for_viewer(make_napari_viewer()) is not state  # a second viewer has its own state
 
     # a closed panel no longer reacts to the shared state

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PLOT_INTERVAL_MS = 500  # the progress display (labels, bar, loss plot) is refreshed at most this often
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MIN_BUDGET_SECONDS = 10  # the smallest time budget offered when no step limit ends the run
 STAGE_NAMES = {"pretrain": "1 · teacher pretraining (no labels)", "cotrain": "2 · teacher-student co-training",
                "supervised": "supervised (labelled images only)"}
 PLOTTED_LOSS = ("total", "supervised", "reconstruction")  # the first one present is plotted
@@ -227,7 +228,8 @@ class TrainPanel(QWidget):
         self.budget.setSingleStep(60)
         self.budget.setSuffix(" s")
         self.budget.setSpecialValueText("no time limit")
-        self.budget.setToolTip("Training time (wall clock) of one round; the run stops by itself after it.")
+        self.budget.setToolTip("Training time of one round; the run stops by itself after it and the learning rate "
+                               "anneals over it. \"No time limit\" needs a step limit (Advanced).")
         self.labels_only = QCheckBox("labelled images only (supervised baseline)")
 
         self.advanced_toggle = QToolButton()
@@ -337,6 +339,8 @@ class TrainPanel(QWidget):
     def _sync_from_config(self, config: Any) -> None:
         self._syncing = True
         try:
+            # "no time limit" (0) only exists while a step limit ends the run: the schedules need a known end
+            self.budget.setMinimum(0 if config.max_steps else MIN_BUDGET_SECONDS)
             self.budget.setValue(int(config.budget_seconds or 0))
             self.labels_only.setChecked(bool(config.labels_only))
             self.rounds.setValue(int(config.rounds))
