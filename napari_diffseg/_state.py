@@ -121,6 +121,12 @@ class DiffsegState:
     def busy(self) -> bool:
         return self.status in (Status.RUNNING, Status.STOPPING)
 
+    def clear_failure(self) -> None:
+        """Back to idle after a failed run once the user changed something (its error was shown already)."""
+        if self.status == Status.FAILED:
+            self.last_error = ""
+            self.set_status(Status.IDLE)
+
     def set_status(self, status: Status) -> None:
         if status != self.status:
             log.debug("training status %s -> %s", self.status.value, status.value)

@@ -209,9 +209,14 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert viewer.layers[_layers.ANNOTATE_IMAGE].data.shape == (CROP, CROP)
     labels.paint((5, 5), 1)  # a brush stroke ...
     assert labels.data[5, 5] == 1
+    labels.data = crops[0][1] * 2  # label 2 in a one-class project: saved as foreground, and the user is told
+    assert annotate.save()
+    np.testing.assert_array_equal(read_image(project.labels_dir / f"{names[0]}.tif"), crops[0][1])
+    assert "saved as foreground (1)" in shown["info"][-1]
     labels.data = crops[0][1].copy()  # ... and the full mask of the nuclei
     assert annotate.save()
     np.testing.assert_array_equal(read_image(project.labels_dir / f"{names[0]}.tif"), crops[0][1])
+    assert "saved as foreground" not in shown["info"][-1]
     assert project.record(names[0]).status == ImageStatus.LABELLED
     assert project_panel.statuses()[names[0]] == "labelled"
 
@@ -382,6 +387,10 @@ def test_training_without_labels_reports_the_problem(make_napari_viewer, qtbot, 
     assert shown["error"] == ["no labelled image: label at least one image (Annotate panel) before training"]
     assert train.status_label.text().startswith("Failed: no labelled image")
     assert train.start_button.isEnabled()
+    labels = panels["Annotate"].open_image(state.project.names()[0])  # the user labels an image ...
+    labels.data = np.ones_like(labels.data)
+    assert panels["Annotate"].save()
+    assert state.status == Status.IDLE and train.status_label.text() == "Ready."  # ... no stale failure message
 
 
 def test_failing_worker_shows_error_and_viewer_stays_usable(make_napari_viewer, qtbot, tmp_path, shown,

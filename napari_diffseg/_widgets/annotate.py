@@ -134,8 +134,12 @@ class AnnotatePanel(QWidget):
         project.save_label(name, mask)
         if not mask.any():
             notifications.show_warning(f"saved an empty mask for {name}: it teaches 'no object here'")
+        elif project.num_classes == 2 and mask.max() > 1:
+            notifications.show_info(f"saved the mask of {name} as ground truth; labels 2-{int(mask.max())} were saved "
+                                    "as foreground (1): this project has one foreground class")
         else:
             notifications.show_info(f"saved the mask of {name} as ground truth")
+        self.state.clear_failure()  # a new label answers e.g. "no labelled image": no stale failure message
         self.state.records_changed.emit()
         return True
 
