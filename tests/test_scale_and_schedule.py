@@ -127,6 +127,46 @@ def test_learning_rate_anneals_to_zero_at_the_end_of_the_budget(tmp_path, labels
         assert last["student_optimiser"]["param_groups"][0]["lr"] == pytest.approx(rate, rel=1e-6)
 
 
+def test_unlabelled_weight_after_the_supervised_warm_up():
+    from napari_diffseg.core.training import _Run
+
+    weight = _Run.unlabelled_weight
+    run = type("RunSettings", (), {"config": TrainConfig(supervised_warmup=0.25, unlabelled_ramp=0.5)})()
+    assert [weight(run, p) for p in (0.0, 0.2, 0.25)] == [0.0, 0.0, 0.0]
+    assert weight(run, 0.25 + 0.375 / 2) == pytest.approx(0.5)  # the ramp spans half of the remaining 0.75
+    assert weight(run, 0.625) == pytest.approx(1.0) and weight(run, 0.9) == 1.0
+    paper = type("RunSettings", (), {"config": TrainConfig(supervised_warmup=0.0, unlabelled_ramp=1.0)})()
+    assert weight(paper, 0.5) == pytest.approx(0.5)  # shared/METHOD.md: linear over all of training
+    with pytest.raises(InputError, match="supervised_warmup"):
+        TrainConfig(supervised_warmup=1.0)
+    with pytest.raises(InputError, match="warmup_twins"):
+        TrainConfig(warmup_twins="none")
+
+
+def test_copy_warm_up_trains_the_teacher_alone_then_copies_it_into_the_student(tmp_path):
+    pairs = make_blobs_dataset(3, shape=(40, 40), seed=1)
+    data = TrainingData([to_channels_first(image) for image, _ in pairs], {0: pairs[0][1].astype(np.int64)},
+                        ["a", "b", "c"])
+    # 8 steps, no pretraining, warm-up half of it: steps 1-5 train the teacher alone (the unlabelled weight is still
+    # 0 at the step that starts at the half), step 6 copies it, then CPS;
+    # a learning rate so small that the copy is still visible at the end
+    config = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="copy",
+                               lr_cotrain=1e-9)
+    events = list(train(data, config, tmp_path))
+    losses = [e.losses for e in events if type(e).__name__ == "Progress"]
+    assert all(set(step) == {"supervised"} for step in losses[:5])  # one network, labels only
+    assert all("cps" in step for step in losses[5:])
+    last = torch.load(tmp_path / LAST, map_location="cpu", weights_only=True)
+    assert last["student_pending_copy"] is False
+    mask_path = [k for k in last["teacher"] if k.startswith("mask_path.") and k.endswith("weight")]  # not BN stats
+    assert all(torch.allclose(last["student"][k].float(), last["teacher"][k].float(), atol=1e-5) for k in mask_path)
+    both = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, lr_cotrain=1e-9)
+    list(train(data, both, tmp_path / "both"))
+    other = torch.load(tmp_path / "both" / LAST, map_location="cpu", weights_only=True)
+    assert not all(torch.allclose(other["student"][k].float(), other["teacher"][k].float(), atol=1e-5)
+                   for k in mask_path)  # "both": two networks from their own initialisations
+
+
 # ----- budget accounting -----
 
 def test_paused_time_is_overhead_not_budget():

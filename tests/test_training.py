@@ -105,12 +105,18 @@ def test_stage_switch_and_losses(reference):
     n_pretrain = 5  # pretrain_fraction 0.25 of 20 steps
     assert stages == [PRETRAIN] * n_pretrain + [COTRAIN] * (MAX_STEPS - n_pretrain)
     assert all(set(e.losses) == {"reconstruction"} for e in progress[:n_pretrain])
-    for e in progress[n_pretrain:]:
+    cotrain = progress[n_pretrain:]
+    # supervised warm-up (a quarter of co-training: steps at budget fractions 0.25-0.40): no unlabelled patch
+    n_warm = 4
+    for e in cotrain[:n_warm]:
+        assert e.losses["unlabelled_weight"] == 0.0 and "cps" not in e.losses
+        assert {"supervised", "total"} <= set(e.losses)
+    for e in cotrain[n_warm:]:
         assert {"cps", "supervised", "unsupervised", "total", "unlabelled_weight"} <= set(e.losses)
         assert all(np.isfinite(v) for v in e.losses.values())
-    assert any("rec" in e.losses for e in progress[n_pretrain:])  # steps with pseudo-label rounds
-    ramp = [e.losses["unlabelled_weight"] for e in progress[n_pretrain:]]
-    assert ramp[0] == 0.0 and ramp == sorted(ramp) and 0.9 < ramp[-1] < 1.0
+    assert any("rec" in e.losses for e in cotrain)  # steps with pseudo-label rounds
+    ramp = [e.losses["unlabelled_weight"] for e in cotrain[n_warm:]]
+    assert 0 < ramp[0] < 0.2 and ramp == sorted(ramp) and ramp[-1] == 1.0  # full weight after half the rest
 
 
 def test_files_of_a_run(reference, data):

@@ -46,6 +46,7 @@ PRETRAIN, COTRAIN, SUPERVISED = "pretrain", "cotrain", "supervised"
 PSEUDO_LABEL_DIR = "pseudo_labels"
 LR_SCHEDULES = ("poly", "constant")
 TWINS = ("teacher", "student")
+WARMUP_TWINS = ("both", "copy")  # supervised warm-up: both twins learn the labels, or the teacher alone + a copy
 POLY_EXPONENT = 0.9
 LOSSES_FILE = "losses.csv"
 
@@ -70,6 +71,9 @@ class TrainConfig:
     rounds_every: int = 4
     chained_rounds: bool = False
     lambda_d: float = 1.0
+    supervised_warmup: float = 0.25
+    unlabelled_ramp: float = 0.5
+    warmup_twins: str = "both"
     num_classes: int = 2
     base_channels: int = 16
     depth: int = 3
@@ -104,6 +108,12 @@ class TrainConfig:
             raise InputError("pretrain_fraction must be in [0, 1)")
         if self.num_classes < 2:
             raise InputError("num_classes must be at least 2 (background + one class)")
+        if not 0 <= self.supervised_warmup < 1:
+            raise InputError(f"supervised_warmup must be in [0, 1), got {self.supervised_warmup}")
+        if self.warmup_twins not in WARMUP_TWINS:
+            raise InputError(f"warmup_twins must be one of {', '.join(WARMUP_TWINS)}, got {self.warmup_twins!r}")
+        if not 0 < self.unlabelled_ramp <= 1:
+            raise InputError(f"unlabelled_ramp must be in (0, 1], got {self.unlabelled_ramp}")
         if self.rounds < 0 or self.rounds_every < 1:
             raise InputError("rounds must be >= 0 and rounds_every >= 1")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -264,6 +274,8 @@ class _Run:
             None if self.student is None else torch.optim.Adam(self.student.mask_path.parameters(), lr=config.lr_cotrain)
         )
         self.step = 0
+        # "copy": the student starts as a copy of the teacher's mask pathway at the end of the warm-up
+        self.student_pending_copy = self.student is not None and config.warmup_twins == "copy"
         self.stage = SUPERVISED if config.labels_only else PRETRAIN
         self.stage_start = 0.0  # budget fraction at which the current stage began (for the schedules)
         self.fit_metrics: dict = {}
@@ -288,6 +300,7 @@ class _Run:
             "step": self.step,
             "stage": self.stage,
             "stage_start": self.stage_start,
+            "student_pending_copy": self.student_pending_copy,
             "elapsed": clock.elapsed,
             "overhead": clock.overhead,
             "data": json.dumps(self.data.fingerprints()),
@@ -318,6 +331,7 @@ class _Run:
             if self.student is not None and "student" in payload:
                 self.student.load_state_dict(payload["student"])
             if not full:
+                self.student_pending_copy = False  # a warm start brings both trained twins
                 return 0.0, 0.0
             self.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
             if self.student is not None:
@@ -327,6 +341,7 @@ class _Run:
         self.step = int(payload["step"])
         self.stage = payload["stage"]
         self.stage_start = float(payload.get("stage_start", 0.0))
+        self.student_pending_copy = bool(payload.get("student_pending_copy", False))
         torch.set_rng_state(payload["rng"]["torch"])
         self.generator.set_state(payload["rng"]["generator"])
         self.sampler.rng.bit_generator.state = json.loads(payload["rng"]["numpy"])
@@ -361,6 +376,14 @@ class _Run:
         end = self.config.pretrain_fraction if self.stage == PRETRAIN else 1.0
         return min(1.0, max(0.0, (fraction - self.stage_start) / max(1e-8, end - self.stage_start)))
 
+    def unlabelled_weight(self, progress: float) -> float:
+        """lambda_u at this point of co-training: 0 through the supervised warm-up, then a linear ramp to 1 over
+        ``unlabelled_ramp`` of the rest."""
+        warmup, ramp = self.config.supervised_warmup, self.config.unlabelled_ramp
+        if progress < warmup:
+            return 0.0
+        return min(1.0, (progress - warmup) / ((1 - warmup) * ramp))
+
     def set_learning_rates(self, fraction: float) -> None:
         """Poly schedule within co-training / labels-only training (stage 1 keeps its constant rate)."""
         if self.stage == PRETRAIN:
@@ -384,25 +407,32 @@ class _Run:
             loss.backward()
             self.teacher_optimiser.step()
             return {"reconstruction": float(loss.detach())}
-        # every network sees batch_size patches per step: all labelled here, half and half in co-training
+        # every network sees batch_size patches per step: all labelled in labels-only training and in the supervised
+        # warm-up of co-training (no unlabelled patch while its weight is 0), half and half afterwards
+        ramp = self.unlabelled_weight(self.stage_progress(fraction))
+        unlabelled_indices = self.scaled.unlabelled_indices if ramp > 0 else []
         half = max(1, self.batch_size // 2)
-        labelled, labels = self.sampler.labelled_batch(self.batch_size if self.stage == SUPERVISED else half)
+        labelled, labels = self.sampler.labelled_batch(half if unlabelled_indices and self.stage == COTRAIN
+                                                        else self.batch_size)
         labels = labels.to(device)
-        if self.stage == SUPERVISED:
+        if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             with self._autocast():
                 loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator, config.loss)
             self.teacher_optimiser.zero_grad(set_to_none=True)
             loss.backward()
             self.teacher_optimiser.step()
             return {"supervised": float(loss.detach())}
+        if self.student_pending_copy:
+            self.student.mask_path.load_state_dict(self.teacher.mask_path.state_dict())
+            self.student_optimiser = torch.optim.Adam(self.student.mask_path.parameters(), lr=config.lr_cotrain)
+            self.set_learning_rates(fraction)
+            self.student_pending_copy = False
         self.student.train()
-        unlabelled_indices = self.scaled.unlabelled_indices
         patches = labelled
         if unlabelled_indices:
             patches = torch.cat([labelled, self.sampler.image_batch(half, unlabelled_indices)])
         teacher_view, student_view = self._augmented(patches), self._augmented(patches)
         n_l = labelled.shape[0]
-        ramp = self.stage_progress(fraction)
         with self._autocast():
             losses = cotraining_loss(
                 self.teacher, self.student, teacher_view[:n_l], labels,
@@ -429,11 +459,14 @@ class _Run:
         return DEFAULT_TILE_2D if self.data.spatial_dims == 2 else DEFAULT_TILE_3D
 
     def twins(self) -> dict[str, DiffusionTeacher]:
-        return {"teacher": self.teacher} if self.student is None else {"teacher": self.teacher, "student": self.student}
+        """The trained networks (the student only once it exists as more than a fresh or pending copy)."""
+        if self.student is None or self.student_pending_copy:
+            return {"teacher": self.teacher}
+        return {"teacher": self.teacher, "student": self.student}
 
     @property
     def kept_twin(self) -> str:
-        return "teacher" if self.student is None else self.config.keep_twin
+        return self.config.keep_twin if "student" in self.twins() else "teacher"
 
     def _probabilities(self, networks, index: int, draws: int = 0):
         """Probabilities of image ``index`` at the working scale, brought back to its full resolution."""
