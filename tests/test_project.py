@@ -200,13 +200,27 @@ def test_add_bad_images(tmp_path, project):
 
 
 def test_duplicate_names_get_suffixes(tmp_path, project):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (40, 40), dtype=np.uint8) for _ in range(5)]
+    names = []
+    for image in images[:3]:
+        tifffile.imwrite(tmp_path / "a.tif", image)
+        names.append(project.add_image(tmp_path / "a.tif").name)
+    assert names == ["a", "a_2", "a_3"]
+    assert project.add_image(images[3], name="A").name == "A_4"  # case-insensitive: one file system may hold both
+    assert project.add_image(images[4], name="a").name == "a_5"
+    assert len({p.name.lower() for p in project.images_dir.iterdir()}) == 5
+
+
+def test_the_same_image_is_not_added_twice(tmp_path, project):
     src = tmp_path / "a.tif"
     tifffile.imwrite(src, _image())
-    names = [project.add_image(src).name for _ in range(3)]
-    assert names == ["a", "a_2", "a_3"]
-    assert project.add_image(_image(), name="A").name == "A_4"  # case-insensitive: one file system may hold both
-    assert project.add_image(_image(), name="a").name == "a_5"
-    assert len({p.name.lower() for p in project.images_dir.iterdir()}) == 5
+    project.add_image(src)
+    with pytest.raises(InputError, match="already in the project as 'a' .the same pixels."):
+        project.add_image(_image(), name="copy")
+    assert project.names() == ["a"] and len(list(project.images_dir.iterdir())) == 1
+    project.add_image(_image() + 1, name="other")  # other pixels are welcome
+    assert Project.open(project.folder).names() == ["a", "other"]
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -371,7 +385,7 @@ def test_accept_reject_and_selections(project):
 def test_status_counts_empty_and_growing(project):
     assert set(project.status_counts().values()) == {0}
     project.add_image(_image(), name="a")
-    project.add_image(_image(), name="b")
+    project.add_image(_image(1), name="b")
     assert project.status_counts()[ImageStatus.UNLABELLED] == 2
     project.save_label("a", _mask())
     assert project.status_counts()[ImageStatus.UNLABELLED] == 1

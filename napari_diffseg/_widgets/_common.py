@@ -9,6 +9,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QWidget
 
+from napari_diffseg._widgets._layers import NAME_KEY as PLUGIN_LAYER_KEY
 from napari_diffseg._workers import error_message, notify_error
 from napari_diffseg.core.errors import DiffsegError
 
@@ -80,7 +81,9 @@ class LayerCombo(QComboBox):
 
     def refresh(self, *_: Any) -> None:
         current = self.currentText()
-        names = [layer.name for layer in self._viewer.layers if isinstance(layer, self._kinds)]
+        # the user's layers only: the plugin's own annotate / review / result layers are tagged with the image they show
+        names = [layer.name for layer in self._viewer.layers
+                 if isinstance(layer, self._kinds) and PLUGIN_LAYER_KEY not in layer.metadata]
         if self._optional:
             names.insert(0, NO_LAYER)
         self.blockSignals(True)

@@ -24,7 +24,7 @@ from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, user_errors, wrapping_label
 from napari_diffseg._workers import start_job
-from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.errors import DuplicateImageError, InputError
 from napari_diffseg.core.io import image_layout, list_images
 from napari_diffseg.core.project import ImageRecord, ImageStatus, Project
 
@@ -256,11 +256,17 @@ class ProjectPanel(QWidget):
         if self.import_worker is not None:
             raise InputError("images are still being added; wait for them")
 
+        skipped: list[str] = []
+
         def events():
             for index, (source, name, mask) in enumerate(items):
-                record = project.add_image(source, name=name)
-                if mask is not None and np.any(mask):
-                    project.save_label(record.name, mask)
+                try:
+                    record = project.add_image(source, name=name)
+                except DuplicateImageError as duplicate:  # the rest of the batch still comes in
+                    skipped.append(duplicate.existing)
+                else:
+                    if mask is not None and np.any(mask):
+                        project.save_label(record.name, mask)
                 yield index + 1, len(items)
 
         def on_progress(progress: tuple[int, int]) -> None:
@@ -270,6 +276,10 @@ class ProjectPanel(QWidget):
 
         def on_finished() -> None:
             self.import_worker = None
+            if skipped:
+                shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+                notifications.show_warning(f"{len(skipped)} image(s) were already in the project (the same pixels) "
+                                           f"and were not added again: {shown}")
             self.import_progress.setVisible(False)
             self._update_enabled()
             self.state.records_changed.emit()

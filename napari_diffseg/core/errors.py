@@ -11,3 +11,11 @@ class InputError(DiffsegError):
 
 class ModelError(DiffsegError):
     """A model folder or checkpoint that is missing, corrupt or was not written by napari-diffseg."""
+
+
+class DuplicateImageError(InputError):
+    """An image whose pixels are already in the project (``existing`` names it there)."""
+
+    def __init__(self, message: str, existing: str):
+        super().__init__(message)
+        self.existing = existing

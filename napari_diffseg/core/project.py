@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_diffseg.core.errors import DiffsegError, InputError
+from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputError
 from napari_diffseg.core.io import (
     check_mask_matches,
     image_layout,
@@ -98,6 +99,14 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 """
+
+
+def content_hash(array: np.ndarray) -> str:
+    """SHA-256 of an image's pixels, shape and type: finds the same image added twice under another name."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.shape}|{array.dtype.str}|".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 class ImageStatus(str, Enum):
@@ -391,8 +400,13 @@ class Project:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InputError(f"image {raw_name!r} contains NaN or infinite values; clean it before adding it")
         base = sanitise_name(raw_name)
+        content_key = f"content:{content_hash(array)}"
         with self._lock:
             self._check_layout(raw_name, layout)
+            same = self._meta(content_key)
+            if same is not None:
+                raise DuplicateImageError(f"image {raw_name!r} is already in the project as {same!r} (the same "
+                                          "pixels); it was not added again", same)
             taken = {n.lower() for n in self.names()}
             unique = base
             k = 2
@@ -407,6 +421,7 @@ class Project:
                             f" updated_by) VALUES (?, ?, ?, {_CURRENT_ROUND_SQL}, NULL, NULL, ?, ?)",
                             (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
+                con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
         logger.info("added image %s %s %s", unique, array.shape, array.dtype)
         return self.record(unique)
 
