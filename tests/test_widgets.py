@@ -148,6 +148,26 @@ def test_review_keys_work_on_the_canvas_and_leave_with_the_panel(make_napari_vie
     assert labels.mode == "paint"
 
 
+def test_all_panels_as_tabs_fit_a_laptop_screen(make_napari_viewer, qtbot):
+    """The "DiffSeg (all panels)" entry: five tabs in one dock sharing one state; the main window's minimum height
+    stays under 1000 px (five stacked docks needed ~1900), and the review keys follow the Review tab."""
+    viewer = make_napari_viewer(show=True)
+    _dock, tabs = viewer.window.add_plugin_dock_widget(PLUGIN, "DiffSeg (all panels)")
+    assert [tabs.tabText(i) for i in range(tabs.count())] == list(PANELS)
+    state = state_for_viewer(viewer)
+    for name, cls in PANELS.items():
+        assert isinstance(tabs.panels[name], cls) and tabs.panels[name].state is state
+    qt_window = viewer.window._qt_window
+    assert qt_window.minimumSizeHint().height() <= 1000
+    assert qt_window.minimumSize().height() <= 1000
+    review_keys = {KeyBinding.from_str(key) for key in SHORTCUTS}
+    assert not review_keys & set(viewer.keymap)  # Project in front: no review keys yet
+    tabs.show_panel("Review")
+    qtbot.waitUntil(lambda: review_keys <= set(viewer.keymap), timeout=5_000)
+    tabs.show_panel("Annotate")
+    qtbot.waitUntil(lambda: not review_keys & set(viewer.keymap), timeout=5_000)
+
+
 def test_widget_modules_do_not_import_torch():
     modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
@@ -175,6 +195,15 @@ def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, t
         if mask is not None:
             np.testing.assert_array_equal(project.label(name), mask)
     assert shown["error"] == []
+    project_panel.add_layer_button.click()  # the same stack again: nothing is added twice, and the user is told
+    wait_for_import(qtbot, project_panel)
+    assert project.names() == [name for _, _, name in pairs]
+    assert shown["warning"] == [f"12 image(s) were already in the project (the same pixels) and were not added again: "
+                                f"{', '.join(name for _, _, name in pairs[:5])} and 7 more"]
+    # only the user's layers are offered: not the plugin's own annotate layers
+    _layers.show_for_annotation(viewer, project, pairs[0][2])
+    offered = [project_panel.layer_combo.itemText(i) for i in range(project_panel.layer_combo.count())]
+    assert offered == [SAMPLE_NAME] and project_panel.layer_combo.currentText() == SAMPLE_NAME
 
 
 @pytest.mark.slow
