@@ -283,6 +283,7 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert not viewer.layers[_layers.ANNOTATE_LABELS].visible  # one task's layers at a time
 
     # keyboard shortcuts go through napari's key handling, with the Labels layer active
+    review.bind_keys()  # this viewer is not shown: bind them as showing the panel does
     keys = viewer.window._qt_viewer._key_map_handler
     assert viewer.layers.selection.active is pseudo_layer or viewer.layers.selection.active.name == _layers.REVIEW_PSEUDO
     keys.press_key("N")

@@ -171,6 +171,7 @@ class ReviewPanel(QWidget):
         if parent is not None and parent is not self._dock:
             self._dock = parent
             parent.visibilityChanged.connect(self._on_dock_visibility)
+        self._on_dock_visibility(True)  # also coming to the Review tab of the "all panels" dock
 
     def _on_dock_visibility(self, visible: bool) -> None:
         if visible and self.state.project is not None and self.current_name() is None:
