@@ -21,7 +21,7 @@ from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets.annotate import AnnotatePanel
 from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FOLDER, PredictPanel
 from napari_diffseg._widgets.project import ProjectPanel
-from napari_diffseg._widgets.review import SHORTCUTS, ReviewPanel
+from napari_diffseg._widgets.review import EDITED_MARK, SHORTCUTS, ReviewPanel
 from napari_diffseg._widgets.train import MIN_BUDGET_SECONDS, TrainPanel
 from napari_diffseg.core import rounds
 from napari_diffseg.core.checkpoint import BEST, LAST
@@ -166,6 +166,54 @@ def test_all_panels_as_tabs_fit_a_laptop_screen(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: review_keys <= set(viewer.keymap), timeout=5_000)
     tabs.show_panel("Annotate")
     qtbot.waitUntil(lambda: not review_keys & set(viewer.keymap), timeout=5_000)
+
+
+def _project_with_pseudo_labels(folder: Path) -> Project:
+    """One labelled image and three with pseudo-labels of round 1 (most uncertain: the last)."""
+    project = _small_project(folder, labelled=1)
+    for rank, name in enumerate(project.names()[1:]):
+        mask = np.zeros(project.image(name).shape[:2], np.uint8)
+        mask[8:24, 8:24] = 1
+        project.save_pseudo(name, mask, np.full(mask.shape, 0.1, np.float32), round=1, model_id="test",
+                            mean_uncertainty=0.1 * (rank + 1))
+    return project
+
+
+def test_review_keeps_unaccepted_edits_and_can_undo_an_accept(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer()
+    review = viewer.window.add_plugin_dock_widget(PLUGIN, "Review")[1]
+    _project_with_pseudo_labels(tmp_path / "proj")
+    project = Project.open(tmp_path / "proj")
+    review.state.set_project(project)
+    queue = list(review.queue)
+    assert len(queue) == 3
+    scores = [review.queue_list.item(row).text().split()[0] for row in range(3)]
+    assert scores == ["0.300", "0.200", "0.100"]  # each row shows its score, most uncertain first
+
+    review.show_image(queue[0])
+    layer = review.pseudo_layer()
+    teacher = np.asarray(layer.data).copy()
+    corrected = teacher.copy()
+    corrected[:6, :6] = 1
+    layer.data = corrected
+    review.next()  # browse away without accepting: the correction is kept, and the queue says so
+    assert review.current_name() == queue[1]
+    assert EDITED_MARK in review.queue_list.item(0).text() and EDITED_MARK not in review.queue_list.item(1).text()
+    review.previous()
+    np.testing.assert_array_equal(review.pseudo_layer().data, corrected)
+
+    review.accept()
+    assert project.record(queue[0]).status == ImageStatus.ACCEPTED
+    assert shown["info"][-1].startswith(f"accepted {queue[0]}")
+    review.undo()  # back to the queue, the accepted mask as a draft, no longer ground truth
+    assert project.record(queue[0]).status == ImageStatus.PSEUDO and project.label(queue[0]) is None
+    assert not (project.labels_dir / f"{queue[0]}.tif").exists()
+    assert review.current_name() == queue[0]
+    np.testing.assert_array_equal(review.pseudo_layer().data, corrected)
+    review.revert()  # the teacher's mask again: no draft left
+    np.testing.assert_array_equal(review.pseudo_layer().data, teacher)
+    assert queue[0] not in review.drafts
+    assert shown["error"] == []
 
 
 def test_widget_modules_do_not_import_torch():

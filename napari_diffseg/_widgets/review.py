@@ -22,6 +22,7 @@ import weakref
 import numpy as np
 from qtpy.QtWidgets import (QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
 
+from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
@@ -34,6 +35,7 @@ from napari_diffseg.core.project import ImageStatus
 log = logging.getLogger(__name__)
 
 SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
+EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
 
 
 class ReviewPanel(QWidget):
@@ -45,6 +47,8 @@ class ReviewPanel(QWidget):
         self.state = state
         self.queue: list[str] = []
         self._loaded: tuple[str, np.ndarray] | None = None  # (image, pseudo-label as loaded): detects edits
+        self.drafts: dict[str, np.ndarray] = {}  # corrections not accepted yet, per image: kept while browsing
+        self._last_decision: str | None = None  # the image last accepted or rejected (for Undo)
         self._dock: QDockWidget | None = None
 
         self.counts_label = wrapping_label("")
@@ -57,6 +61,8 @@ class ReviewPanel(QWidget):
         self.accept_button = QPushButton("Accept (A)")
         self.reject_button = QPushButton("Reject (R)")
         self.revert_button = QPushButton("Revert to teacher (T)")
+        self.undo_button = QPushButton("Undo last accept/reject")
+        self.undo_button.setToolTip("Send the image last accepted or rejected back to the queue, with its mask")
         self.next_round_button = QPushButton("Next round")
         self.next_round_button.setToolTip("Accepted corrections join the ground truth; training warm-starts from "
                                           "the last checkpoints.")
@@ -65,6 +71,7 @@ class ReviewPanel(QWidget):
         self.accept_button.clicked.connect(lambda: self.accept())
         self.reject_button.clicked.connect(lambda: self.reject())
         self.revert_button.clicked.connect(lambda: self.revert())
+        self.undo_button.clicked.connect(lambda: self.undo())
         self.next_round_button.clicked.connect(lambda: self.next_round())
 
         grid = QGridLayout()
@@ -72,7 +79,8 @@ class ReviewPanel(QWidget):
         grid.addWidget(self.next_button, 0, 1)
         grid.addWidget(self.accept_button, 1, 0)
         grid.addWidget(self.reject_button, 1, 1)
-        grid.addWidget(self.revert_button, 2, 0, 1, 2)
+        grid.addWidget(self.revert_button, 2, 0)
+        grid.addWidget(self.undo_button, 2, 1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.counts_label)
         layout.addWidget(QLabel("Queue (most uncertain first)"))
@@ -85,7 +93,7 @@ class ReviewPanel(QWidget):
 
         self._key_handlers: dict[str, Any] = {}
         self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, self._key_handlers))
-        connect_until_destroyed(self, state.project_changed, self.refresh)
+        connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.records_changed, self.refresh)
         connect_until_destroyed(self, state.status_changed, self._update_enabled)
         connect_until_destroyed(self, state.image_shown, self._on_image_shown)
@@ -131,7 +139,7 @@ class ReviewPanel(QWidget):
         for name in self.queue:
             record = records[name]
             uncertainty = "?" if record.uncertainty is None else f"{record.uncertainty:.3f}"
-            item = QListWidgetItem(f"{uncertainty}  {name}")
+            item = QListWidgetItem(f"{uncertainty}  {name}" + (f"  {EDITED_MARK}" if name in self.drafts else ""))
             item.setData(256, name)
             self.queue_list.addItem(item)
         self.queue_list.blockSignals(False)
@@ -152,6 +160,11 @@ class ReviewPanel(QWidget):
             self.show_image(current)  # the teacher has a newer pseudo-label and the shown one was not edited
         else:
             self._update_current()
+
+    def _on_project(self, *_: Any) -> None:
+        self.drafts.clear()  # drafts and undo belong to the project they were made in
+        self._last_decision = None
+        self.refresh()
 
     def _annotating(self) -> bool:
         layer = _layers.find_layer(self.viewer, _layers.ANNOTATE_LABELS)
@@ -211,6 +224,7 @@ class ReviewPanel(QWidget):
         shown = self.current_name() is not None and self.state.project is not None
         for button in (self.accept_button, self.reject_button, self.revert_button):
             button.setEnabled(shown)
+        self.undo_button.setEnabled(self._last_decision is not None and self.state.project is not None)
         self.prev_button.setEnabled(bool(self.queue))
         self.next_button.setEnabled(bool(self.queue))
         self.next_round_button.setEnabled(self.state.project is not None and not self.state.busy)
@@ -221,11 +235,26 @@ class ReviewPanel(QWidget):
         project = self.state.project
         if project is None:
             raise InputError("create or open a project first")
+        self._keep_draft()
         layer = _layers.show_for_review(self.viewer, project, name)
         layer.mode = "paint"
         layer.selected_label = 1
-        self.state.image_shown.emit("review", name)
+        self.state.image_shown.emit("review", name)  # remembers the teacher's mask as loaded
+        if name in self.drafts:
+            layer.data = self.drafts[name].copy()  # the corrections made earlier, not accepted yet
         return layer
+
+    def _keep_draft(self) -> None:
+        """Remember the shown image's corrections before another image replaces them in the layer."""
+        layer, name = self.pseudo_layer(), self.current_name()
+        if layer is None or name is None or self._loaded is None or self._loaded[0] != name:
+            return
+        data = np.asarray(layer.data)
+        if np.array_equal(data, self._loaded[1]):
+            self.drafts.pop(name, None)  # back to the teacher's mask: nothing to keep
+        elif name not in self.drafts or not np.array_equal(data, self.drafts[name]):
+            self.drafts[name] = data.copy()
+            self.refresh()  # the queue marks the image as edited
 
     def _neighbour(self, step: int) -> str | None:
         if not self.queue:
@@ -268,6 +297,9 @@ class ReviewPanel(QWidget):
         if project is None or name is None or layer is None:
             raise InputError("nothing to accept: show a pseudo-label first")
         project.accept(name, np.asarray(layer.data).copy())
+        self.drafts.pop(name, None)
+        self._last_decision = name
+        notifications.show_info(f"accepted {name}: its mask is ground truth for the next round")
         self._decided(name, list(self.queue))
         return name
 
@@ -277,7 +309,23 @@ class ReviewPanel(QWidget):
         if project is None or name is None:
             raise InputError("nothing to reject: show a pseudo-label first")
         project.reject(name)
+        self.drafts.pop(name, None)
+        self._last_decision = name
         self._decided(name, list(self.queue))
+        return name
+
+    @user_errors
+    def undo(self) -> str | None:
+        """Send the image last accepted or rejected back to the queue, with the accepted mask as its draft."""
+        project, name = self.state.project, self._last_decision
+        if project is None or name is None:
+            raise InputError("nothing to undo")
+        mask = project.undo_review(name)
+        self._last_decision = None
+        if mask is not None:
+            self.drafts[name] = np.asarray(mask, np.uint8)
+        self.state.records_changed.emit()
+        self.show_image(name)
         return name
 
     @user_errors
@@ -290,6 +338,8 @@ class ReviewPanel(QWidget):
         if pseudo is None:
             raise InputError(f"{name} has no pseudo-label to revert to")
         layer.data = np.asarray(pseudo[0], np.uint8).copy()
+        self.drafts.pop(name, None)
+        self.refresh()
         return True
 
     def next_round(self) -> Any:

@@ -492,6 +492,24 @@ class Project:
         self._set_status(name, ImageStatus.REJECTED)
         logger.info("rejected %s", name)
 
+    def undo_review(self, name: str) -> np.ndarray | None:
+        """Undo an accept or a reject: the image is back in the review queue (PSEUDO). An accepted mask stops being
+        ground truth (its file is removed) and is returned, so that the corrections are not lost."""
+        record = self.record(name)
+        if record.status not in (ImageStatus.ACCEPTED, ImageStatus.REJECTED):
+            raise InputError(f"{name} is {record.status.value}: only an accepted or rejected pseudo-label can be "
+                             "sent back to review")
+        if not self.pseudo_rounds(name):
+            raise InputError(f"{name} has no pseudo-label to go back to")
+        mask = None
+        with self._lock:
+            if record.status == ImageStatus.ACCEPTED:
+                mask = self.label(name)
+                self._label_path(name).unlink(missing_ok=True)
+            self._set_status(name, ImageStatus.PSEUDO)
+        logger.info("back to review: %s (was %s)", name, record.status.value)
+        return mask
+
     def save_pseudo(self, name: str, mask: np.ndarray, uncertainty_map: np.ndarray, round: int, model_id: str,
                     mean_uncertainty: float) -> None:
         """Write round ``round``'s pseudo-label and uncertainty map, then mark the image PSEUDO.
