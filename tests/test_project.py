@@ -542,3 +542,20 @@ def test_log_losses_and_history(project):
     assert [e.value for e in project.loss_history(round=2)] == [pytest.approx(0.4)]
     assert [e.value for e in Project.open(project.folder).loss_history(round=1)][:2] == [
         pytest.approx(0.9), pytest.approx(0.5)]
+
+
+def test_undo_review_puts_the_image_back_in_the_queue(project):
+    names = _project_with_pseudo(project)
+    corrected = 1 - _mask(0)
+    project.accept(names[0], corrected)
+    project.reject(names[1])
+    np.testing.assert_array_equal(project.undo_review(names[0]), corrected)  # the correction comes back
+    assert project.record(names[0]).status == ImageStatus.PSEUDO and project.label(names[0]) is None
+    assert not (project.labels_dir / f"{names[0]}.tif").exists()
+    assert project.undo_review(names[1]) is None and project.record(names[1]).status == ImageStatus.PSEUDO
+    with pytest.raises(InputError, match="only an accepted or rejected"):
+        project.undo_review(names[2])
+    plain = project.add_image(_image(9), name="plain").name
+    project.save_label(plain, _mask())
+    with pytest.raises(InputError, match="only an accepted or rejected"):
+        project.undo_review(plain)
