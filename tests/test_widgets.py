@@ -213,6 +213,21 @@ def test_review_keeps_unaccepted_edits_and_can_undo_an_accept(make_napari_viewer
     review.revert()  # the teacher's mask again: no draft left
     np.testing.assert_array_equal(review.pseudo_layer().data, teacher)
     assert queue[0] not in review.drafts
+
+    # the overlays keep the image readable: pseudo-label as a cyan outline, uncertainty transparent where sure
+    layer = review.pseudo_layer()
+    uncertainty = viewer.layers[_layers.REVIEW_UNCERTAINTY]
+    assert layer.contour == _layers.OUTLINE_WIDTH and layer.visible and uncertainty.visible
+    np.testing.assert_allclose(layer.colormap.map(np.array([0, 1], np.uint8)),
+                               [[0, 0, 0, 0], [0, 229 / 255, 1, 1]], atol=1e-6)
+    assert uncertainty.blending == "translucent" and uncertainty.colormap.map(np.array([0.0]))[0][3] == 0
+    review.outline.setChecked(False)
+    review.show_uncertainty.setChecked(False)
+    assert layer.contour == 0 and not uncertainty.visible
+    review.next()  # the toggles hold for the next image too
+    assert review.pseudo_layer().contour == 0 and not uncertainty.visible
+    review.show_pseudo.setChecked(False)
+    assert not review.pseudo_layer().visible
     assert shown["error"] == []
 
 

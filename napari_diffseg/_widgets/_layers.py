@@ -107,6 +107,27 @@ def show_for_annotation(viewer: Any, project: Project, name: str) -> Any:
     return labels
 
 
+PSEUDO_LABEL_COLOURS = ("#00e5ff", "#ffe600", "#ff3df2", "#7dff3d", "#ff8c1a")  # classes 1, 2, ...: they stand out
+# on dark (fluorescence, EM) and on pink/brown (H&E, dermoscopy) images alike
+OUTLINE_WIDTH = 2  # the pseudo-label is drawn as an outline by default: the image under it stays readable
+
+
+def pseudo_label_colormap(num_classes: int) -> Any:
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {None: "transparent", 0: "transparent"}
+    for index in range(1, num_classes):
+        colours[index] = PSEUDO_LABEL_COLOURS[(index - 1) % len(PSEUDO_LABEL_COLOURS)]
+    return DirectLabelColormap(color_dict=colours)
+
+
+def uncertainty_colormap() -> Any:
+    """Transparent where the networks are sure, opaque orange where they are not: the image stays visible."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[1.0, 0.85, 0.0, 0.0], [1.0, 0.45, 0.0, 0.85]], name="diffseg uncertainty")
+
+
 def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     """Show image ``name`` with its latest pseudo-label (editable Labels) and uncertainty; returns the Labels layer."""
     image = project.image(name)
@@ -119,10 +140,14 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     if uncertainty is None:
         uncertainty = np.zeros(spatial, np.float32)
     _set_visible(viewer, ANNOTATE_LAYERS, False)
+    new = find_layer(viewer, REVIEW_PSEUDO) is None
     _upsert(viewer, "image", REVIEW_IMAGE, image, name, **_image_kwargs(image, name))
     _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
-            colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0))
-    labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name)
+            colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0))
+    labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name,
+                     colormap=pseudo_label_colormap(project.num_classes))
+    if new:
+        labels.contour = OUTLINE_WIDTH
     labels.editable = True
     viewer.layers.selection.active = labels
     _remember(project, "review", name)

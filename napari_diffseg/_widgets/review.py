@@ -20,7 +20,8 @@ from typing import Any
 import weakref
 
 import numpy as np
-from qtpy.QtWidgets import (QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+                            QPushButton, QVBoxLayout, QWidget)
 
 from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
@@ -63,6 +64,13 @@ class ReviewPanel(QWidget):
         self.revert_button = QPushButton("Revert to teacher (T)")
         self.undo_button = QPushButton("Undo last accept/reject")
         self.undo_button.setToolTip("Send the image last accepted or rejected back to the queue, with its mask")
+        self.show_pseudo = QCheckBox("pseudo-label")
+        self.outline = QCheckBox("as outline")
+        self.show_uncertainty = QCheckBox("uncertainty")
+        for box in (self.show_pseudo, self.outline, self.show_uncertainty):
+            box.setChecked(True)
+            box.toggled.connect(lambda _checked: self.apply_view_options())
+        self.show_uncertainty.setToolTip("Orange where the twins disagree or are unsure; transparent where sure")
         self.next_round_button = QPushButton("Next round")
         self.next_round_button.setToolTip("Accepted corrections join the ground truth; training warm-starts from "
                                           "the last checkpoints.")
@@ -87,6 +95,11 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.queue_list)
         layout.addWidget(self.current_label)
         layout.addLayout(grid)
+        view = QHBoxLayout()
+        view.addWidget(QLabel("show:"))
+        for box in (self.show_pseudo, self.outline, self.show_uncertainty):
+            view.addWidget(box)
+        layout.addLayout(view)
         layout.addWidget(self.next_round_button)
         hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices.")
         layout.addWidget(hint)
@@ -242,7 +255,17 @@ class ReviewPanel(QWidget):
         self.state.image_shown.emit("review", name)  # remembers the teacher's mask as loaded
         if name in self.drafts:
             layer.data = self.drafts[name].copy()  # the corrections made earlier, not accepted yet
+        self.apply_view_options()
         return layer
+
+    def apply_view_options(self) -> None:
+        """Show or hide the pseudo-label (outline or filled) and the uncertainty overlay as the toggles say."""
+        pseudo, uncertainty = self.pseudo_layer(), _layers.find_layer(self.viewer, _layers.REVIEW_UNCERTAINTY)
+        if pseudo is not None:
+            pseudo.visible = self.show_pseudo.isChecked()
+            pseudo.contour = _layers.OUTLINE_WIDTH if self.outline.isChecked() else 0
+        if uncertainty is not None:
+            uncertainty.visible = self.show_uncertainty.isChecked()
 
     def _keep_draft(self) -> None:
         """Remember the shown image's corrections before another image replaces them in the layer."""
