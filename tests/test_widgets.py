@@ -19,7 +19,7 @@ from napari_diffseg._sample_data import LABELS_NAME, SAMPLE_NAME, load_sample_pa
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets.annotate import AnnotatePanel
-from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FOLDER, PredictPanel
+from napari_diffseg._widgets.predict import OUTPUT_DISK, OUTPUT_LAYER, SOURCE_FOLDER, PredictPanel
 from napari_diffseg._widgets.project import ProjectPanel
 from napari_diffseg._widgets.review import EDITED_MARK, SHORTCUTS, ReviewPanel
 from napari_diffseg._widgets.train import MIN_BUDGET_SECONDS, TrainPanel
@@ -418,6 +418,23 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     for _, _, name in crops[:2]:
         assert read_image(tmp_path / "out" / f"{name}.tif").shape == (CROP, CROP)
         assert (tmp_path / "out" / f"{name}_uncertainty.tif").is_file()
+
+    # ... and on a folder, into layers: one result at a time with its own image, browsable, no orphan layers
+    layers_before = len(viewer.layers)
+    predict.output_combo.setCurrentText(OUTPUT_LAYER)
+    predict.run()
+    qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
+    assert predict.results_list.count() == 2 and predict.results_list.currentRow() == 0
+    shown_image, shown_mask = viewer.layers[_layers.PREDICT_IMAGE], viewer.layers[_layers.PREDICT_MASK]
+    images = {name: image for image, _, name in crops[:2]}
+    browsed = predict.browsed()
+    np.testing.assert_array_equal(shown_image.data, images[browsed[0].name])
+    predict.results_list.setCurrentRow(1)
+    np.testing.assert_array_equal(shown_image.data, images[browsed[1].name])
+    np.testing.assert_array_equal(shown_mask.data, browsed[1].mask)
+    assert len(viewer.layers) == layers_before + 3  # image, mask, uncertainty: reused, not one set per file
+    assert [layer.name for layer in viewer.layers if layer.name.endswith(" prediction")] == [
+        f"{SAMPLE_NAME} prediction", _layers.PREDICT_MASK]
 
     # cancel a long prediction (25 tiles of 1024 x 1024, 4 per step): no result layer appears
     viewer.add_image(np.random.default_rng(0).integers(0, 255, (4096, 4096), dtype=np.uint8), name="big")

@@ -26,6 +26,10 @@ REVIEW_PSEUDO = "DiffSeg pseudo-label"
 REVIEW_UNCERTAINTY = "DiffSeg uncertainty"
 ANNOTATE_LAYERS = (ANNOTATE_IMAGE, ANNOTATE_LABELS)
 REVIEW_LAYERS = (REVIEW_IMAGE, REVIEW_PSEUDO, REVIEW_UNCERTAINTY)
+PREDICT_IMAGE = "DiffSeg predicted image"
+PREDICT_MASK = "DiffSeg prediction"
+PREDICT_UNCERTAINTY = "DiffSeg prediction uncertainty"
+PREDICT_LAYERS = (PREDICT_IMAGE, PREDICT_MASK, PREDICT_UNCERTAINTY)
 NAME_KEY = "diffseg_image"
 GUI_KEY = "gui"
 
@@ -151,6 +155,22 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     labels.editable = True
     viewer.layers.selection.active = labels
     _remember(project, "review", name)
+    return labels
+
+
+def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray | None,
+                    name: str) -> Any:
+    """Show one segmented file with its image in the reused Predict layers (no orphan result layers)."""
+    _set_visible(viewer, ANNOTATE_LAYERS + REVIEW_LAYERS, False)
+    _upsert(viewer, "image", PREDICT_IMAGE, image, name, **_image_kwargs(image, name))
+    unc_layer = find_layer(viewer, PREDICT_UNCERTAINTY)
+    if uncertainty is not None:
+        _upsert(viewer, "image", PREDICT_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
+                colormap=uncertainty_colormap(), blending="translucent", contrast_limits=(0.0, 1.0))
+    elif unc_layer is not None:
+        viewer.layers.remove(unc_layer)
+    labels = _upsert(viewer, "labels", PREDICT_MASK, np.asarray(mask, np.uint8), name,
+                     colormap=pseudo_label_colormap(max(2, int(np.max(mask)) + 1)))
     return labels
 
 

@@ -2,6 +2,10 @@
 folder of images, 2D or 3D, in overlapping tiles, with progress and cancel; the result goes to a Labels layer
 or to a folder on disk (uint8 TIFF masks, optionally float32 uncertainty maps).
 
+An open layer's result is a "<layer> prediction" Labels layer beside it. Files and folders are segmented into a
+browsable list: the chosen result is shown with its own image in two plugin layers that are reused, so results
+never pile up without their images.
+
 A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
 plane. The work runs in a background worker; the layer data is snapshotted before it starts, and result layers
 are added on the GUI thread.
@@ -17,10 +21,11 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QListWidget, QListWidgetItem,
+                            QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
+from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, PathRow, user_errors, wrapping_label
 from napari_diffseg._workers import error_message, notify_error, start_job
 from napari_diffseg.core.errors import InputError
@@ -52,6 +57,7 @@ class PredictResult:
     uncertainty: np.ndarray | None
     source_layer: str | None
     path: Path | None = None
+    source_path: Path | None = None  # the image file a result of a file / folder source came from
 
 
 def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out_dir: Path | None,
@@ -82,7 +88,8 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
         mask = np.stack(masks) if per_plane else masks[0]
         unc = (np.stack(maps) if per_plane else maps[0]) if uncertainty else None
         if out_dir is None:
-            yield PredictResult(name, mask, unc, layer_name)
+            yield PredictResult(name, mask, unc, layer_name,
+                                source_path=source if isinstance(source, Path) else None)
             continue
         stem = sanitise_name(name_stem(source) if isinstance(source, Path) else name)
         path = Path(out_dir) / f"{stem}.tif"
@@ -128,6 +135,8 @@ class PredictPanel(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.status_label = wrapping_label("")
+        self.results_list = QListWidget()  # results of a file / folder source: one shown at a time, with its image
+        self.results_list.currentRowChanged.connect(self.show_result)
         self.source_combo.currentTextChanged.connect(self._update_visibility)
         self.output_combo.currentTextChanged.connect(self._update_visibility)
 
@@ -148,6 +157,7 @@ class PredictPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
+        layout.addWidget(self.results_list)
 
         connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.status_changed, self._on_project)
@@ -210,6 +220,8 @@ class PredictPanel(QWidget):
             out_dir = Path(self.out_row.text())
         uncertainty = self.uncertainty_check.isChecked()
         self.results = []
+        self.results_list.clear()
+        self.results_list.setVisible(False)
         self.progress.setValue(0)
         self.status_label.setText(f"Segmenting {len(sources)} image(s)…")
         self._set_running(True)
@@ -231,10 +243,30 @@ class PredictPanel(QWidget):
             self.progress.setValue(int(round(event.fraction * 1000)))
             return
         self.results.append(event)
-        if event.mask is not None:
+        if event.mask is not None and event.source_layer is None:
+            self.results_list.setVisible(True)
+            self.results_list.addItem(QListWidgetItem(event.name))
+            if self.results_list.currentRow() < 0:
+                self.results_list.setCurrentRow(0)  # the first result appears with its image at once
+        elif event.mask is not None:
             self._show_result(event)
         self.status_label.setText(f"{len(self.results)} image(s) segmented"
                                   + (f", written to {event.path.parent}" if event.path is not None else ""))
+
+    def browsed(self) -> list[PredictResult]:
+        """The results of a file / folder source, in the order of the list."""
+        return [r for r in self.results if r.mask is not None and r.source_layer is None]
+
+    @user_errors
+    def show_result(self, row: int) -> Any:
+        """Show result ``row`` of the list with its image (re-read from its file) in the two reused plugin layers."""
+        results = self.browsed()
+        if not 0 <= row < len(results):
+            return None
+        result = results[row]
+        image = read_image(result.source_path)
+        _layers.show_prediction(self.viewer, image, result.mask, result.uncertainty, result.name)
+        return result
 
     def _show_result(self, result: PredictResult) -> None:
         """Add (or update) the '<name> prediction' Labels layer, aligned with its source layer."""
@@ -254,8 +286,8 @@ class PredictPanel(QWidget):
             unc_name = f"{result.name}{UNCERTAINTY_LAYER_SUFFIX}"
             if unc_name in self.viewer.layers:
                 self.viewer.layers.remove(unc_name)
-            self.viewer.add_image(result.uncertainty, name=unc_name, colormap="inferno", blending="additive",
-                                  opacity=0.5, contrast_limits=(0.0, 1.0), **kwargs)
+            self.viewer.add_image(result.uncertainty, name=unc_name, colormap=_layers.uncertainty_colormap(),
+                                  blending="translucent", contrast_limits=(0.0, 1.0), **kwargs)
 
     def _on_error(self, error: BaseException) -> None:
         message = error_message(error)
