@@ -52,13 +52,43 @@ def pseudo_label_ranking(model_dir: Path, train_pairs, labelled: int, scores: di
     from napari_diffseg.core.io import read_mask
     from napari_diffseg.core.metrics import dice
 
+    from napari_diffseg.core.io import read_image
+    from napari_diffseg.core.io import UNCERTAINTY_SUFFIX
+
     truth = {name: mask for _, mask, name in train_pairs[labelled:]}
-    dices = {name: dice(read_mask(model_dir / "pseudo_labels" / f"{name}.tif"), truth[name]) for name in scores}
+    folder = model_dir / "pseudo_labels"
+    masks = {name: read_mask(folder / f"{name}.tif") for name in scores}
+    dices = {name: dice(masks[name], truth[name]) for name in scores}
     names = sorted(dices)
-    rho = float("nan")
-    if len(names) >= 3 and len({scores[n] for n in names}) > 1:
-        rho = float(spearmanr([scores[n] for n in names], [dices[n] for n in names]).statistic)
-    return {"pseudo_dice": dices, "uncertainty": scores, "spearman": rho,
+
+    def rank_correlation(values: dict[str, float]) -> float:
+        if len(names) < 3 or len({values[n] for n in names}) < 2:
+            return float("nan")
+        return float(spearmanr([values[n] for n in names], [dices[n] for n in names]).statistic)
+
+    # other image-level scores from what the pseudo-label pass writes (entropy map of the twins' mean + mask),
+    # reported beside the queue's score to compare them
+    alternatives: dict[str, dict[str, float]] = {"mean entropy": {}, "entropy per foreground pixel": {},
+                                                 "foreground fraction": {}, "expected Dice error": {}}
+    # two classes: the normalised entropy h(p) gives back the confidence max(p, 1 - p) of the twins' mean
+    confidence = np.linspace(0.5, 1.0, 2001)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        binary_entropy = np.nan_to_num(-(confidence * np.log2(confidence)
+                                         + (1 - confidence) * np.log2(1 - confidence)))
+    for name in names:
+        entropy = np.asarray(read_image(folder / f"{name}{UNCERTAINTY_SUFFIX}.tif"), np.float64)
+        foreground = masks[name] > 0
+        alternatives["mean entropy"][name] = float(entropy.mean())
+        alternatives["entropy per foreground pixel"][name] = float(entropy.sum() / (foreground.sum() + 1.0))
+        alternatives["foreground fraction"][name] = float(foreground.mean())
+        # the Dice the mask would score if the twins' mean probabilities were the truth: 1 - E[Dice] as a score
+        sure = np.interp(entropy, binary_entropy[::-1], confidence[::-1])
+        probability = np.where(foreground, sure, 1 - sure)
+        overlap = float((probability * foreground).sum())
+        denominator = float(probability.sum() + foreground.sum())
+        alternatives["expected Dice error"][name] = 0.0 if denominator < 1e-6 else 1 - 2 * overlap / denominator
+    return {"pseudo_dice": dices, "uncertainty": scores, "spearman": rank_correlation(scores),
+            "alternative_spearman": {key: rank_correlation(values) for key, values in alternatives.items()},
             "mean_pseudo_dice": float(np.mean(list(dices.values()))) if dices else float("nan")}
 
 
@@ -213,6 +243,19 @@ def report(results: list[dict], meta: dict) -> str:
                 lines.append(f"| {dataset} | {n} | {_cell([r['spearman'] for r in rows], 2)} | "
                              f"{_cell([r['mean_pseudo_dice'] for r in rows])} |")
     lines += ["", f"Sets with Spearman <= -0.4 at K = 2: {passing}.", ""]
+    alternative_rows = [r for r in trained if r["method"] == method and r.get("alternative_spearman")]
+    if alternative_rows:
+        keys = list(alternative_rows[0]["alternative_spearman"])
+        lines += ["Other image-level scores, for comparison (Spearman with the true pseudo-label Dice, from the "
+                  "entropy map and mask that the pseudo-label pass writes):", "",
+                  "| dataset | K | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        for dataset in meta["datasets"]:
+            for n in meta["labelled"]:
+                rows = [r for r in alternative_rows if r["dataset"] == dataset and r["n"] == n]
+                if rows:
+                    lines.append(f"| {dataset} | {n} | " + " | ".join(
+                        _cell([r["alternative_spearman"][key] for r in rows], 2) for key in keys) + " |")
+        lines.append("")
     if verdicts:
         lines += ["## The bar at K = 2", ""] + [f"- {dataset}: {bar}" for dataset, bar in verdicts] + [""]
     return "\n".join(lines)
