@@ -796,7 +796,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if started is not None:
         print(f"start:    {started.note}")
     where = project.pseudo_dir(round_)
-    queue = rounds.review_queue(project)
+    queue = project.review_queue()
     print(f"pseudo-labels: {len(outcome.pseudo_names)} image(s) stored in {where}; review queue: {len(queue)} "
           f"image(s) (diffseg project status {shlex.quote(str(args.project))})")
     print("next:     review in napari (Review panel), then "
@@ -806,18 +806,17 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.project import ImageStatus
-    from napari_diffseg.core.rounds import latest_model_dir, review_queue
 
     project = _open_project(args.project)
     counts = project.status_counts()
     total = sum(counts.values())
     print(f"project:      {project.folder}")
     print(f"round:        {project.current_round}")
-    model = latest_model_dir(project)
+    model = project.latest_model_dir()
     print(f"latest model: {model if model is not None else 'none yet (diffseg project train)'}")
     print(f"images:       {total} ({project.num_classes} classes)")
     print(_text_table(["status", "images"], [[status.value, counts[status]] for status in ImageStatus]))
-    queue = review_queue(project)
+    queue = project.review_queue()
     if not queue:
         print("review queue: empty")
         return EXIT_OK

@@ -18,7 +18,6 @@ import tifffile
 
 from napari_diffseg.core.io import write_mask
 from napari_diffseg.core.project import ImageStatus, Project
-from napari_diffseg.core.rounds import review_queue
 from test_cli import (N_IMAGES, N_LABELLED, SHAPE_2D, assert_one_line_error, dataset,  # noqa: F401 (fixture)
                       interrupt_training_at_step, run_cli)  # the CLI tests' helpers and synthetic dataset
 
@@ -119,7 +118,7 @@ def test_next_round_warm_starts_with_the_stored_settings(rounds):
     assert "round:        2" in out and f"latest model: {round_2}" in out
     assert "review queue: 4 image(s), most uncertain first (top 2)" in out
     top = [row.split()[0] for row in out.split("(top 2)", 1)[1].strip().splitlines()[1:]]
-    assert top == review_queue(project)[:2]
+    assert top == project.review_queue()[:2]
 
 
 def test_export_writes_the_best_mask_of_every_image(rounds, tmp_path):
@@ -247,3 +246,18 @@ def test_create_with_a_bad_label_leaves_no_project(dataset, tmp_path):
     assert not (tmp_path / "proj").exists()  # the half-filled project was removed
     code, out, err = run_cli(["project", "create", tmp_path / "proj", "--images", dataset / "images"])
     assert code == 0, err  # and the folder can be used again
+
+
+def test_status_and_the_review_panel_data_do_not_need_torch(rounds):
+    """``project status``, the review queue and the latest model are plain project reads: no torch import (seconds
+    on a laptop, and on the GUI thread it froze the viewer)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom napari_diffseg.cli import main\nfrom napari_diffseg.core.project import Project\n"
+            f"assert main(['project', 'status', {str(rounds['project'])!r}]) == 0\n"
+            f"project = Project.open({str(rounds['project'])!r})\n"
+            "print(len(project.review_queue()), project.latest_model_dir() is not None, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"{len(UNLABELLED)} True False"

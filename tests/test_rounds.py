@@ -12,8 +12,8 @@ from napari_diffseg.core.checkpoint import BEST, LAST
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.io import read_image
 from napari_diffseg.core.project import ImageStatus, Project
-from napari_diffseg.core.rounds import (RoundStarted, latest_model_dir, previous_checkpoint_dir,
-                                        project_training_data, review_queue, train_round)
+from napari_diffseg.core.rounds import (RoundStarted, previous_checkpoint_dir, project_training_data,
+                                        train_round)
 from napari_diffseg.core.synthetic import make_blobs_dataset
 from conftest import tiny_train_config
 from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady, TrainConfig
@@ -76,7 +76,7 @@ def test_train_round_stores_pseudo_labels_losses_and_checkpoints(project):
     assert isinstance(events[-1], Done)
     out_dir = project.checkpoints_dir(1)
     assert (out_dir / LAST).is_file() and (out_dir / BEST).is_file()
-    assert latest_model_dir(project) == out_dir
+    assert project.latest_model_dir() == out_dir
 
     ready = [e for e in events if isinstance(e, PseudoLabelsReady)]
     assert ready and ready[-1].names == ["img1", "img2", "img3"]
@@ -94,7 +94,7 @@ def test_train_round_stores_pseudo_labels_losses_and_checkpoints(project):
     logged_steps = sorted({entry.step for entry in project.loss_history(round=1)})
     assert logged_steps == steps == list(range(1, config.max_steps + 1))
     assert project.config[rounds.TRAIN_CONFIG_KEY]["max_steps"] == config.max_steps
-    assert set(review_queue(project)) == {"img1", "img2", "img3"}
+    assert set(project.review_queue()) == {"img1", "img2", "img3"}
 
 
 def test_next_round_warm_starts_from_the_previous_round(project, pairs):
@@ -143,9 +143,9 @@ def test_review_queue_is_most_uncertain_first(project, pairs):
     mask = np.zeros((40, 40), np.uint8)
     for name, mean in [("img1", 0.2), ("img2", 0.7), ("img3", math.nan)]:
         project.save_pseudo(name, mask, np.full((40, 40), 0.5, np.float32), 1, "m", mean)
-    assert review_queue(project) == ["img2", "img1", "img3"]
+    assert project.review_queue() == ["img2", "img1", "img3"]
     project.accept("img2", pairs[2][1])
-    assert review_queue(project) == ["img1", "img3"]
+    assert project.review_queue() == ["img1", "img3"]
 
 
 def test_class_count_must_match_the_project(project):
@@ -155,7 +155,7 @@ def test_class_count_must_match_the_project(project):
 
 def test_checkpoint_lookups_do_not_create_folders(project):
     assert previous_checkpoint_dir(project, round=3) is None
-    assert latest_model_dir(project) is None
+    assert project.latest_model_dir() is None
     assert sorted(p.name for p in (project.folder / "checkpoints").iterdir()) == []
     (project.checkpoints_dir(1) / LAST).write_bytes(b"x")  # only the presence of last.pt / best.pt is looked at
     assert previous_checkpoint_dir(project, round=3) == project.checkpoints_dir(1)

@@ -17,8 +17,9 @@ from napari_diffseg.core.data import TrainingData
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import to_channels_first
 from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, SUPERVISED,
-                                          CheckpointSaved, Done, Progress, PseudoLabelsReady, TrainConfig, train)
+from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, PSEUDO_LABEL_STAGE,
+                                          SAVING_STAGE, SUPERVISED, CheckpointSaved, Done, Progress,
+                                          PseudoLabelsReady, StageProgress, TrainConfig, train)
 
 MAX_STEPS = 20
 
@@ -85,11 +86,18 @@ def test_event_sequence(reference, data):
     assert all(e.fraction == pytest.approx(e.step / MAX_STEPS) for e in progress)
     assert all(e.remaining >= 0 and e.elapsed >= 0 for e in progress)
     assert progress[-1].fraction == 1.0
-    # every step yields its Progress; the run ends with best, pseudo-labels, last, Done
+    # every step yields its Progress; the run ends with saving, best, pseudo-labels (one stage event per image
+    # before it), last, Done
     tail = events[len(progress):]
     assert all(isinstance(e, Progress) for e in events[: len(progress)])
-    assert [type(e) for e in tail] == [CheckpointSaved, PseudoLabelsReady, CheckpointSaved, Done]
-    best, pseudo, last, done = tail
+    n_unlabelled = len(data.unlabelled_indices)
+    assert [type(e) for e in tail] == ([StageProgress, CheckpointSaved] + [StageProgress] * n_unlabelled
+                                       + [PseudoLabelsReady, CheckpointSaved, Done])
+    assert (tail[0].stage, tail[0].done, tail[0].total) == (SAVING_STAGE, 0, 1)
+    stages = tail[2:2 + n_unlabelled]
+    assert [(e.stage, e.done, e.total) for e in stages] == [(PSEUDO_LABEL_STAGE, i, n_unlabelled)
+                                                            for i in range(n_unlabelled)]
+    best, pseudo, last, done = (e for e in tail if not isinstance(e, StageProgress))
     assert best.kind == "best" and best.path == out / BEST and best.path.is_file()
     assert last.kind == "last" and last.path == out / LAST and last.path.is_file()
     assert best.metrics["selected_twin"] in ("teacher", "student")

@@ -331,7 +331,7 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert len(project.loss_history(round=1)) > 0
 
     # review: the most uncertain pseudo-label, editable, with its uncertainty layer
-    queue = rounds.review_queue(project)
+    queue = project.review_queue()
     assert sorted(queue) == sorted(names[1:])
     assert review.queue == queue
     assert review.current_name() is None  # the new pseudo-labels did not take the view away from annotating

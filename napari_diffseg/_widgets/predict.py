@@ -182,7 +182,7 @@ class PredictPanel(QWidget):
         project = self.state.project
         if project is None:
             return
-        latest = _latest_model_dir(project)
+        latest = project.latest_model_dir()
         self._auto_model = "" if latest is None else str(latest)
         self.model_row.setText(self._auto_model)
 
@@ -299,12 +299,6 @@ class PredictPanel(QWidget):
         self._set_running(False)
         if self.progress.value() and self.results:
             self.progress.setValue(1000)
-
-
-def _latest_model_dir(project: Any) -> Path | None:
-    from napari_diffseg.core.rounds import latest_model_dir
-
-    return latest_model_dir(project)
 
 
 class PredictWidget(PredictPanel):

@@ -142,10 +142,8 @@ class ReviewPanel(QWidget):
         """Re-read the queue and counts. With nothing shown yet, show the queue's first image when ``show_first``
         or when this panel is on screen and the user is not annotating (Annotate layers visible): new
         pseudo-labels never take the view away from painting, nor from another panel."""
-        from napari_diffseg.core.rounds import review_queue  # imports torch: only when a panel is built
-
         project = self.state.project
-        self.queue = [] if project is None else review_queue(project)
+        self.queue = [] if project is None else project.review_queue()
         self.queue_list.blockSignals(True)
         self.queue_list.clear()
         records = {} if project is None else {r.name: r for r in project.records()}

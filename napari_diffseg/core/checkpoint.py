@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, ModelError
-from .io import atomic_write, image_layout, to_channels_first
+from .io import BEST, LAST, atomic_write, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
                       probabilities_to_mask, run, tiled_probabilities)
 from .scale import resize_image, resize_probabilities, scaled_shape
@@ -25,8 +25,6 @@ from .teacher import DiffusionTeacher, NetworkConfig
 
 FORMAT_TAG = "napari-diffseg"
 FORMAT_VERSION = 1
-LAST = "last.pt"
-BEST = "best.pt"
 CARD = "model_card.json"
 
 

@@ -25,6 +25,8 @@ from napari_diffseg.core.errors import InputError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LAST = "last.pt"  # a model folder's checkpoint to resume or warm-start from
+BEST = "best.pt"  # ... and the model to predict with
 UNCERTAINTY_SUFFIX = "_uncertainty"  # <stem>_uncertainty.tif: the uncertainty map written beside a mask
 TIFF_SUFFIXES = (".tif", ".tiff")
 MIN_AXIS = 8

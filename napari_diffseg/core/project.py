@@ -46,6 +46,7 @@ import numpy as np
 
 from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputError
 from napari_diffseg.core.io import (
+    BEST,
     check_mask_matches,
     image_layout,
     name_stem,
@@ -330,6 +331,21 @@ class Project:
     def pseudo_dir(self, round: int) -> Path:
         """``pseudo/round_<k>`` (not created here; writing a pseudo-label creates it)."""
         return self.folder / PSEUDO_DIR / f"round_{int(round)}"
+
+    def review_queue(self) -> list[str]:
+        """Names of the images awaiting review (status PSEUDO), most uncertain first (unknown uncertainty last)."""
+        records = [r for r in self.records() if r.status == ImageStatus.PSEUDO]
+        order = {name: index for index, name in enumerate(r.name for r in records)}
+        records.sort(key=lambda r: (r.uncertainty is None, -(r.uncertainty or 0.0), order[r.name]))
+        return [r.name for r in records]
+
+    def latest_model_dir(self) -> Path | None:
+        """The most recent round's checkpoint folder that holds a ``best.pt`` (a model ready to predict with)."""
+        for round_ in range(self.current_round, 0, -1):
+            folder = self.folder / CHECKPOINTS_DIR / f"round_{round_}"
+            if (folder / BEST).is_file():
+                return folder
+        return None
 
     def checkpoints_dir(self, round: int) -> Path:
         """``checkpoints/round_<k>``, created if missing."""

@@ -95,15 +95,6 @@ def previous_checkpoint_dir(project: Project, round: int | None = None) -> Path 
     return None
 
 
-def latest_model_dir(project: Project) -> Path | None:
-    """The most recent round's checkpoint folder that holds a ``best.pt`` (a model ready to predict with)."""
-    for round_ in range(project.current_round, 0, -1):
-        folder = _round_dir(project, round_)
-        if (folder / BEST).is_file():
-            return folder
-    return None
-
-
 def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
     return asdict(NetworkConfig(spatial_dims=data.spatial_dims, image_channels=data.channels,
                                 num_classes=config.num_classes, base_channels=config.base_channels,
@@ -175,11 +166,3 @@ def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
     finally:
         events.close()  # cancels the run (it writes last.pt) before the last losses are logged
         flush()
-
-
-def review_queue(project: Project) -> list[str]:
-    """Names of the images awaiting review (status PSEUDO), most uncertain first (unknown uncertainty last)."""
-    records = [r for r in project.records() if r.status == ImageStatus.PSEUDO]
-    order = {name: index for index, name in enumerate(r.name for r in records)}
-    records.sort(key=lambda r: (r.uncertainty is None, -(r.uncertainty or 0.0), order[r.name]))
-    return [r.name for r in records]

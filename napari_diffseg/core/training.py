@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PRETRAIN, COTRAIN, SUPERVISED = "pretrain", "cotrain", "supervised"
 PSEUDO_LABEL_DIR = "pseudo_labels"
+PSEUDO_LABEL_STAGE, SAVING_STAGE = "pseudo_labels", "saving"  # StageProgress stages
 LR_SCHEDULES = ("poly", "constant")
 TWINS = ("teacher", "student")
 WARMUP_TWINS = ("both", "copy")  # supervised warm-up: both twins learn the labels, or the teacher alone + a copy
@@ -156,6 +157,16 @@ class Progress(TrainingEvent):
     elapsed: float
     remaining: float
     losses: dict[str, float]
+
+
+@dataclass
+class StageProgress(TrainingEvent):
+    """Progress of a pass outside the optimisation steps (its time is not budget): "pseudo_labels" (one event per
+    image, before it) or "saving" (the final model)."""
+
+    stage: str
+    done: int
+    total: int
 
 
 @dataclass
@@ -534,7 +545,7 @@ class _Run:
                             "bf16": self.bf16},
         })
 
-    def pseudo_labels(self) -> PseudoLabelsReady:
+    def pseudo_labels(self) -> Iterator[StageProgress | PseudoLabelsReady]:
         """Masks of the kept twin (fixed threshold) for every unlabelled image, the per-pixel uncertainty (entropy
         of the twins' mean) and an image-level score: the twins' disagreement (1 - soft Dice between them), or
         the mean entropy when there is one network."""
@@ -542,7 +553,9 @@ class _Run:
         twins = self.twins()
         networks = [twins[self.kept_twin]] + [net for name, net in twins.items() if name != self.kept_twin]
         names, scores = [], {}
-        for index in self.data.unlabelled_indices:
+        indices = self.data.unlabelled_indices
+        for done, index in enumerate(indices):
+            yield StageProgress(PSEUDO_LABEL_STAGE, done, len(indices))
             name = self.data.names[index]
             probs = self._probabilities(networks, index, draws=self.config.uncertainty_draws)
             members = probs.ensemble if probs.ensemble is not None else probs.primary
@@ -553,7 +566,7 @@ class _Run:
             scores[name] = (disagreement(probs.primary, probs.second) if probs.second is not None
                             else float(uncertainty.mean()))
         self.pseudo_label_count += 1
-        return PseudoLabelsReady(self.step, directory, names, scores)
+        yield PseudoLabelsReady(self.step, directory, names, scores)
 
 
 def train(
@@ -616,8 +629,7 @@ def train(
                     last_pseudo is not None and now - last_pseudo >= config.pseudo_labels_every_seconds)
                 if due and data.unlabelled_indices:
                     with clock.paused():
-                        event = state.pseudo_labels()
-                    yield event
+                        yield from state.pseudo_labels()
                     last_pseudo = clock.elapsed
             if now - last_checkpoint >= config.checkpoint_every_seconds:
                 last_checkpoint = now
@@ -627,12 +639,12 @@ def train(
             yield Progress(state.stage, state.step, clock.fraction(state.step), clock.elapsed,
                            clock.remaining(state.step), losses)
         with clock.paused():
+            yield StageProgress(SAVING_STAGE, 0, 1)
             saved = state.save_best(clock)
         yield saved
         if data.unlabelled_indices:
             with clock.paused():
-                event = state.pseudo_labels()
-            yield event
+                yield from state.pseudo_labels()
         with clock.paused():
             last = state.save_last(clock)
             state.write_card(clock)
