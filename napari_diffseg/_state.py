@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+PRETRAIN_IN_BACKGROUND = True  # the default of the Train panel's "pretrain the teacher while I label"
+
+
 class Status(str, Enum):
     """Status of the training run of a state."""
 
@@ -51,6 +54,7 @@ class DiffsegState:
     records_changed = Signal()  # image statuses / pseudo-labels / labels in the project changed
     error = Signal(str)  # one-line message of the last failure
     image_shown = Signal(str, str)  # ("annotate" | "review", image name): a panel's layers now show that image
+    pretrain_changed = Signal(float)  # seconds the teacher has pretrained in the background (also on start/stop)
 
     def __init__(self) -> None:
         self.project: Project | None = None
@@ -61,6 +65,9 @@ class DiffsegState:
         self.losses: list[tuple[int, str, dict[str, float]]] = []  # (step, stage, losses) of the current run
         self.last_error = ""
         self.worker: Any = None  # the running training worker (napari_diffseg._workers), if any
+        self.pretrain_enabled = PRETRAIN_IN_BACKGROUND  # pretrain the teacher while the user labels
+        self.pretrain_worker: Any = None
+        self.pretrain_seconds = 0.0
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:

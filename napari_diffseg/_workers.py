@@ -11,6 +11,8 @@
   message") shown as napari error notifications. Unexpected exceptions are re-raised as :class:`WorkerFailure`
   because superqt treats a ``RuntimeError`` escaping a generator as "worker deleted" and would swallow it
   (torch reports most failures as RuntimeError).
+- :func:`start_pretraining` / :func:`stop_pretraining` run stage 1 of the open project in the background while the
+  user labels (one thread, lowest priority), stopped by Start, a project change or the user.
 - :func:`start_training` / :func:`stop_training` drive one training round of the project of a
   :class:`~napari_diffseg._state.DiffsegState` and keep its status in step: idle -> running -> (stopping) ->
   done / idle / failed; Start works again from done, idle and failed.
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import contextlib
+import dataclasses
 import logging
+import time
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
@@ -105,14 +109,81 @@ def start_job(
     return worker
 
 
+PRETRAIN_MAX_SECONDS = 8 * 3600.0  # background pretraining runs until it is stopped (Train, project change, untick)
+PRETRAIN_STOP_TIMEOUT_S = 30.0  # Train waits this long at most for the pretraining to stop at its next step
+
+
+def pretraining_wanted(state: DiffsegState) -> bool:
+    """Background stage 1 helps only before round 1 has a model: later rounds warm-start from the last round."""
+    project = state.project
+    return (state.pretrain_enabled and project is not None and not state.busy and project.current_round == 1
+            and project.latest_model_dir() is None and bool(project.names()))
+
+
+def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
+    """Pretrain the teacher of the open project in the background (stage 1, no labels) while the user labels: one
+    torch thread, the lowest thread priority, until stopped; round 1 then co-trains from it. None when not
+    wanted (see :func:`pretraining_wanted`) or already running."""
+    if state.pretrain_worker is not None or not pretraining_wanted(state):
+        return None
+    project = state.project
+    config = dataclasses.replace(state.config, budget_seconds=PRETRAIN_MAX_SECONDS, max_steps=None, threads=1)
+
+    def events():
+        from qtpy.QtCore import QThread
+
+        from napari_diffseg.core import rounds
+        from napari_diffseg.core.device import configure_threads
+
+        QThread.currentThread().setPriority(QThread.LowestPriority)
+        configure_threads(1)
+        yield from rounds.pretrain_project(project, config)
+
+    def on_yielded(event: Any) -> None:
+        if hasattr(event, "elapsed"):  # Progress: total pretraining seconds so far
+            state.pretrain_seconds = float(event.elapsed)
+            state.pretrain_changed.emit(state.pretrain_seconds)
+
+    def on_errored(error: BaseException) -> None:  # never in the user's way: the log and the panel say it
+        log.warning("background pretraining stopped: %s", error_message(error))
+        state.pretrain_changed.emit(state.pretrain_seconds)
+
+    def on_finished() -> None:
+        state.pretrain_worker = None
+        state.pretrain_changed.emit(state.pretrain_seconds)
+        if state.project is not project:  # stopped because another project was opened: pretrain that one
+            start_pretraining(state)
+
+    state.pretrain_worker = start_job(events, on_yielded, on_errored, on_finished, configure_threads=False)
+    state.pretrain_changed.emit(state.pretrain_seconds)
+    return state.pretrain_worker
+
+
+def stop_pretraining(state: DiffsegState, wait: bool = False) -> None:
+    """Stop the background pretraining at its next step (it saves its teacher first); ``wait``: until it has."""
+    worker = state.pretrain_worker
+    if worker is None:
+        return
+    worker.quit()
+    if wait:
+        from qtpy.QtWidgets import QApplication
+
+        deadline = time.monotonic() + PRETRAIN_STOP_TIMEOUT_S
+        while state.pretrain_worker is not None and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+
+
 def start_training(state: DiffsegState, next_round: bool = False, resume: bool = False) -> ClosingGeneratorWorker | None:
     """Train the current round of the state's project (after starting the next round, with ``next_round``).
 
-    Returns the worker, or None (with a notification) when training cannot start.
+    Returns the worker, or None (with a notification) when training cannot start. A background pretraining is
+    stopped first (its teacher saved), and round 1 co-trains from it.
     """
     if state.busy:
         notifications.show_warning("training is already running; stop it first")
         return None
+    stop_pretraining(state, wait=True)
     project = state.project
     if project is None:
         notify_error("open or create a project first (Project panel)")

@@ -132,7 +132,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chained-rounds", action="store_true",
                         help="condition each round on the previous round's mask instead of the teacher's")
     parser.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
-                        help="share of the budget for unsupervised teacher pretraining (default 0.25)")
+                        help="share of the budget for unsupervised teacher pretraining (default 0: it cost more than it "
+                             "gave within minutes; 'diffseg project pretrain' runs it outside the budget)")
     parser.add_argument("--width", type=_positive_int, default=None, metavar="C",
                         help="base channels of the U-Nets (default 16; smaller is faster)")
     parser.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
@@ -262,6 +263,23 @@ def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
     start.add_argument("--resume", action="store_true",
                        help="continue the stopped run of the current round (from its last.pt)")
     train.set_defaults(handler=_cmd_project_train)
+
+    pretrain = actions.add_parser(
+        "pretrain", parents=[common], help="pretrain the teacher without labels (stage 1), e.g. while labelling",
+        description="Stage 1 of the method on every image of the project: the teacher learns by cycle consistency "
+                    "(noise-corrupted image reconstruction), no label needed. Each run continues the pretraining "
+                    "already done (checkpoints/pretrain); 'diffseg project train' then co-trains round 1 from this "
+                    "teacher instead of pretraining inside its own budget. napari's Train panel runs the same in "
+                    "the background while you label.",
+    )
+    pretrain.add_argument("project", metavar="DIR", help="project folder")
+    pretrain.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
+                          help="pretraining time of this run, default 300 (added to what was done before)")
+    pretrain.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    pretrain.add_argument("--width", type=_positive_int, default=None, metavar="C",
+                          help="base channels of the U-Nets (default 16; must match the later training)")
+    _add_device_options(pretrain)
+    pretrain.set_defaults(handler=_cmd_project_pretrain)
 
     status = actions.add_parser(
         "status", parents=[common], help="image counts per status, round, latest model and review queue",
@@ -801,6 +819,28 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
           f"image(s) (diffseg project status {shlex.quote(str(args.project))})")
     print("next:     review in napari (Review panel), then "
           f"diffseg project train {shlex.quote(str(args.project))} --next-round")
+    return EXIT_OK
+
+
+def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import rounds
+    from napari_diffseg.core.training import pretraining_info
+
+    project = _open_project(args.project)
+    for name in ("pretrain_fraction", "rounds", "rounds_every", "patch_size", "batch_size", "steps"):
+        setattr(args, name, None)  # the settings of _train_config that pretraining does not offer
+    args.labels_only = args.chained_rounds = False
+    config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
+    folder = rounds.pretrain_dir(project)
+    before = pretraining_info(folder)
+    log.info("pretraining the teacher of %s without labels for %s%s", project.folder, _duration(args.budget),
+             f" (continuing {_duration(before['seconds'])} done before)" if before else "")
+    outcome = _run_training(rounds.pretrain_project(project, config), args.quiet, folder, _resume_command(argv))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
+    print(f"teacher pretrained for {_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
+    print(f"next:     diffseg project train {shlex.quote(str(args.project))} (round 1 co-trains from this teacher)")
     return EXIT_OK
 
 

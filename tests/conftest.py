@@ -23,3 +23,11 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_background_pretraining(monkeypatch):
+    """The Train panel pretrains the teacher in the background by default; tests opt in where they test it."""
+    import napari_diffseg._state as state_module
+
+    monkeypatch.setattr(state_module, "PRETRAIN_IN_BACKGROUND", False)

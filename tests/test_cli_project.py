@@ -261,3 +261,24 @@ def test_status_and_the_review_panel_data_do_not_need_torch(rounds):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"{len(UNLABELLED)} True False"
+
+
+def test_pretrain_then_train_co_trains_from_the_pretrained_teacher(dataset, tmp_path):
+    project = tmp_path / "proj"
+    assert run_cli(["project", "create", project, "--images", dataset / "images"])[0] == 0  # no label needed
+    code, out, err = run_cli(["project", "pretrain", project, "--budget", "2", "--width", "8"])
+    assert code == 0, err
+    first = float(out.split("teacher pretrained for ")[1].split()[0].rstrip("s"))
+    code, out, err = run_cli(["project", "pretrain", project, "--budget", "2", "--width", "8"])
+    assert code == 0, err
+    assert "continuing" in err + out
+    steps = [int(text.split("(")[1].split()[0]) for text in out.splitlines() if text.startswith("teacher pretrained")]
+    assert float(out.split("teacher pretrained for ")[1].split()[0].rstrip("s")) > first and steps[0] > 1
+    # the labels arrive later; round 1 starts from the pretrained teacher instead of from scratch
+    store = Project.open(project)
+    for path in sorted((dataset / "labels").glob("*.tif")):
+        store.save_label(path.stem, tifffile.imread(path))
+    code, out, err = run_cli(["project", "train", project, *FAST])
+    assert code == 0, err
+    assert "start:    co-training from the teacher pretrained without labels for" in out
+    assert first > 0

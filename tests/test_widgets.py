@@ -231,6 +231,43 @@ def test_review_keeps_unaccepted_edits_and_can_undo_an_accept(make_napari_viewer
     assert shown["error"] == []
 
 
+def test_teacher_pretrains_in_the_background_until_start(make_napari_viewer, qtbot, tmp_path, shown):
+    """Stage 1 needs no labels: with images in the project it runs in the background (one thread) while the user
+    labels; Start stops it (its teacher saved) and round 1 co-trains from it; once round 1 has a model it does not
+    come back."""
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    train, state = panels["Train"], panels["Train"].state
+    state.config = tiny_config(checkpoint_every_seconds=0.5)
+    _small_project(tmp_path / "proj", labelled=0)
+    panels["Project"].open_project(tmp_path / "proj")
+    assert state.pretrain_worker is None  # off in the tests unless asked for
+    train.pretrain_check.setChecked(True)
+    assert state.pretrain_worker is not None
+    qtbot.waitUntil(lambda: state.pretrain_seconds > 1.0, timeout=30_000)
+    assert train.pretrain_label.text().startswith("teacher pretraining in the background")
+    train.pretrain_check.setChecked(False)  # pausable
+    qtbot.waitUntil(lambda: state.pretrain_worker is None, timeout=30_000)
+    paused_at = state.pretrain_seconds
+    assert train.pretrain_label.text().startswith("teacher pretrained:")
+    train.pretrain_check.setChecked(True)  # ... and it continues where it stopped
+    qtbot.waitUntil(lambda: state.pretrain_seconds > paused_at + 0.5, timeout=30_000)
+
+    labels = panels["Annotate"].open_image(state.project.names()[0])
+    labels.data = sample_crops()[0][1].copy()
+    assert panels["Annotate"].save()
+    events = []
+    state.training_event.connect(events.append)
+    train.start_button.click()
+    assert state.pretrain_worker is None  # stopped before training started
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    assert events[0].warm_start == tmp_path / "proj" / "checkpoints" / "pretrain"
+    assert "pretrained without labels" in events[0].note
+    assert state.pretrain_worker is None  # round 1 has its model: no pretraining any more
+    assert shown["error"] == []
+
+
 def test_widget_modules_do_not_import_torch():
     modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
 
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets._common import connect_until_destroyed, format_duration, user_errors, wrapping_label
-from napari_diffseg._workers import error_message, notify_error, start_training, stop_training
+from napari_diffseg._workers import (error_message, notify_error, start_job, start_pretraining, start_training,
+                                     stop_pretraining, stop_training)
 from napari_diffseg.core.errors import DiffsegError
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,9 @@ PLOT_INTERVAL_MS = 500  # the progress display (labels, bar, loss plot) is refre
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MIN_BUDGET_SECONDS = 10  # the smallest time budget offered when no step limit ends the run
 STAGE_NAMES = {"pretrain": "1 · teacher pretraining (no labels)", "cotrain": "2 · teacher-student co-training",
-               "supervised": "supervised (labelled images only)"}
+               "supervised": "supervised (labelled images only)", "starting": "starting (reading the images)",
+               "pseudo_labels": "pseudo-labels for review (the clock is paused)",
+               "saving": "writing the model (the clock is paused)"}
 PLOTTED_LOSS = ("total", "supervised", "reconstruction")  # the first one present is plotted
 STAGE_COLOURS = {"pretrain": "#ff9f40", "cotrain": "#4aa3ff", "supervised": "#49c56b"}
 
@@ -221,6 +225,7 @@ class TrainPanel(QWidget):
         self.viewer = viewer
         self.state = state
         self._syncing = False
+        self._torch_loader: Any = None  # the worker importing torch the first time
 
         self.round_label = QLabel("")
         self.budget = QSpinBox()
@@ -282,10 +287,18 @@ class TrainPanel(QWidget):
         self.remaining_label = QLabel("remaining: -")
         self.status_label = wrapping_label("")
         self.plot = LossPlot()
+        self.pretrain_check = QCheckBox("pretrain the teacher while I label")
+        self.pretrain_check.setChecked(state.pretrain_enabled)
+        self.pretrain_check.setToolTip("Stage 1 of the method needs no labels: it runs in the background (one "
+                                       "thread, lowest priority) until you press Start; round 1 then co-trains "
+                                       "from this teacher.")
+        self.pretrain_label = QLabel("")
 
         settings = QFormLayout()
         settings.addRow("time budget", self.budget)
         settings.addRow(self.labels_only)
+        settings.addRow(self.pretrain_check)
+        settings.addRow(self.pretrain_label)
         layout = QVBoxLayout(self)
         layout.addWidget(self.round_label)
         layout.addLayout(settings)
@@ -325,6 +338,10 @@ class TrainPanel(QWidget):
         connect_until_destroyed(self, state.status_changed, self._on_status)
         connect_until_destroyed(self, state.training_event, self._on_event)
         connect_until_destroyed(self, state.round_changed, self._on_round)
+        connect_until_destroyed(self, state.pretrain_changed, self._show_pretraining)
+        connect_until_destroyed(self, state.records_changed, self._maybe_pretrain)  # e.g. the first images added
+        self.pretrain_check.toggled.connect(self._toggle_pretraining)
+        self.destroyed.connect(lambda *_: stop_pretraining(state))
         connect_until_destroyed(self, state.project_changed, self._on_project)
         self._sync_from_config(state.config)
         self._update_torch_label()
@@ -386,13 +403,24 @@ class TrainPanel(QWidget):
         self._update_torch_label()
 
     def _update_torch_label(self) -> None:
-        from napari_diffseg.core.device import default_threads, describe_torch, select_device
+        """The torch version, device and threads; the first import of torch (seconds) runs in a worker thread, so
+        that opening the panel never freezes the viewer."""
+        if "torch" in sys.modules:
+            self.torch_label.setText(_describe_torch(self.state.config))
+            return
+        if self._torch_loader is not None:
+            return
+        self.torch_label.setText("torch: loading…")
+        config = self.state.config
 
-        try:
-            config = self.state.config  # the worker sets these threads for itself (cores - 1 by default)
-            self.torch_label.setText(describe_torch(select_device(config.device), config.threads or default_threads()))
-        except DiffsegError as error:
-            self.torch_label.setText(f"device not available: {error}")
+        def load():
+            yield _describe_torch(config)
+
+        def loaded(text: str) -> None:
+            self._torch_loader = None
+            self.torch_label.setText(text)
+
+        self._torch_loader = start_job(load, loaded, configure_threads=False)
 
     # ------------------------------------------------------------------ run
     def start(self) -> Any:
@@ -406,6 +434,31 @@ class TrainPanel(QWidget):
 
     def _on_project(self, *_: Any) -> None:
         self._on_status(self.state.status)
+        self.state.pretrain_seconds = 0.0
+        stop_pretraining(self.state)  # the new project's pretraining starts when the old one has stopped
+        self._maybe_pretrain()
+
+    # ------------------------------------------------------------------ background pretraining
+    def _maybe_pretrain(self, *_: Any) -> None:
+        start_pretraining(self.state)
+        self._show_pretraining(self.state.pretrain_seconds)
+
+    def _toggle_pretraining(self, enabled: bool) -> None:
+        self.state.pretrain_enabled = bool(enabled)
+        if enabled:
+            self._maybe_pretrain()
+        else:
+            stop_pretraining(self.state)
+
+    def _show_pretraining(self, seconds: float) -> None:
+        running = self.state.pretrain_worker is not None
+        if running:
+            text = f"teacher pretraining in the background: {format_duration(seconds)}"
+        elif seconds > 0:
+            text = f"teacher pretrained: {format_duration(seconds)} (round 1 starts from it)"
+        else:
+            text = ""
+        self.pretrain_label.setText(text)
 
     def _on_round(self, round_: int) -> None:
         self.round_label.setText(f"Round {round_}" if round_ else "No project open")
@@ -413,6 +466,7 @@ class TrainPanel(QWidget):
     def _on_status(self, status: Status) -> None:
         if not self.state.busy:
             self._refresh_progress()  # the last steps of a stopped or failed run
+            self._maybe_pretrain()  # e.g. after a failed first round
         has_project = self.state.project is not None
         self.start_button.setEnabled(has_project and not self.state.busy)
         self.stop_button.setEnabled(status == Status.RUNNING)
@@ -429,10 +483,7 @@ class TrainPanel(QWidget):
             text = f"Stopped at step {self.state.step}; last.pt saved. Start again, or tick 'resume' under Advanced."
         self.status_label.setText(text)
         if status == Status.RUNNING:
-            self._pending_progress = None
-            self.progress.setValue(0)
-            self.plot.set_points([])
-            self.plot.redraw()
+            self._reset_progress("starting")
         self._update_torch_label()
 
     def _refresh_progress(self) -> None:
@@ -446,17 +497,33 @@ class TrainPanel(QWidget):
             self.remaining_label.setText(f"remaining: {format_duration(event.remaining)}")
         self.plot.redraw_if_needed()
 
+    def _reset_progress(self, stage: str) -> None:
+        """A new run or round: nothing of the previous one stays on screen."""
+        self._pending_progress = None
+        self.progress.setValue(0)
+        self.stage_label.setText(f"stage: {STAGE_NAMES.get(stage, stage)}")
+        for label, text in ((self.step_label, "step: 0"), (self.elapsed_label, "elapsed: -"),
+                            (self.remaining_label, "remaining: -")):
+            label.setText(text)
+        self.plot.set_points([])
+        self.plot.redraw()
+
     def _on_event(self, event: Any) -> None:
         from napari_diffseg.core.rounds import RoundStarted
-        from napari_diffseg.core.training import CheckpointSaved, Done, Progress, PseudoLabelsReady
+        from napari_diffseg.core.training import CheckpointSaved, Done, Progress, PseudoLabelsReady, StageProgress
 
-        if isinstance(event, Progress):  # cheap: shown by the next _refresh_progress
+        if isinstance(event, StageProgress):  # a pass outside the optimisation steps, shown at once
+            self._refresh_progress()
+            self.stage_label.setText(f"stage: {STAGE_NAMES.get(event.stage, event.stage)} · "
+                                     f"{event.done}/{event.total}")
+        elif isinstance(event, Progress):  # cheap: shown by the next _refresh_progress
             self._pending_progress = event
             value = plotted_value(event.losses)
             if value is not None:
                 self.plot.points.append((event.step, event.stage, value))
                 self.plot.set_points(self.plot.points)
         elif isinstance(event, RoundStarted):
+            self._reset_progress("starting")
             self.status_label.setText(f"Round {event.round}: {event.note} ({event.labelled} labelled, "
                                       f"{event.unlabelled} unlabelled images)")
         elif isinstance(event, PseudoLabelsReady):
@@ -470,6 +537,15 @@ class TrainPanel(QWidget):
         elif isinstance(event, Done):
             self._refresh_progress()
             self.progress.setValue(1000)
+
+
+def _describe_torch(config: Any) -> str:
+    from napari_diffseg.core.device import default_threads, describe_torch, select_device
+
+    try:  # the worker sets these threads for itself (cores - 1 by default)
+        return describe_torch(select_device(config.device), config.threads or default_threads())
+    except DiffsegError as error:
+        return f"device not available: {error}"
 
 
 class TrainWidget(TrainPanel):

@@ -28,13 +28,14 @@ class TrainingData:
     labels: dict[int, np.ndarray]
     names: list[str]
     num_classes: int = 2
+    require_labels: bool = True  # False: stage-1 pretraining, which needs no label
     spatial_dims: int = field(init=False)
     channels: int = field(init=False)
 
     def __post_init__(self):
         if not self.images:
             raise InputError("no images to train on")
-        if not self.labels:
+        if self.require_labels and not self.labels:
             raise InputError("no labelled image: label at least one image before training")
         first = self.images[0]
         self.spatial_dims, self.channels = first.ndim - 1, first.shape[0]
@@ -156,7 +157,8 @@ class PatchSampler:
 
 
 def training_data_from_arrays(
-    images: list[np.ndarray], labels: dict[int, np.ndarray], names: list[str], num_classes: int = 2
+    images: list[np.ndarray], labels: dict[int, np.ndarray], names: list[str], num_classes: int = 2,
+    require_labels: bool = True,
 ) -> TrainingData:
     """TrainingData from raw images (as read or from layers) and raw label images keyed by image index."""
     normalised = [to_channels_first(image, name=name) for image, name in zip(images, names)]
@@ -164,7 +166,7 @@ def training_data_from_arrays(
     for index, label in labels.items():
         check_mask_matches(images[index], label, names[index])
         masks[index] = normalise_mask(label, num_classes, name=names[index]).astype(np.int64)
-    return TrainingData(normalised, masks, list(names), num_classes)
+    return TrainingData(normalised, masks, list(names), num_classes, require_labels)
 
 
 def training_data_from_folders(images_dir, labels_dir, num_classes: int = 2) -> TrainingData:

@@ -35,11 +35,12 @@ from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, read_image
 from .project import CHECKPOINTS_DIR, ImageStatus, Project
 from .teacher import NetworkConfig
-from .training import Progress, PseudoLabelsReady, TrainConfig, TrainingEvent, train
+from .training import Progress, PseudoLabelsReady, TrainConfig, TrainingEvent, pretrain, pretraining_info, train
 
 log = logging.getLogger(__name__)
 
 LOSS_LOG_EVERY = 20
+PRETRAIN_DIR = "pretrain"  # under checkpoints/: stage 1 run in the background while the user labels
 TRAIN_CONFIG_KEY = "train"
 
 
@@ -95,6 +96,24 @@ def previous_checkpoint_dir(project: Project, round: int | None = None) -> Path 
     return None
 
 
+def pretrain_dir(project: Project) -> Path:
+    """``checkpoints/pretrain``: the teacher pretrained (stage 1, no labels) while the user labels."""
+    return project.folder / CHECKPOINTS_DIR / PRETRAIN_DIR
+
+
+def pretrain_project(project: Project, config: TrainConfig) -> Iterator[TrainingEvent]:
+    """Stage 1 on every image of the project, no label needed, for ``config.budget_seconds`` or until closed,
+    continuing an earlier pretraining; round 1 then co-trains from this teacher (see ``train_round``)."""
+    records = project.records()
+    if not records:
+        raise InputError("the project has no images: add images first")
+    data = training_data_from_arrays([project.image(r.name) for r in records], {}, [r.name for r in records],
+                                     project.num_classes, require_labels=False)
+    folder = pretrain_dir(project)
+    folder.mkdir(parents=True, exist_ok=True)
+    yield from pretrain(data, config, folder)
+
+
 def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
     return asdict(NetworkConfig(spatial_dims=data.spatial_dims, image_channels=data.channels,
                                 num_classes=config.num_classes, base_channels=config.base_channels,
@@ -104,7 +123,13 @@ def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
 def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, round_: int) -> tuple[Path | None, str]:
     previous = previous_checkpoint_dir(project, round_)
     if previous is None:
-        return None, "no earlier round to start from: training from scratch"
+        pretrained = pretraining_info(pretrain_dir(project))
+        if pretrained is None:
+            return None, "no earlier round to start from: training from scratch"
+        if pretrained["network"] != _network_settings(data, config):
+            return None, "the pretrained teacher has other network settings: training from scratch"
+        return pretrain_dir(project), (f"co-training from the teacher pretrained without labels for "
+                                       f"{pretrained['seconds']:.0f} s ({pretrained['steps']} steps)")
     try:
         card = read_model_card(previous)
     except ModelError as error:

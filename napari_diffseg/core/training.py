@@ -16,7 +16,7 @@ final weights of the kept twin (``keep_twin``) are saved with a fixed threshold.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 import contextlib
 import csv
 import io as _stringio
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 PRETRAIN, COTRAIN, SUPERVISED = "pretrain", "cotrain", "supervised"
 PSEUDO_LABEL_DIR = "pseudo_labels"
 PSEUDO_LABEL_STAGE, SAVING_STAGE = "pseudo_labels", "saving"  # StageProgress stages
+PRETRAIN_ONLY_KEY = "pretrain_only"  # in a last.pt written by ``pretrain``: the teacher of stage 1 alone
 LR_SCHEDULES = ("poly", "constant")
 TWINS = ("teacher", "student")
 WARMUP_TWINS = ("both", "copy")  # supervised warm-up: both twins learn the labels, or the teacher alone + a copy
@@ -244,7 +245,7 @@ def scaled_training_data(data: TrainingData, scale: float) -> TrainingData:
     images = [resize_image(image, scaled_shape(image.shape[1:], scale)) for image in data.images]
     labels = {index: resize_labels(label, images[index].shape[1:], data.num_classes)
               for index, label in data.labels.items()}
-    return TrainingData(images, labels, list(data.names), data.num_classes)
+    return TrainingData(images, labels, list(data.names), data.num_classes, data.require_labels)
 
 
 def poly_factor(progress: float) -> float:
@@ -589,7 +590,8 @@ def train(
     elif warm_start is not None:
         payload = load_checkpoint(Path(warm_start) / LAST)
     scale = None
-    if payload is not None and config.working_scale is None and "working_scale" in payload:
+    if (payload is not None and config.working_scale is None and "working_scale" in payload
+            and not payload.get(PRETRAIN_ONLY_KEY)):  # a pretraining ran before any label could set the scale
         scale = float(payload["working_scale"])
     state = _Run(data, config, out_dir, scale)
     elapsed = overhead = 0.0
@@ -656,3 +658,70 @@ def train(
             state.save_last(clock)
             if not (out_dir / BEST).exists() and state.stage != PRETRAIN:
                 state.save_best(clock)
+
+
+def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator[TrainingEvent]:
+    """Stage 1 alone, no label needed: the teacher learns by cycle consistency for ``config.budget_seconds`` (or
+    until the generator is closed), continuing the pretraining already in ``out_dir``. Its last.pt (written every
+    ``checkpoint_every_seconds`` and when the run ends or is closed) holds the teacher and the pretraining seconds
+    so far; ``train(..., warm_start=out_dir)`` co-trains from it. Progress events carry the total seconds.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # labels_only: a _Run without a student (stage 1 trains the teacher alone)
+    state = _Run(data, replace(config, labels_only=True), out_dir,
+                 scale=config.working_scale if config.working_scale is not None else 1.0)
+    state.stage = PRETRAIN
+    spent = 0.0
+    previous = out_dir / LAST
+    if previous.is_file():
+        payload = load_checkpoint(previous)
+        if payload.get(PRETRAIN_ONLY_KEY) and payload.get("network") == asdict(state.network_config):
+            state.teacher.load_state_dict(payload["teacher"])
+            state.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
+            state.step, spent = int(payload["step"]), float(payload["pretrain_seconds"])
+        else:
+            log.info("pretraining from scratch: %s holds another kind of model", previous)
+    for group in state.teacher_optimiser.param_groups:
+        group["lr"] = config.lr_pretrain
+    clock = _Clock(config)
+    session_steps = 0
+
+    def save() -> Path:
+        save_checkpoint(previous, {
+            PRETRAIN_ONLY_KEY: True, "config": config.to_dict(), "network": asdict(state.network_config),
+            "working_scale": state.scale, "teacher": state.teacher.state_dict(),
+            "teacher_optimiser": state.teacher_optimiser.state_dict(), "step": state.step,
+            "pretrain_seconds": spent + clock.elapsed})
+        return previous
+
+    last_checkpoint = 0.0
+    try:
+        while clock.fraction(session_steps) < 1.0:
+            losses = state.train_step(clock)
+            state.step += 1
+            session_steps += 1
+            if clock.elapsed - last_checkpoint >= config.checkpoint_every_seconds:
+                last_checkpoint = clock.elapsed
+                with clock.paused():
+                    path = save()
+                yield CheckpointSaved(path, "last")
+            yield Progress(PRETRAIN, state.step, clock.fraction(session_steps), spent + clock.elapsed,
+                           clock.remaining(session_steps), losses)
+    finally:
+        save()
+
+
+def pretraining_info(out_dir: Path) -> dict | None:
+    """``{"seconds", "steps", "network"}`` of the stage-1 pretraining stored in ``out_dir``, or None."""
+    path = Path(out_dir) / LAST
+    if not path.is_file():
+        return None
+    try:
+        payload = load_checkpoint(path)
+    except ModelError:
+        return None
+    if not payload.get(PRETRAIN_ONLY_KEY):
+        return None
+    return {"seconds": float(payload.get("pretrain_seconds", 0.0)), "steps": int(payload.get("step", 0)),
+            "network": payload.get("network")}
