@@ -25,7 +25,7 @@ from psygnal import Signal
 from napari_diffseg.core.project import Project
 
 if TYPE_CHECKING:
-    from napari_diffseg.core.training import TrainConfig
+    from napari_diffseg.core.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class DiffsegState:
 
     def _use_stored_config(self, stored: dict) -> None:
         from napari_diffseg.core.errors import DiffsegError
-        from napari_diffseg.core.training import TrainConfig
+        from napari_diffseg.core.config import TrainConfig
 
         try:
             self._config = TrainConfig.from_dict(stored)
@@ -108,7 +108,7 @@ class DiffsegState:
     def config(self) -> TrainConfig:
         """The training settings (the defaults until set, or until a project with stored settings is opened)."""
         if self._config is None:
-            from napari_diffseg.core.training import TrainConfig
+            from napari_diffseg.core.config import TrainConfig
 
             self._config = TrainConfig()
         return self._config

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 import contextlib
 import dataclasses
 import logging
+import sys
+import threading
 import time
 from typing import Any
 
@@ -68,9 +70,28 @@ def notify_error(message: str) -> None:
     notifications.show_error(message)
 
 
-def _guarded(make_events: Callable[[], Iterator[Any]], configure_threads: bool) -> Iterator[Any]:
-    """Run in the worker thread: set torch threads, build the core generator, relay its events, translate errors."""
+_TORCH_IMPORT_LOCK = threading.Lock()
+
+
+def import_torch_once() -> None:
+    """Import torch in the calling worker thread, one thread at a time: two threads importing it at once (the
+    Train panel's version label and the background pretraining, say) left one with a half-initialised torch
+    ("'_OpNamespace' 'prims' object has no attribute 'sum'")."""
+    with _TORCH_IMPORT_LOCK:
+        import torch  # noqa: F401
+
+
+def torch_loaded() -> bool:
+    """Whether torch is fully imported (it is in ``sys.modules`` as soon as an import starts)."""
+    return "torch" in sys.modules and not _TORCH_IMPORT_LOCK.locked()
+
+
+def _guarded(make_events: Callable[[], Iterator[Any]], configure_threads: bool, needs_torch: bool) -> Iterator[Any]:
+    """Run in the worker thread: import torch (if the job uses it) and set its threads, build the core generator,
+    relay its events, translate errors."""
     try:
+        if needs_torch:
+            import_torch_once()
         if configure_threads:
             from napari_diffseg.core.device import configure_threads as set_threads
 
@@ -92,12 +113,14 @@ def start_job(
     on_finished: Callable[[], None] | None = None,
     on_returned: Callable[[Any], None] | None = None,
     configure_threads: bool = True,
+    needs_torch: bool = True,
 ) -> ClosingGeneratorWorker:
     """Start ``make_events()`` (called in the worker thread) in a napari worker; the callbacks run on the GUI thread.
 
-    Without ``on_errored`` an error is shown as a notification.
+    Without ``on_errored`` an error is shown as a notification. ``configure_threads``: torch threads = cores - 1;
+    ``needs_torch``: import torch first, under a lock shared by all workers.
     """
-    worker = create_worker(_guarded, make_events, configure_threads, _worker_class=ClosingGeneratorWorker,
+    worker = create_worker(_guarded, make_events, configure_threads, needs_torch, _worker_class=ClosingGeneratorWorker,
                            _ignore_errors=True, _start_thread=False)
     worker.yielded.connect(on_yielded)
     worker.errored.connect(on_errored or (lambda error: notify_error(error_message(error))))
@@ -190,9 +213,6 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         return None
     try:
         config = state.config
-        from napari_diffseg.core import rounds
-        from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady
-
         if next_round:
             project.next_round()
     except DiffsegError as error:
@@ -205,6 +225,8 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     outcome = {"done": False}
 
     def on_yielded(event: Any) -> None:
+        from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady  # loaded by the worker already
+
         if isinstance(event, Progress):
             state.step = event.step
             state.losses.append((event.step, event.stage, dict(event.losses)))
@@ -227,9 +249,13 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
             state.set_status(Status.DONE if outcome["done"] else Status.IDLE)
         state.records_changed.emit()
 
+    def events() -> Iterator[Any]:
+        from napari_diffseg.core import rounds  # torch is imported here, in the worker thread
+
+        return rounds.train_round(project, config, warm_start=True, resume=resume)
+
     state.set_status(Status.RUNNING)
-    state.worker = start_job(lambda: rounds.train_round(project, config, warm_start=True, resume=resume),
-                             on_yielded, on_errored, on_finished)
+    state.worker = start_job(events, on_yielded, on_errored, on_finished)
     return state.worker
 
 

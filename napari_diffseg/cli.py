@@ -389,7 +389,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     """
     from dataclasses import fields
 
-    from napari_diffseg.core.training import TrainConfig
+    from napari_diffseg.core.config import TrainConfig
 
     kept: dict = {}
     if stored:

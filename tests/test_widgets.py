@@ -277,6 +277,34 @@ def test_widget_modules_do_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
+def test_panels_open_without_importing_torch_on_the_gui_thread(tmp_path):
+    """Opening all panels (and a project) leaves torch to a worker thread: the Train panel says it is loading
+    torch, then shows its version; importing it on the GUI thread froze the viewer for seconds."""
+    Project.create(tmp_path / "proj").add_image(np.zeros((32, 32), np.uint8), name="a")
+    code = f"""
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+tabs = viewer.window.add_plugin_dock_widget("{PLUGIN}", "DiffSeg (all panels)")[1]
+tabs.panels["Project"].open_project({str(tmp_path / "proj")!r})
+train = tabs.panels["Train"]
+print("opened:", "torch" in sys.modules or train.torch_label.text() == "torch: loading…")
+print("label:", train.torch_label.text())
+deadline = time.monotonic() + 60
+while not train.torch_label.text().startswith("torch 2") and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.02)
+print("later:", train.torch_label.text())
+viewer.close()
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert lines["label"] == "torch: loading…", result.stdout
+    assert lines["later"].startswith(f"torch {torch.__version__}"), result.stdout
+
+
 def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, tmp_path, shown):
     viewer = make_napari_viewer()
     project_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]

@@ -287,7 +287,8 @@ class ProjectPanel(QWidget):
         self.import_progress.setRange(0, len(items))
         self.import_progress.setValue(0)
         self.import_progress.setVisible(True)
-        self.import_worker = start_job(events, on_progress, on_finished=on_finished, configure_threads=False)
+        self.import_worker = start_job(events, on_progress, on_finished=on_finished, configure_threads=False,
+                                       needs_torch=False)
         self._update_enabled()
         return self.import_worker
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -25,7 +24,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets._common import connect_until_destroyed, format_duration, user_errors, wrapping_label
 from napari_diffseg._workers import (error_message, notify_error, start_job, start_pretraining, start_training,
-                                     stop_pretraining, stop_training)
+                                     stop_pretraining, stop_training, torch_loaded)
 from napari_diffseg.core.errors import DiffsegError
 
 log = logging.getLogger(__name__)
@@ -405,7 +404,7 @@ class TrainPanel(QWidget):
     def _update_torch_label(self) -> None:
         """The torch version, device and threads; the first import of torch (seconds) runs in a worker thread, so
         that opening the panel never freezes the viewer."""
-        if "torch" in sys.modules:
+        if torch_loaded():
             self.torch_label.setText(_describe_torch(self.state.config))
             return
         if self._torch_loader is not None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .config import LOSSES  # noqa: F401 (re-exported)
 from .diffusion import DiffusionSchedule, from_signed, to_signed
 from .networks import TimeUNet
 
@@ -48,7 +49,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return (1 - (2 * intersection + smooth) / (denominator + smooth)).mean()
 
 
-LOSSES = ("dice", "dice_ce")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice") -> torch.Tensor:
