@@ -268,6 +268,24 @@ def test_teacher_pretrains_in_the_background_until_start(make_napari_viewer, qtb
     assert shown["error"] == []
 
 
+def test_next_unlabelled_skips_images_with_ground_truth(make_napari_viewer, tmp_path, shown):
+    viewer = make_napari_viewer()
+    annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate")[1]
+    project = _small_project(tmp_path / "proj", labelled=2)  # the first two have ground truth
+    annotate.state.set_project(project)
+    names = project.names()
+    annotate.open_next_unlabelled()
+    assert annotate.current_name() == names[2]
+    annotate.open_next_unlabelled()
+    assert annotate.current_name() == names[3]
+    annotate.open_next_unlabelled()  # wraps around, past the labelled ones
+    assert annotate.current_name() == names[2]
+    project.save_label(names[2], np.ones(project.image(names[2]).shape[:2], np.uint8))
+    project.save_label(names[3], np.ones(project.image(names[3]).shape[:2], np.uint8))
+    annotate.open_next_unlabelled()
+    assert shown["error"] == ["every image has ground truth: train, or review the pseudo-labels"]
+
+
 def test_widget_modules_do_not_import_torch():
     modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)

@@ -36,6 +36,9 @@ class AnnotatePanel(QWidget):
         self.open_button = QPushButton("Open for labelling")
         self.save_button = QPushButton("Save as ground truth")
         self.clear_button = QPushButton("Clear")
+        self.next_unlabelled_button = QPushButton("Next unlabelled ▶")
+        self.next_unlabelled_button.setToolTip("Open the next image that has no ground truth yet")
+        self.next_unlabelled_button.clicked.connect(lambda: self.open_next_unlabelled())
         self.open_button.clicked.connect(lambda: self.open_image())
         self.save_button.clicked.connect(lambda: self.save())
         self.clear_button.clicked.connect(self.clear)
@@ -45,7 +48,10 @@ class AnnotatePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_combo)
-        layout.addWidget(self.open_button)
+        opening = QHBoxLayout()
+        opening.addWidget(self.open_button)
+        opening.addWidget(self.next_unlabelled_button)
+        layout.addLayout(opening)
         layout.addWidget(self.current_label)
         row = QHBoxLayout()
         row.addWidget(self.save_button)
@@ -77,6 +83,7 @@ class AnnotatePanel(QWidget):
         self.image_combo.blockSignals(False)
         enabled = project is not None and self.image_combo.count() > 0
         self.open_button.setEnabled(enabled)
+        self.next_unlabelled_button.setEnabled(enabled)
         self._update_current()
 
     def _on_image_shown(self, kind: str, name: str) -> None:
@@ -106,6 +113,21 @@ class AnnotatePanel(QWidget):
         self.clear_button.setEnabled(True)
 
     # ------------------------------------------------------------------ actions
+    @user_errors
+    def open_next_unlabelled(self) -> Any:
+        """Open the first image after the shown one (in project order, wrapping) that has no ground truth."""
+        project = self.state.project
+        if project is None:
+            raise InputError("create or open a project first")
+        names = project.names()
+        waiting = {r.name for r in project.records() if r.status not in (ImageStatus.LABELLED, ImageStatus.ACCEPTED)}
+        current = self.current_name()
+        start = names.index(current) + 1 if current in names else 0
+        following = [n for n in names[start:] + names[:start] if n in waiting and n != current]
+        if not following:
+            raise InputError("every image has ground truth: train, or review the pseudo-labels")
+        return self.open_image(following[0])
+
     @user_errors
     def open_image(self, name: str | None = None) -> Any:
         """Show ``name`` (default: the chosen image) with its Labels layer, ready to paint; returns the layer."""
