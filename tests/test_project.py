@@ -480,7 +480,7 @@ def test_failed_pixel_write_leaves_row_and_old_label_untouched(project, monkeypa
     assert not [p for p in reopened.folder.rglob(".*") if p.is_file()], "no temp files left behind"
 
 
-def test_failed_row_update_after_pixel_write_keeps_old_status(project, monkeypatch):
+def test_failed_row_update_rolls_the_accept_back(project, monkeypatch):
     _project_with_pseudo(project, n=1)
     # another process holds the database's write lock, so the manifest update fails after the pixel file was written
     monkeypatch.setattr(project_module, "_BUSY_TIMEOUT_S", 0.2)
@@ -492,10 +492,10 @@ def test_failed_row_update_after_pixel_write_keeps_old_status(project, monkeypat
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert (project.labels_dir / "img0.tif").is_file()  # pixels first ...
+    assert not (project.labels_dir / "img0.tif").exists()  # the accept was rolled back as a whole ...
     reopened = Project.open(project.folder)
-    assert reopened.record("img0").status is ImageStatus.PSEUDO  # ... so the old row is still valid
-    assert reopened.label("img0") is None  # a label file without ACCEPTED status is not ground truth
+    assert reopened.record("img0").status is ImageStatus.PSEUDO  # ... and the old row is still valid
+    assert reopened.label("img0") is None
     reopened.accept("img0", _mask(5))
     np.testing.assert_array_equal(reopened.label("img0"), _mask(5))
 
@@ -559,3 +559,44 @@ def test_undo_review_puts_the_image_back_in_the_queue(project):
     project.save_label(plain, _mask())
     with pytest.raises(InputError, match="only an accepted or rejected"):
         project.undo_review(plain)
+
+
+# ---------------------------------------------------------------------------------------------- atomic accepts
+@pytest.mark.parametrize("fault", ["manifest", "mask file"])
+def test_a_failed_accept_keeps_the_earlier_ground_truth(project, monkeypatch, fault):
+    """The manifest write failing (database locked, disk full) or the mask write failing leaves the painted
+    label and the status exactly as they were: the file and the manifest never disagree."""
+    import napari_diffseg.core.project as project_module
+
+    names = _project_with_pseudo(project)
+    painted = _mask(7)
+    project.save_label(names[0], painted)
+    if fault == "manifest":
+        def locked(*_args, **_kwargs):
+            raise InputError("project database is locked by another program; try again")
+        monkeypatch.setattr(project, "_set_status", locked)
+    else:
+        def full_disk(path, _mask):
+            raise InputError(f"cannot write {path}: No space left on device")
+        monkeypatch.setattr(project_module, "write_mask", full_disk)
+    with pytest.raises(InputError):
+        project.accept(names[0], 1 - painted)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(project.label(names[0]), painted)
+    assert project.record(names[0]).status == ImageStatus.LABELLED
+    assert sorted(p.name for p in project.labels_dir.iterdir()) == [f"{names[0]}.tif"]  # nothing left behind
+    project.accept(names[0], 1 - painted)  # and the next try works
+    np.testing.assert_array_equal(project.label(names[0]), 1 - painted)
+
+
+def test_opening_a_project_finishes_an_interrupted_label_write(project):
+    names = _project_with_pseudo(project)
+    project.save_label(names[0], _mask(3))
+    label = project.labels_dir / f"{names[0]}.tif"
+    # killed after the earlier mask was set aside and before the new one took its place
+    os.replace(label, project.labels_dir / f".{names[0]}.tif.previous")
+    (project.labels_dir / f".{names[0]}.tif.new").write_bytes(b"half")
+    (project.labels_dir / ".other.tif.1234.tmp").write_bytes(b"tmp")
+    reopened = Project.open(project.folder)
+    np.testing.assert_array_equal(reopened.label(names[0]), _mask(3))
+    assert sorted(p.name for p in reopened.labels_dir.iterdir()) == [f"{names[0]}.tif"]

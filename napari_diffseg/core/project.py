@@ -65,6 +65,7 @@ IMAGES_DIR = "images"
 LABELS_DIR = "labels"
 PSEUDO_DIR = "pseudo"
 CHECKPOINTS_DIR = "checkpoints"
+_NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: hidden files beside it
 FIRST_ROUND = 1
 UNCERTAINTY_SUFFIX = "_uncertainty"
 _BUSY_TIMEOUT_S = 30.0
@@ -261,8 +262,24 @@ class Project:
         for sub in (IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
             with contextlib.suppress(OSError):  # read-only projects still open (for prediction); writes will say why
                 (folder / sub).mkdir(exist_ok=True)
+        project._recover_interrupted_label_writes()
         logger.info("opened project %s (%d images)", folder, len(project.records()))
         return project
+
+    def _recover_interrupted_label_writes(self) -> None:
+        """After a crash in the middle of ``_store_ground_truth``: put a kept previous mask back where its file is
+        missing (the manifest still describes it), and remove leftover temporary files."""
+        with contextlib.suppress(OSError):
+            for leftover in sorted(self.labels_dir.glob(".*")):
+                if leftover.name.endswith(_PREVIOUS_SUFFIX):
+                    target = leftover.with_name(leftover.name[1:-len(_PREVIOUS_SUFFIX)])
+                    if target.exists():
+                        leftover.unlink()
+                    else:
+                        os.replace(leftover, target)
+                        logger.warning("restored %s, interrupted while being replaced", target.name)
+                elif leftover.name.endswith((".tmp", _NEW_SUFFIX)):
+                    leftover.unlink()
 
     # ------------------------------------------------------------------ database plumbing
 
@@ -484,23 +501,42 @@ class Project:
         check_mask_matches(self.image(name), mask, name)
         return mask.astype(np.uint8, copy=False)
 
-    def save_label(self, name: str, mask: np.ndarray) -> None:
-        """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED."""
-        mask = self._checked_mask(name, mask)
+    def _store_ground_truth(self, name: str, mask: np.ndarray, status: ImageStatus) -> None:
+        """Replace ``labels/<name>.tif`` and the image's status as one change: the new mask is written completely
+        first, the previous one is kept aside until the manifest row is committed, and put back when that fails
+        (database locked, disk full), so the file and the status never disagree and no earlier mask is lost."""
+        path = self._label_path(name)
+        fresh = path.with_name(f".{path.name}{_NEW_SUFFIX}")
+        previous = path.with_name(f".{path.name}{_PREVIOUS_SUFFIX}")
         with self._lock:
-            write_mask(self._label_path(name), mask)
-            self._set_status(name, ImageStatus.LABELLED)
+            write_mask(fresh, mask)
+            had_previous = path.exists()
+            try:
+                if had_previous:
+                    os.replace(path, previous)
+                os.replace(fresh, path)
+                self._set_status(name, status)
+            except BaseException:
+                if had_previous and previous.exists():
+                    os.replace(previous, path)
+                else:
+                    path.unlink(missing_ok=True)
+                fresh.unlink(missing_ok=True)
+                raise
+            previous.unlink(missing_ok=True)
+
+    def save_label(self, name: str, mask: np.ndarray) -> None:
+        """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED (one atomic change)."""
+        self._store_ground_truth(name, self._checked_mask(name, mask), ImageStatus.LABELLED)
         logger.info("saved label %s", name)
 
     def accept(self, name: str, mask: np.ndarray) -> None:
         """Store a reviewed (possibly corrected) mask as ground truth and mark the image ACCEPTED.
 
-        The mask file is on disk and the status committed when this returns.
+        The mask file is on disk and the status committed when this returns; when either fails, both stay as
+        they were (see ``_store_ground_truth``).
         """
-        mask = self._checked_mask(name, mask)
-        with self._lock:
-            write_mask(self._label_path(name), mask)
-            self._set_status(name, ImageStatus.ACCEPTED)
+        self._store_ground_truth(name, self._checked_mask(name, mask), ImageStatus.ACCEPTED)
         logger.info("accepted %s", name)
 
     def reject(self, name: str) -> None:
