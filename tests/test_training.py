@@ -314,15 +314,6 @@ def test_resume_with_changed_labels_is_refused(tmp_path, data):
         list(train(changed, make_config(max_steps=2), tmp_path, resume=True))
 
 
-def test_a_new_run_leaves_no_older_model_beside_it(tmp_path, data):
-    list(train(data, make_config(max_steps=2), tmp_path))
-    assert (tmp_path / BEST).exists() and (tmp_path / PSEUDO_LABEL_DIR).is_dir()
-    run = train(data, make_config(max_steps=50), tmp_path)
-    next(run)  # the first step of pretraining: no model of this run yet
-    assert not (tmp_path / BEST).exists() and not (tmp_path / PSEUDO_LABEL_DIR).exists()
-    run.close()
-
-
 def test_warm_start_skips_pretraining(tmp_path, data, reference):
     ref_dir, _ = reference
     events = list(train(data, make_config(max_steps=3), tmp_path, warm_start=ref_dir))
@@ -359,3 +350,18 @@ def test_training_data_errors():
         TrainingData([image], {0: np.full((16, 16), 2, np.int64)}, ["a"])
     with pytest.raises(InputError, match="same kind"):
         TrainingData([image, np.zeros((3, 16, 16), np.float32)], {0: np.zeros((16, 16), np.int64)}, ["a", "b"])
+
+
+def test_a_new_run_keeps_the_previous_model_until_it_has_its_own(tmp_path, data):
+    """kill -9 early in a new run must not leave a folder without a model: best.pt and the card are replaced only
+    when the new run writes them."""
+    out = tmp_path / "model"
+    list(train(data, make_config(max_steps=4), out))
+    before = (out / BEST).read_bytes(), (out / CARD).read_text()
+    run = train(data, make_config(max_steps=4, seed=1), out)
+    next(e for e in run if isinstance(e, Progress))  # the new run is training (as if killed here: no cleanup)
+    assert ((out / BEST).read_bytes(), (out / CARD).read_text()) == before
+    assert not (out / PSEUDO_LABEL_DIR).exists()  # the earlier run's pseudo-labels are gone
+    assert SegmentationModel.load(out) is not None
+    list(run)
+    assert (out / BEST).read_bytes() != before[0]

@@ -505,7 +505,9 @@ def train(
         elapsed, overhead = state.restore(payload, full=True)
         log.info("resuming at step %d (%s), %.0f s already spent", state.step, state.stage, elapsed)
     else:
-        for stale in (BEST, CARD, LOSSES_FILE, PSEUDO_LABEL_DIR):  # a new run leaves no older model beside it
+        # the previous run's best.pt and card stay until this run writes its own (a crash or kill early in the new
+        # run leaves a usable model); its step log and pseudo-labels go
+        for stale in (LOSSES_FILE, PSEUDO_LABEL_DIR):
             path = out_dir / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
@@ -562,8 +564,8 @@ def train(
     finally:
         if not finished:
             state.save_last(clock)
-            if not (out_dir / BEST).exists() and state.stage != PRETRAIN:
-                state.save_best(clock)
+            if state.stage != PRETRAIN and (state.step > 0 or not (out_dir / BEST).exists()):
+                state.save_best(clock)  # a stopped run's model replaces the earlier one once it has trained
 
 
 def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator[TrainingEvent]:
