@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +162,29 @@ def test_checkpoint_lookups_do_not_create_folders(project):
     (project.checkpoints_dir(1) / LAST).write_bytes(b"x")  # only the presence of last.pt / best.pt is looked at
     assert previous_checkpoint_dir(project, round=3) == project.checkpoints_dir(1)
     assert previous_checkpoint_dir(project, round=1) is None
+
+
+def test_one_trainer_per_project(project, pairs):
+    """A second training (another process, or the CLI beside napari) is refused with the holder's name, and the
+    lock is free again once the first run ends."""
+    from napari_diffseg.core.errors import DiffsegError
+
+    config = tiny_train_config(max_steps=2)
+    with project.training_lock("training round 1 in napari"):
+        with pytest.raises(DiffsegError, match="busy: training round 1 in napari .process"):
+            list(train_round(project, config))
+    events = list(train_round(project, config))  # free again
+    assert type(events[-1]).__name__ == "Done"
+    script = ("import sys, time\nfrom napari_diffseg.core.project import Project\n"
+              f"p = Project.open({str(project.folder)!r})\n"
+              "with p.training_lock('pretraining in another process'):\n    print('held', flush=True)\n"
+              "    time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DiffsegError, match="pretraining in another process"):
+            list(train_round(project, config))
+    finally:
+        holder.kill()  # killed: the OS releases its lock, no stale lock remains
+        holder.wait()
+    assert type(list(train_round(project, config))[-1]).__name__ == "Done"

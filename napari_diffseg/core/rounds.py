@@ -111,7 +111,8 @@ def pretrain_project(project: Project, config: TrainConfig) -> Iterator[Training
                                      project.num_classes, require_labels=False)
     folder = pretrain_dir(project)
     folder.mkdir(parents=True, exist_ok=True)
-    yield from pretrain(data, config, folder)
+    with project.training_lock("pretraining the teacher"):
+        yield from pretrain(data, config, folder)
 
 
 def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
@@ -159,6 +160,11 @@ def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
     if config.num_classes != project.num_classes:
         raise InputError(f"the training settings have {config.num_classes} classes but the project has "
                          f"{project.num_classes}")
+    with project.training_lock(f"training round {project.current_round}"):
+        yield from _train_round(project, config, warm_start, resume)
+
+
+def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume: bool) -> Iterator[TrainingEvent]:
     round_ = project.current_round
     out_dir = project.checkpoints_dir(round_)
     data = project_training_data(project, config.num_classes)
