@@ -856,6 +856,10 @@ def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"latest model: {model if model is not None else 'none yet (diffseg project train)'}")
     print(f"images:       {total} ({project.num_classes} classes)")
     print(_text_table(["status", "images"], [[status.value, counts[status]] for status in ImageStatus]))
+    missing = project.missing_files()
+    if missing:
+        log.warning("%d image(s) have lost their image or mask file (deleted or moved?): %s", len(missing),
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
     queue = project.review_queue()
     if not queue:
         print("review queue: empty")

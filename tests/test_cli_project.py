@@ -282,3 +282,15 @@ def test_pretrain_then_train_co_trains_from_the_pretrained_teacher(dataset, tmp_
     assert code == 0, err
     assert "start:    co-training from the teacher pretrained without labels for" in out
     assert first > 0
+
+
+def test_status_warns_about_deleted_image_files(dataset, tmp_path):
+    project = tmp_path / "proj"
+    assert run_cli(["project", "create", project, "--images", dataset / "images", "--labels",
+                    dataset / "labels"])[0] == 0
+    assert "lost" not in run_cli(["project", "status", project])[2]
+    (project / "images" / f"{UNLABELLED[0]}.tif").unlink()
+    (project / "labels" / f"{NAMES[0]}.tif").unlink()
+    code, _, err = run_cli(["project", "status", project])
+    assert code == 0
+    assert f"2 image(s) have lost their image or mask file (deleted or moved?): {NAMES[0]}, {UNLABELLED[0]}" in err

@@ -454,3 +454,12 @@ def test_bad_write_mask_non_integer(tmp_path):
 def test_input_error_is_a_diffseg_error():
     assert issubclass(InputError, DiffsegError)
     assert io.MIN_AXIS == 8
+
+
+def test_a_tiff_with_pages_of_different_sizes_is_refused(tmp_path):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.zeros((32, 32), np.uint8))
+        tif.write(np.zeros((16, 24), np.uint8))
+    with pytest.raises(InputError, match="2 images of different shapes"):
+        read_image(path)

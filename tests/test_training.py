@@ -350,6 +350,13 @@ def test_training_data_errors():
         TrainingData([image], {0: np.full((16, 16), 2, np.int64)}, ["a"])
     with pytest.raises(InputError, match="same kind"):
         TrainingData([image, np.zeros((3, 16, 16), np.float32)], {0: np.zeros((16, 16), np.int64)}, ["a", "b"])
+    with pytest.raises(InputError, match="2 images but 1 names"):
+        TrainingData([image, image], {0: np.eye(16, dtype=np.int64)}, ["a"])
+    with pytest.raises(InputError, match="every labelled image is all background"):
+        TrainingData([image, image], {0: np.zeros((16, 16), np.int64)}, ["a", "b"])
+    with pytest.raises(InputError, match="foreground everywhere"):
+        TrainingData([image], {0: np.ones((16, 16), np.int64)}, ["a"])
+    TrainingData([image, image], {0: np.zeros((16, 16), np.int64), 1: np.eye(16, dtype=np.int64)}, ["a", "b"])
 
 
 def test_a_new_run_keeps_the_previous_model_until_it_has_its_own(tmp_path, data):

@@ -37,6 +37,8 @@ class TrainingData:
             raise InputError("no images to train on")
         if self.require_labels and not self.labels:
             raise InputError("no labelled image: label at least one image before training")
+        if len(self.names) != len(self.images):
+            raise InputError(f"{len(self.images)} images but {len(self.names)} names: give one name per image")
         first = self.images[0]
         self.spatial_dims, self.channels = first.ndim - 1, first.shape[0]
         for image, name in zip(self.images, self.names):
@@ -53,6 +55,11 @@ class TrainingData:
                 )
             if label.min() < 0 or label.max() >= self.num_classes:
                 raise InputError(f"{self.names[index]}: label values must lie in 0..{self.num_classes - 1}")
+        if self.labels and all(not np.any(label) for label in self.labels.values()):
+            raise InputError("every labelled image is all background: paint at least one object, or the network "
+                             "can only learn 'nothing here'")
+        if self.labels and all(np.all(label > 0) for label in self.labels.values()):
+            raise InputError("every labelled image is foreground everywhere: paint the background as 0 somewhere")
 
     @property
     def labelled_indices(self) -> list[int]:

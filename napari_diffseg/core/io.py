@@ -95,6 +95,10 @@ def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
     try:
         if suffix in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
+                if len(tif.series) > 1:  # pages of different sizes (or kinds): not one image
+                    shapes = ", ".join(str(tuple(series.shape)) for series in tif.series[:4])
+                    raise InputError(f"{path} holds {len(tif.series)} images of different shapes ({shapes}"
+                                     f"{', ...' if len(tif.series) > 4 else ''}); save each as its own file")
                 series = tif.series[0]
                 array = series.asarray()
                 axes = series.axes

@@ -386,6 +386,15 @@ class Project:
         finally:
             handle.close()
 
+    def missing_files(self) -> list[str]:
+        """Names of images whose image file, or (when LABELLED / ACCEPTED) mask file, is gone from the folder."""
+        missing = []
+        for record in self.records():
+            if not record.image_path.is_file() or (record.status in GROUND_TRUTH_STATUSES
+                                                   and not self._label_path(record.name).is_file()):
+                missing.append(record.name)
+        return missing
+
     def review_queue(self) -> list[str]:
         """Names of the images awaiting review (status PSEUDO), most uncertain first (unknown uncertainty last)."""
         records = [r for r in self.records() if r.status == ImageStatus.PSEUDO]
