@@ -6,13 +6,22 @@
 # Environment:
 #   PYTHON=python3.12        interpreter used to create .venv (default: python3)
 #   DIFFSEG_SKIP_APT=1       skip the apt-get step (libraries already installed, or no root/sudo)
-#   DIFFSEG_TORCH_INDEX=URL  extra pip index for torch, e.g. PyTorch's CPU-only wheel index to avoid the
-#                            multi-GB CUDA build that PyPI serves on Linux (default: none, plain pip config)
+#   DIFFSEG_TORCH_INDEX=URL  the pip index for torch. Default: on Linux without an NVIDIA GPU (no nvidia-smi),
+#                            PyTorch's CPU-only index (PyPI serves the multi-GB CUDA build there), falling back
+#                            to the default index with a note when that index cannot be reached; elsewhere the
+#                            default index. DIFFSEG_TORCH_INDEX=default forces the default index.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 TORCH_INDEX="${DIFFSEG_TORCH_INDEX:-}"
+CPU_TORCH_INDEX="https://download.pytorch.org/whl/cpu"
+if [[ -z "$TORCH_INDEX" && "$(uname -s)" == "Linux" ]] && ! command -v nvidia-smi >/dev/null 2>&1; then
+    TORCH_INDEX="$CPU_TORCH_INDEX"
+fi
+if [[ "$TORCH_INDEX" == "default" ]]; then
+    TORCH_INDEX=""
+fi
 TORCH_SPEC="torch>=2.2,<2.14"
 
 if [[ "${DIFFSEG_SKIP_APT:-0}" != "1" ]]; then
@@ -44,7 +53,11 @@ fi
 .venv/bin/python -m pip install --upgrade pip
 echo "== torch ($TORCH_SPEC)"
 if [[ -n "$TORCH_INDEX" ]]; then
-    .venv/bin/python -m pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
+    if ! .venv/bin/python -m pip install --timeout 20 --retries 1 --index-url "$TORCH_INDEX" "$TORCH_SPEC"; then
+        echo "note: the torch index $TORCH_INDEX could not be used; installing torch from the default index" \
+             "(on Linux that can be the multi-GB CUDA build; set DIFFSEG_TORCH_INDEX to a reachable CPU index)" >&2
+        .venv/bin/python -m pip install "$TORCH_SPEC"
+    fi
 else
     .venv/bin/python -m pip install "$TORCH_SPEC"
 fi

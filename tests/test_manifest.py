@@ -106,3 +106,12 @@ def test_open_sample_in_viewer(make_napari_viewer) -> None:
     # the stack is the training pool in split order
     first_image, _, _ = load_sample_pairs()[0]
     np.testing.assert_array_equal(image.data[0], first_image)
+
+
+def test_distribution_declares_its_licence() -> None:
+    from importlib.metadata import metadata
+
+    meta = metadata("napari-diffseg")
+    assert meta["License-Expression"] == "BSD-3-Clause"
+    assert "LICENSE" in (meta.get_all("License-File") or [])
+    assert (REPO / "LICENSE").read_text().startswith("BSD 3-Clause License")
