@@ -4,6 +4,8 @@ warm start, and configuration errors. Tiny networks and step budgets (no wall-ti
 
 from __future__ import annotations
 
+import json
+
 import csv
 from pathlib import Path
 
@@ -307,11 +309,14 @@ def test_resume_with_other_network_settings(tmp_path, data):
         list(train(data, make_config(max_steps=2, base_channels=8), tmp_path, resume=True))
 
 
-def test_resume_with_changed_labels_is_refused(tmp_path, data):
+def test_resume_continues_with_labels_accepted_meanwhile(tmp_path, data, caplog):
     list(train(data, make_config(max_steps=1), tmp_path))
-    changed = TrainingData(data.images, {i: 1 - label for i, label in data.labels.items()}, data.names)
-    with pytest.raises(ModelError, match="same images and labels"):
-        list(train(changed, make_config(max_steps=2), tmp_path, resume=True))
+    accepted = {**data.labels, len(data.images) - 1: data.labels[0].copy()}  # one more ground-truth mask
+    changed = TrainingData(data.images, accepted, data.names)
+    events = list(train(changed, make_config(max_steps=3), tmp_path, resume=True))
+    assert [e.step for e in events if isinstance(e, Progress)] == [2, 3]  # step and schedule kept
+    assert "continues with the current ones" in caplog.text
+    assert json.loads(load(tmp_path / LAST)["data"]) == changed.fingerprints()
 
 
 def test_warm_start_skips_pretraining(tmp_path, data, reference):
@@ -372,3 +377,20 @@ def test_a_new_run_keeps_the_previous_model_until_it_has_its_own(tmp_path, data)
     assert SegmentationModel.load(out) is not None
     list(run)
     assert (out / BEST).read_bytes() != before[0]
+
+
+def test_a_failed_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
+    from napari_diffseg.core import checkpoint
+
+    checkpoint.save_checkpoint(tmp_path / LAST, {"step": 1})
+
+    def full_disk(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(InputError, match="cannot write .*is the disk full"):
+        checkpoint.save_checkpoint(tmp_path / LAST, {"step": 2})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(tmp_path / LAST)["step"] == 1  # the earlier file is intact
+    assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left

@@ -29,8 +29,14 @@ CARD = "model_card.json"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write a checkpoint atomically; a failed write (torch reports a full disk as a RuntimeError) is an
+    InputError that says so, and the earlier file stays."""
     payload = {"format": FORMAT_TAG, "format_version": FORMAT_VERSION, **payload}
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    try:
+        atomic_write(path, lambda handle: torch.save(payload, handle))
+    except RuntimeError as error:
+        message = " ".join(str(error).split())[:200]
+        raise InputError(f"cannot write {path} ({message}); is the disk full? Free some space and resume") from error
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -242,8 +242,9 @@ class _Run:
             raise ModelError("the checkpoint was trained with other network settings or another kind of image "
                              f"(checkpoint vs now: {', '.join(differences)})")
         if full and json.loads(payload.get("data", "[]")) != self.data.fingerprints():
-            raise ModelError("resume needs the same images and labels as the interrupted run, and they changed; "
-                             "start a new run, or warm-start from this one")
+            # e.g. masks accepted while the run was stopped: go on with them, keeping the step and the schedule
+            log.warning("the images or labels changed since the interrupted run; it continues with the current "
+                        "ones (step, schedule and optimisers kept)")
         try:
             self.teacher.load_state_dict(payload["teacher"])
             if self.student is not None and "student" in payload:
