@@ -628,44 +628,53 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
              len(inputs), kind, args.model, model.threshold, device, threads)
 
     started = time.perf_counter()
+    failed: list[tuple[str, str]] = []
     images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
     try:
         with _bar_logging(images_bar):
             for path in inputs:
                 images_bar.set_postfix_str(path.name)
-                image = io.read_image(path)
-                run = model.iter_predict(image, uncertainty=args.uncertainty, draws=args.draws,
-                                         sampling_steps=args.sampling_steps,
-                                         tile=tuple(args.tile) if args.tile else None, name=path.name)
-                tiles_bar = None  # only for images of several tile batches
                 try:
-                    while True:
-                        try:
-                            progress = next(run)
-                        except StopIteration as stop:
-                            prediction = stop.value
-                            break
-                        if tiles_bar is None and progress.done < progress.total:
-                            tiles_bar = _bar(args.quiet, total=progress.total, unit="tile", desc="  tiles",
-                                             leave=False)
+                    image = io.read_image(path)
+                    run = model.iter_predict(image, uncertainty=args.uncertainty, draws=args.draws,
+                                             sampling_steps=args.sampling_steps,
+                                             tile=tuple(args.tile) if args.tile else None, name=path.name)
+                    tiles_bar = None  # only for images of several tile batches
+                    try:
+                        while True:
+                            try:
+                                progress = next(run)
+                            except StopIteration as stop:
+                                prediction = stop.value
+                                break
+                            if tiles_bar is None and progress.done < progress.total:
+                                tiles_bar = _bar(args.quiet, total=progress.total, unit="tile", desc="  tiles",
+                                                 leave=False)
+                            if tiles_bar is not None:
+                                tiles_bar.update(progress.done - tiles_bar.n)
+                    finally:
                         if tiles_bar is not None:
-                            tiles_bar.update(progress.done - tiles_bar.n)
-                finally:
-                    if tiles_bar is not None:
-                        tiles_bar.close()
-                    run.close()
-                io.write_mask(targets[path], prediction.mask)
-                if args.uncertainty:
-                    io.write_tiff_atomic(targets[path].with_name(f"{targets[path].stem}{UNCERTAINTY_SUFFIX}.tif"),
-                                         prediction.uncertainty.astype("float32"))
-                foreground = float((prediction.mask > 0).mean())
-                log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
+                            tiles_bar.close()
+                        run.close()
+                    io.write_mask(targets[path], prediction.mask)
+                    if args.uncertainty:
+                        uncertainty_path = targets[path].with_name(f"{targets[path].stem}{UNCERTAINTY_SUFFIX}.tif")
+                        io.write_tiff_atomic(uncertainty_path, prediction.uncertainty.astype("float32"))
+                    foreground = float((prediction.mask > 0).mean())
+                    log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
+                except DiffsegError as error:  # one bad file: go on with the others, list it at the end
+                    failed.append((path.name, _one_line(error)))
+                    log.warning("%s: %s", path.name, _one_line(error))
                 images_bar.update(1)
     finally:
         images_bar.close()
     extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
-    print(f"predicted {len(inputs)} image(s) in {_duration(time.perf_counter() - started)}: "
+    print(f"predicted {len(inputs) - len(failed)} image(s) in {_duration(time.perf_counter() - started)}: "
           f"masks <stem>.tif{extra} in {out}")
+    if failed:
+        print(f"{PROG}: error: {len(failed)} of {len(inputs)} image(s) failed: "
+              + "; ".join(f"{name} ({reason})" for name, reason in failed), file=sys.stderr)
+        return EXIT_USER_ERROR
     return EXIT_OK
 
 

@@ -108,6 +108,19 @@ def test_train_predict_eval_end_to_end(trained, tmp_path):
     assert (tmp_path / "scores.csv").read_text().count("\n") == N_IMAGES + 2
 
 
+def test_predict_goes_on_past_a_bad_file_and_lists_it(trained, tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for name in ("img_004", "img_005"):
+        shutil.copy(trained["data"] / "images" / f"{name}.tif", folder / f"{name}.tif")
+    (folder / "broken.tif").write_bytes(b"not a tiff at all")
+    code, out, err = run_cli(["predict", trained["model"], folder, "--out", tmp_path / "pred"])
+    assert code == 2
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["img_004.tif", "img_005.tif"]
+    assert "predicted 2 image(s)" in out
+    assert "error: 1 of 3 image(s) failed: broken.tif (cannot read" in err and "Traceback" not in err
+
+
 def test_predict_single_file_with_uncertainty(trained, tmp_path):
     image = trained["data"] / "images" / "img_004.tif"
     code, out, err = run_cli(["predict", trained["model"], image, "--out", tmp_path / "pred", "--uncertainty",
