@@ -18,6 +18,7 @@ import csv
 from dataclasses import dataclass, field
 import logging
 import math
+import os
 from pathlib import Path
 import shlex
 import sys
@@ -551,6 +552,18 @@ def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device,
     print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
 
 
+def _check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written into it; InputError otherwise."""
+    probe = folder / f".diffseg-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"--out {folder} is not a writable folder ({error.strerror or error}); choose another "
+                         "one") from None
+
+
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, training
     from napari_diffseg.core.checkpoint import CARD, LAST
@@ -560,6 +573,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the model")
+    _check_writable_folder(out)  # before minutes of training, not after
     if args.resume and not (out / LAST).is_file():
         raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
     if not args.resume and (out / LAST).exists():

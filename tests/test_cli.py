@@ -372,3 +372,12 @@ def test_help_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_an_unwritable_out_fails_before_training(dataset, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, out, err = run_cli(["train", dataset / "images", "--labels", dataset / "labels", "--out",
+                              blocker / "model", *FAST])
+    assert_one_line_error(code, err, "is not a writable folder")
+    assert "step" not in out

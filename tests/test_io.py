@@ -463,3 +463,15 @@ def test_a_tiff_with_pages_of_different_sizes_is_refused(tmp_path):
         tif.write(np.zeros((16, 24), np.uint8))
     with pytest.raises(InputError, match="2 images of different shapes"):
         read_image(path)
+
+
+def test_an_unreadable_file_says_permission_denied(tmp_path, monkeypatch):
+    path = tmp_path / "locked.tif"
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8))
+
+    def denied(*_args, **_kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tifffile, "TiffFile", denied)  # root reads any file: simulate the user's case
+    with pytest.raises(InputError, match="permission denied"):
+        read_image(path)

@@ -115,6 +115,8 @@ def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
                 array = array[..., 0]
     except InputError:
         raise
+    except PermissionError as exc:
+        raise InputError(f"cannot read {path}: permission denied; check the file's permissions") from exc
     except Exception as exc:  # tifffile / pillow raise many different types for corrupt files
         raise InputError(
             f"cannot read {path}: not a valid {suffix.lstrip('.').upper()} image ({_one_line(exc)}); "
