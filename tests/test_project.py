@@ -600,3 +600,18 @@ def test_opening_a_project_finishes_an_interrupted_label_write(project):
     reopened = Project.open(project.folder)
     np.testing.assert_array_equal(reopened.label(names[0]), _mask(3))
     assert sorted(p.name for p in reopened.labels_dir.iterdir()) == [f"{names[0]}.tif"]
+
+
+@pytest.mark.parametrize(("sql", "message"), [
+    ("UPDATE images SET status = 'weird'", "unreadable row for image 'img0' .status 'weird'"),
+    ("UPDATE images SET round = 'abc'", "unreadable row for image 'img0' .status 'pseudo', round 'abc'"),
+    ("UPDATE meta SET value = '{oops' WHERE key = 'config'", "unreadable configuration"),
+    ("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', 'abc')", "unreadable round number 'abc'"),
+])
+def test_a_manifest_edited_by_hand_is_a_clear_error(project, sql, message):
+    _project_with_pseudo(project, n=1)
+    with sqlite3.connect(project.db_path) as con:
+        con.execute(sql)
+    reopened = Project(project.folder)
+    with pytest.raises(InputError, match=message):
+        reopened.records(), reopened.config, reopened.current_round

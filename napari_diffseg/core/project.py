@@ -322,10 +322,14 @@ class Project:
 
     def _record_from_row(self, row: tuple) -> ImageRecord:
         name, image_file, status, round_, model_id, uncertainty, updated_at, updated_by = row
-        return ImageRecord(name=name, image_path=self.folder / image_file, status=ImageStatus(status),
-                           round=int(round_), model_id=model_id,
-                           uncertainty=None if uncertainty is None else float(uncertainty),
-                           updated_at=updated_at, updated_by=updated_by)
+        try:
+            return ImageRecord(name=name, image_path=self.folder / image_file, status=ImageStatus(status),
+                               round=int(round_), model_id=model_id,
+                               uncertainty=None if uncertainty is None else float(uncertainty),
+                               updated_at=updated_at, updated_by=updated_by)
+        except (TypeError, ValueError):
+            raise InputError(f"the project manifest {self.db_path} has an unreadable row for image {name!r} (status "
+                             f"{status!r}, round {round_!r}; edited by hand?); restore it from a backup") from None
 
     def _set_status(self, name: str, status: ImageStatus, **fields: Any) -> None:
         """Update one image's row in its own committed transaction."""
@@ -428,7 +432,15 @@ class Project:
     @property
     def config(self) -> dict:
         """A copy of the project's configuration (JSON in the manifest)."""
-        return json.loads(self._meta("config") or "{}")
+        text = self._meta("config") or "{}"
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError:
+            config = None
+        if not isinstance(config, dict):
+            raise InputError(f"the project manifest {self.db_path} has an unreadable configuration ({text[:40]!r}; "
+                             "edited by hand?); restore it from a backup")
+        return config
 
     def update_config(self, changes: dict) -> dict:
         """Merge ``changes`` into the configuration (top-level keys), store it and return the new configuration."""
@@ -447,7 +459,11 @@ class Project:
     @property
     def current_round(self) -> int:
         value = self._meta("current_round")
-        return FIRST_ROUND if value is None else int(value)
+        try:
+            return FIRST_ROUND if value is None else int(value)
+        except ValueError:
+            raise InputError(f"the project manifest {self.db_path} has an unreadable round number {value!r} "
+                             "(edited by hand?); restore it from a backup") from None
 
     def next_round(self) -> int:
         """Start the next round (e.g. after corrections were accepted); returns its number."""
