@@ -381,3 +381,13 @@ def test_an_unwritable_out_fails_before_training(dataset, tmp_path):
                               blocker / "model", *FAST])
     assert_one_line_error(code, err, "is not a writable folder")
     assert "step" not in out
+
+
+@pytest.mark.parametrize(("card", "message"), [("[1, 2, 3]", "is a JSON list, not an object"),
+                                                ('{"training": 5}', "'training' is a JSON int")])
+def test_info_on_a_model_card_of_the_wrong_shape(trained, tmp_path, card, message):
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    (model / "model_card.json").write_text(card)
+    code, _, err = run_cli(["info", model])
+    assert_one_line_error(code, err, message)

@@ -59,14 +59,26 @@ def write_model_card(model_dir: Path, card: dict) -> None:
     atomic_write(Path(model_dir) / CARD, lambda handle: handle.write(text.encode()))
 
 
+CARD_SECTIONS = {"config": dict, "network": dict, "training": dict, "metrics": dict, "environment": dict,
+                 "data": list}  # the card's nested parts and their JSON types
+
+
 def read_model_card(model_dir: Path) -> dict:
+    """The model card as a dict ({} when there is none); ModelError when it is unreadable or of the wrong shape."""
     path = Path(model_dir) / CARD
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, json.JSONDecodeError) as error:
         raise ModelError(f"{path}: unreadable model card ({error})") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: the model card is a JSON {type(card).__name__}, not an object (edited by hand?)")
+    for key, kind in CARD_SECTIONS.items():
+        if key in card and not isinstance(card[key], kind):
+            raise ModelError(f"{path}: the model card's {key!r} is a JSON {type(card[key]).__name__} "
+                             "(edited by hand?); retrain, or restore the file")
+    return card
 
 
 @dataclass
