@@ -394,3 +394,15 @@ def test_a_failed_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(tmp_path / LAST)["step"] == 1  # the earlier file is intact
     assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left
+
+
+def test_out_of_memory_says_what_to_lower(tmp_path, data, monkeypatch):
+    from napari_diffseg.core import training
+
+    def exhausted(self, clock):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(training._Run, "train_step", exhausted)
+    with pytest.raises(InputError, match=r"out of memory on cpu with batch 2, patch 32x32 and width 4: lower"):
+        list(train(data, make_config(max_steps=2), tmp_path))

@@ -367,6 +367,19 @@ class _Run:
         self.student_optimiser.step()
         return {**losses.parts, "unlabelled_weight": ramp}
 
+    def checked_step(self, clock: _Clock) -> dict[str, float]:
+        """``train_step``, with running out of memory turned into an error that says what to lower."""
+        try:
+            return self.train_step(clock)
+        except (MemoryError, RuntimeError) as error:
+            text = str(error).lower()
+            if not isinstance(error, MemoryError) and "out of memory" not in text and "can't allocate" not in text:
+                raise
+            raise InputError(
+                f"out of memory on {self.device} with batch {self.batch_size}, patch "
+                f"{'x'.join(map(str, self.patch_size))} and width {self.config.base_channels}: lower --batch-size, "
+                "--patch-size or --width (Train panel: Advanced)") from None
+
     def enter_cotraining(self, fraction: float) -> None:
         self.stage = COTRAIN
         self.stage_start = fraction
@@ -530,7 +543,7 @@ def train(
                 state.enter_cotraining(fraction)
             if fraction >= 1.0:
                 break
-            losses = state.train_step(clock)
+            losses = state.checked_step(clock)
             state.step += 1
             state.loss_rows.append({"step": state.step, "stage": state.stage, "elapsed": round(clock.elapsed, 2), **losses})
             now = clock.elapsed
@@ -607,7 +620,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     last_checkpoint = 0.0
     try:
         while clock.fraction(session_steps) < 1.0:
-            losses = state.train_step(clock)
+            losses = state.checked_step(clock)
             state.step += 1
             session_steps += 1
             if clock.elapsed - last_checkpoint >= config.checkpoint_every_seconds:
