@@ -5,7 +5,9 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/install.sh
+if [[ "${DIFFSEG_SKIP_INSTALL:-0}" != "1" ]] && ! .venv/bin/python -c "import napari_diffseg, torch" 2>/dev/null; then
+    bash scripts/install.sh  # skipped when .venv is ready
+fi
 
 DIFFSEG=.venv/bin/diffseg
 "$DIFFSEG" train sample_data/train/images --labels sample_data/train/labels --out runs/demo --budget 120
