@@ -106,7 +106,7 @@ class StackSampler(threading.Thread):
 
 
 SLOTS = ("napari_diffseg._widgets.train:TrainPanel._on_event", "napari_diffseg._widgets.train:TrainPanel._on_status",
-         "napari_diffseg._widgets.train:LossPlot.redraw",
+         "napari_diffseg._widgets._loss_plot:LossPlot.redraw",
          "matplotlib.backends.backend_qtagg:FigureCanvasQTAgg.paintEvent",
          "matplotlib.backends.backend_qtagg:FigureCanvasQTAgg.draw",
          "napari_diffseg._widgets.project:ProjectPanel.refresh",

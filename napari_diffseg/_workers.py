@@ -36,6 +36,7 @@ from napari.utils import notifications
 
 from napari_diffseg._state import DiffsegState, Status
 from napari_diffseg.core.errors import DiffsegError
+from napari_diffseg.core.events import Done, Progress, PseudoLabelsReady
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
         yield from rounds.pretrain_project(project, config)
 
     def on_yielded(event: Any) -> None:
-        if hasattr(event, "elapsed"):  # Progress: total pretraining seconds so far
+        if isinstance(event, Progress):  # its elapsed: the total pretraining seconds so far
             state.pretrain_seconds = float(event.elapsed)
             state.pretrain_changed.emit(state.pretrain_seconds)
 
@@ -225,8 +226,6 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     outcome = {"done": False}
 
     def on_yielded(event: Any) -> None:
-        from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady  # loaded by the worker already
-
         if isinstance(event, Progress):
             state.step = event.step
             state.losses.append((event.step, event.stage, dict(event.losses)))

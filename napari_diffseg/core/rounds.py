@@ -24,7 +24,7 @@ Like ``train``, ``train_round`` is a generator: close it to cancel (the wrapped 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 import logging
 import math
 from pathlib import Path
@@ -35,26 +35,14 @@ from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, read_image
 from .project import CHECKPOINTS_DIR, ImageStatus, Project
 from .teacher import NetworkConfig
-from .training import Progress, PseudoLabelsReady, TrainConfig, TrainingEvent, pretrain, pretraining_info, train
+from .events import Progress, PseudoLabelsReady, RoundStarted, TrainingEvent  # noqa: F401 (re-exported)
+from .training import TrainConfig, pretrain, pretraining_info, train
 
 log = logging.getLogger(__name__)
 
 LOSS_LOG_EVERY = 20
 PRETRAIN_DIR = "pretrain"  # under checkpoints/: stage 1 run in the background while the user labels
 TRAIN_CONFIG_KEY = "train"
-
-
-@dataclass
-class RoundStarted(TrainingEvent):
-    """First event of ``train_round``: what is being trained, and from where."""
-
-    round: int
-    out_dir: Path
-    warm_start: Path | None
-    resumed: bool
-    labelled: int
-    unlabelled: int
-    note: str = ""
 
 
 def project_training_data(project: Project, num_classes: int | None = None) -> TrainingData:

@@ -16,7 +16,7 @@ final weights of the kept twin (``keep_twin``) are saved with a fixed threshold.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, replace
 import contextlib
 import csv
 import io as _stringio
@@ -31,6 +31,8 @@ import torch
 
 from . import device as devices
 from .config import LR_SCHEDULES, TWINS, WARMUP_TWINS, TrainConfig  # noqa: F401 (re-exported)
+from .events import (CheckpointSaved, Done, Progress, PseudoLabelsReady, StageProgress,  # noqa: F401
+                     TrainingEvent)
 from .checkpoint import BEST, CARD, LAST, load_checkpoint, save_checkpoint, write_model_card
 from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
 from .errors import InputError, ModelError
@@ -49,53 +51,6 @@ PSEUDO_LABEL_STAGE, SAVING_STAGE = "pseudo_labels", "saving"  # StageProgress st
 PRETRAIN_ONLY_KEY = "pretrain_only"  # in a last.pt written by ``pretrain``: the teacher of stage 1 alone
 POLY_EXPONENT = 0.9
 LOSSES_FILE = "losses.csv"
-
-
-@dataclass
-class TrainingEvent:
-    """Base of everything ``train`` yields."""
-
-
-@dataclass
-class Progress(TrainingEvent):
-    stage: str
-    step: int
-    fraction: float
-    elapsed: float
-    remaining: float
-    losses: dict[str, float]
-
-
-@dataclass
-class StageProgress(TrainingEvent):
-    """Progress of a pass outside the optimisation steps (its time is not budget): "pseudo_labels" (one event per
-    image, before it) or "saving" (the final model)."""
-
-    stage: str
-    done: int
-    total: int
-
-
-@dataclass
-class CheckpointSaved(TrainingEvent):
-    path: Path
-    kind: str  # "last" or "best"
-    metrics: dict = field(default_factory=dict)
-
-
-@dataclass
-class PseudoLabelsReady(TrainingEvent):
-    step: int
-    directory: Path
-    names: list[str]
-    mean_uncertainty: dict[str, float]  # image-level uncertainty score per name (orders the review queue)
-
-
-@dataclass
-class Done(TrainingEvent):
-    model_dir: Path
-    metrics: dict
-    cancelled: bool = False
 
 
 class _Clock:
