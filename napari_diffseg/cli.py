@@ -26,6 +26,7 @@ import time
 
 from napari_diffseg import __version__
 from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
+from napari_diffseg.core.io import one_line
 from napari_diffseg.core.io import UNCERTAINTY_SUFFIX
 
 PROG = "diffseg"
@@ -332,10 +333,6 @@ def _logging(quiet: bool, verbose: int):
         logger.propagate = previous[1]
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split()) or "(no message)"
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
@@ -399,7 +396,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
         try:
             TrainConfig(**kept)
         except (DiffsegError, TypeError, ValueError) as error:  # written by another version, or edited by hand
-            log.warning("ignoring the project's stored training settings (%s)", _one_line(error))
+            log.warning("ignoring the project's stored training settings (%s)", one_line(error))
             kept = {}
     given = {
         "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
@@ -677,8 +674,8 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     foreground = float((prediction.mask > 0).mean())
                     log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
                 except DiffsegError as error:  # one bad file: go on with the others, list it at the end
-                    failed.append((path.name, _one_line(error)))
-                    log.warning("%s: %s", path.name, _one_line(error))
+                    failed.append((path.name, one_line(error)))
+                    log.warning("%s: %s", path.name, one_line(error))
                 images_bar.update(1)
     finally:
         images_bar.close()
@@ -948,7 +945,7 @@ def _cmd_project_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------------- main
 def _error(message: str) -> None:
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,10 +39,10 @@ _LAYOUT_HELP = (
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     """Collapse an exception text (which may span lines) into one short line."""
     line = " ".join(str(text).split())
-    return line if len(line) <= 200 else line[:197] + "..."
+    return (line if len(line) <= 200 else line[:197] + "...") or "(no message)"
 
 
 def _label(name: str | os.PathLike | None) -> str:
@@ -119,7 +119,7 @@ def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
         raise InputError(f"cannot read {path}: permission denied; check the file's permissions") from exc
     except Exception as exc:  # tifffile / pillow raise many different types for corrupt files
         raise InputError(
-            f"cannot read {path}: not a valid {suffix.lstrip('.').upper()} image ({_one_line(exc)}); "
+            f"cannot read {path}: not a valid {suffix.lstrip('.').upper()} image ({one_line(exc)}); "
             "re-save it as TIFF"
         ) from exc
     array = np.asarray(array)
@@ -310,7 +310,7 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"cannot create folder {path.parent}: {_one_line(exc.strerror or exc)}") from exc
+        raise InputError(f"cannot create folder {path.parent}: {one_line(exc.strerror or exc)}") from exc
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -325,7 +325,7 @@ def atomic_write(path: Path, write: Callable[[object], None]) -> None:
             logger.warning("could not remove temporary file %s", tmp)
         if isinstance(exc, OSError):
             raise InputError(
-                f"cannot write {path}: {_one_line(exc.strerror or exc)}; "
+                f"cannot write {path}: {one_line(exc.strerror or exc)}; "
                 "free disk space or choose a writable folder"
             ) from exc
         raise

@@ -48,6 +48,7 @@ import numpy as np
 from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputError
 from napari_diffseg.core.io import (
     BEST,
+    UNCERTAINTY_SUFFIX,
     check_mask_matches,
     image_layout,
     name_stem,
@@ -69,7 +70,6 @@ PSEUDO_DIR = "pseudo"
 CHECKPOINTS_DIR = "checkpoints"
 _NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: hidden files beside it
 FIRST_ROUND = 1
-UNCERTAINTY_SUFFIX = "_uncertainty"
 _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
