@@ -188,3 +188,14 @@ def test_one_trainer_per_project(project, pairs):
         holder.kill()  # killed: the OS releases its lock, no stale lock remains
         holder.wait()
     assert type(list(train_round(project, config))[-1]).__name__ == "Done"
+
+
+def test_next_round_spends_its_time_on_steps_not_on_an_early_pass(project, pairs):
+    """Round 1 delivers early pseudo-labels (the user has nothing to review yet); a warm-started round has the
+    previous round's to review, so it has one pass, at its end."""
+    config = tiny_train_config(max_steps=4)
+    first = [e for e in train_round(project, config) if isinstance(e, PseudoLabelsReady)]
+    assert len(first) == 2 and first[0].step == 1  # early (after the first step) and final
+    project.next_round()
+    second = [e for e in train_round(project, config) if isinstance(e, PseudoLabelsReady)]
+    assert [e.step for e in second] == [4]

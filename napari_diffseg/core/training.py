@@ -489,7 +489,9 @@ def train(
     clock = _Clock(config, elapsed, overhead)
     last_checkpoint = clock.elapsed
     cotrain_started = None
-    last_pseudo = None
+    # a warm-started round (Next round) already has the previous round's pseudo-labels to review: no early pass,
+    # the next one comes after pseudo_labels_every_seconds (or at the end), so the round's time goes to steps
+    last_pseudo = clock.elapsed if warm_start is not None and not resume else None
     finished = False
     try:
         while True:
@@ -506,7 +508,7 @@ def train(
                 cotrain_started = now if cotrain_started is None else cotrain_started
                 due = (last_pseudo is None and now - cotrain_started >= config.first_pseudo_labels_after_seconds) or (
                     last_pseudo is not None and now - last_pseudo >= config.pseudo_labels_every_seconds)
-                if due and data.unlabelled_indices:
+                if due and data.unlabelled_indices and clock.fraction(state.step) < 1.0:  # the end has its own
                     with clock.paused():
                         yield from state.pseudo_labels()
                     last_pseudo = clock.elapsed
