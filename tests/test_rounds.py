@@ -199,3 +199,11 @@ def test_next_round_spends_its_time_on_steps_not_on_an_early_pass(project, pairs
     project.next_round()
     second = [e for e in train_round(project, config) if isinstance(e, PseudoLabelsReady)]
     assert [e.step for e in second] == [4]
+
+
+def test_round_1_from_a_pretrained_teacher_still_delivers_early_pseudo_labels(project, pairs):
+    config = tiny_train_config(max_steps=4)
+    list(rounds.pretrain_project(project, tiny_train_config(max_steps=2)))
+    events = list(train_round(project, config))
+    assert "pretrained without labels" in events[0].note
+    assert [e.step for e in events if isinstance(e, PseudoLabelsReady)] == [1, 4]

@@ -489,9 +489,11 @@ def train(
     clock = _Clock(config, elapsed, overhead)
     last_checkpoint = clock.elapsed
     cotrain_started = None
-    # a warm-started round (Next round) already has the previous round's pseudo-labels to review: no early pass,
-    # the next one comes after pseudo_labels_every_seconds (or at the end), so the round's time goes to steps
-    last_pseudo = clock.elapsed if warm_start is not None and not resume else None
+    # a round warm-started from a trained model (Next round) already has that round's pseudo-labels to review: no
+    # early pass, the next one after pseudo_labels_every_seconds (or at the end), so its time goes to steps; a
+    # start from the teacher pretrained without labels has nothing to review yet and keeps the early pass
+    after_a_round = warm_start is not None and not resume and not payload.get(PRETRAIN_ONLY_KEY)
+    last_pseudo = clock.elapsed if after_a_round else None
     finished = False
     try:
         while True:
