@@ -7,7 +7,7 @@ raw numbers in ``<out>/results.json``:
 - accuracy: Dice and HD95 on each dataset's test split vs the number of labelled images (1, 2, 5, 10 where the
   train split has more images than that) for this project's default (semi-supervised), the same network on the
   labels only, a random-forest pixel classifier on scikit-image features (what ilastik does) and Otsu;
-- ablations (2 labelled; GlaS in the full mode, dsb2018 in the quick one): no unsupervised pretraining, K
+- ablations (2 labelled; GlaS in the full mode, dsb2018 in the quick one): 25 % unsupervised pretraining, K
   pseudo-label rounds, chained rounds, network width, time budget (also for labels only), and single- vs multi-step
   sampling at prediction;
 - effort (same dataset): a simulated annotator who, after each round, corrects the N most uncertain pseudo-labels
@@ -51,7 +51,8 @@ ALL_DATASETS = ("dsb2018", "glas", "ph2", "isbi2012_em", "la_mri_3d")
 THREE_D_DATASETS = ("la_mri_3d",)  # volumes: their own (longer) training budget
 METHODS = ("DiffSeg", "labels only", "random forest", "Otsu")
 VARIANTS: dict[str, dict] = {  # ablations: TrainConfig fields that differ from the default
-    "no pretraining": {"pretrain_fraction": 0.0},
+    "25% pretraining": {"pretrain_fraction": 0.25},
+    "no warm-up": {"supervised_warmup": 0.0, "unlabelled_ramp": 1.0},
     "K = 0 rounds": {"rounds": 0},
     "K = 3 rounds": {"rounds": 3},
     "K = 5 rounds": {"rounds": 5},
@@ -95,7 +96,7 @@ class Settings:
 MODES = {
     "quick": Settings(
         seeds=(0,), datasets=("dsb2018",), labelled=(1, 2, 5), budget_2d=35.0,
-        variants=("no pretraining", "K = 3 rounds", "K = 3 chained", "width 32"),
+        variants=("25% pretraining", "K = 3 rounds", "K = 3 chained", "width 32"),
         budgets=(35.0, 70.0), labels_only_budgets=(70.0,), sampling_steps=(1, 5), effort_rounds=2, effort_budget=20.0,
         strategies=("uncertainty", "random"), speed_configs=((16, 128), (32, 128)), speed_tiles=(256, 1024),
     ),
@@ -211,8 +212,9 @@ def job_speed_train(params: dict, _dependency: dict | None) -> dict:
     train_pairs, _ = load_split(Path(params["root"]))
     patch = params["patch"]
     config = TrainConfig(budget_seconds=None, max_steps=params["steps"], base_channels=params["width"],
-                         patch_size=(patch, patch), bf16=params["bf16"],
-                         checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9)
+                         patch_size=(patch, patch), bf16=params["bf16"], pretrain_fraction=0.25,
+                         supervised_warmup=0.0, checkpoint_every_seconds=1e9,
+                         first_pseudo_labels_after_seconds=1e9)  # both stages timed: 25 % pretraining, no warm-up
     elapsed: dict[str, list[float]] = {}
 
     def collect(event) -> None:
@@ -570,7 +572,8 @@ class Report:
                        f"{', '.join(map(str, s.seeds))}. Training budget per run: {s.budget_2d * self.meta['scale']:g} s "
                        f"for 2D" + (f", {s.budget_3d * self.meta['scale']:g} s for 3D" if set(THREE_D_DATASETS) & set(datasets) else "")
                        + " wall time, one torch thread (two runs side by side). DiffSeg = this project's default "
-                       "(pretraining + teacher-student co-training on all train images, the first n labelled); "
+                       "(a supervised warm-up, then teacher-student co-training on all train images, the first n labelled; "
+                       "no stage-1 pretraining inside the budget); "
                        "labels only = the same network and budget on the n labelled images; random forest = "
                        f"{RF_TREES} trees on scikit-image multiscale intensity / edge / texture features of up to "
                        f"{RF_PIXELS_PER_IMAGE // 1000}k balanced pixels per labelled image ({RF_MAX_PIXELS // 1000}k "
@@ -712,7 +715,8 @@ class Report:
         d_mean, _ = aggregate(default, "dice")
         self.lines += ["## Ablations of the method", "",
                        f"{dataset}, {n} labelled images, seeds {', '.join(map(str, s.ablation_seeds))}; {note}. "
-                       f"Every variant changes one setting of the default (pretraining for 25% of the budget, one "
+                       f"Every variant changes one setting of the default (no pretraining, a supervised warm-up for the "
+                       f"first quarter, one "
                        f"independent pseudo-label round every 4th co-training step, width 16) and trains for the "
                        f"same {budget:g} s.", "",
                        "| variant | Dice | HD95 | steps | Dice vs default |", "|---|---|---|---|---|"]
@@ -724,7 +728,7 @@ class Report:
             mean, sd = aggregate(runs, "dice")
             hd = aggregate(runs, "hd95")
             found[variant] = (mean, sd)
-            name = "default (K = 1, independent, width 16, pretraining)" if variant == DEFAULT_VARIANT else variant
+            name = "default (K = 1, independent, width 16, warm-up, no pretraining)" if variant == DEFAULT_VARIANT else variant
             delta = "" if variant == DEFAULT_VARIANT else f"{mean - d_mean:+.3f}"
             self.lines.append(f"| {name} | {_fmt(mean, sd)} | {_fmt(*hd, 1)} | "
                               f"{np.mean([r['steps'] for r in runs]):.0f} | {delta} |")
@@ -1009,7 +1013,8 @@ class Report:
             f" and {s.budget_3d * scale:.3g} s per 3D run" if three_d and s.budget_3d != s.budget_2d else "")
         ratio = steps["labels only"] / steps["DiffSeg"] if steps["DiffSeg"] else math.nan
         text = (f"Context for the accuracy comparisons: {budgets} of wall time on one core (the CLI default is "
-                "300 s). A DiffSeg run pretrains for a quarter of it, trains two networks, makes pseudo-labels and "
+                "300 s). A DiffSeg run trains two networks (labelled patches only for the first quarter), makes "
+                "pseudo-labels and "
                 "writes the first pseudo-labels of every unlabelled image 10 s into co-training (so the GUI can show "
                 "them early)")
         if not math.isnan(ratio):

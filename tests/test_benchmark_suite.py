@@ -55,7 +55,8 @@ def test_full_plan_covers_the_issue(tmp_path, blobs_root):
     assert {o.get("rounds") for o in overrides if "rounds" in o} == {0, 3, 5}  # and K = 1, the default
     assert {"rounds": 3, "chained_rounds": True} in overrides
     assert {o["base_channels"] for o in overrides if "base_channels" in o} == {32, 64}  # and 16, the default
-    assert {"pretrain_fraction": 0.0} in overrides
+    assert {"pretrain_fraction": 0.25} in overrides  # the default has none
+    assert {"supervised_warmup": 0.0, "unlabelled_ramp": 1.0} in overrides  # the paper's ramp, no warm-up
     for method, expected in (("DiffSeg", {60.0, 120.0, 300.0, 600.0}), ("labels only", {60.0, 120.0, 300.0})):
         budgets = {p["budget"] for p in ablation if p["method"] == method and p["variant"] == suite.DEFAULT_VARIANT}
         assert expected <= budgets
