@@ -137,6 +137,7 @@ class PredictPanel(QWidget):
         self.status_label = wrapping_label("")
         self.results_list = QListWidget()  # results of a file / folder source: one shown at a time, with its image
         self.results_list.currentRowChanged.connect(self.show_result)
+        self.results_list.setVisible(False)  # shown once a file / folder run has results
         self.source_combo.currentTextChanged.connect(self._update_visibility)
         self.output_combo.currentTextChanged.connect(self._update_visibility)
 
