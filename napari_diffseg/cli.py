@@ -15,6 +15,7 @@ import argparse
 from collections.abc import Sequence
 import contextlib
 import csv
+from io import StringIO
 from dataclasses import dataclass, field
 import logging
 import math
@@ -948,6 +949,9 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
 
 
+_ANSWERING_COMMANDS = frozenset({"_cmd_eval", "_cmd_info", "_cmd_project_status"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 unexpected failure, 2 user mistake, 130 Ctrl-C)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -959,7 +963,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except SystemExit as exit_:  # --help, --version
         return int(exit_.code or 0)
-    with _logging(args.quiet, args.verbose):
+    # -q: nothing but warnings and errors from the commands that work; those that answer a question (eval, info,
+    # project status) still print their answer
+    silent = args.quiet and args.handler.__name__ not in _ANSWERING_COMMANDS
+    with _logging(args.quiet, args.verbose), contextlib.redirect_stdout(StringIO()) if silent \
+            else contextlib.nullcontext():
         try:
             return args.handler(args, argv)
         except DiffsegError as error:

@@ -391,3 +391,15 @@ def test_info_on_a_model_card_of_the_wrong_shape(trained, tmp_path, card, messag
     (model / "model_card.json").write_text(card)
     code, _, err = run_cli(["info", model])
     assert_one_line_error(code, err, message)
+
+
+def test_quiet_prints_only_warnings_and_errors_but_answers_questions(dataset, tmp_path):
+    model = tmp_path / "model"
+    code, out, err = run_cli(["train", dataset / "images", "--labels", dataset / "labels", "--out", model, "-q",
+                              *FAST])
+    assert code == 0, err
+    assert out == "" and err == ""
+    code, out, err = run_cli(["predict", model, dataset / "images", "--out", tmp_path / "pred", "-q"])
+    assert code == 0 and out == "" and err == ""
+    code, out, _ = run_cli(["info", model, "-q"])  # a question: it still answers
+    assert code == 0 and "model folder:" in out
