@@ -409,15 +409,16 @@ class Project:
     def latest_model_dir(self) -> Path | None:
         """The most recent round's checkpoint folder that holds a ``best.pt`` (a model ready to predict with)."""
         for round_ in range(self.current_round, 0, -1):
-            folder = self.folder / CHECKPOINTS_DIR / f"round_{round_}"
+            folder = self.checkpoints_dir(round_, create=False)
             if (folder / BEST).is_file():
                 return folder
         return None
 
-    def checkpoints_dir(self, round: int) -> Path:
-        """``checkpoints/round_<k>``, created if missing."""
+    def checkpoints_dir(self, round: int, create: bool = True) -> Path:
+        """``checkpoints/round_<k>``, created if missing (unless ``create`` is False)."""
         path = self.folder / CHECKPOINTS_DIR / f"round_{int(round)}"
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
     def _label_path(self, name: str) -> Path:

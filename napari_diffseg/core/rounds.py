@@ -69,16 +69,11 @@ def project_training_data(project: Project, num_classes: int | None = None) -> T
     return training_data_from_arrays(images, labels, names, classes)
 
 
-def _round_dir(project: Project, round_: int) -> Path:
-    """``checkpoints/round_<k>`` without creating it (``Project.checkpoints_dir`` creates it)."""
-    return project.folder / CHECKPOINTS_DIR / f"round_{int(round_)}"
-
-
 def previous_checkpoint_dir(project: Project, round: int | None = None) -> Path | None:
     """The most recent round before ``round`` (default: the current one) whose checkpoint folder has ``last.pt``."""
     current = project.current_round if round is None else int(round)
     for earlier in range(current - 1, 0, -1):
-        folder = _round_dir(project, earlier)
+        folder = project.checkpoints_dir(earlier, create=False)
         if (folder / LAST).is_file():
             return folder
     return None
