@@ -157,11 +157,9 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
         from qtpy.QtCore import QThread
 
         from napari_diffseg.core import rounds
-        from napari_diffseg.core.device import configure_threads
 
         QThread.currentThread().setPriority(QThread.LowestPriority)
-        configure_threads(1)
-        yield from rounds.pretrain_project(project, config)
+        yield from rounds.pretrain_project(project, config)  # config.threads = 1: the run sets torch's threads
 
     def on_yielded(event: Any) -> None:
         if isinstance(event, Progress):  # its elapsed: the total pretraining seconds so far
