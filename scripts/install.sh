@@ -31,11 +31,11 @@ if [[ "${DIFFSEG_SKIP_APT:-0}" != "1" ]]; then
     fi
     echo "== apt: python3-venv, Xvfb and the Qt/OpenGL libraries"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update
-    # Qt5's xcb platform plugin (PyQt5 wheels) and vispy's OpenGL need these under Xvfb.
+    # Qt's xcb platform plugin (PyQt6 wheels; libxcb-cursor0 since Qt 6.5) and vispy's OpenGL need these under Xvfb.
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y \
         python3 python3-venv ca-certificates \
         xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-render-util0 \
-        libxkbcommon-x11-0 libgl1 libegl1 \
+        libxkbcommon-x11-0 libxcb-cursor0 libgl1 libegl1 \
         libxcb-randr0 libxcb-shape0 libxcb-xfixes0 libxcb-sync1 libx11-xcb1 \
         libfontconfig1 libglib2.0-0 libdbus-1-3
 fi
