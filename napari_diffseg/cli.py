@@ -571,6 +571,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the model")
+    for given, folder in (("images", args.images), ("labels", args.labels)):
+        if out.resolve() == Path(folder).resolve():
+            raise InputError(f"--out {out} is the {given} folder; give the model its own folder")
     _check_writable_folder(out)  # before minutes of training, not after
     if args.resume and not (out / LAST).is_file():
         raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
@@ -676,7 +679,8 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
                     log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
                 except DiffsegError as error:  # one bad file: go on with the others, list it at the end
                     failed.append((path.name, one_line(error)))
-                    log.warning("%s: %s", path.name, one_line(error))
+                    message = one_line(error)  # it usually names the file already
+                    log.warning("%s", message if path.name in message else f"{path.name}: {message}")
                 images_bar.update(1)
     finally:
         images_bar.close()

@@ -332,6 +332,11 @@ def case_eval_no_matching_stems(trained, tmp):
     return ["eval", tmp / "other", trained["data"] / "masks"], "name stem"
 
 
+def case_train_out_is_the_images_folder(trained, tmp):
+    shutil.copytree(trained["data"] / "images", tmp / "images")
+    return _train_args(tmp / "images", trained["data"] / "labels", tmp / "images"), "is the images folder"
+
+
 MISTAKES = {name[len("case_"):]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
@@ -340,6 +345,14 @@ def test_user_mistake_exits_2_with_one_line(case, trained, tmp_path):
     argv, fragment = MISTAKES[case](trained, tmp_path)
     code, out, err = run_cli(argv)
     assert_one_line_error(code, err, fragment)
+
+
+def test_a_patch_size_off_the_network_multiple_is_rounded_with_a_warning(dataset, tmp_path):
+    code, _, err = run_cli(_train_args(dataset / "images", dataset / "labels", tmp_path / "m", "--patch-size", "30",
+                                       "30", "--steps", "1"))
+    assert code == 0
+    assert "patch size 30x30 is not a multiple of 8: training on 24x24" in err
+    assert json.loads((tmp_path / "m" / "model_card.json").read_text())["patch_size"] == [24, 24]
 
 
 def test_no_subcommand_is_a_one_line_usage_error():

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,12 +22,15 @@ import time
 import numpy as np
 import pytest
 
-from napari_diffseg.core.checkpoint import BEST, LAST, SegmentationModel, load_checkpoint
+from napari_diffseg.core.checkpoint import LAST, SegmentationModel, load_checkpoint
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.synthetic import make_blobs_dataset
 
 from test_cli import dataset  # noqa: F401 (the CLI tests' synthetic dataset fixture)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
+from _faults import kill_during_accepts, kill_during_training  # noqa: E402 (shared with bench_reliability.py)
 
 SHAPE = (48, 48)
 N_IMAGES = 6
@@ -51,76 +52,22 @@ def _project(folder: Path) -> Project:
     return project
 
 
-ACCEPT_LOOP = """
-import sys
-import numpy as np
-from napari_diffseg.core.project import Project
-project = Project.open(sys.argv[1])
-masks = [np.load(sys.argv[2]), np.load(sys.argv[3])]
-names = project.names()
-i = 0
-while True:
-    name = names[i % len(names)]
-    project.accept(name, masks[i % 2])
-    print(f"{name} {i % 2}", flush=True)  # this accept returned: it must survive any later kill
-    i += 1
-"""
-
-
 def test_kill_9_during_accepts_loses_nothing(tmp_path):
     project = _project(tmp_path / "proj")
-    masks = _masks()
-    for index, mask in enumerate(masks):
-        np.save(tmp_path / f"mask{index}.npy", mask)
-    rng = random.Random(0)
-    survived = 0
     began = time.monotonic()
-    for _ in range(KILLS):
-        log = tmp_path / "done.txt"
-        with open(log, "w") as out:
-            child = subprocess.Popen([sys.executable, "-c", ACCEPT_LOOP, str(project.folder),
-                                      str(tmp_path / "mask0.npy"), str(tmp_path / "mask1.npy")], stdout=out)
-            deadline = time.monotonic() + 30
-            while not log.read_text().strip() and time.monotonic() < deadline:  # it is accepting
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
-            child.send_signal(signal.SIGKILL)
-            child.wait()
-        confirmed = {}
-        for line in log.read_text().splitlines():
-            if line.count(" ") == 1:  # the last line may be cut by the kill
-                name, which = line.split()
-                confirmed[name] = int(which)
-        reopened = Project.open(project.folder)  # finishes an interrupted replacement, removes leftovers
-        for record in reopened.records():
-            if record.status == ImageStatus.ACCEPTED:
-                label = reopened.label(record.name)
-                assert label is not None, record.name
-                assert any(np.array_equal(label, mask) for mask in masks), record.name  # never a torn mask
-        for name in confirmed:  # every accept that returned is ground truth
-            assert reopened.record(name).status == ImageStatus.ACCEPTED
-        assert not [p.name for p in reopened.labels_dir.iterdir() if p.name.startswith(".")]
-        survived += 1
-    assert survived == KILLS
+    report = kill_during_accepts(project.folder, _masks(), KILLS, seed=0)
+    assert report.kills == KILLS and report.confirmed_accepts > 0
+    assert (report.lost_accepts, report.torn_masks, report.leftover_files) == (0, 0, 0), report
     assert time.monotonic() - began < 120
 
 
 def test_kill_9_during_training_leaves_a_model_or_none_and_resume_works(dataset, tmp_path):  # noqa: F811
     out = tmp_path / "model"
-    rng = random.Random(1)
     command = [sys.executable, "-m", "napari_diffseg.cli", "train", str(dataset / "images"), "--labels",
                str(dataset / "labels"), "--out", str(out), "--budget", "600", "--width", "8", "--patch-size",
                "32", "32", "--threads", "1"]
-    for _ in range(3):
-        child = subprocess.Popen(command + (["--resume"] if (out / LAST).is_file() else []),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4.0, 8.0))  # python and torch start, then training (a checkpoint every 30 s)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        if (out / BEST).exists():
-            assert SegmentationModel.load(out) is not None  # a model that loads, never a torn one
-        if (out / LAST).exists():
-            assert load_checkpoint(out / LAST)["step"] >= 0
+    report = kill_during_training(command, out, kills=3, seed=1)
+    assert report.kills == 3 and report.broken_models == 0, report
     if not (out / LAST).is_file():  # killed before any checkpoint: a normal run writes one
         subprocess.run(command + ["--steps", "2"], capture_output=True, timeout=300, check=True)
     step = int(load_checkpoint(out / LAST)["step"])

@@ -12,6 +12,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 import json
 from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
@@ -44,7 +45,9 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{path}: no checkpoint here (train a model first, or check the model folder)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a garbage file before failing
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for corrupt files
         raise ModelError(f"{path}: not a readable checkpoint ({type(error).__name__}); the file is corrupt or truncated") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:

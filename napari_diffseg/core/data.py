@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import hashlib
+import logging
 
 import numpy as np
 import torch
 
 from .errors import InputError
 from .io import check_mask_matches, name_stem, normalise_mask, pair_images_with_labels, read_image, read_mask, to_channels_first
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PATCH_2D = (128, 128)
 DEFAULT_PATCH_3D = (32, 64, 64)
@@ -88,7 +91,11 @@ def effective_patch_size(requested: tuple[int, ...] | None, data: TrainingData, 
     if len(requested) != data.spatial_dims:
         raise InputError(f"patch size {requested} does not match {data.spatial_dims}D images")
     largest = np.max([image.shape[1:] for image in data.images], axis=0)
-    return tuple(max(multiple, (min(p, int(s)) // multiple) * multiple) for p, s in zip(requested, largest))
+    effective = tuple(max(multiple, (min(p, int(s)) // multiple) * multiple) for p, s in zip(requested, largest))
+    if any(p % multiple for p, s in zip(requested, largest) if p <= s):
+        logger.warning("patch size %s is not a multiple of %d: training on %s", "x".join(map(str, requested)),
+                       multiple, "x".join(map(str, effective)))
+    return effective
 
 
 def _pad_to(array: np.ndarray, shape: tuple[int, ...], leading: int) -> np.ndarray:
