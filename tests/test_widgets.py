@@ -286,6 +286,34 @@ def test_next_unlabelled_skips_images_with_ground_truth(make_napari_viewer, tmp_
     assert shown["error"] == ["every image has ground truth: train, or review the pseudo-labels"]
 
 
+def test_a_newer_pseudo_label_of_the_shown_image_keeps_the_image_layer(make_napari_viewer, tmp_path, monkeypatch):
+    """New pseudo-labels arrive while an image is under review: only the mask and uncertainty change; the image is
+    not read again nor re-uploaded, and the contrast the user set stays."""
+    viewer = make_napari_viewer()
+    project = _small_project(tmp_path / "proj", labelled=1)
+    name = project.names()[1]
+    spatial = project.image(name).shape[:2]
+    first, second = np.zeros(spatial, np.uint8), np.zeros(spatial, np.uint8)
+    first[:8, :8], second[10:30, 10:30] = 1, 1
+    project.save_pseudo(name, first, np.zeros(spatial, np.float32), round=1, model_id="m1", mean_uncertainty=0.1)
+    reads = []
+    read = Project.image
+    monkeypatch.setattr(Project, "image", lambda self, n: reads.append(n) or read(self, n))
+    _layers.show_for_review(viewer, project, name)
+    image_layer = viewer.layers[_layers.REVIEW_IMAGE]
+    image_layer.contrast_limits = (10, 100)
+    project.save_pseudo(name, second, np.full(spatial, 0.5, np.float32), round=2, model_id="m2",
+                        mean_uncertainty=0.2)
+    labels = _layers.show_for_review(viewer, project, name)
+    assert reads == [name]
+    assert viewer.layers[_layers.REVIEW_IMAGE] is image_layer and tuple(image_layer.contrast_limits) == (10, 100)
+    np.testing.assert_array_equal(labels.data, second)
+    assert float(viewer.layers[_layers.REVIEW_UNCERTAINTY].data.max()) == 0.5
+    other = project.names()[2]
+    _layers.show_for_review(viewer, project, other)  # another image is read and shown
+    assert reads == [name, other] and image_layer.metadata[_layers.NAME_KEY] == other
+
+
 def test_widget_modules_do_not_import_torch():
     modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)

@@ -73,6 +73,21 @@ def _upsert(viewer: Any, kind: str, layer_name: str, data: np.ndarray, image_nam
     return layer
 
 
+def _show_project_image(viewer: Any, project: Project, layer_name: str, name: str) -> tuple[int, ...]:
+    """Show project image ``name`` in the image layer ``layer_name``; returns its spatial shape. A layer that
+    already shows that image keeps its data (project images never change): no read from disk, no new texture,
+    the user's contrast kept, which matters when new pseudo-labels refresh the image under review."""
+    layer = find_layer(viewer, layer_name)
+    if layer is not None and layer.metadata.get(NAME_KEY) == name:
+        if not layer.visible:
+            layer.visible = True
+        data = np.asarray(layer.data)
+        return tuple(data.shape[:-1] if layer.rgb else data.shape)
+    image = project.image(name)
+    _upsert(viewer, "image", layer_name, image, name, **_image_kwargs(image, name))
+    return tuple(image.shape[: image_layout(image, name=name)[0]])
+
+
 def _image_kwargs(image: np.ndarray, name: str) -> dict:
     _, channels = image_layout(image, name=name)
     return {"rgb": channels == 3}
@@ -97,14 +112,12 @@ def show_for_annotation(viewer: Any, project: Project, name: str) -> Any:
 
     The labels start from the saved ground truth, else the latest pseudo-label, else empty.
     """
-    image = project.image(name)
-    spatial = image.shape[: image_layout(image, name=name)[0]]
+    spatial = _show_project_image(viewer, project, ANNOTATE_IMAGE, name)
     mask = project.label(name)
     if mask is None:
         pseudo = project.pseudo(name)
         mask = pseudo[0] if pseudo is not None else np.zeros(spatial, np.uint8)
     _set_visible(viewer, REVIEW_LAYERS, False)
-    _upsert(viewer, "image", ANNOTATE_IMAGE, image, name, **_image_kwargs(image, name))
     labels = _upsert(viewer, "labels", ANNOTATE_LABELS, np.asarray(mask, np.uint8).copy(), name)
     labels.editable = True
     _remember(project, "annotate", name)
@@ -137,8 +150,8 @@ def uncertainty_colormap() -> Any:
 
 def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     """Show image ``name`` with its latest pseudo-label (editable Labels) and uncertainty; returns the Labels layer."""
-    image = project.image(name)
-    spatial = image.shape[: image_layout(image, name=name)[0]]
+    _set_visible(viewer, ANNOTATE_LAYERS, False)
+    spatial = _show_project_image(viewer, project, REVIEW_IMAGE, name)
     pseudo = project.pseudo(name)
     if pseudo is None:
         mask, uncertainty = np.zeros(spatial, np.uint8), None
@@ -146,9 +159,7 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
         mask, uncertainty = pseudo
     if uncertainty is None:
         uncertainty = np.zeros(spatial, np.float32)
-    _set_visible(viewer, ANNOTATE_LAYERS, False)
     new = find_layer(viewer, REVIEW_PSEUDO) is None
-    _upsert(viewer, "image", REVIEW_IMAGE, image, name, **_image_kwargs(image, name))
     _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
             colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0))
     labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name,

@@ -259,10 +259,14 @@ class ReviewPanel(QWidget):
     def apply_view_options(self) -> None:
         """Show or hide the pseudo-label (outline or filled) and the uncertainty overlay as the toggles say."""
         pseudo, uncertainty = self.pseudo_layer(), _layers.find_layer(self.viewer, _layers.REVIEW_UNCERTAINTY)
+        # napari redraws a layer on every assignment, even of an unchanged value: assign only what changes
         if pseudo is not None:
-            pseudo.visible = self.show_pseudo.isChecked()
-            pseudo.contour = _layers.OUTLINE_WIDTH if self.outline.isChecked() else 0
-        if uncertainty is not None:
+            if pseudo.visible != self.show_pseudo.isChecked():
+                pseudo.visible = self.show_pseudo.isChecked()
+            contour = _layers.OUTLINE_WIDTH if self.outline.isChecked() else 0
+            if pseudo.contour != contour:
+                pseudo.contour = contour
+        if uncertainty is not None and uncertainty.visible != self.show_uncertainty.isChecked():
             uncertainty.visible = self.show_uncertainty.isChecked()
 
     def _keep_draft(self) -> None:
