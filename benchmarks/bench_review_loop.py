@@ -12,7 +12,9 @@ bundled sample instead). Then, as a user would:
 Per round it reports: seconds from pressing the button to the first pseudo-labels delivered and to the first one
 on screen in the Review layers, the wall time of the round, its optimisation seconds (the budget) and the time
 outside it (pseudo-label passes, checkpoints, the model), and the share of the wall time spent in optimisation
-steps. Also: seconds from starting napari to the window with the panels, and to the project being open.
+steps. Also: seconds from starting napari to the window with the panels, and to the project being open; and what
+the Train panel's progress showed (read 4 times a second): the stages in order, the first text after the press
+(nothing of the previous round may stay) and the longest time the display stood still while the round ran.
 The issue's promises: first pseudo-labels for ~50 images of 256x256 within 120 s of pressing Train; a Next round
 of 60 s spends at least 80 % of its time in optimisation steps.
 
@@ -26,6 +28,7 @@ import datetime
 import json
 import logging
 from pathlib import Path
+import re
 import sys
 import tempfile
 import time
@@ -83,6 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     project_s = time.monotonic() - began
     state.update_config(budget_seconds=args.budget)
 
+    from qtpy.QtCore import QTimer
+
+    train_panel = panels["Train"]
+    shown: list[tuple[float, str]] = []  # (time, progress text) whenever the text changed
+
+    def read_progress() -> None:
+        text = " | ".join(label.text() for label in (train_panel.stage_label, train_panel.step_label,
+                                                     train_panel.remaining_label))
+        if not shown or shown[-1][1] != text:
+            shown.append((time.monotonic(), text))
+
+    reader = QTimer()
+    reader.timeout.connect(read_progress)
+    reader.start(250)
+
     rows = []
     for round_ in (1, 2):
         events: list[tuple[float, str]] = []
@@ -108,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         card = json.loads((project.checkpoints_dir(round_) / "model_card.json").read_text())
         training = card["training"]
         wall = done - pressed
-        rows.append({"round": round_, "first pseudo-labels s": None if first is None else first - pressed,
+        during = [(t, text) for t, text in shown if pressed <= t <= done]
+        changes = [t for t, _ in during] + [done]
+        stages = []
+        for _, text in during:
+            stage = re.sub(r" · \d+/\d+$", "", text.split(" | ")[0].removeprefix("stage: "))  # drop "· 3/48"
+            if not stages or stages[-1] != stage:
+                stages.append(stage)
+        display = {"first text": during[0][1] if during else "", "stages": stages,
+                   "longest still s": max((b - a for a, b in zip(changes, changes[1:])), default=wall)}
+        rows.append({"round": round_, **display, "first pseudo-labels s": None if first is None else first - pressed,
                      "on screen s": on_screen - pressed, "wall s": wall,
                      "optimisation s": training["elapsed_seconds"], "outside s": training["overhead_seconds"],
                      "steps": training["steps"], "share": training["elapsed_seconds"] / wall})
@@ -141,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {row['round']} | {first} | {row['on screen s']:.1f} | {row['wall s']:.1f} | "
                      f"{row['optimisation s']:.1f} | {row['outside s']:.1f} | {row['steps']} | "
                      f"{100 * row['share']:.0f} % |")
+    lines += ["", "What the Train panel showed (stage | step | remaining), read 4 times a second:", "",
+              "| round | first text after the press | stages, in order | longest time the display stood still (s) |",
+              "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['round']} | {row['first text']} | {' → '.join(row['stages'])} | "
+                     f"{row['longest still s']:.1f} |")
     lines += ["", f"- Machine: {machine()}", f"- Load before / after: {load_before} / {load_after}", ""]
     report = "\n".join(lines)
     print(report)
