@@ -314,6 +314,34 @@ def test_a_newer_pseudo_label_of_the_shown_image_keeps_the_image_layer(make_napa
     assert reads == [name, other] and image_layer.metadata[_layers.NAME_KEY] == other
 
 
+def test_building_review_and_annotate_layers_shows_the_wait_cursor(make_napari_viewer, tmp_path, monkeypatch):
+    """napari takes up to ~0.7 s to build a new layer here: the user sees the wait cursor meanwhile, and the normal
+    cursor afterwards."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer()
+    review = viewer.window.add_plugin_dock_widget(PLUGIN, "Review")[1]
+    annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate")[1]
+    project = _small_project(tmp_path / "proj", labelled=1)
+    review.state.set_project(project)
+    cursors = []
+
+    def record(show):
+        def wrapped(*args):
+            cursor = QApplication.overrideCursor()
+            cursors.append(None if cursor is None else cursor.shape())
+            return show(*args)
+        return wrapped
+
+    monkeypatch.setattr(_layers, "show_for_review", record(_layers.show_for_review))
+    monkeypatch.setattr(_layers, "show_for_annotation", record(_layers.show_for_annotation))
+    review.show_image(project.names()[1])
+    annotate.open_next_unlabelled()
+    assert cursors == [Qt.CursorShape.WaitCursor, Qt.CursorShape.WaitCursor]
+    assert QApplication.overrideCursor() is None
+
+
 def test_widget_modules_do_not_import_torch():
     modules = ["napari_diffseg._widgets." + m for m in ("project", "annotate", "train", "review", "predict")]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, user_errors, wrapping_label
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
@@ -137,7 +137,8 @@ class AnnotatePanel(QWidget):
         name = name or self.image_combo.currentData()
         if not name:
             raise InputError("the project has no images: add images first")
-        labels = _layers.show_for_annotation(self.viewer, project, name)
+        with busy_cursor():
+            labels = _layers.show_for_annotation(self.viewer, project, name)
         self.viewer.layers.selection.active = labels
         labels.selected_label = 1
         labels.mode = "paint"

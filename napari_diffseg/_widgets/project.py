@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayo
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, user_errors, wrapping_label
+from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, LayerCombo, user_errors, wrapping_label
 from napari_diffseg._workers import start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
 from napari_diffseg.core.io import image_layout, list_images
@@ -170,7 +170,9 @@ class ProjectPanel(QWidget):
         project = Project.open(Path(folder))
         _layers.remove_plugin_layers(self.viewer)
         self.state.set_project(project)
-        for kind, name in _layers.restore_layers(self.viewer, project):
+        with busy_cursor():
+            restored = _layers.restore_layers(self.viewer, project)
+        for kind, name in restored:
             self.state.image_shown.emit(kind, name)
         return project
 
@@ -316,12 +318,10 @@ class ProjectPanel(QWidget):
         if project is None:
             return
         name = self.table.item(row, 0).text()
-        if project.record(name).status == ImageStatus.PSEUDO:
-            _layers.show_for_review(self.viewer, project, name)
-            self.state.image_shown.emit("review", name)
-        else:
-            _layers.show_for_annotation(self.viewer, project, name)
-            self.state.image_shown.emit("annotate", name)
+        review = project.record(name).status == ImageStatus.PSEUDO
+        with busy_cursor():
+            (_layers.show_for_review if review else _layers.show_for_annotation)(self.viewer, project, name)
+        self.state.image_shown.emit("review" if review else "annotate", name)
 
 
 class ProjectWidget(ProjectPanel):

@@ -28,7 +28,7 @@ from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, user_errors, wrapping_label
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
@@ -247,7 +247,8 @@ class ReviewPanel(QWidget):
         if project is None:
             raise InputError("create or open a project first")
         self._keep_draft()
-        layer = _layers.show_for_review(self.viewer, project, name)
+        with busy_cursor():
+            layer = _layers.show_for_review(self.viewer, project, name)
         layer.mode = "paint"
         layer.selected_label = 1
         self.state.image_shown.emit("review", name)  # remembers the teacher's mask as loaded
