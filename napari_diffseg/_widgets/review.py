@@ -39,6 +39,11 @@ SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "
 EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
 
 
+QUEUE_SCORE_HELP = ("The score is how much the two networks (teacher and student) disagree on the image: 1 - the "
+                    "Dice between their masks, 0 = identical, 1 = nothing in common. Masks they disagree on tend to "
+                    "be the wrong ones (benchmarks/quality), so correcting from the top helps the next round most.")
+
+
 class ReviewPanel(QWidget):
     """Walk the pseudo-labels, most uncertain first; correct, accept or reject them; start the next round."""
 
@@ -91,7 +96,10 @@ class ReviewPanel(QWidget):
         grid.addWidget(self.undo_button, 2, 1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.counts_label)
-        layout.addWidget(QLabel("Queue (most uncertain first)"))
+        queue_title = QLabel("Queue, most doubtful first: score · image")
+        queue_title.setToolTip(QUEUE_SCORE_HELP)
+        self.queue_list.setToolTip(QUEUE_SCORE_HELP)
+        layout.addWidget(queue_title)
         layout.addWidget(self.queue_list)
         layout.addWidget(self.current_label)
         layout.addLayout(grid)
