@@ -2,7 +2,7 @@
 CLI uses, prediction timing, and a description of the machine.
 
 Training goes through ``core.data.training_data_from_arrays`` + ``core.training.train`` and prediction through
-``core.checkpoint.SegmentationModel`` (what ``diffseg train`` / ``diffseg predict`` call); scores through
+``core.model.SegmentationModel`` (what ``diffseg train`` / ``diffseg predict`` call); scores through
 ``core.metrics``. Nothing here imports torch at module level, so a parent process can import this module and
 fork workers that each set their own torch thread count.
 """
@@ -51,7 +51,10 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
     the unlabelled pool), as ``diffseg train`` does; ``on_event`` sees every training event. Returns steps,
     seconds and the latest mean uncertainty of each unlabelled image (from the last ``PseudoLabelsReady``)."""
     from napari_diffseg.core.data import training_data_from_arrays
+    from napari_diffseg.core.device import configure_threads
     from napari_diffseg.core.training import Progress, PseudoLabelsReady, train
+
+    configure_threads(config.threads)  # as the CLI does: the engine leaves the process's thread count alone
 
     data = training_data_from_arrays([p[0] for p in train_pairs], {i: train_pairs[i][1] for i in labelled},
                                      [p[2] for p in train_pairs])
@@ -85,7 +88,7 @@ def score_model(model_dir: Path, test_pairs: list[Pair], sampling_steps: int = 1
     """Predict the test images with the model folder's best.pt (bf16 as ``diffseg predict`` decides it unless
     given) and score them; also the prediction time per image."""
     from napari_diffseg.core import device as devices
-    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.model import SegmentationModel
 
     bf16 = devices.bf16_supported("cpu") if bf16 is None else bf16
     model = SegmentationModel.load(Path(model_dir), bf16=bf16)
@@ -134,7 +137,7 @@ def mosaic(images: list[np.ndarray], size: int) -> np.ndarray:
 def time_prediction(model_dir: Path, image: np.ndarray, bf16: bool, repeats: int = 1,
                     tile: tuple[int, ...] | None = None) -> dict:
     """Seconds and megapixels per second of single-step prediction of ``image`` (after a warm-up on a crop)."""
-    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.model import SegmentationModel
 
     model = SegmentationModel.load(Path(model_dir), bf16=bf16)
     model.predict(image[:256, :256], tile=tile)  # warm-up (oneDNN kernel selection)

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from napari_diffseg.core.checkpoint import BEST, LAST, SegmentationModel, load_checkpoint
+from napari_diffseg.core.checkpoint import BEST, LAST, load_checkpoint
+from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.project import ImageStatus, Project
 
 ACCEPT_LOOP = """

@@ -2,7 +2,7 @@
 time to first pseudo-labels, and 2D prediction throughput. Prints a markdown table (and writes it with --out).
 
 Uses the engine exactly as the `diffseg` CLI does (core.data.training_data_from_arrays, core.training.train,
-core.checkpoint.SegmentationModel), through the helpers in _common.py that benchmarks/suite.py shares. Each semi /
+core.model.SegmentationModel), through the helpers in _common.py that benchmarks/suite.py shares. Each semi /
 labels-only pair runs concurrently in two processes (one torch thread each) so both see the same machine load.
 
     python benchmarks/bench_foundation.py --budget 120 --labelled 1 2 5 --out benchmarks/foundation.md

@@ -54,6 +54,12 @@ class ClosingGeneratorWorker(GeneratorWorker):
         finally:
             self._gen.close()
 
+    def run(self):  # noqa: D102 - runs in the worker thread
+        try:
+            super().run()
+        except RuntimeError as error:  # the viewer was closed first: its end of this worker's signals is gone
+            log.debug("worker ended after its viewer closed: %s", error)  # (an exception here would abort Qt)
+
 
 def error_message(error: BaseException) -> str:
     """One line for the user: DiffsegError / WorkerFailure messages verbatim, other errors as 'Type: message'."""
@@ -80,6 +86,7 @@ def import_torch_once() -> None:
     ("'_OpNamespace' 'prims' object has no attribute 'sum'")."""
     with _TORCH_IMPORT_LOCK:
         import torch  # noqa: F401
+        import torch._dynamo  # noqa: F401 (imported lazily by the first optimiser: as racy as torch itself)
 
 
 def torch_loaded() -> bool:
@@ -87,16 +94,19 @@ def torch_loaded() -> bool:
     return "torch" in sys.modules and not _TORCH_IMPORT_LOCK.locked()
 
 
-def _guarded(make_events: Callable[[], Iterator[Any]], configure_threads: bool, needs_torch: bool) -> Iterator[Any]:
+KEEP_THREADS = 0  # start_job(threads=KEEP_THREADS): a job that leaves torch's thread count as it is
+
+
+def _guarded(make_events: Callable[[], Iterator[Any]], threads: int | None, needs_torch: bool) -> Iterator[Any]:
     """Run in the worker thread: import torch (if the job uses it) and set its threads, build the core generator,
     relay its events, translate errors."""
     try:
         if needs_torch:
             import_torch_once()
-        if configure_threads:
-            from napari_diffseg.core.device import configure_threads as set_threads
+        if threads != KEEP_THREADS:
+            from napari_diffseg.core.device import configure_threads
 
-            set_threads()  # cores - 1: one core stays free for the GUI
+            configure_threads(threads)  # None: cores - 1, one core stays free for the GUI
         events = make_events()
         with contextlib.closing(events) if hasattr(events, "close") else contextlib.nullcontext():
             yield from events
@@ -113,15 +123,15 @@ def start_job(
     on_errored: Callable[[BaseException], None] | None = None,
     on_finished: Callable[[], None] | None = None,
     on_returned: Callable[[Any], None] | None = None,
-    configure_threads: bool = True,
+    threads: int | None = None,
     needs_torch: bool = True,
 ) -> ClosingGeneratorWorker:
     """Start ``make_events()`` (called in the worker thread) in a napari worker; the callbacks run on the GUI thread.
 
-    Without ``on_errored`` an error is shown as a notification. ``configure_threads``: torch threads = cores - 1;
+    Without ``on_errored`` an error is shown as a notification. ``threads``: torch threads for the job (None: cores - 1; KEEP_THREADS: unchanged);
     ``needs_torch``: import torch first, under a lock shared by all workers.
     """
-    worker = create_worker(_guarded, make_events, configure_threads, needs_torch, _worker_class=ClosingGeneratorWorker,
+    worker = create_worker(_guarded, make_events, threads, needs_torch, _worker_class=ClosingGeneratorWorker,
                            _ignore_errors=True, _start_thread=False)
     worker.yielded.connect(on_yielded)
     worker.errored.connect(on_errored or (lambda error: notify_error(error_message(error))))
@@ -159,7 +169,7 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
         from napari_diffseg.core import rounds
 
         QThread.currentThread().setPriority(QThread.LowestPriority)
-        yield from rounds.pretrain_project(project, config)  # config.threads = 1: the run sets torch's threads
+        yield from rounds.pretrain_project(project, config)
 
     def on_yielded(event: Any) -> None:
         if isinstance(event, Progress):  # its elapsed: the total pretraining seconds so far
@@ -176,7 +186,7 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
         if state.project is not project:  # stopped because another project was opened: pretrain that one
             start_pretraining(state)
 
-    state.pretrain_worker = start_job(events, on_yielded, on_errored, on_finished, configure_threads=False)
+    state.pretrain_worker = start_job(events, on_yielded, on_errored, on_finished, threads=1)
     state.pretrain_changed.emit(state.pretrain_seconds)
     return state.pretrain_worker
 
@@ -252,7 +262,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         return rounds.train_round(project, config, warm_start=True, resume=resume)
 
     state.set_status(Status.RUNNING)
-    state.worker = start_job(events, on_yielded, on_errored, on_finished)
+    state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.threads)
     return state.worker
 
 

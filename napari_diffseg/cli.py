@@ -27,8 +27,8 @@ import time
 
 from napari_diffseg import __version__
 from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
-from napari_diffseg.core.io import one_line
-from napari_diffseg.core.io import UNCERTAINTY_SUFFIX
+from napari_diffseg.core.events import FitReport
+from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, describe_kind, format_duration, one_line
 
 PROG = "diffseg"
 EXIT_OK = 0
@@ -334,17 +334,6 @@ def _logging(quiet: bool, verbose: int):
         logger.propagate = previous[1]
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
 def _bar(quiet: bool, **options):
     from tqdm import tqdm
 
@@ -419,7 +408,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
 
 
 def _limits(config) -> str:
-    limits = [f"{_duration(config.budget_seconds)} budget"]
+    limits = [f"{format_duration(config.budget_seconds)} budget"]
     if config.max_steps:
         limits.append(f"{config.max_steps} steps")
     return " / ".join(limits)
@@ -442,26 +431,17 @@ class _TrainDisplay:
             loss = next((event.losses[k] for k in self.LOSS_KEYS if k in event.losses), None)
             loss_text = "" if loss is None else f"loss {loss:7.4f} "
             self.bar.set_description_str(
-                f"{event.stage:<10} step {event.step:>6} {loss_text}{_duration(event.remaining):>6} left",
+                f"{event.stage:<10} step {event.step:>6} {loss_text}{format_duration(event.remaining):>6} left",
                 refresh=False)
             self.bar.update(round(event.fraction * 100, 2) - self.bar.n)
         elif not self.quiet and event.fraction >= self.next_log:
             self.next_log = math.floor(event.fraction * 10 + 1e-9) / 10 + 0.1
             losses = ", ".join(f"{k} {v:.4f}" for k, v in event.losses.items())
             log.info("%3.0f%% %s step %d (%s), %s left", event.fraction * 100, event.stage, event.step, losses,
-                     _duration(event.remaining))
+                     format_duration(event.remaining))
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _describe_best(metrics: dict) -> str:
-    twin = metrics.get("selected_twin")
-    validation = metrics.get("validation", {}).get(twin, {})
-    if not twin or not validation:
-        return "no model yet"
-    return (f"{twin} (final weights), threshold {validation['threshold']:.2f}, "
-            f"Dice on the labelled training images {validation['dice']:.4f}")
 
 
 def _resume_command(argv: Sequence[str], drop_options: Sequence[str] = (), drop_flags: Sequence[str] = ()) -> str:
@@ -508,9 +488,9 @@ def _run_training(events, quiet: bool, out: Path | None, resume_command: str) ->
                 elif isinstance(event, RoundStarted):  # train_round logs what it starts from
                     outcome.started, out = event, event.out_dir
                 elif isinstance(event, training.CheckpointSaved):
-                    if event.kind == "best":
-                        log.info("step %d: model written (%s) -> %s", event.metrics.get("step", display.step),
-                                 _describe_best(event.metrics), event.path)
+                    if event.kind == training.CheckpointKind.BEST and event.fit is not None:
+                        log.info("step %d: model written (%s) -> %s", event.fit.step, event.fit.describe(),
+                                 event.path)
                     else:
                         log.debug("step %d: saved %s", display.step, event.path)
                 elif isinstance(event, training.PseudoLabelsReady):
@@ -542,11 +522,11 @@ def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device,
 
     card = read_model_card(out)
     trained = card.get("training", {})
-    metrics = outcome.done.metrics if outcome.done is not None else card.get("metrics", {})
+    fit = outcome.done.fit if outcome.done is not None else FitReport.from_dict(card.get("metrics", {}))
     print(f"{prefix}trained {trained.get('steps', outcome.step)} steps in "
-          f"{_duration(trained.get('elapsed_seconds', 0))} "
+          f"{format_duration(trained.get('elapsed_seconds', 0))} "
           f"({'labels only' if labels_only else 'teacher + student'}, {device})")
-    print(f"kept:     {_describe_best(metrics)} (a fit, not a validation)")
+    print(f"kept:     {fit.describe() if fit is not None else 'no model yet'} (a fit, not a validation)")
     print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
 
 
@@ -568,6 +548,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     config = _train_config(args, args.num_classes)
     device = devices.select_device(config.device)  # an unavailable device fails before any image is read
+    devices.configure_threads(config.threads)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the model")
@@ -581,7 +562,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
     data = _read_training_data(Path(args.images), Path(args.labels), config.num_classes)
     n_unlabelled = len(data.unlabelled_indices)
-    kind = f"{data.spatial_dims}D {'RGB' if data.channels == 3 else 'grey'}"
+    kind = describe_kind(data.spatial_dims, data.channels)
     log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images), kind, len(data.labelled_indices),
              n_unlabelled, " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
     if not config.labels_only and not data.unlabelled_indices:
@@ -618,7 +599,7 @@ def _prediction_inputs(source: Path) -> list[Path]:
 
 def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, io
-    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.model import SegmentationModel
 
     device = devices.select_device(args.device)
     threads = devices.configure_threads(args.threads)
@@ -638,7 +619,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.tile is not None and len(args.tile) != config.spatial_dims:
         raise InputError(f"--tile needs {config.spatial_dims} numbers for this {config.spatial_dims}D model, "
                          f"got {len(args.tile)}")
-    kind = f"{config.spatial_dims}D {'RGB' if config.image_channels == 3 else 'grey'}"
+    kind = describe_kind(config.spatial_dims, config.image_channels)
     log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)",
              len(inputs), kind, args.model, model.threshold, device, threads)
 
@@ -685,7 +666,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finally:
         images_bar.close()
     extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
-    print(f"predicted {len(inputs) - len(failed)} image(s) in {_duration(time.perf_counter() - started)}: "
+    print(f"predicted {len(inputs) - len(failed)} image(s) in {format_duration(time.perf_counter() - started)}: "
           f"masks <stem>.tif{extra} in {out}")
     if failed:
         print(f"{PROG}: error: {len(failed)} of {len(inputs)} image(s) failed: "
@@ -712,13 +693,14 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core.checkpoint import CARD, SegmentationModel
+    from napari_diffseg.core.checkpoint import CARD
+    from napari_diffseg.core.model import SegmentationModel
 
     model_dir = Path(args.model)
     model = SegmentationModel.load(model_dir)  # validates best.pt
     card = model.card
     config = model.config
-    kind = f"{config.spatial_dims}D {'RGB' if config.image_channels == 3 else 'grey'}"
+    kind = describe_kind(config.spatial_dims, config.image_channels)
     print(f"model folder: {model_dir}")
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
     print(f"network:      {kind} images, {config.num_classes} classes, width {config.base_channels}, "
@@ -729,9 +711,10 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
         training_info = card.get("training", {})
         print(f"data:         {len(data)} image(s), {labelled} labelled")
         print(f"training:     {training_info.get('steps', '?')} steps, "
-              f"{_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
+              f"{format_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
               f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}")
-        print(f"kept:         {_describe_best(card.get('metrics', {}))}")
+        fit = FitReport.from_dict(card.get("metrics", {}))
+        print(f"kept:         {fit.describe() if fit is not None else 'no model yet'}")
         environment = card.get("environment", {})
         if environment:
             print(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
@@ -818,6 +801,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     project = _open_project(args.project)
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
     device = devices.select_device(config.device)  # an unavailable device fails before the round changes
+    devices.configure_threads(config.threads)
     if args.next_round:  # what napari's 'Next round' button does: a new round, then train it warm-started
         project.next_round()
     round_ = project.current_round
@@ -848,7 +832,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import rounds
+    from napari_diffseg.core import device as devices, rounds
     from napari_diffseg.core.training import pretraining_info
 
     project = _open_project(args.project)
@@ -856,15 +840,16 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         setattr(args, name, None)  # the settings of _train_config that pretraining does not offer
     args.labels_only = args.chained_rounds = False
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
+    devices.configure_threads(config.threads)
     folder = rounds.pretrain_dir(project)
     before = pretraining_info(folder)
-    log.info("pretraining the teacher of %s without labels for %s%s", project.folder, _duration(args.budget),
-             f" (continuing {_duration(before['seconds'])} done before)" if before else "")
+    log.info("pretraining the teacher of %s without labels for %s%s", project.folder, format_duration(args.budget),
+             f" (continuing {format_duration(before['seconds'])} done before)" if before else "")
     outcome = _run_training(rounds.pretrain_project(project, config), args.quiet, folder, _resume_command(argv))
     if outcome is None:
         return EXIT_INTERRUPTED
     done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
-    print(f"teacher pretrained for {_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
+    print(f"teacher pretrained for {format_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
     print(f"next:     diffseg project train {shlex.quote(str(args.project))} (round 1 co-trains from this teacher)")
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""Shared test helpers: a tiny training configuration and the torch thread count restored after each test."""
+"""Shared test helpers: a tiny training configuration, one torch thread for every test, no background pretraining."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ def tiny_train_config(**changes) -> TrainConfig:
     return TrainConfig(**values)
 
 
+# Every test runs on one torch thread, as the CLI and the napari worker set it on a 2-core machine (the engine
+# leaves the thread count to its entry points); set here, at import, so that module-scoped fixtures run on it too.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """train() and the workers set the process's torch thread count; give the next test what it had."""
-    threads = torch.get_num_threads()
+def _one_torch_thread():
+    """What a test or a worker changes is undone after it."""
     yield
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

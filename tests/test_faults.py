@@ -22,7 +22,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_diffseg.core.checkpoint import LAST, SegmentationModel, load_checkpoint
+from napari_diffseg.core.checkpoint import LAST, load_checkpoint
+from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus, Project
 from napari_diffseg.core.synthetic import make_blobs_dataset

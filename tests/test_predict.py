@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.checkpoint import BEST, SegmentationModel, save_checkpoint
+from napari_diffseg.core.checkpoint import BEST, save_checkpoint
+from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import to_channels_first
-from napari_diffseg.core.metrics import dice
-from napari_diffseg.core.predict import (THRESHOLDS, TileProgress, best_threshold, gaussian_weight,
-                                         normalised_entropy, probabilities_to_mask, run, sample_mask,
-                                         tiled_probabilities)
+from napari_diffseg.core.metrics import THRESHOLDS, best_threshold, dice
+from napari_diffseg.core.predict import (TileProgress, normalised_entropy, probabilities_to_mask, run_to_completion,
+                                         sample_mask, tiled_probabilities)
+from napari_diffseg.core.tiling import gaussian_weight
 from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.teacher import DiffusionTeacher, NetworkConfig, supervised_loss
+from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig, supervised_loss
 
 
 # ----- threshold sweep, masks, entropy -----
@@ -103,13 +104,13 @@ def test_gaussian_weight_peaks_in_the_centre_and_stays_positive():
 
 # ----- tiled prediction -----
 
-def _fit(spatial_dims: int, depth: int, base: int, shape: tuple[int, ...], steps: int) -> DiffusionTeacher:
+def _fit(spatial_dims: int, depth: int, base: int, shape: tuple[int, ...], steps: int) -> DiffusionTwin:
     """A tiny teacher whose mask pathway is briefly trained on blobs, so that its output depends on the image
     (a fresh network predicts almost the same probability everywhere, which would make tiling tests vacuous)."""
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # such tiny steps only lose time to thread hand-offs
-    network = DiffusionTeacher(NetworkConfig(spatial_dims, 1, 2, base_channels=base, depth=depth))
+    network = DiffusionTwin(NetworkConfig(spatial_dims, 1, 2, base_channels=base, depth=depth))
     pairs = make_blobs_dataset(4, shape=shape, seed=5)
     images = torch.from_numpy(np.stack([to_channels_first(image) for image, _ in pairs]))
     labels = torch.from_numpy(np.stack([mask for _, mask in pairs])).long()
@@ -125,12 +126,12 @@ def _fit(spatial_dims: int, depth: int, base: int, shape: tuple[int, ...], steps
 
 
 @pytest.fixture(scope="module")
-def net2d() -> DiffusionTeacher:
+def net2d() -> DiffusionTwin:
     return _fit(2, depth=2, base=4, shape=(32, 32), steps=30)
 
 
 @pytest.fixture(scope="module")
-def net3d() -> DiffusionTeacher:
+def net3d() -> DiffusionTwin:
     # depth 1: a depth-2 3D U-Net sees about 44 voxels, more than the tiles that fit a quick CPU test, so its
     # tiles could not agree with the whole-volume pass for reasons unrelated to the tiling code
     return _fit(3, depth=1, base=4, shape=(16, 16, 16), steps=20)
@@ -143,8 +144,8 @@ def _image(shape, seed=2) -> np.ndarray:
 
 def _compare_tiled_with_whole(network, image01, tile):
     events: list[TileProgress] = []
-    tiled = run(tiled_probabilities([network], image01, tile, overlap=0.5, batch_size=3), events.append).primary
-    whole = run(tiled_probabilities([network], image01, image01.shape[1:])).primary
+    tiled = run_to_completion(tiled_probabilities([network], image01, tile, overlap=0.5, batch_size=3), events.append).primary
+    whole = run_to_completion(tiled_probabilities([network], image01, image01.shape[1:])).primary
     assert tiled.shape == whole.shape == (2, *image01.shape[1:])
     np.testing.assert_allclose(tiled.sum(0), 1.0, atol=1e-5)
     # the comparison means something only if the network is informative
@@ -178,9 +179,9 @@ def test_tiled_equals_untiled_3d(net3d):
 )
 def test_output_shape_equals_input_shape(spatial_dims, shape, tile):
     torch.manual_seed(0)
-    network = DiffusionTeacher(NetworkConfig(spatial_dims, 1, 3, base_channels=4, depth=2))
+    network = DiffusionTwin(NetworkConfig(spatial_dims, 1, 3, base_channels=4, depth=2))
     image01 = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-    result = run(tiled_probabilities([network], image01, tile, overlap=0.5))
+    result = run_to_completion(tiled_probabilities([network], image01, tile, overlap=0.5))
     assert result.primary.shape == (3, *shape) and result.primary.dtype == np.float32
     assert result.ensemble is None
     np.testing.assert_allclose(result.primary.sum(0), 1.0, atol=1e-5)
@@ -188,7 +189,7 @@ def test_output_shape_equals_input_shape(spatial_dims, shape, tile):
 
 def test_image_smaller_than_tile_matches_a_direct_forward_pass(net2d):
     image01 = _image((40, 48))  # multiples of 4: no padding, one tile, the Gaussian weight divides out
-    probs = run(tiled_probabilities([net2d], image01, (64, 64))).primary
+    probs = run_to_completion(tiled_probabilities([net2d], image01, (64, 64))).primary
     with torch.no_grad():
         direct = torch.softmax(net2d.mask_logits(torch.from_numpy(image01)[None]), dim=1)[0].numpy()
     np.testing.assert_allclose(probs, direct, atol=1e-5)
@@ -196,18 +197,18 @@ def test_image_smaller_than_tile_matches_a_direct_forward_pass(net2d):
 
 def test_rgb_tiles():
     torch.manual_seed(0)
-    network = DiffusionTeacher(NetworkConfig(2, 3, 2, base_channels=4, depth=2))
+    network = DiffusionTwin(NetworkConfig(2, 3, 2, base_channels=4, depth=2))
     image01 = np.random.default_rng(0).random((3, 40, 36), dtype=np.float32)
-    assert run(tiled_probabilities([network], image01, (32, 32))).primary.shape == (2, 40, 36)
+    assert run_to_completion(tiled_probabilities([network], image01, (32, 32))).primary.shape == (2, 40, 36)
 
 
 def test_ensemble_with_draws_and_two_networks(net2d):
     torch.manual_seed(1)
-    other = DiffusionTeacher(net2d.config).eval()
+    other = DiffusionTwin(net2d.config).eval()
     image01 = _image((40, 40))
-    single = run(tiled_probabilities([net2d], image01, (32, 32), draws=2, seed=3))
-    again = run(tiled_probabilities([net2d], image01, (32, 32), draws=2, seed=3))
-    pair = run(tiled_probabilities([net2d, other], image01, (32, 32), draws=2, seed=3))
+    single = run_to_completion(tiled_probabilities([net2d], image01, (32, 32), draws=2, seed=3))
+    again = run_to_completion(tiled_probabilities([net2d], image01, (32, 32), draws=2, seed=3))
+    pair = run_to_completion(tiled_probabilities([net2d, other], image01, (32, 32), draws=2, seed=3))
     for result in (single, pair):
         assert result.ensemble.shape == result.primary.shape == (2, 40, 40)
         np.testing.assert_allclose(result.ensemble.sum(0), 1.0, atol=1e-5)
@@ -225,13 +226,13 @@ def test_multi_step_sampling(net2d):
         probs = sample_mask(net2d, image01, steps=4, generator=torch.Generator().manual_seed(0))
     assert probs.shape == (1, 2, 32, 32)
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 32, 32))
-    tiled = run(tiled_probabilities([net2d], image01[0].numpy(), (32, 32), sampling_steps=3)).primary
+    tiled = run_to_completion(tiled_probabilities([net2d], image01[0].numpy(), (32, 32), sampling_steps=3)).primary
     assert tiled.shape == (2, 32, 32)
 
 
 # ----- checkpoint loading -----
 
-def _model_dir(tmp_path, network: DiffusionTeacher, threshold=0.4):
+def _model_dir(tmp_path, network: DiffusionTwin, threshold=0.4):
     model_dir = tmp_path / "model"
     save_checkpoint(model_dir / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
                                        "threshold": threshold, "twin": "teacher"})
@@ -246,7 +247,7 @@ def test_model_round_trip_predicts_like_the_network(tmp_path, net2d):
     assert prediction.mask.shape == raw.shape and prediction.mask.dtype == np.uint8
     assert prediction.uncertainty.shape == raw.shape and prediction.uncertainty.dtype == np.float32
     assert 0 <= prediction.uncertainty.min() and prediction.uncertainty.max() <= 1
-    expected = run(tiled_probabilities([net2d], to_channels_first(raw), (32, 32))).primary
+    expected = run_to_completion(tiled_probabilities([net2d], to_channels_first(raw), (32, 32))).primary
     np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-5)
     np.testing.assert_array_equal(prediction.mask, probabilities_to_mask(expected, 0.4))
     assert model.predict(raw, tile=(32, 32)).uncertainty is None
@@ -287,7 +288,7 @@ def test_load_foreign_torch_file(tmp_path, net2d):
 
 def test_load_checkpoint_with_mismatched_weights(tmp_path, net2d):
     model_dir = tmp_path / "mismatch"
-    wrong = DiffusionTeacher(NetworkConfig(2, 1, 2, base_channels=net2d.config.base_channels * 2, depth=2))
+    wrong = DiffusionTwin(NetworkConfig(2, 1, 2, base_channels=net2d.config.base_channels * 2, depth=2))
     save_checkpoint(model_dir / BEST, {"network": asdict(net2d.config), "mask_path": wrong.mask_path.state_dict(),
                                        "threshold": 0.5})
     with pytest.raises(ModelError, match="does not fit"):
@@ -310,7 +311,7 @@ def test_padded_image_is_cropped_back_in_place(net2d):
     # 38 x 46 is padded (at the far end) to multiples of 4 inside tiled_probabilities; the crop must undo exactly
     # that: compare with a direct pass on an edge-padded copy (a different padding, so only the interior matches)
     image01 = _image((38, 46), seed=4)
-    probs = run(tiled_probabilities([net2d], image01, (64, 64))).primary
+    probs = run_to_completion(tiled_probabilities([net2d], image01, (64, 64))).primary
     padded = np.pad(image01, [(0, 0), (0, 2), (0, 2)], mode="edge")
     with torch.no_grad():
         direct = torch.softmax(net2d.mask_logits(torch.from_numpy(padded)[None]), dim=1)[0, :, :38, :46].numpy()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.checkpoint import LAST, SegmentationModel, read_model_card
+from napari_diffseg.core.checkpoint import LAST, read_model_card
+from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.data import TrainingData, augment_intensity
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.io import to_channels_first
@@ -128,9 +129,9 @@ def test_learning_rate_anneals_to_zero_at_the_end_of_the_budget(tmp_path, labels
 
 
 def test_unlabelled_weight_after_the_supervised_warm_up():
-    from napari_diffseg.core.training import _Run
+    from napari_diffseg.core.training import TrainingRun
 
-    weight = _Run.unlabelled_weight
+    weight = TrainingRun.unlabelled_weight
     run = type("RunSettings", (), {"config": TrainConfig(supervised_warmup=0.25, unlabelled_ramp=0.5)})()
     assert [weight(run, p) for p in (0.0, 0.2, 0.25)] == [0.0, 0.0, 0.0]
     assert weight(run, 0.25 + 0.375 / 2) == pytest.approx(0.5)  # the ramp spans half of the remaining 0.75

@@ -28,7 +28,7 @@ STEPS = 120
 
 
 def _train_and_score(labels_only: bool, seed: int) -> float:
-    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.model import SegmentationModel
     from napari_diffseg.core.data import training_data_from_arrays
     from napari_diffseg.core.metrics import dice
     from napari_diffseg.core.synthetic import make_blobs_dataset

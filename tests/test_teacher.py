@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_diffseg.core.networks import TimeUNet, count_parameters
-from napari_diffseg.core.teacher import (DiffusionTeacher, NetworkConfig, cotraining_loss, empty_mask,
+from napari_diffseg.core.teacher import (DiffusionTwin, NetworkConfig, cotraining_loss, empty_mask,
                                          pretraining_loss, soft_dice_loss, supervised_loss)
 
 
@@ -61,7 +61,7 @@ def test_time_unet_rejects_other_dimensionality():
 )
 def test_teacher_pathway_shapes(spatial_dims, channels, num_classes, shape):
     torch.manual_seed(0)
-    teacher = DiffusionTeacher(tiny_config(spatial_dims, channels, num_classes))
+    teacher = DiffusionTwin(tiny_config(spatial_dims, channels, num_classes))
     images = torch.rand(2, channels, *shape)
     generator = torch.Generator().manual_seed(0)
     assert teacher.mask_logits(images).shape == (2, num_classes, *shape)
@@ -83,7 +83,7 @@ def test_empty_mask_is_all_background_one_hot_in_signed_range():
 
 def test_deterministic_mask_logits_use_clean_empty_mask_at_t0():
     torch.manual_seed(0)
-    teacher = DiffusionTeacher(tiny_config()).eval()
+    teacher = DiffusionTwin(tiny_config()).eval()
     images = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
         expected = teacher.mask_path(torch.cat([empty_mask(2, 2, (16, 16)), images * 2 - 1], 1), torch.zeros(2).long())
@@ -126,7 +126,7 @@ def test_soft_dice_multi_class_averages_over_classes():
 
 def test_pretraining_gradient_reaches_both_pathways():
     torch.manual_seed(0)
-    teacher = DiffusionTeacher(tiny_config()).train()
+    teacher = DiffusionTwin(tiny_config()).train()
     images = torch.rand(2, 1, 32, 32)
     loss = pretraining_loss(teacher, images, torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -142,7 +142,7 @@ def test_pretraining_gradient_reaches_both_pathways():
 
 def test_pretraining_is_reproducible_with_a_generator():
     torch.manual_seed(0)
-    teacher = DiffusionTeacher(tiny_config()).eval()
+    teacher = DiffusionTwin(tiny_config()).eval()
     images = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
         a = pretraining_loss(teacher, images, torch.Generator().manual_seed(5))
@@ -153,7 +153,7 @@ def test_pretraining_is_reproducible_with_a_generator():
 
 def test_supervised_loss_trains_only_the_mask_pathway():
     torch.manual_seed(0)
-    network = DiffusionTeacher(tiny_config())
+    network = DiffusionTwin(tiny_config())
     loss = supervised_loss(network, torch.rand(2, 1, 16, 16), torch.randint(0, 2, (2, 16, 16)))
     assert has_gradient(gradients(loss, network.mask_path))
     assert no_gradient(gradients(loss, network.image_path))
@@ -165,7 +165,7 @@ def test_supervised_loss_trains_only_the_mask_pathway():
 def twins():
     torch.manual_seed(0)
     config = tiny_config(num_classes=3)
-    teacher, student = DiffusionTeacher(config).train(), DiffusionTeacher(config).train()
+    teacher, student = DiffusionTwin(config).train(), DiffusionTwin(config).train()
     generator = torch.Generator().manual_seed(1)
     labelled = torch.rand((2, 1, 32, 32), generator=generator)
     labels = torch.randint(0, 3, (2, 32, 32), generator=generator)
@@ -255,7 +255,7 @@ def test_unlabelled_weight_zero_leaves_only_the_labelled_loss(twins):
 class _Spy:
     """Records the soft masks given to teacher.reconstruct and the teacher's random_mask_logits outputs."""
 
-    def __init__(self, teacher: DiffusionTeacher, monkeypatch):
+    def __init__(self, teacher: DiffusionTwin, monkeypatch):
         self.soft_masks: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         reconstruct, random_mask_logits = teacher.reconstruct, teacher.random_mask_logits

@@ -14,13 +14,14 @@ import pytest
 import tifffile
 import torch
 
-from napari_diffseg.core.checkpoint import BEST, CARD, LAST, SegmentationModel, read_model_card
+from napari_diffseg.core.checkpoint import BEST, CARD, LAST, read_model_card
+from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.data import TrainingData
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import to_channels_first
 from napari_diffseg.core.synthetic import make_blobs_dataset
 from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, PSEUDO_LABEL_STAGE,
-                                          SAVING_STAGE, SUPERVISED, CheckpointSaved, Done, Progress,
+                                          SAVING_STAGE, SUPERVISED, CheckpointSaved, Done, FitReport, Progress,
                                           PseudoLabelsReady, StageProgress, TrainConfig, train)
 
 MAX_STEPS = 20
@@ -102,9 +103,9 @@ def test_event_sequence(reference, data):
     best, pseudo, last, done = (e for e in tail if not isinstance(e, StageProgress))
     assert best.kind == "best" and best.path == out / BEST and best.path.is_file()
     assert last.kind == "last" and last.path == out / LAST and last.path.is_file()
-    assert best.metrics["selected_twin"] in ("teacher", "student")
+    assert best.fit.kept_twin in ("teacher", "student")
     assert isinstance(done, Done) and done.model_dir == out and not done.cancelled
-    assert done.metrics == best.metrics
+    assert done.fit == best.fit
     assert load(out / LAST)["step"] == MAX_STEPS
 
 
@@ -137,8 +138,9 @@ def test_files_of_a_run(reference, data):
     assert [int(r["step"]) for r in rows] == list(range(1, MAX_STEPS + 1))
     card = read_model_card(out)
     done = events[-1]
-    assert card["selected_twin"] == done.metrics["selected_twin"]
-    assert card["threshold"] == done.metrics["validation"][card["selected_twin"]]["threshold"]
+    assert card["selected_twin"] == done.fit.kept_twin
+    assert card["threshold"] == done.fit.threshold
+    assert FitReport.from_dict(card["metrics"]) == done.fit  # the card keeps the fit as it was reported
     assert [d["name"] for d in card["data"]] == data.names
     last = load(out / LAST)
     assert last["stage"] == COTRAIN and "student" in last and "student_optimiser" in last
@@ -183,7 +185,7 @@ def test_labels_only_never_pretrains(tmp_path, data):
     assert {e.stage for e in progress} == {SUPERVISED}
     assert all(set(e.losses) == {"supervised"} for e in progress)
     assert isinstance(events[-1], Done)
-    assert events[-1].metrics["selected_twin"] == "teacher"
+    assert events[-1].fit.kept_twin == "teacher"
     last = load(tmp_path / LAST)
     assert last["stage"] == SUPERVISED and "student" not in last
     assert "labels-only" in read_model_card(tmp_path)["method"]
@@ -235,6 +237,16 @@ def test_fixed_seed_reproduces_weights(tmp_path, data, reference):
     assert states_equal(same_best["mask_path"], ref_best["mask_path"])
     assert same_best["threshold"] == ref_best["threshold"] and same_best["twin"] == ref_best["twin"]
     assert not states_equal(other_best["mask_path"], ref_best["mask_path"])
+
+
+def test_training_leaves_the_process_random_state_alone(tmp_path, data):
+    """Seeding is local to the run (its own generators, a forked RNG for the initial weights): code around it, a
+    test or the napari session, keeps its random stream."""
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    list(train(data, make_config(max_steps=2), tmp_path / "run"))
+    np.testing.assert_array_equal(torch.rand(3).numpy(), expected.numpy())
 
 
 @pytest.mark.slow
@@ -404,6 +416,6 @@ def test_out_of_memory_says_what_to_lower(tmp_path, data, monkeypatch):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
 
-    monkeypatch.setattr(training._Run, "train_step", exhausted)
+    monkeypatch.setattr(training.TrainingRun, "train_step", exhausted)
     with pytest.raises(InputError, match=r"out of memory on cpu with batch 2, patch 32x32 and width 4: lower"):
         list(train(data, make_config(max_steps=2), tmp_path))

@@ -21,16 +21,6 @@ log = logging.getLogger(__name__)
 NO_LAYER = "(none)"
 
 
-def format_duration(seconds: float | None) -> str:
-    """'m:ss' (or 'h:mm:ss') for a number of seconds; '-' when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 @contextlib.contextmanager
 def busy_cursor() -> Iterator[None]:
     """The wait cursor while the GUI thread does something the user waits for (napari building new layers takes

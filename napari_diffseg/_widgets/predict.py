@@ -63,7 +63,7 @@ class PredictResult:
 def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out_dir: Path | None,
                 uncertainty: bool) -> Iterator[PredictProgress | PredictResult]:
     """Segment each ``(name, array or path, source layer name)``; runs in a worker (imports torch here)."""
-    from napari_diffseg.core.checkpoint import SegmentationModel
+    from napari_diffseg.core.model import SegmentationModel
     from napari_diffseg.core.device import bf16_supported, select_device
 
     device = select_device("auto")

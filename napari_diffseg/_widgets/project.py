@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayo
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, LayerCombo, user_errors, wrapping_label
-from napari_diffseg._workers import start_job
+from napari_diffseg._workers import KEEP_THREADS, start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
 from napari_diffseg.core.io import image_layout, list_images
 from napari_diffseg.core.project import ImageRecord, ImageStatus, Project
@@ -289,7 +289,7 @@ class ProjectPanel(QWidget):
         self.import_progress.setRange(0, len(items))
         self.import_progress.setValue(0)
         self.import_progress.setVisible(True)
-        self.import_worker = start_job(events, on_progress, on_finished=on_finished, configure_threads=False,
+        self.import_worker = start_job(events, on_progress, on_finished=on_finished, threads=KEEP_THREADS,
                                        needs_torch=False)
         self._update_enabled()
         return self.import_worker

@@ -18,12 +18,13 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
                             QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
-from napari_diffseg._widgets._common import connect_until_destroyed, format_duration, user_errors, wrapping_label
+from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
 from napari_diffseg._widgets._loss_plot import LossPlot, plotted_value
-from napari_diffseg._workers import (error_message, notify_error, start_job, start_pretraining, start_training,
-                                     stop_pretraining, stop_training, torch_loaded)
+from napari_diffseg._workers import (KEEP_THREADS, error_message, notify_error, start_job, start_pretraining,
+                                     start_training, stop_pretraining, stop_training, torch_loaded)
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
+from napari_diffseg.core.io import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ class TrainPanel(QWidget):
             self._torch_loader = None
             self.torch_label.setText(text)
 
-        self._torch_loader = start_job(load, loaded, configure_threads=False)
+        self._torch_loader = start_job(load, loaded, threads=KEEP_THREADS)
 
     # ------------------------------------------------------------------ run
     def start(self) -> Any:
@@ -272,9 +273,9 @@ class TrainPanel(QWidget):
     def _show_pretraining(self, seconds: float) -> None:
         running = self.state.pretrain_worker is not None
         if running:
-            text = f"teacher pretraining in the background: {format_duration(seconds)}"
+            text = f"teacher pretraining in the background: {format_duration(seconds, clock=True)}"
         elif seconds > 0:
-            text = f"teacher pretrained: {format_duration(seconds)} (round 1 starts from it)"
+            text = f"teacher pretrained: {format_duration(seconds, clock=True)} (round 1 starts from it)"
         else:
             text = ""
         self.pretrain_label.setText(text)
@@ -312,8 +313,8 @@ class TrainPanel(QWidget):
             self.progress.setValue(int(round(event.fraction * 1000)))
             self.stage_label.setText(f"stage: {STAGE_NAMES.get(event.stage, event.stage)}")
             self.step_label.setText(f"step: {event.step}")
-            self.elapsed_label.setText(f"elapsed: {format_duration(event.elapsed)}")
-            self.remaining_label.setText(f"remaining: {format_duration(event.remaining)}")
+            self.elapsed_label.setText(f"elapsed: {format_duration(event.elapsed, clock=True)}")
+            self.remaining_label.setText(f"remaining: {format_duration(event.remaining, clock=True)}")
         self.plot.redraw_if_needed()
 
     def _reset_progress(self, stage: str) -> None:
@@ -345,11 +346,9 @@ class TrainPanel(QWidget):
         elif isinstance(event, PseudoLabelsReady):
             self.status_label.setText(f"Pseudo-labels of {len(event.names)} image(s) ready at step {event.step} "
                                       "(Review panel).")
-        elif isinstance(event, CheckpointSaved) and event.kind == "best":
-            dice = event.metrics.get("validation", {}).get(event.metrics.get("selected_twin"), {}).get("dice")
-            if dice is not None:
-                self.status_label.setText(f"Model written at step {event.metrics.get('step')}: Dice {dice:.3f} "
-                                          "on the labelled (training) images.")
+        elif isinstance(event, CheckpointSaved) and event.fit is not None:
+            self.status_label.setText(f"Model written at step {event.fit.step}: Dice {event.fit.kept_dice:.3f} "
+                                      "on the labelled (training) images.")
         elif isinstance(event, Done):
             self._refresh_progress()
             self.progress.setValue(1000)

@@ -45,8 +45,28 @@ def one_line(text: object) -> str:
     return (line if len(line) <= 200 else line[:197] + "...") or "(no message)"
 
 
+def format_duration(seconds: float | None, clock: bool = False) -> str:
+    """A number of seconds for people: '1m05s' / '2h03m' / '7s' (log lines), or with ``clock`` 'm:ss' / 'h:mm:ss'
+    (progress labels); '-' when unknown."""
+    if seconds is None or seconds != seconds or (clock and seconds < 0):
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if clock:
+        return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def _label(name: str | os.PathLike | None) -> str:
     return f"{name}: " if name is not None else ""
+
+
+def describe_kind(spatial_dims: int, channels: int) -> str:
+    """'2D grey', '2D RGB', '3D grey': how messages name a kind of image."""
+    return f"{spatial_dims}D {'RGB' if channels == 3 else 'grey'}"
 
 
 def name_stem(path: Path | str) -> str:

@@ -169,3 +169,21 @@ def format_table(rows: Sequence[dict]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(b) for b in body)])
+
+
+THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
+
+
+def best_threshold(foreground_probs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Sweep the foreground threshold on validation images; returns (threshold, pooled Dice) of the best one."""
+    probs = np.concatenate([p.ravel() for p in foreground_probs])
+    truth = np.concatenate([(t > 0).ravel() for t in targets])
+    truth_sum = truth.sum()
+    best = (0.5, -1.0)
+    for threshold in THRESHOLDS:
+        pred = probs > threshold
+        denominator = pred.sum() + truth_sum
+        score = 1.0 if denominator == 0 else 2.0 * np.logical_and(pred, truth).sum() / denominator
+        if score > best[1] + 1e-9:
+            best = (float(threshold), float(score))
+    return best

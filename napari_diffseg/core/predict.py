@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-import contextlib
 import itertools
 
 import numpy as np
 import torch
 
-from .teacher import DiffusionTeacher
+from .device import autocast_context, memory_format_for
+from .teacher import DiffusionTwin
+from .tiling import fit_tile, gaussian_weight, tile_starts
 
 DEFAULT_TILE_2D = (1024, 1024)
 DEFAULT_TILE_3D = (64, 128, 128)
@@ -36,49 +37,8 @@ class Probabilities:
     second: np.ndarray | None = None  # (K, *spatial) the second network's deterministic pass, when there is one
 
 
-def _tile_count(length: int, tile: int, min_overlap: int) -> int:
-    if length <= tile:
-        return 1
-    return max(2, -(-(length - min_overlap) // max(1, tile - min_overlap)))
-
-
-def fit_tile(length: int, tile: int, min_overlap: int, multiple: int) -> int:
-    """Shrink a tile to the smallest multiple of ``multiple`` that still covers ``length`` with as few tiles."""
-    count = _tile_count(length, tile, min_overlap)
-    needed = -(-(length + (count - 1) * min_overlap) // count)
-    return min(tile, -(-needed // multiple) * multiple)
-
-
-def tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
-    """Fewest tile starts covering ``length`` with neighbours overlapping by at least ``min_overlap`` pixels,
-    spread evenly (so no compute is wasted on a nearly empty last tile)."""
-    count = _tile_count(length, tile, min_overlap)
-    if count == 1:
-        return [0]
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
-
-
-def gaussian_weight(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
-    """Importance map for blending tiles: a Gaussian centred on the tile, floored so borders keep some weight."""
-    grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in tile], indexing="ij")
-    weight = np.exp(-sum((g / (sigma_scale * n)) ** 2 / 2 for g, n in zip(grids, tile)))
-    weight /= weight.max()
-    return np.maximum(weight, 1e-3).astype(np.float32)
-
-
-def memory_format_for(spatial_dims: int) -> torch.memory_format:
-    """Channels-last layout: 1.2-3x faster convolutions on CPU (oneDNN) for training and inference."""
-    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def _forward_probs(
-    network: DiffusionTeacher, batch: torch.Tensor, stochastic: bool, sampling_steps: int, generator
+    network: DiffusionTwin, batch: torch.Tensor, stochastic: bool, sampling_steps: int, generator
 ) -> torch.Tensor:
     """Class probabilities for a batch of tiles: one deterministic step, a stochastic draw, or DDIM-style sampling."""
     if sampling_steps > 1:
@@ -87,7 +47,7 @@ def _forward_probs(
     return torch.softmax(logits.float(), dim=1)
 
 
-def sample_mask(network: DiffusionTeacher, image01: torch.Tensor, steps: int, generator=None) -> torch.Tensor:
+def sample_mask(network: DiffusionTwin, image01: torch.Tensor, steps: int, generator=None) -> torch.Tensor:
     """Multi-step (DDIM, eta = 0) refinement of the mask from pure noise; returns class probabilities.
 
     Each step predicts the clean mask (x0), then re-noises it to the next, smaller t along the predicted noise.
@@ -110,7 +70,7 @@ def sample_mask(network: DiffusionTeacher, image01: torch.Tensor, steps: int, ge
 
 
 def tiled_probabilities(
-    networks: Sequence[DiffusionTeacher],
+    networks: Sequence[DiffusionTwin],
     image01: np.ndarray,
     tile: tuple[int, ...],
     overlap: float = 0.125,
@@ -186,7 +146,7 @@ def tiled_probabilities(
     return Probabilities(primary, ensemble, second)
 
 
-def run(generator: Generator, on_progress: Callable[[TileProgress], None] | None = None):
+def run_to_completion(generator: Generator, on_progress: Callable[[TileProgress], None] | None = None):
     """Drive a progress generator to completion and return its result."""
     while True:
         try:
@@ -220,21 +180,3 @@ def disagreement(first: np.ndarray, second: np.ndarray) -> float:
     a, b = 1.0 - first[0], 1.0 - second[0]
     denominator = float(a.sum() + b.sum())
     return 0.0 if denominator < 1e-6 else float(1.0 - 2.0 * (a * b).sum() / denominator)
-
-
-THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.05), 2)
-
-
-def best_threshold(foreground_probs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> tuple[float, float]:
-    """Sweep the foreground threshold on validation images; returns (threshold, pooled Dice) of the best one."""
-    probs = np.concatenate([p.ravel() for p in foreground_probs])
-    truth = np.concatenate([(t > 0).ravel() for t in targets])
-    truth_sum = truth.sum()
-    best = (0.5, -1.0)
-    for threshold in THRESHOLDS:
-        pred = probs > threshold
-        denominator = pred.sum() + truth_sum
-        score = 1.0 if denominator == 0 else 2.0 * np.logical_and(pred, truth).sum() / denominator
-        if score > best[1] + 1e-9:
-            best = (float(threshold), float(score))
-    return best

@@ -6,9 +6,9 @@ and pseudo-label bookkeeping, and the review queue.
 - it trains into ``checkpoints/round_<k>`` of the current round ``k``;
 - it warm-starts from the most recent earlier round whose folder holds a ``last.pt`` made with the same network
   settings (a changed width / depth / image kind means a cold start, announced in :class:`RoundStarted`);
-- on every :class:`~napari_diffseg.core.training.PseudoLabelsReady` it copies each pseudo-label and uncertainty map
-  into the project (``Project.save_pseudo``) *before* re-yielding the event, so a consumer that reacts to the
-  event finds the project already updated;
+- each pseudo-label and uncertainty map goes straight into the project (``Project.save_pseudo``, through a
+  ``ProjectSink``) as the pass makes it, so a consumer that reacts to ``PseudoLabelsReady`` finds the project
+  already updated;
 - it logs losses to the project in batches (every ``LOSS_LOG_EVERY`` steps, and whatever is left when the run ends
   or is cancelled).
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict
 import logging
-import math
 from pathlib import Path
+
+import numpy as np
 
 from .checkpoint import BEST, LAST, read_model_card
 from .data import TrainingData, training_data_from_arrays
 from .errors import InputError, ModelError
-from .io import UNCERTAINTY_SUFFIX, read_image
 from .project import CHECKPOINTS_DIR, ImageStatus, Project
 from .teacher import NetworkConfig
 from .events import Progress, PseudoLabelsReady, RoundStarted, TrainingEvent  # noqa: F401 (re-exported)
@@ -123,13 +123,15 @@ def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, r
     return previous, f"warm start from {previous.name}"
 
 
-def _store_pseudo_labels(project: Project, event: PseudoLabelsReady, round_: int, model_id: str) -> None:
-    for name in event.names:
-        directory = Path(event.directory)
-        mask = read_image(directory / f"{name}.tif")
-        uncertainty = read_image(directory / f"{name}{UNCERTAINTY_SUFFIX}.tif")
-        mean = event.mean_uncertainty.get(name, math.nan)
-        project.save_pseudo(name, mask, uncertainty, round_, model_id, mean)
+class ProjectSink:
+    """Pseudo-labels straight into the project store (pseudo/round_<k>/ and the manifest), image by image."""
+
+    def __init__(self, project: Project, round_: int):
+        self.project, self.round = project, round_
+        self.directory = project.pseudo_dir(round_)
+
+    def write(self, name: str, mask: np.ndarray, uncertainty: np.ndarray, score: float, step: int) -> None:
+        self.project.save_pseudo(name, mask, uncertainty, self.round, f"round_{self.round}/step_{step}", score)
 
 
 def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
@@ -167,15 +169,13 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
             project.log_losses(round_, progress.stage, progress.step, progress.losses)
         pending.clear()
 
-    events = train(data, config, out_dir, resume=resumed, warm_start=warm)
+    events = train(data, config, out_dir, resume=resumed, warm_start=warm, sink=ProjectSink(project, round_))
     try:
         for event in events:
             if isinstance(event, Progress):
                 pending.append(event)
                 if len(pending) >= LOSS_LOG_EVERY:
                     flush()
-            elif isinstance(event, PseudoLabelsReady):
-                _store_pseudo_labels(project, event, round_, f"round_{round_}/step_{event.step}")
             yield event
     finally:
         events.close()  # cancels the run (it writes last.pt) before the last losses are logged

@@ -67,11 +67,10 @@ def empty_mask(batch: int, num_classes: int, spatial: tuple[int, ...], device=No
     return mask
 
 
-class DiffusionTeacher(nn.Module):
-    """Two U-Nets: the mask pathway segments, the image pathway reconstructs the image from noise given a mask.
-
-    The student is the same class; only its mask pathway is used.
-    """
+class DiffusionTwin(nn.Module):
+    """One of the twins of the method: two U-Nets, the mask pathway that segments and the image pathway that
+    reconstructs the image from noise given a mask. The teacher uses both; the student is the same class and uses
+    only its mask pathway (so a student can become a teacher, and a teacher's mask pathway is the model kept)."""
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
@@ -130,7 +129,7 @@ class DiffusionTeacher(nn.Module):
         return loss, from_signed(x0_hat)
 
 
-def pretraining_loss(teacher: DiffusionTeacher, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def pretraining_loss(teacher: DiffusionTwin, images01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Stage 1 cycle consistency: the soft mask must carry whatever helps denoise the image.
 
     m_hat = softmax(MaskPath([m_t, x], t1)); eps_hat = ImagePath([x_t, 2 m_hat - 1], t2); L = mse(eps_hat, eps2).
@@ -155,8 +154,8 @@ class CoTrainingLosses:
 
 
 def cotraining_loss(
-    teacher: DiffusionTeacher,
-    student: DiffusionTeacher,
+    teacher: DiffusionTwin,
+    student: DiffusionTwin,
     labelled: torch.Tensor,
     labels: torch.Tensor,
     unlabelled: torch.Tensor | None,
@@ -228,7 +227,7 @@ def cotraining_loss(
     return CoTrainingLosses(total, parts, terms)
 
 
-def supervised_loss(network: DiffusionTeacher, labelled: torch.Tensor, labels: torch.Tensor, generator=None,
+def supervised_loss(network: DiffusionTwin, labelled: torch.Tensor, labels: torch.Tensor, generator=None,
                     loss: str = "dice") -> torch.Tensor:
     """Labels-only baseline: the same mask pathway trained with the same mask loss on ground truth alone."""
     return segmentation_loss(network.random_mask_logits(labelled, generator), labels, loss)

@@ -25,29 +25,31 @@ import logging
 from pathlib import Path
 import shutil
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from . import device as devices
 from .config import LR_SCHEDULES, TWINS, WARMUP_TWINS, TrainConfig  # noqa: F401 (re-exported)
-from .events import (CheckpointSaved, Done, Progress, PseudoLabelsReady, StageProgress,  # noqa: F401
-                     TrainingEvent)
+from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
+                     Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, CARD, LAST, load_checkpoint, save_checkpoint, write_model_card
 from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
 from .metrics import dice as dice_score
-from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, autocast_context, disagreement, memory_format_for,
-                      normalised_entropy, probabilities_to_mask, run, tiled_probabilities)
+from .device import autocast_context, memory_format_for
+from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised_entropy, probabilities_to_mask,
+                      run_to_completion, tiled_probabilities)
 from .scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
-from .teacher import DiffusionTeacher, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
+from .teacher import DiffusionTwin, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
 
 log = logging.getLogger(__name__)
 
-PRETRAIN, COTRAIN, SUPERVISED = "pretrain", "cotrain", "supervised"
+PRETRAIN, COTRAIN, SUPERVISED = Stage.PRETRAIN, Stage.COTRAIN, Stage.SUPERVISED
 PSEUDO_LABEL_DIR = "pseudo_labels"
-PSEUDO_LABEL_STAGE, SAVING_STAGE = "pseudo_labels", "saving"  # StageProgress stages
+PSEUDO_LABEL_STAGE, SAVING_STAGE = Stage.PSEUDO_LABELS, Stage.SAVING  # StageProgress stages
 PRETRAIN_ONLY_KEY = "pretrain_only"  # in a last.pt written by ``pretrain``: the teacher of stage 1 alone
 POLY_EXPONENT = 0.9
 LOSSES_FILE = "losses.csv"
@@ -99,6 +101,48 @@ class _Clock:
         return 0.0 if fraction <= 0 else self.elapsed * (1 - fraction) / fraction
 
 
+class PseudoLabelSink(Protocol):
+    """Where a pass puts each unlabelled image's pseudo-label as it is made (``directory``: where they end up)."""
+
+    directory: Path
+
+    def write(self, name: str, mask: np.ndarray, uncertainty: np.ndarray, score: float, step: int) -> None: ...
+
+
+class FolderSink:
+    """A folder training's pseudo-labels: ``<name>.tif`` (uint8) and ``<name>_uncertainty.tif`` (float32)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def write(self, name: str, mask: np.ndarray, uncertainty: np.ndarray, score: float, step: int) -> None:
+        write_mask(self.directory / f"{name}.tif", mask)
+        write_tiff_atomic(self.directory / f"{name}{UNCERTAINTY_SUFFIX}.tif", uncertainty)
+
+
+class Every:
+    """A wall-clock schedule on the training clock: due ``first_after`` seconds after ``start`` (default: one
+    period), then one period after each ``done``. Not due before ``start`` or ``done`` is called."""
+
+    def __init__(self, seconds: float, first_after: float | None = None):
+        self.seconds = seconds
+        self.first_after = seconds if first_after is None else first_after
+        self.next: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.next is not None
+
+    def start(self, now: float) -> None:
+        self.next = now + self.first_after
+
+    def done(self, now: float) -> None:
+        self.next = now + self.seconds
+
+    def due(self, now: float) -> bool:
+        return self.next is not None and now >= self.next
+
+
 def scaled_training_data(data: TrainingData, scale: float) -> TrainingData:
     """``data`` resampled to the working scale (images by area averaging, labels by majority of the one-hot)."""
     if scale == 1.0:
@@ -114,15 +158,16 @@ def poly_factor(progress: float) -> float:
     return max(0.0, 1.0 - min(1.0, max(0.0, progress))) ** POLY_EXPONENT
 
 
-class _Run:
+class TrainingRun:
     """State of one training run; ``train`` drives it."""
 
-    def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path, scale: float | None = None):
+    def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path, scale: float | None = None,
+                 sink: PseudoLabelSink | None = None):
         self.data, self.config, self.out_dir = data, config, Path(out_dir)
+        self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR)
         self.device = devices.select_device(config.device)
-        self.threads = devices.configure_threads(config.threads)
+        self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker) from config.threads
         self.bf16 = devices.bf16_supported(self.device) if config.bf16 is None else bool(config.bf16)
-        torch.manual_seed(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.network_config = NetworkConfig(
             spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.num_classes,
@@ -135,9 +180,13 @@ class _Run:
         self.scale = float(scale)
         self.scaled = scaled_training_data(data, self.scale)
         self.memory_format = memory_format_for(data.spatial_dims)
-        self.teacher = DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format)
-        self.student = (None if config.labels_only
-                        else DiffusionTeacher(self.network_config).to(self.device, memory_format=self.memory_format))
+        # torch's own random stream of this run (initial weights, dropout), swapped in around each use so that the
+        # process's stream (a test, the napari session) is left alone and the run is reproducible from its seed
+        self.rng_state = torch.Generator().manual_seed(config.seed).get_state()
+        with self.own_rng():
+            self.teacher = DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format)
+            self.student = (None if config.labels_only
+                            else DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format))
         self.patch_size = effective_patch_size(config.patch_size, self.scaled, self.teacher.size_multiple)
         self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
         self.sampler = PatchSampler(self.scaled, self.patch_size, seed=config.seed)
@@ -151,14 +200,26 @@ class _Run:
         self.student_pending_copy = self.student is not None and config.warmup_twins == "copy"
         self.stage = SUPERVISED if config.labels_only else PRETRAIN
         self.stage_start = 0.0  # budget fraction at which the current stage began (for the schedules)
-        self.fit_metrics: dict = {}
+        self.fit: FitReport | None = None  # of the last best.pt written
         self.loss_rows: list[dict] = []
         self.pseudo_label_count = 0
+
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Make this run's random stream torch's default one inside the block (CPU; dropout on a GPU draws from
+        the device's stream, which is not swapped: GPU runs are not bit-reproducible anyway)."""
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = torch.get_rng_state()
+            torch.set_rng_state(outside)
 
     # ----- checkpoints -----
     def _rng_state(self) -> dict:
         return {
-            "torch": torch.get_rng_state(),
+            "torch": self.rng_state,
             "generator": self.generator.get_state(),
             "numpy": json.dumps(self.sampler.rng.bit_generator.state),
         }
@@ -171,7 +232,7 @@ class _Run:
             "teacher": self.teacher.state_dict(),
             "teacher_optimiser": self.teacher_optimiser.state_dict(),
             "step": self.step,
-            "stage": self.stage,
+            "stage": str(self.stage),
             "stage_start": self.stage_start,
             "student_pending_copy": self.student_pending_copy,
             "elapsed": clock.elapsed,
@@ -213,10 +274,10 @@ class _Run:
         except (KeyError, RuntimeError, ValueError) as error:
             raise ModelError(f"the checkpoint does not fit this run ({type(error).__name__}: {error})") from None
         self.step = int(payload["step"])
-        self.stage = payload["stage"]
+        self.stage = Stage(payload["stage"])
         self.stage_start = float(payload.get("stage_start", 0.0))
         self.student_pending_copy = bool(payload.get("student_pending_copy", False))
-        torch.set_rng_state(payload["rng"]["torch"])
+        self.rng_state = payload["rng"]["torch"]
         self.generator.set_state(payload["rng"]["generator"])
         self.sampler.rng.bit_generator.state = json.loads(payload["rng"]["numpy"])
         losses_path = self.out_dir / LOSSES_FILE
@@ -322,10 +383,18 @@ class _Run:
         self.student_optimiser.step()
         return {**losses.parts, "unlabelled_weight": ramp}
 
+    def advance(self, clock: _Clock) -> dict[str, float]:
+        """One optimisation step, counted and logged; returns its losses."""
+        losses = self.checked_step(clock)
+        self.step += 1
+        self.loss_rows.append({"step": self.step, "stage": self.stage, "elapsed": round(clock.elapsed, 2), **losses})
+        return losses
+
     def checked_step(self, clock: _Clock) -> dict[str, float]:
         """``train_step``, with running out of memory turned into an error that says what to lower."""
         try:
-            return self.train_step(clock)
+            with self.own_rng():
+                return self.train_step(clock)
         except (MemoryError, RuntimeError) as error:
             text = str(error).lower()
             if not isinstance(error, MemoryError) and "out of memory" not in text and "can't allocate" not in text:
@@ -345,7 +414,7 @@ class _Run:
     def tile(self) -> tuple[int, ...]:
         return DEFAULT_TILE_2D if self.data.spatial_dims == 2 else DEFAULT_TILE_3D
 
-    def twins(self) -> dict[str, DiffusionTeacher]:
+    def twins(self) -> dict[str, DiffusionTwin]:
         """The trained networks (the student only once it exists as more than a fresh or pending copy)."""
         if self.student is None or self.student_pending_copy:
             return {"teacher": self.teacher}
@@ -359,7 +428,7 @@ class _Run:
         """Probabilities of image ``index`` at the working scale, brought back to its full resolution."""
         # networks train in the same channels-last layout that tiled_probabilities uses, so predicting mid-run
         # (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
-        probs = run(tiled_probabilities(networks, self.scaled.images[index], self.tile, draws=draws,
+        probs = run_to_completion(tiled_probabilities(networks, self.scaled.images[index], self.tile, draws=draws,
                                         device=self.device, bf16=self.bf16, seed=self.config.seed))
         shape = self.data.images[index].shape[1:]
         probs.primary = resize_probabilities(probs.primary, shape)
@@ -369,24 +438,21 @@ class _Run:
             probs.second = resize_probabilities(probs.second, shape)
         return probs
 
-    def measure_fit(self) -> dict:
+    def measure_fit(self, clock: _Clock) -> FitReport:
         """Dice of each twin on the labelled images at the fixed threshold: how well the training labels are fitted
         (a report, not a validation: these are the images it trained on)."""
         indices = self.data.labelled_indices[: self.config.max_validation_images]
-        metrics = {}
+        truth = np.concatenate([self.data.labels[i].ravel() for i in indices])
+        dice = {}
         for name, network in self.twins().items():
             masks = [probabilities_to_mask(self._probabilities([network], i).primary, self.config.threshold)
                      for i in indices]
-            truth = [self.data.labels[i] for i in indices]
-            metrics[name] = {"threshold": self.config.threshold,
-                             "dice": dice_score(np.concatenate([m.ravel() for m in masks]),
-                                                np.concatenate([t.ravel() for t in truth]))}
-        return metrics
+            dice[name] = dice_score(np.concatenate([m.ravel() for m in masks]), truth)
+        return FitReport(self.kept_twin, self.config.threshold, dice, self.step, round(clock.elapsed, 1))
 
     def save_best(self, clock: _Clock) -> CheckpointSaved:
         """Write the kept twin's mask pathway (the model to predict with) and the model card."""
-        self.fit_metrics = {"selected_twin": self.kept_twin, "validation": self.measure_fit(), "step": self.step,
-                            "elapsed": round(clock.elapsed, 1)}
+        self.fit = self.measure_fit(clock)
         network = self.twins()[self.kept_twin]
         path = self.out_dir / BEST
         save_checkpoint(path, {
@@ -397,7 +463,7 @@ class _Run:
             "twin": self.kept_twin,
         })
         self.write_card(clock)
-        return CheckpointSaved(path, "best", dict(self.fit_metrics))
+        return CheckpointSaved(path, CheckpointKind.BEST, self.fit)
 
     def write_card(self, clock: _Clock) -> None:
         write_model_card(self.out_dir, {
@@ -412,7 +478,7 @@ class _Run:
             "data": self.data.fingerprints(),
             "threshold": self.config.threshold,
             "selected_twin": self.kept_twin,
-            "metrics": self.fit_metrics,
+            "metrics": self.fit.to_dict() if self.fit is not None else {},
             "validation_note": "final weights of the kept twin with a fixed threshold; the Dice under "
                                "metrics.validation is the fit on the labelled (training) images, not a validation",
             "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 1),
@@ -425,7 +491,6 @@ class _Run:
         """Masks of the kept twin (fixed threshold) for every unlabelled image, the per-pixel uncertainty (entropy
         of the twins' mean) and an image-level score: the twins' disagreement (1 - soft Dice between them), or
         the mean entropy when there is one network."""
-        directory = self.out_dir / PSEUDO_LABEL_DIR
         twins = self.twins()
         networks = [twins[self.kept_twin]] + [net for name, net in twins.items() if name != self.kept_twin]
         names, scores = [], {}
@@ -436,13 +501,14 @@ class _Run:
             probs = self._probabilities(networks, index, draws=self.config.uncertainty_draws)
             members = probs.ensemble if probs.ensemble is not None else probs.primary
             uncertainty = normalised_entropy(members)
-            write_mask(directory / f"{name}.tif", probabilities_to_mask(probs.primary, self.config.threshold))
-            write_tiff_atomic(directory / f"{name}{UNCERTAINTY_SUFFIX}.tif", uncertainty)
+            score = (disagreement(probs.primary, probs.second) if probs.second is not None
+                     else float(uncertainty.mean()))
+            self.sink.write(name, probabilities_to_mask(probs.primary, self.config.threshold), uncertainty, score,
+                            self.step)
             names.append(name)
-            scores[name] = (disagreement(probs.primary, probs.second) if probs.second is not None
-                            else float(uncertainty.mean()))
+            scores[name] = score
         self.pseudo_label_count += 1
-        yield PseudoLabelsReady(self.step, directory, names, scores)
+        yield PseudoLabelsReady(self.step, self.sink.directory, names, scores)
 
 
 def train(
@@ -451,11 +517,13 @@ def train(
     out_dir: Path,
     resume: bool = False,
     warm_start: Path | None = None,
+    sink: PseudoLabelSink | None = None,
 ) -> Iterator[TrainingEvent]:
     """Run (or resume) training, yielding events; close the generator to cancel (a last.pt is still written).
 
     ``warm_start``: a model folder of an earlier round whose last.pt initialises the twins (and, unless the config
     fixes one, gives the working scale); pretraining is then skipped (the teacher already learned from all images).
+    ``sink``: where the pseudo-labels go, image by image (default: ``out_dir/pseudo_labels``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -468,11 +536,11 @@ def train(
     if (payload is not None and config.working_scale is None and "working_scale" in payload
             and not payload.get(PRETRAIN_ONLY_KEY)):  # a pretraining ran before any label could set the scale
         scale = float(payload["working_scale"])
-    state = _Run(data, config, out_dir, scale)
+    run = TrainingRun(data, config, out_dir, scale, sink)
     elapsed = overhead = 0.0
     if resume:
-        elapsed, overhead = state.restore(payload, full=True)
-        log.info("resuming at step %d (%s), %.0f s already spent", state.step, state.stage, elapsed)
+        elapsed, overhead = run.restore(payload, full=True)
+        log.info("resuming at step %d (%s), %.0f s already spent", run.step, run.stage, elapsed)
     else:
         # the previous run's best.pt and card stay until this run writes its own (a crash or kill early in the new
         # run leaves a usable model); its step log and pseudo-labels go
@@ -480,65 +548,77 @@ def train(
             path = out_dir / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
-            state.restore(payload, full=False)
+            run.restore(payload, full=False)
             if not config.labels_only:
-                state.enter_cotraining(0.0)
-    log.info("working scale %.2f (%s), patch %s", state.scale,
+                run.enter_cotraining(0.0)
+    log.info("working scale %.2f (%s), patch %s", run.scale,
              "chosen from the labelled objects" if config.working_scale is None and scale is None else "given",
-             "x".join(map(str, state.patch_size)))
+             "x".join(map(str, run.patch_size)))
     clock = _Clock(config, elapsed, overhead)
-    last_checkpoint = clock.elapsed
-    cotrain_started = None
+    checkpoints = Every(config.checkpoint_every_seconds)
+    checkpoints.start(clock.elapsed)
+    pseudo_labels = Every(config.pseudo_labels_every_seconds, first_after=config.first_pseudo_labels_after_seconds)
     # a round warm-started from a trained model (Next round) already has that round's pseudo-labels to review: no
     # early pass, the next one after pseudo_labels_every_seconds (or at the end), so its time goes to steps; a
-    # start from the teacher pretrained without labels has nothing to review yet and keeps the early pass
-    after_a_round = warm_start is not None and not resume and not payload.get(PRETRAIN_ONLY_KEY)
-    last_pseudo = clock.elapsed if after_a_round else None
-    finished = False
-    try:
-        while True:
-            fraction = clock.fraction(state.step)
-            if state.stage == PRETRAIN and fraction >= config.pretrain_fraction:
-                state.enter_cotraining(fraction)
-            if fraction >= 1.0:
-                break
-            losses = state.checked_step(clock)
-            state.step += 1
-            state.loss_rows.append({"step": state.step, "stage": state.stage, "elapsed": round(clock.elapsed, 2), **losses})
-            now = clock.elapsed
-            if state.stage != PRETRAIN:
-                cotrain_started = now if cotrain_started is None else cotrain_started
-                due = (last_pseudo is None and now - cotrain_started >= config.first_pseudo_labels_after_seconds) or (
-                    last_pseudo is not None and now - last_pseudo >= config.pseudo_labels_every_seconds)
-                if due and data.unlabelled_indices and clock.fraction(state.step) < 1.0:  # the end has its own
-                    with clock.paused():
-                        yield from state.pseudo_labels()
-                    last_pseudo = clock.elapsed
-            if now - last_checkpoint >= config.checkpoint_every_seconds:
-                last_checkpoint = now
-                with clock.paused():
-                    path = state.save_last(clock)
-                yield CheckpointSaved(path, "last")
-            yield Progress(state.stage, state.step, clock.fraction(state.step), clock.elapsed,
-                           clock.remaining(state.step), losses)
+    # start from the teacher pretrained without labels has nothing to review yet and keeps the early pass (its
+    # schedule starts with co-training)
+    if warm_start is not None and not resume and not payload.get(PRETRAIN_ONLY_KEY):
+        pseudo_labels.done(clock.elapsed)
+
+    def maybe_pseudo_label(now: float) -> Iterator[TrainingEvent]:
+        if run.stage == PRETRAIN or not data.unlabelled_indices:
+            return
+        if not pseudo_labels.started:
+            pseudo_labels.start(now)
+        if pseudo_labels.due(now) and clock.fraction(run.step) < 1.0:  # the end has its own pass
+            with clock.paused():
+                yield from run.pseudo_labels()
+            pseudo_labels.done(clock.elapsed)
+
+    def maybe_checkpoint(now: float) -> Iterator[TrainingEvent]:
+        if checkpoints.due(now):
+            checkpoints.done(now)
+            with clock.paused():
+                path = run.save_last(clock)
+            yield CheckpointSaved(path, CheckpointKind.LAST)
+
+    def finish() -> Iterator[TrainingEvent]:
+        """The model, the final pseudo-labels, last.pt and the card; none of it counts against the budget."""
         with clock.paused():
             yield StageProgress(SAVING_STAGE, 0, 1)
-            saved = state.save_best(clock)
+            saved = run.save_best(clock)
         yield saved
         if data.unlabelled_indices:
             with clock.paused():
-                yield from state.pseudo_labels()
+                yield from run.pseudo_labels()
         with clock.paused():
-            last = state.save_last(clock)
-            state.write_card(clock)
-        finished = True  # only now: closing at an earlier yield of this final phase must still leave a last.pt
-        yield CheckpointSaved(last, "last")
-        yield Done(out_dir, dict(state.fit_metrics))
+            last = run.save_last(clock)
+            run.write_card(clock)
+        return last
+
+    finished = False
+    try:
+        while True:
+            fraction = clock.fraction(run.step)
+            if run.stage == PRETRAIN and fraction >= config.pretrain_fraction:
+                run.enter_cotraining(fraction)
+            if fraction >= 1.0:
+                break
+            losses = run.advance(clock)
+            now = clock.elapsed
+            yield from maybe_pseudo_label(now)
+            yield from maybe_checkpoint(now)
+            yield Progress(run.stage, run.step, clock.fraction(run.step), clock.elapsed,
+                           clock.remaining(run.step), losses)
+        last = yield from finish()
+        finished = True  # only now: closing at an earlier yield of the final phase must still leave a last.pt
+        yield CheckpointSaved(last, CheckpointKind.LAST)
+        yield Done(out_dir, run.fit)
     finally:
         if not finished:
-            state.save_last(clock)
-            if state.stage != PRETRAIN and (state.step > 0 or not (out_dir / BEST).exists()):
-                state.save_best(clock)  # a stopped run's model replaces the earlier one once it has trained
+            run.save_last(clock)
+            if run.stage != PRETRAIN and (run.step > 0 or not (out_dir / BEST).exists()):
+                run.save_best(clock)  # a stopped run's model replaces the earlier one once it has trained
 
 
 def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator[TrainingEvent]:
@@ -549,45 +629,46 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # labels_only: a _Run without a student (stage 1 trains the teacher alone)
-    state = _Run(data, replace(config, labels_only=True), out_dir,
-                 scale=config.working_scale if config.working_scale is not None else 1.0)
-    state.stage = PRETRAIN
+    # labels_only: a TrainingRun without a student (stage 1 trains the teacher alone)
+    run = TrainingRun(data, replace(config, labels_only=True), out_dir,
+                      scale=config.working_scale if config.working_scale is not None else 1.0)
+    run.stage = PRETRAIN
     spent = 0.0
     previous = out_dir / LAST
     if previous.is_file():
         payload = load_checkpoint(previous)
-        if payload.get(PRETRAIN_ONLY_KEY) and payload.get("network") == asdict(state.network_config):
-            state.teacher.load_state_dict(payload["teacher"])
-            state.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
-            state.step, spent = int(payload["step"]), float(payload["pretrain_seconds"])
+        if payload.get(PRETRAIN_ONLY_KEY) and payload.get("network") == asdict(run.network_config):
+            run.teacher.load_state_dict(payload["teacher"])
+            run.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
+            run.step, spent = int(payload["step"]), float(payload["pretrain_seconds"])
         else:
             log.info("pretraining from scratch: %s holds another kind of model", previous)
-    for group in state.teacher_optimiser.param_groups:
+    for group in run.teacher_optimiser.param_groups:
         group["lr"] = config.lr_pretrain
     clock = _Clock(config)
     session_steps = 0
 
     def save() -> Path:
         save_checkpoint(previous, {
-            PRETRAIN_ONLY_KEY: True, "config": config.to_dict(), "network": asdict(state.network_config),
-            "working_scale": state.scale, "teacher": state.teacher.state_dict(),
-            "teacher_optimiser": state.teacher_optimiser.state_dict(), "step": state.step,
+            PRETRAIN_ONLY_KEY: True, "config": config.to_dict(), "network": asdict(run.network_config),
+            "working_scale": run.scale, "teacher": run.teacher.state_dict(),
+            "teacher_optimiser": run.teacher_optimiser.state_dict(), "step": run.step,
             "pretrain_seconds": spent + clock.elapsed})
         return previous
 
-    last_checkpoint = 0.0
+    checkpoints = Every(config.checkpoint_every_seconds)
+    checkpoints.start(0.0)
     try:
         while clock.fraction(session_steps) < 1.0:
-            losses = state.checked_step(clock)
-            state.step += 1
+            losses = run.checked_step(clock)  # no loss log: a pretraining can run for hours
+            run.step += 1
             session_steps += 1
-            if clock.elapsed - last_checkpoint >= config.checkpoint_every_seconds:
-                last_checkpoint = clock.elapsed
+            if checkpoints.due(clock.elapsed):
+                checkpoints.done(clock.elapsed)
                 with clock.paused():
                     path = save()
-                yield CheckpointSaved(path, "last")
-            yield Progress(PRETRAIN, state.step, clock.fraction(session_steps), spent + clock.elapsed,
+                yield CheckpointSaved(path, CheckpointKind.LAST)
+            yield Progress(PRETRAIN, run.step, clock.fraction(session_steps), spent + clock.elapsed,
                            clock.remaining(session_steps), losses)
     finally:
         save()
