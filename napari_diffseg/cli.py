@@ -27,6 +27,7 @@ import time
 
 from napari_diffseg import __version__
 from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
+from napari_diffseg.core.config import LIMITS
 from napari_diffseg.core.events import FitReport
 from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, describe_kind, format_duration, one_line
 
@@ -65,9 +66,21 @@ def _int_at_least(minimum: int, why: str = ""):
     return parse
 
 
+def _setting(name: str, why: str = ""):
+    """argparse type of a whole-number training setting, within its ``core.config.LIMITS`` (one source of truth
+    for the CLI, the Train panel and TrainConfig.validate)."""
+    bounds = LIMITS[name]
+
+    def parse(text: str) -> int:
+        value = _int_at_least(int(bounds.minimum), why)(text)
+        if bounds.maximum is not None and value > bounds.maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {bounds.maximum:g}{why}, got {text}")
+        return value
+    return parse
+
+
 _positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-_class_count = _int_at_least(2, " classes (background + one)")
+_class_count = _setting("num_classes", " classes (background + one)")
 
 
 def _budget(text: str) -> float:
@@ -107,7 +120,7 @@ def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=_setting("threads"), default=None, metavar="N",
                         help="CPU threads for torch (default: number of cores - 1, or $DIFFSEG_THREADS)")
     parser.add_argument("--no-bf16", action="store_true",
                         help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
@@ -124,12 +137,12 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="wall-time budget of the whole training (pretraining + co-training), default 300")
     parser.add_argument("--labels-only", action="store_true",
                         help="baseline: train the same network on the labelled images alone (same budget)")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--seed", type=_setting("seed"), default=0, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--steps", type=_setting("max_steps"), default=None, metavar="N",
                         help="also stop after N optimisation steps (reproducible runs)")
-    parser.add_argument("--rounds", type=_non_negative_int, default=None, metavar="K",
+    parser.add_argument("--rounds", type=_setting("rounds"), default=None, metavar="K",
                         help="pseudo-label rounds K of a co-training step that has rounds (default 1)")
-    parser.add_argument("--rounds-every", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--rounds-every", type=_setting("rounds_every"), default=None, metavar="N",
                         help="compute the pseudo-label rounds on every N-th co-training step (default 4; "
                              "1 = every step as in the paper, slower on a CPU)")
     parser.add_argument("--chained-rounds", action="store_true",
@@ -137,11 +150,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
                         help="share of the budget for unsupervised teacher pretraining (default 0: it cost more than it "
                              "gave within minutes; 'diffseg project pretrain' runs it outside the budget)")
-    parser.add_argument("--width", type=_positive_int, default=None, metavar="C",
+    parser.add_argument("--width", type=_setting("base_channels"), default=None, metavar="C",
                         help="base channels of the U-Nets (default 16; smaller is faster)")
-    parser.add_argument("--patch-size", type=_positive_int, nargs="+", default=None, metavar="PX",
+    parser.add_argument("--patch-size", type=_setting("patch_edge"), nargs="+", default=None, metavar="PX",
                         help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--batch-size", type=_setting("batch_size"), default=None, metavar="N",
                         help="patches per step (default 8 in 2D, 2 in 3D)")
     _add_device_options(parser)
 
@@ -278,8 +291,8 @@ def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
     pretrain.add_argument("project", metavar="DIR", help="project folder")
     pretrain.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
                           help="pretraining time of this run, default 300 (added to what was done before)")
-    pretrain.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    pretrain.add_argument("--width", type=_positive_int, default=None, metavar="C",
+    pretrain.add_argument("--seed", type=_setting("seed"), default=0, metavar="N", help="random seed (default 0)")
+    pretrain.add_argument("--width", type=_setting("base_channels"), default=None, metavar="C",
                           help="base channels of the U-Nets (default 16; must match the later training)")
     _add_device_options(pretrain)
     pretrain.set_defaults(handler=_cmd_project_pretrain)

@@ -344,7 +344,7 @@ def test_warm_start_skips_pretraining(tmp_path, data, reference):
 @pytest.mark.parametrize(
     "overrides, message",
     [({"budget_seconds": None, "max_steps": None}, "budget"), ({"budget_seconds": -1.0}, "positive"),
-     ({"max_steps": 0}, "positive"), ({"pretrain_fraction": 1.0}, "pretrain_fraction"),
+     ({"max_steps": 0}, "max_steps must be a number >= 1"), ({"pretrain_fraction": 1.0}, "pretrain_fraction"),
      ({"num_classes": 1}, "num_classes"), ({"rounds": -1}, "rounds")],
 )
 def test_config_errors(overrides, message):

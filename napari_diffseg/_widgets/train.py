@@ -22,6 +22,7 @@ from napari_diffseg._widgets._common import connect_until_destroyed, user_errors
 from napari_diffseg._widgets._loss_plot import LossPlot, plotted_value
 from napari_diffseg._workers import (KEEP_THREADS, error_message, notify_error, start_job, start_pretraining,
                                      start_training, stop_pretraining, stop_training, torch_loaded)
+from napari_diffseg.core.config import LIMITS
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
 from napari_diffseg.core.io import format_duration
@@ -35,6 +36,12 @@ STAGE_NAMES = {"pretrain": "1 · teacher pretraining (no labels)", "cotrain": "2
                "supervised": "supervised (labelled images only)", "starting": "starting (reading the images)",
                "pseudo_labels": "pseudo-labels for review (the clock is paused)",
                "saving": "writing the model (the clock is paused)"}
+
+
+def _range(setting: str) -> tuple[int, int]:
+    """A spin box range from the setting's bounds in core.config.LIMITS (the CLI checks the same bounds)."""
+    bounds = LIMITS[setting]
+    return int(bounds.minimum), int(bounds.maximum if bounds.maximum is not None else 2**31 - 1)
 
 
 class TrainPanel(QWidget):
@@ -64,22 +71,22 @@ class TrainPanel(QWidget):
         self.advanced = QGroupBox()
         form = QFormLayout(self.advanced)
         self.rounds = QSpinBox()
-        self.rounds.setRange(0, 10)
+        self.rounds.setRange(*_range("rounds"))
         self.rounds.setToolTip("pseudo-label rounds K of the co-training (0 = none)")
         self.chained = QCheckBox("chained rounds")
         self.width = QSpinBox()
-        self.width.setRange(4, 128)
+        self.width.setRange(*_range("base_channels"))
         self.width.setToolTip("base channels of the U-Nets")
         self.patch = QSpinBox()
-        self.patch.setRange(0, 1024)
+        self.patch.setRange(0, _range("patch_edge")[1])  # 0: auto
         self.patch.setSingleStep(16)
         self.patch.setSpecialValueText("auto")
         self.patch.setToolTip("edge of the training patches in pixels (all axes); auto = 128 (2D) / 32x64x64 (3D)")
         self.max_steps = QSpinBox()
-        self.max_steps.setRange(0, 10_000_000)
+        self.max_steps.setRange(0, 10_000_000)  # 0: no step limit (else LIMITS["max_steps"], from 1)
         self.max_steps.setSpecialValueText("no step limit")
         self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setRange(*_range("seed"))
         self.device = QComboBox()
         self.device.addItems(DEVICES)
         self.resume = QCheckBox("resume the stopped run of this round")

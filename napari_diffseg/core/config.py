@@ -4,8 +4,50 @@ thread, and importing torch there froze the viewer for seconds."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+import logging
+import re
 
 from .errors import InputError
+
+logger = logging.getLogger(__name__)
+_DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a numeric setting (``maximum`` None: no upper bound). The CLI's option types and the
+    Train panel's spin boxes take their ranges from ``LIMITS`` (tests/test_config.py checks all three agree)."""
+
+    minimum: float
+    maximum: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return value >= self.minimum and (self.maximum is None or value <= self.maximum)
+
+    def describe(self) -> str:
+        return f">= {self.minimum:g}" if self.maximum is None else f"in [{self.minimum:g}, {self.maximum:g}]"
+
+
+LIMITS: dict[str, Bounds] = {
+    "max_steps": Bounds(1),
+    "rounds": Bounds(0, 10),
+    "rounds_every": Bounds(1),
+    "num_classes": Bounds(2, 255),  # masks are stored as uint8
+    "base_channels": Bounds(4, 128),
+    "depth": Bounds(1, 6),
+    "batch_size": Bounds(1),
+    "patch_edge": Bounds(8, 1024),  # each axis of patch_size
+    "lr_pretrain": Bounds(1e-12, 1.0),
+    "lr_cotrain": Bounds(1e-12, 1.0),
+    "lambda_d": Bounds(0.0),
+    "seed": Bounds(0, 2**31 - 1),
+    "threads": Bounds(1),
+    "checkpoint_every_seconds": Bounds(0.0),
+    "first_pseudo_labels_after_seconds": Bounds(0.0),
+    "pseudo_labels_every_seconds": Bounds(0.0),
+    "uncertainty_draws": Bounds(0, 64),
+    "max_validation_images": Bounds(1),
+}
+LIMIT_NAMES = {"base_channels": "the network width", "patch_edge": "each patch edge", "num_classes": "num_classes"}
 
 LR_SCHEDULES = ("poly", "constant")
 TWINS = ("teacher", "student")
@@ -60,24 +102,37 @@ class TrainConfig:
     max_validation_images: int = 8
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Every field and the rules between fields; InputError naming the first setting that is wrong."""
+        for name, bounds in LIMITS.items():
+            values = (self.patch_size or ()) if name == "patch_edge" else [getattr(self, name)]
+            for value in values:
+                if value is None:  # optional settings (max_steps, batch_size, threads): the default decides
+                    continue
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not bounds.contains(value):
+                    raise InputError(f"{LIMIT_NAMES.get(name, name)} must be a number {bounds.describe()}, "
+                                     f"got {value!r}")
+        if self.patch_size is not None and len(self.patch_size) not in (2, 3):
+            raise InputError(f"patch_size needs 2 (Y X) or 3 (Z Y X) numbers, got {self.patch_size}")
+        if self.patch_size is not None and min(self.patch_size) < 2 ** self.depth:
+            raise InputError(f"patch size {self.patch_size} is smaller than the network's {2 ** self.depth}-pixel "
+                             f"granularity (depth {self.depth}): use larger patches or a shallower network")
+        if not isinstance(self.device, str) or not _DEVICE_PATTERN.fullmatch(self.device):
+            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if self.budget_seconds is None and self.max_steps is None:
             raise InputError("give a time budget (seconds) or a number of steps")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise InputError(f"the time budget must be positive, got {self.budget_seconds}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise InputError(f"the number of steps must be positive, got {self.max_steps}")
         if not 0 <= self.pretrain_fraction < 1:
             raise InputError("pretrain_fraction must be in [0, 1)")
-        if self.num_classes < 2:
-            raise InputError("num_classes must be at least 2 (background + one class)")
         if not 0 <= self.supervised_warmup < 1:
             raise InputError(f"supervised_warmup must be in [0, 1), got {self.supervised_warmup}")
         if self.warmup_twins not in WARMUP_TWINS:
             raise InputError(f"warmup_twins must be one of {', '.join(WARMUP_TWINS)}, got {self.warmup_twins!r}")
         if not 0 < self.unlabelled_ramp <= 1:
             raise InputError(f"unlabelled_ramp must be in (0, 1], got {self.unlabelled_ramp}")
-        if self.rounds < 0 or self.rounds_every < 1:
-            raise InputError("rounds must be >= 0 and rounds_every >= 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.working_scale is not None and not 0.05 <= self.working_scale <= 1:
@@ -91,8 +146,6 @@ class TrainConfig:
             raise InputError(f"keep_twin must be one of {', '.join(TWINS)}, got {self.keep_twin!r}")
         if not 0 < self.threshold < 1:
             raise InputError(f"the threshold must lie in (0, 1), got {self.threshold}")
-        if self.uncertainty_draws < 0:
-            raise InputError(f"uncertainty_draws must be >= 0, got {self.uncertainty_draws}")
         if self.patch_size is not None:
             self.patch_size = tuple(int(p) for p in self.patch_size)
 
@@ -101,5 +154,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """From stored settings; keys this version does not know (a newer or older version wrote them) are
+        named in a warning, not used."""
         known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            logger.warning("ignoring unknown training settings: %s", ", ".join(unknown))
         return cls(**{k: v for k, v in values.items() if k in known})
