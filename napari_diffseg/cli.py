@@ -752,53 +752,22 @@ def _text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
                      .rstrip() for line in cells)
 
 
-def _remove_new_project(folder: Path, existed: bool) -> None:
-    """Undo a ``Project.create`` of this command (the folder was new or empty apart from hidden files)."""
-    import shutil
-
-    from napari_diffseg.core import project as store
-
-    for sub in (store.IMAGES_DIR, store.LABELS_DIR, store.PSEUDO_DIR, store.CHECKPOINTS_DIR):
-        shutil.rmtree(folder / sub, ignore_errors=True)
-    for path in folder.glob(f"{store.DB_NAME}*"):
-        path.unlink(missing_ok=True)
-    if not existed:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-    log.info("removed the incomplete project %s", folder)
-
-
 def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import io
     from napari_diffseg.core.project import Project
 
-    folder, images_dir = Path(args.project), Path(args.images)
-    labels_dir = Path(args.labels) if args.labels else None
-    if labels_dir is not None:
-        _check_labels_folder(images_dir, labels_dir)
-    image_paths, label_paths = io.pair_images_with_labels(images_dir, labels_dir)  # before anything is created
-    existed = folder.exists()
-    project = Project.create(folder, config={"num_classes": args.num_classes})
-    bar = _bar(args.quiet, total=len(image_paths), unit="image", desc="add")
-    labelled = 0
+    images_dir = Path(args.images)
+    bar = _bar(args.quiet, total=len(io.list_images(images_dir)), unit="image", desc="add")
     try:
         with _bar_logging(bar):
-            for path in image_paths:
-                bar.set_postfix_str(path.name)
-                record = project.add_image(path)
-                label = label_paths.get(io.name_stem(path))
-                if label is not None:
-                    project.save_label(record.name, io.read_mask(label, args.num_classes))
-                    labelled += 1
-                bar.update(1)
-    except BaseException:  # a bad image or label, Ctrl-C: no half-filled project is left behind
-        bar.close()
-        _remove_new_project(folder, existed)
-        raise
+            project = Project.create_from_folders(Path(args.project), images_dir, args.labels and Path(args.labels),
+                                                  args.num_classes, on_image=lambda path: bar.update(1))
     finally:
         bar.close()
-    print(f"created project {project.folder}: {len(image_paths)} image(s), {labelled} labelled, "
-          f"{len(image_paths) - labelled} unlabelled ({args.num_classes} classes)")
+    labelled, image_count = len(project.labelled_names()), len(project.names())
+    folder = project.folder
+    print(f"created project {folder}: {image_count} image(s), {labelled} labelled, "
+          f"{image_count - labelled} unlabelled ({args.num_classes} classes)")
     if labelled:
         print(f"next: diffseg project train {shlex.quote(str(folder))}")
     else:
@@ -900,45 +869,9 @@ def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_project_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import io, project as store
-
     project = _open_project(args.project)
-    records = project.records()
-    if not records:
-        raise InputError(f"project {project.folder} has no images: nothing to export")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the masks")
-    target = out.resolve()
-    for sub in ("", store.IMAGES_DIR, store.LABELS_DIR, store.PSEUDO_DIR, store.CHECKPOINTS_DIR):
-        inside = project.folder / sub
-        if target == inside or (sub and target.is_relative_to(inside)):
-            raise InputError(f"--out {out} is inside the project's own files; choose another folder")
-    written: dict[str, int] = {}
-    skipped: dict[str, int] = {}
-    for record in records:
-        mask, source = None, record.status.value
-        if record.status in store.GROUND_TRUTH_STATUSES:
-            mask = project.label(record.name)
-            if mask is None:
-                log.warning("%s is %s but its mask file is missing; skipped", record.name, source)
-                source = "missing label file"
-        elif record.status != store.ImageStatus.REJECTED:
-            pseudo = project.pseudo(record.name)
-            source = "pseudo-labelled"
-            if pseudo is not None:
-                mask = pseudo[0]
-            else:
-                source = "no mask yet"
-        if mask is None:
-            skipped[source] = skipped.get(source, 0) + 1
-            continue
-        io.write_mask(out / f"{record.name}.tif", mask)
-        written[source] = written.get(source, 0) + 1
-        log.debug("%s: %s mask %s", record.name, source, mask.shape)
-    if not written:
-        raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
-    print(f"exported {sum(written.values())} mask(s) to {out}: "
+    written, skipped = project.export_masks(Path(args.out))
+    print(f"exported {sum(written.values())} mask(s) to {args.out}: "
           + ", ".join(f"{count} {source}" for source, count in written.items()))
     if skipped:
         print(f"skipped {sum(skipped.values())} image(s): "

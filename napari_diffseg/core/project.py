@@ -36,7 +36,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -53,7 +53,9 @@ from napari_diffseg.core.io import (
     image_layout,
     name_stem,
     normalise_mask,
+    pair_images_with_labels,
     read_image,
+    read_mask,
     write_mask,
     write_tiff_atomic,
 )
@@ -103,6 +105,20 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 """
+
+
+def _remove_new_project(folder: Path, existed: bool) -> None:
+    """Undo a ``Project.create`` (the folder was new, or empty apart from hidden files)."""
+    import shutil
+
+    for sub in (IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    for path in folder.glob(f"{DB_NAME}*"):
+        path.unlink(missing_ok=True)
+    if not existed:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    logger.info("removed the incomplete project %s", folder)
 
 
 def content_hash(array: np.ndarray) -> str:
@@ -223,6 +239,33 @@ class Project:
             raise DiffsegError(f"cannot create a project in {folder}: {exc}") from exc
         logger.info("created project %s", folder)
         return cls(folder)
+
+    @classmethod
+    def create_from_folders(cls, folder: Path, images_dir: Path, labels_dir: Path | None = None,
+                            num_classes: int = 2, on_image: Callable[[Path], None] | None = None) -> Project:
+        """A new project in ``folder`` with every image of ``images_dir``; a file of ``labels_dir`` with an image's
+        name stem becomes its ground truth. All files are paired (and the pairing checked) before anything is
+        created; when an image or label fails, or the user interrupts, the half-filled project is removed again.
+        ``on_image(path)`` is called after each image (progress)."""
+        folder, images_dir = Path(folder), Path(images_dir)
+        if labels_dir is not None and Path(labels_dir).resolve() == images_dir.resolve():
+            raise InputError(f"the labels folder {labels_dir} is the images folder; keep the label images in "
+                             "their own folder")
+        image_paths, label_paths = pair_images_with_labels(images_dir, labels_dir)
+        existed = folder.exists()
+        project = cls.create(folder, config={"num_classes": num_classes})
+        try:
+            for path in image_paths:
+                record = project.add_image(path)
+                label = label_paths.get(name_stem(path))
+                if label is not None:
+                    project.save_label(record.name, read_mask(label, num_classes))
+                if on_image is not None:
+                    on_image(path)
+        except BaseException:  # a bad image or label, Ctrl-C: no half-filled project is left behind
+            _remove_new_project(folder, existed)
+            raise
+        return project
 
     @classmethod
     def open(cls, folder: Path) -> Project:
@@ -587,6 +630,47 @@ class Project:
                 fresh.unlink(missing_ok=True)
                 raise
             previous.unlink(missing_ok=True)
+
+    def current_mask(self, name: str) -> tuple[np.ndarray | None, str]:
+        """The best mask there is for image ``name`` and where it comes from: the ground truth of labelled and
+        accepted images, else the latest pseudo-label (none for rejected images). (mask or None, source)."""
+        record = self.record(name)
+        if record.status in GROUND_TRUTH_STATUSES:
+            mask = self.label(name)
+            if mask is None:
+                logger.warning("%s is %s but its mask file is missing; skipped", name, record.status.value)
+                return None, "missing label file"
+            return mask, record.status.value
+        if record.status == ImageStatus.REJECTED:
+            return None, record.status.value
+        pseudo = self.pseudo(name)
+        return (pseudo[0], "pseudo-labelled") if pseudo is not None else (None, "no mask yet")
+
+    def export_masks(self, out: Path) -> tuple[dict[str, int], dict[str, int]]:
+        """Write ``<name>.tif`` to ``out`` for every image that has a mask (see ``current_mask``); returns the
+        counts written and skipped, by source. InputError when ``out`` is inside the project or nothing has a mask."""
+        if not self.names():
+            raise InputError(f"project {self.folder} has no images: nothing to export")
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"the export folder {out} is a file; give a folder for the masks")
+        target = out.resolve()
+        for sub in ("", IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
+            inside = self.folder.resolve() / sub
+            if target == inside or (sub and target.is_relative_to(inside)):
+                raise InputError(f"the export folder {out} is inside the project's own files; choose another "
+                                 "folder")
+        written: dict[str, int] = {}
+        skipped: dict[str, int] = {}
+        for name in self.names():
+            mask, source = self.current_mask(name)
+            counts = skipped if mask is None else written
+            counts[source] = counts.get(source, 0) + 1
+            if mask is not None:
+                write_mask(out / f"{name}.tif", mask)
+        if not written:
+            raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
+        return written, skipped
 
     def save_label(self, name: str, mask: np.ndarray) -> None:
         """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED (one atomic change)."""
