@@ -5,6 +5,7 @@ benchmarks/gui_event_loop.md)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, Qt

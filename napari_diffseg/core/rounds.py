@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import BEST, LAST, read_model_card
+from .checkpoint import LAST, read_model_card
 from .data import TrainingData, training_data_from_arrays
 from .errors import InputError, ModelError
 from .project import CHECKPOINTS_DIR, ImageStatus, Project

@@ -1,0 +1,113 @@
+"""What the commands share: program name, exit codes, the log, the training settings from the options and the
+stored project settings, and the checks of input and output folders."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import logging
+import os
+from pathlib import Path
+
+from napari_diffseg.core.errors import DiffsegError, InputError
+from napari_diffseg.core.io import format_duration, one_line
+
+PROG = "diffseg"
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+PACKAGE_LOGGER = "napari_diffseg"
+
+log = logging.getLogger("napari_diffseg.cli")
+
+
+def _check_labels_folder(images_dir: Path, labels_dir: Path) -> None:
+    if labels_dir.resolve() == images_dir.resolve():
+        raise InputError(f"--labels {labels_dir} is the images folder; keep the label images in their own folder")
+
+
+def _read_training_data(images_dir: Path, labels_dir: Path, num_classes: int):
+    """TrainingData from a folder of images and a folder of labels matched by name stem."""
+    from napari_diffseg.core.data import training_data_from_folders
+
+    _check_labels_folder(images_dir, labels_dir)
+    return training_data_from_folders(images_dir, labels_dir, num_classes)
+
+
+# TrainConfig fields that the command line always decides (never taken from a project's stored settings)
+_COMMAND_LINE_SETTINGS = frozenset({"budget_seconds", "max_steps", "labels_only", "chained_rounds", "seed",
+                                    "num_classes", "device", "threads", "bf16"})
+
+
+def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | None = None):
+    """TrainConfig from the options of ``_add_training_options``.
+
+    An option left out keeps its value from ``stored`` (a project's stored settings, except the
+    ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
+    """
+    from dataclasses import fields
+
+    from napari_diffseg.core.config import TrainConfig
+
+    kept: dict = {}
+    if stored:
+        names = {f.name for f in fields(TrainConfig)} - _COMMAND_LINE_SETTINGS
+        kept = {key: value for key, value in stored.items() if key in names}
+        try:
+            TrainConfig(**kept)
+        except (DiffsegError, TypeError, ValueError) as error:  # written by another version, or edited by hand
+            log.warning("ignoring the project's stored training settings (%s)", one_line(error))
+            kept = {}
+    given = {
+        "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
+        "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
+        "batch_size": args.batch_size,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    inherited = {key: value for key, value in kept.items()
+                 if key not in given and value != getattr(TrainConfig, key, value)}
+    if inherited:
+        log.info("kept from the project's stored settings: %s",
+                 ", ".join(f"{key} {value}" for key, value in sorted(inherited.items())))
+    return TrainConfig(**{
+        **kept, **given,
+        "budget_seconds": args.budget, "max_steps": args.steps, "labels_only": args.labels_only,
+        "chained_rounds": args.chained_rounds, "num_classes": num_classes, "seed": args.seed,
+        "device": args.device, "threads": args.threads, "bf16": False if args.no_bf16 else None,
+    })
+
+
+def _limits(config) -> str:
+    limits = [f"{format_duration(config.budget_seconds)} budget"]
+    if config.max_steps:
+        limits.append(f"{config.max_steps} steps")
+    return " / ".join(limits)
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written into it; InputError otherwise."""
+    probe = folder / f".diffseg-write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise InputError(f"--out {folder} is not a writable folder ({error.strerror or error}); choose another "
+                         "one") from None
+
+
+def _open_project(folder: str):
+    from napari_diffseg.core.project import Project
+
+    return Project.open(Path(folder))
+
+
+def _text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns aligned: the first left-aligned, the others right-aligned."""
+    cells = [[str(value) for value in row] for row in [header, *rows]]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:]))])
+                     .rstrip() for line in cells)
+
+

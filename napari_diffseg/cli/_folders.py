@@ -1,0 +1,201 @@
+"""The commands on folders of images: train, predict, eval, info."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import csv
+from pathlib import Path
+import sys
+import time
+
+from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
+from napari_diffseg.core.events import FitReport
+from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, describe_kind, format_duration, one_line
+
+from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, PROG, _check_writable_folder,
+                                        _limits, _read_training_data, _train_config, log)
+from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resume_command, _run_training
+
+
+def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, training
+    from napari_diffseg.core.checkpoint import CARD, LAST
+
+    config = _train_config(args, args.num_classes)
+    device = devices.select_device(config.device)  # an unavailable device fails before any image is read
+    devices.configure_threads(config.threads)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the model")
+    for given, folder in (("images", args.images), ("labels", args.labels)):
+        if out.resolve() == Path(folder).resolve():
+            raise InputError(f"--out {out} is the {given} folder; give the model its own folder")
+    _check_writable_folder(out)  # before minutes of training, not after
+    if args.resume and not (out / LAST).is_file():
+        raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
+    if not args.resume and (out / LAST).exists():
+        log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+    data = _read_training_data(Path(args.images), Path(args.labels), config.num_classes)
+    n_unlabelled = len(data.unlabelled_indices)
+    kind = describe_kind(data.spatial_dims, data.channels)
+    log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images), kind, len(data.labelled_indices),
+             n_unlabelled, " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
+    if not config.labels_only and not data.unlabelled_indices:
+        log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
+    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
+
+    events = training.train(data, config, out, resume=args.resume,
+                            warm_start=Path(args.warm_start) if args.warm_start else None)
+    outcome = _run_training(events, args.quiet, out, _resume_command(argv, drop_options=("--warm-start",)))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    _print_trained(out, outcome, config.labels_only, device)
+    print(f"resume:   {out / LAST};  card: {out / CARD};  losses: {out / training.LOSSES_FILE}")
+    if n_unlabelled:
+        print(f"pseudo-labels of the {n_unlabelled} unlabelled image(s): {out / training.PSEUDO_LABEL_DIR}")
+    return EXIT_OK
+
+
+
+def _prediction_inputs(source: Path) -> list[Path]:
+    from napari_diffseg.core import io
+
+    if not source.exists():
+        raise InputError(f"input not found: {source}; give an image file or a folder of images")
+    if source.is_dir():
+        images, _ = io.pair_images_with_labels(source, None)  # also refuses two images with one name stem
+        return images
+    if source.suffix.lower() not in io.IMAGE_SUFFIXES:
+        raise InputError(f"{source}: unsupported file type '{source.suffix}'; give a .tif, .tiff, .png, .jpg or "
+                         ".jpeg image or a folder of them")
+    return [source]
+
+
+def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, io
+    from napari_diffseg.core.model import SegmentationModel
+
+    device = devices.select_device(args.device)
+    threads = devices.configure_threads(args.threads)
+    inputs = _prediction_inputs(Path(args.input))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the masks")
+    targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
+    sources = {path.resolve() for path in inputs}
+    for target in targets.values():
+        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif")):
+            if candidate.resolve() in sources:
+                raise InputError(f"writing {candidate} would overwrite an input image; choose another --out folder")
+    bf16 = False if args.no_bf16 else devices.bf16_supported(device)
+    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
+    config = model.config
+    if args.tile is not None and len(args.tile) != config.spatial_dims:
+        raise InputError(f"--tile needs {config.spatial_dims} numbers for this {config.spatial_dims}D model, "
+                         f"got {len(args.tile)}")
+    kind = describe_kind(config.spatial_dims, config.image_channels)
+    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)",
+             len(inputs), kind, args.model, model.threshold, device, threads)
+
+    started = time.perf_counter()
+    failed: list[tuple[str, str]] = []
+    images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
+    try:
+        with _bar_logging(images_bar):
+            for path in inputs:
+                images_bar.set_postfix_str(path.name)
+                try:
+                    image = io.read_image(path)
+                    run = model.iter_predict(image, uncertainty=args.uncertainty, draws=args.draws,
+                                             sampling_steps=args.sampling_steps,
+                                             tile=tuple(args.tile) if args.tile else None, name=path.name)
+                    tiles_bar = None  # only for images of several tile batches
+                    try:
+                        while True:
+                            try:
+                                progress = next(run)
+                            except StopIteration as stop:
+                                prediction = stop.value
+                                break
+                            if tiles_bar is None and progress.done < progress.total:
+                                tiles_bar = _bar(args.quiet, total=progress.total, unit="tile", desc="  tiles",
+                                                 leave=False)
+                            if tiles_bar is not None:
+                                tiles_bar.update(progress.done - tiles_bar.n)
+                    finally:
+                        if tiles_bar is not None:
+                            tiles_bar.close()
+                        run.close()
+                    io.write_mask(targets[path], prediction.mask)
+                    if args.uncertainty:
+                        uncertainty_path = targets[path].with_name(f"{targets[path].stem}{UNCERTAINTY_SUFFIX}.tif")
+                        io.write_tiff_atomic(uncertainty_path, prediction.uncertainty.astype("float32"))
+                    foreground = float((prediction.mask > 0).mean())
+                    log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
+                except DiffsegError as error:  # one bad file: go on with the others, list it at the end
+                    failed.append((path.name, one_line(error)))
+                    message = one_line(error)  # it usually names the file already
+                    log.warning("%s", message if path.name in message else f"{path.name}: {message}")
+                images_bar.update(1)
+    finally:
+        images_bar.close()
+    extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
+    print(f"predicted {len(inputs) - len(failed)} image(s) in {format_duration(time.perf_counter() - started)}: "
+          f"masks <stem>.tif{extra} in {out}")
+    if failed:
+        print(f"{PROG}: error: {len(failed)} of {len(inputs)} image(s) failed: "
+              + "; ".join(f"{name} ({reason})" for name, reason in failed), file=sys.stderr)
+        return EXIT_USER_ERROR
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import metrics
+
+    rows = metrics.evaluate_folders(Path(args.pred), Path(args.masks))
+    print(metrics.format_table(rows))
+    if args.csv:
+        path = Path(args.csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["name", "dice", "jaccard", "hd95"])
+            writer.writeheader()
+            writer.writerows(rows)
+        log.info("table written to %s", path)
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.checkpoint import CARD
+    from napari_diffseg.core.model import SegmentationModel
+
+    model_dir = Path(args.model)
+    model = SegmentationModel.load(model_dir)  # validates best.pt
+    card = model.card
+    config = model.config
+    kind = describe_kind(config.spatial_dims, config.image_channels)
+    print(f"model folder: {model_dir}")
+    print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
+    print(f"network:      {kind} images, {config.num_classes} classes, width {config.base_channels}, "
+          f"depth {config.depth}")
+    if card:
+        data = card.get("data", [])
+        labelled = sum(1 for entry in data if entry.get("label_sha256"))
+        training_info = card.get("training", {})
+        print(f"data:         {len(data)} image(s), {labelled} labelled")
+        print(f"training:     {training_info.get('steps', '?')} steps, "
+              f"{format_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
+              f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}")
+        fit = FitReport.from_dict(card.get("metrics", {}))
+        print(f"kept:         {fit.describe() if fit is not None else 'no model yet'}")
+        environment = card.get("environment", {})
+        if environment:
+            print(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
+                  f"{environment.get('threads')} thread(s), bf16 {environment.get('bf16')}")
+    else:
+        print(f"threshold:    {model.threshold:.2f} ({CARD} missing)")
+    return EXIT_OK
+
+

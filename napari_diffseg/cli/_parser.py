@@ -1,0 +1,292 @@
+"""The argument parser: option types (bounds from core.config.LIMITS), option groups and the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from napari_diffseg import __version__
+from napari_diffseg.core.config import LIMITS
+
+from napari_diffseg.cli._common import PROG
+from napari_diffseg.cli._folders import _cmd_eval, _cmd_info, _cmd_predict, _cmd_train
+from napari_diffseg.cli._projects import (_cmd_project_create, _cmd_project_export, _cmd_project_pretrain,
+                                          _cmd_project_status, _cmd_project_train)
+
+
+class _UsageError(Exception):
+    """A command-line usage mistake found by argparse (unknown option, missing argument, bad number)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors become one line (``diffseg: error: ...``) instead of usage + message."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _int_at_least(minimum: int, why: str = ""):
+    """argparse type: a whole number >= ``minimum`` (``why`` explains the bound in the error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {text}")
+        return value
+    return parse
+
+
+def _setting(name: str, why: str = ""):
+    """argparse type of a whole-number training setting, within its ``core.config.LIMITS`` (one source of truth
+    for the CLI, the Train panel and TrainConfig.validate)."""
+    bounds = LIMITS[name]
+
+    def parse(text: str) -> int:
+        value = _int_at_least(int(bounds.minimum), why)(text)
+        if bounds.maximum is not None and value > bounds.maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {bounds.maximum:g}{why}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_class_count = _setting("num_classes", " classes (background + one)")
+
+
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the time budget must be a positive number of seconds, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
+def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
+    """-q / -v / --debug, accepted before and after the subcommand (subcommand copies do not reset them)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    suppress = argparse.SUPPRESS
+    group = parent.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", default=suppress if for_subcommand else False,
+                       help="only warnings and errors, no progress bars")
+    group.add_argument("-v", "--verbose", action="count", default=suppress if for_subcommand else 0,
+                       help="more detail (debug log)")
+    group.add_argument("--debug", action="store_true", default=suppress if for_subcommand else False,
+                       help="show the full traceback of unexpected errors")
+    return parent
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--threads", type=_setting("threads"), default=None, metavar="N",
+                        help="CPU threads for torch (default: number of cores - 1, or $DIFFSEG_THREADS)")
+    parser.add_argument("--no-bf16", action="store_true",
+                        help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
+
+
+def _add_num_classes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-classes", type=_class_count, default=2, metavar="K",
+                        help="classes including background (default 2: any label > 0 is foreground)")
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The training options of ``train`` and ``project train``: budget, method, network, device."""
+    parser.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
+                        help="wall-time budget of the whole training (pretraining + co-training), default 300")
+    parser.add_argument("--labels-only", action="store_true",
+                        help="baseline: train the same network on the labelled images alone (same budget)")
+    parser.add_argument("--seed", type=_setting("seed"), default=0, metavar="N", help="random seed (default 0)")
+    parser.add_argument("--steps", type=_setting("max_steps"), default=None, metavar="N",
+                        help="also stop after N optimisation steps (reproducible runs)")
+    parser.add_argument("--rounds", type=_setting("rounds"), default=None, metavar="K",
+                        help="pseudo-label rounds K of a co-training step that has rounds (default 1)")
+    parser.add_argument("--rounds-every", type=_setting("rounds_every"), default=None, metavar="N",
+                        help="compute the pseudo-label rounds on every N-th co-training step (default 4; "
+                             "1 = every step as in the paper, slower on a CPU)")
+    parser.add_argument("--chained-rounds", action="store_true",
+                        help="condition each round on the previous round's mask instead of the teacher's")
+    parser.add_argument("--pretrain-fraction", type=_fraction, default=None, metavar="F",
+                        help="share of the budget for unsupervised teacher pretraining (default 0: it cost more than "
+                             "it gave within minutes; 'diffseg project pretrain' runs it outside the budget)")
+    parser.add_argument("--width", type=_setting("base_channels"), default=None, metavar="C",
+                        help="base channels of the U-Nets (default 16; smaller is faster)")
+    parser.add_argument("--patch-size", type=_setting("patch_edge"), nargs="+", default=None, metavar="PX",
+                        help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
+    parser.add_argument("--batch-size", type=_setting("batch_size"), default=None, metavar="N",
+                        help="patches per step (default 8 in 2D, 2 in 3D)")
+    _add_device_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(for_subcommand=True)
+    parser = _Parser(
+        prog=PROG,
+        parents=[_common_options(for_subcommand=False)],
+        description="Segment a whole image collection after labelling a few images: a diffusion teacher and a "
+                    "co-trained student (arXiv 2504.01547).",
+        epilog="Typical use: diffseg train images --labels labels --out model; "
+               "diffseg predict model new_images --out masks; diffseg eval masks ground_truth. "
+               "Rounds with review in napari: diffseg project --help",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train", parents=[common], help="train a model on a folder of images, a few of them labelled",
+        description="Train on all images of IMAGES. An image is labelled when LABELS holds a file with the same "
+                    "name stem (img_001.tif labels img_001.png); all other images are unlabelled and feed the "
+                    "semi-supervised stages. MODEL_DIR receives best.pt (for predict), last.pt (for --resume), "
+                    "model_card.json, losses.csv and pseudo_labels/.",
+    )
+    train.add_argument("images", metavar="IMAGES", help="folder of images (.tif, .tiff, .png, .jpg; 2D, RGB or 3D)")
+    train.add_argument("--labels", required=True, metavar="LABELS",
+                       help="folder of label images (0 = background, >0 = object), named like their images")
+    train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+    _add_training_options(train)
+    _add_num_classes_option(train)
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the interrupted or finished run in MODEL_DIR (from MODEL_DIR/last.pt); "
+                            "give the same data and options, the budget counts the time already spent")
+    start.add_argument("--warm-start", metavar="OTHER_MODEL_DIR", default=None,
+                       help="initialise the networks from OTHER_MODEL_DIR/last.pt and skip pretraining")
+    train.set_defaults(handler=_cmd_train)
+
+    predict = commands.add_parser(
+        "predict", parents=[common], help="segment images with a trained model",
+        description="Segment INPUT (an image file or a folder of images) with the model in MODEL_DIR. OUTPUT "
+                    "receives <stem>.tif, a uint8 mask (0 = background, class ids otherwise), and with "
+                    "--uncertainty <stem>_uncertainty.tif (float32 in [0, 1]).",
+    )
+    predict.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
+    predict.add_argument("input", metavar="INPUT", help="image file or folder of images")
+    predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
+    predict.add_argument("--uncertainty", action="store_true",
+                         help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")
+    predict.add_argument("--draws", type=_positive_int, default=4, metavar="N",
+                         help="stochastic draws for the uncertainty (default 4)")
+    predict.add_argument("--sampling-steps", type=_positive_int, default=1, metavar="N",
+                         help="diffusion sampling steps per tile (default 1: one deterministic step)")
+    predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
+                         help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
+    _add_device_options(predict)
+    predict.set_defaults(handler=_cmd_predict)
+
+    evaluate = commands.add_parser(
+        "eval", parents=[common], help="score predicted masks against ground truth (Dice, Jaccard, HD95)",
+        description="Compare the masks in PRED with those in MASKS, matched by name stem (foreground = value > 0). "
+                    "Prints one row per image and a pooled/mean row (Dice and Jaccard pooled over all pixels, "
+                    "HD95 averaged).",
+    )
+    evaluate.add_argument("pred", metavar="PRED", help="folder of predicted masks")
+    evaluate.add_argument("masks", metavar="MASKS", help="folder of ground-truth masks")
+    evaluate.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    info = commands.add_parser("info", parents=[common], help="show what a model folder holds",
+                               description="Print the model card summary of MODEL_DIR.")
+    info.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
+    info.set_defaults(handler=_cmd_info)
+    _add_project_commands(commands, common)
+    return parser
+
+
+def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
+    """``diffseg project create | train | status | export``: the project store that the napari panels also use."""
+    project = commands.add_parser(
+        "project", parents=[common], help="work on a project folder (the store the napari plugin uses)",
+        description="A project folder holds the images, their labels, each round's pseudo-labels and models, and a "
+                    "manifest of every image's status. The napari panels open the same folders, so labelling and "
+                    "review can happen in napari and training here, or the other way round.",
+        epilog="Typical use: diffseg project create proj --images images --labels labels; diffseg project train "
+               "proj; review in napari; diffseg project train proj --next-round; diffseg project export proj "
+               "--out masks",
+    )
+    actions = project.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+
+    create = actions.add_parser(
+        "create", parents=[common], help="make a project from a folder of images (and some labels)",
+        description="Create a project in DIR (a new or empty folder) and copy in every image of IMAGES; a file of "
+                    "LABELS with an image's name stem becomes that image's ground truth.",
+    )
+    create.add_argument("project", metavar="DIR", help="new or empty folder for the project")
+    create.add_argument("--images", required=True, metavar="IMAGES",
+                        help="folder of images (.tif, .tiff, .png, .jpg; 2D, RGB or 3D)")
+    create.add_argument("--labels", default=None, metavar="LABELS",
+                        help="folder of label images (0 = background, >0 = object), named like their images")
+    _add_num_classes_option(create)
+    create.set_defaults(handler=_cmd_project_create)
+
+    train = actions.add_parser(
+        "train", parents=[common], help="train the project's current round",
+        description="Train the current round on all images of the project: labelled and accepted images are the "
+                    "ground truth, all others are unlabelled. The round's models go to "
+                    "DIR/checkpoints/round_<k> and its pseudo-labels into the project (status 'pseudo', ready for "
+                    "review). Training warm-starts from the latest earlier round with the same network settings. "
+                    "Like napari's Start button this (re)trains the current round; --next-round is napari's "
+                    "'Next round' button. Options not given keep the project's stored settings (those of its last "
+                    "training, from here or from napari) except --budget, --steps, --seed, --labels-only, "
+                    "--chained-rounds and the device options, which always come from this command line.",
+    )
+    train.add_argument("project", metavar="DIR", help="project folder")
+    _add_training_options(train)
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--next-round", action="store_true",
+                       help="start the next round first (accepted corrections become ground truth), warm-started "
+                            "from this one")
+    start.add_argument("--resume", action="store_true",
+                       help="continue the stopped run of the current round (from its last.pt)")
+    train.set_defaults(handler=_cmd_project_train)
+
+    pretrain = actions.add_parser(
+        "pretrain", parents=[common], help="pretrain the teacher without labels (stage 1), e.g. while labelling",
+        description="Stage 1 of the method on every image of the project: the teacher learns by cycle consistency "
+                    "(noise-corrupted image reconstruction), no label needed. Each run continues the pretraining "
+                    "already done (checkpoints/pretrain); 'diffseg project train' then co-trains round 1 from this "
+                    "teacher instead of pretraining inside its own budget. napari's Train panel runs the same in "
+                    "the background while you label.",
+    )
+    pretrain.add_argument("project", metavar="DIR", help="project folder")
+    pretrain.add_argument("--budget", type=_budget, default=300.0, metavar="SECONDS",
+                          help="pretraining time of this run, default 300 (added to what was done before)")
+    pretrain.add_argument("--seed", type=_setting("seed"), default=0, metavar="N", help="random seed (default 0)")
+    pretrain.add_argument("--width", type=_setting("base_channels"), default=None, metavar="C",
+                          help="base channels of the U-Nets (default 16; must match the later training)")
+    _add_device_options(pretrain)
+    pretrain.set_defaults(handler=_cmd_project_pretrain)
+
+    status = actions.add_parser(
+        "status", parents=[common], help="image counts per status, round, latest model and review queue",
+        description="Print how many images are unlabelled, labelled, pseudo-labelled, accepted and rejected, the "
+                    "current round, the latest model folder and the most uncertain pseudo-labels awaiting review.",
+    )
+    status.add_argument("project", metavar="DIR", help="project folder")
+    status.add_argument("--top", type=_positive_int, default=10, metavar="N",
+                        help="review-queue entries to show (default 10)")
+    status.set_defaults(handler=_cmd_project_status)
+
+    export = actions.add_parser(
+        "export", parents=[common], help="write the current best mask of every image",
+        description="Write <name>.tif (uint8) to FOLDER for every image that has a mask: the ground truth of "
+                    "labelled and accepted images, the latest pseudo-label of the others. Rejected images and "
+                    "images without any mask yet are skipped (and counted).",
+    )
+    export.add_argument("project", metavar="DIR", help="project folder")
+    export.add_argument("--out", required=True, metavar="FOLDER", help="folder for the masks")
+    export.set_defaults(handler=_cmd_project_export)
+
+

@@ -1,0 +1,145 @@
+"""The commands on a project folder (the store the napari plugin shares): create, train, pretrain, status,
+export."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+import shlex
+
+from napari_diffseg.core.errors import ModelError
+from napari_diffseg.core.io import format_duration
+
+from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, _limits, _open_project, _text_table,
+                                        _train_config, log)
+from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resume_command, _run_training
+
+
+def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import io
+    from napari_diffseg.core.project import Project
+
+    images_dir = Path(args.images)
+    bar = _bar(args.quiet, total=len(io.list_images(images_dir)), unit="image", desc="add")
+    try:
+        with _bar_logging(bar):
+            project = Project.create_from_folders(Path(args.project), images_dir, args.labels and Path(args.labels),
+                                                  args.num_classes, on_image=lambda path: bar.update(1))
+    finally:
+        bar.close()
+    labelled, image_count = len(project.labelled_names()), len(project.names())
+    folder = project.folder
+    print(f"created project {folder}: {image_count} image(s), {labelled} labelled, "
+          f"{image_count - labelled} unlabelled ({args.num_classes} classes)")
+    if labelled:
+        print(f"next: diffseg project train {shlex.quote(str(folder))}")
+    else:
+        print("next: label a few images in napari (Project panel: open this folder; Annotate panel), then "
+              f"diffseg project train {shlex.quote(str(folder))}")
+    return EXIT_OK
+
+
+def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, rounds
+    from napari_diffseg.core.checkpoint import LAST
+
+    project = _open_project(args.project)
+    config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
+    device = devices.select_device(config.device)  # an unavailable device fails before the round changes
+    devices.configure_threads(config.threads)
+    if args.next_round:  # what napari's 'Next round' button does: a new round, then train it warm-started
+        project.next_round()
+    round_ = project.current_round
+    round_dir = project.checkpoints_dir(round_)
+    if args.resume and not (round_dir / LAST).is_file():
+        raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
+    if not args.resume and (round_dir / LAST).exists():
+        log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
+                    "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
+    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, method, device, _limits(config))
+
+    events = rounds.train_round(project, config, warm_start=True, resume=args.resume)
+    outcome = _run_training(events, args.quiet, round_dir, _resume_command(argv, drop_flags=("--next-round",)))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    started = outcome.started
+    _print_trained(round_dir, outcome, config.labels_only, device, prefix=f"round {round_}: ")
+    if started is not None:
+        print(f"start:    {started.note}")
+    where = project.pseudo_dir(round_)
+    queue = project.review_queue()
+    print(f"pseudo-labels: {len(outcome.pseudo_names)} image(s) stored in {where}; review queue: {len(queue)} "
+          f"image(s) (diffseg project status {shlex.quote(str(args.project))})")
+    print("next:     review in napari (Review panel), then "
+          f"diffseg project train {shlex.quote(str(args.project))} --next-round")
+    return EXIT_OK
+
+
+def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core import device as devices, rounds
+    from napari_diffseg.core.training import pretraining_info
+
+    project = _open_project(args.project)
+    for name in ("pretrain_fraction", "rounds", "rounds_every", "patch_size", "batch_size", "steps"):
+        setattr(args, name, None)  # the settings of _train_config that pretraining does not offer
+    args.labels_only = args.chained_rounds = False
+    config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
+    devices.configure_threads(config.threads)
+    folder = rounds.pretrain_dir(project)
+    before = pretraining_info(folder)
+    log.info("pretraining the teacher of %s without labels for %s%s", project.folder, format_duration(args.budget),
+             f" (continuing {format_duration(before['seconds'])} done before)" if before else "")
+    outcome = _run_training(rounds.pretrain_project(project, config), args.quiet, folder, _resume_command(argv))
+    if outcome is None:
+        return EXIT_INTERRUPTED
+    done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
+    print(f"teacher pretrained for {format_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
+    print(f"next:     diffseg project train {shlex.quote(str(args.project))} (round 1 co-trains from this teacher)")
+    return EXIT_OK
+
+
+def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.project import ImageStatus
+
+    project = _open_project(args.project)
+    counts = project.status_counts()
+    total = sum(counts.values())
+    print(f"project:      {project.folder}")
+    print(f"round:        {project.current_round}")
+    model = project.latest_model_dir()
+    print(f"latest model: {model if model is not None else 'none yet (diffseg project train)'}")
+    print(f"images:       {total} ({project.num_classes} classes)")
+    print(_text_table(["status", "images"], [[status.value, counts[status]] for status in ImageStatus]))
+    missing = project.missing_files()
+    if missing:
+        log.warning("%d image(s) have lost their image or mask file (deleted or moved?): %s", len(missing),
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    queue = project.review_queue()
+    if not queue:
+        print("review queue: empty")
+        return EXIT_OK
+    shown = queue[: args.top]
+    print(f"review queue: {len(queue)} image(s), most uncertain first" +
+          (f" (top {len(shown)})" if len(shown) < len(queue) else ""))
+    rows = []
+    for name in shown:
+        record = project.record(name)
+        uncertainty = "?" if record.uncertainty is None else f"{record.uncertainty:.4f}"
+        rows.append([name, uncertainty, record.round])
+    print(_text_table(["name", "uncertainty", "round"], rows))
+    return EXIT_OK
+
+
+def _cmd_project_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    project = _open_project(args.project)
+    written, skipped = project.export_masks(Path(args.out))
+    print(f"exported {sum(written.values())} mask(s) to {args.out}: "
+          + ", ".join(f"{count} {source}" for source, count in written.items()))
+    if skipped:
+        print(f"skipped {sum(skipped.values())} image(s): "
+              + ", ".join(f"{count} {source}" for source, count in skipped.items()))
+    return EXIT_OK
+
+
