@@ -239,6 +239,20 @@ def test_fixed_seed_reproduces_weights(tmp_path, data, reference):
     assert not states_equal(other_best["mask_path"], ref_best["mask_path"])
 
 
+def test_a_narrower_student_trains_and_resumes(tmp_path, data):
+    """student_channels: the student is its own, narrower network; the teacher (the kept model) keeps its width."""
+    config = make_config(base_channels=8, student_channels=4, max_steps=4, pretrain_fraction=0.0)
+    list(train(data, config, tmp_path / "run"))
+    last = load(tmp_path / "run" / LAST)
+    teacher_width = last["teacher"]["mask_path.encoder.0.0.weight"].shape[0]
+    student_width = last["student"]["mask_path.encoder.0.0.weight"].shape[0]
+    assert (teacher_width, student_width) == (8, 4)
+    resumed = list(train(data, make_config(base_channels=8, student_channels=4, max_steps=6, pretrain_fraction=0.0),
+                         tmp_path / "run", resume=True))
+    assert progress_steps(resumed) == [5, 6]
+    assert SegmentationModel.load(tmp_path / "run").config.base_channels == 8
+
+
 def test_training_leaves_the_process_random_state_alone(tmp_path, data):
     """Seeding is local to the run (its own generators, a forked RNG for the initial weights): code around it, a
     test or the napari session, keeps its random stream."""

@@ -33,6 +33,7 @@ LIMITS: dict[str, Bounds] = {
     "rounds_every": Bounds(1),
     "num_classes": Bounds(2, 255),  # masks are stored as uint8
     "base_channels": Bounds(4, 128),
+    "student_channels": Bounds(4, 128),
     "depth": Bounds(1, 6),
     "batch_size": Bounds(1),
     "patch_edge": Bounds(8, 1024),  # each axis of patch_size
@@ -80,6 +81,7 @@ class TrainConfig:
     warmup_twins: str = "both"
     num_classes: int = 2
     base_channels: int = 16
+    student_channels: int | None = None  # the student's width (None: the teacher's); a narrower student is cheaper
     depth: int = 3
     patch_size: tuple[int, ...] | None = None
     batch_size: int | None = None
@@ -131,6 +133,9 @@ class TrainConfig:
             raise InputError(f"supervised_warmup must be in [0, 1), got {self.supervised_warmup}")
         if self.warmup_twins not in WARMUP_TWINS:
             raise InputError(f"warmup_twins must be one of {', '.join(WARMUP_TWINS)}, got {self.warmup_twins!r}")
+        if self.warmup_twins == "copy" and self.student_channels not in (None, self.base_channels):
+            raise InputError("warmup_twins 'copy' copies the teacher into the student: it needs a student of the "
+                             f"teacher's width ({self.base_channels}), got student_channels {self.student_channels}")
         if not 0 < self.unlabelled_ramp <= 1:
             raise InputError(f"unlabelled_ramp must be in (0, 1], got {self.unlabelled_ramp}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -34,7 +34,7 @@ from . import device as devices
 from .config import LR_SCHEDULES, TWINS, WARMUP_TWINS, TrainConfig  # noqa: F401 (re-exported)
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
-from .checkpoint import BEST, CARD, LAST, load_checkpoint, save_checkpoint, write_model_card
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, write_model_card
 from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
@@ -185,8 +185,10 @@ class TrainingRun:
         self.rng_state = torch.Generator().manual_seed(config.seed).get_state()
         with self.own_rng():
             self.teacher = DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format)
+            student_config = replace(self.network_config,
+                                     base_channels=config.student_channels or self.network_config.base_channels)
             self.student = (None if config.labels_only
-                            else DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format))
+                            else DiffusionTwin(student_config).to(self.device, memory_format=self.memory_format))
         self.patch_size = effective_patch_size(config.patch_size, self.scaled, self.teacher.size_multiple)
         self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
         self.sampler = PatchSampler(self.scaled, self.patch_size, seed=config.seed)
