@@ -475,3 +475,9 @@ def test_an_unreadable_file_says_permission_denied(tmp_path, monkeypatch):
     monkeypatch.setattr(tifffile, "TiffFile", denied)  # root reads any file: simulate the user's case
     with pytest.raises(InputError, match="permission denied"):
         read_image(path)
+
+
+def test_labels_folder_equal_to_the_images_folder_is_refused(tmp_path):
+    io.write_mask(tmp_path / "a.tif", np.ones((8, 8), np.uint8))
+    with pytest.raises(InputError, match="is the images folder"):
+        pair_images_with_labels(tmp_path, tmp_path / ".")

@@ -22,16 +22,10 @@ PACKAGE_LOGGER = "napari_diffseg"
 log = logging.getLogger("napari_diffseg.cli")
 
 
-def _check_labels_folder(images_dir: Path, labels_dir: Path) -> None:
-    if labels_dir.resolve() == images_dir.resolve():
-        raise InputError(f"--labels {labels_dir} is the images folder; keep the label images in their own folder")
-
-
 def _read_training_data(images_dir: Path, labels_dir: Path, num_classes: int):
     """TrainingData from a folder of images and a folder of labels matched by name stem."""
     from napari_diffseg.core.data import training_data_from_folders
 
-    _check_labels_folder(images_dir, labels_dir)
     return training_data_from_folders(images_dir, labels_dir, num_classes)
 
 

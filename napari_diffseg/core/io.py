@@ -407,9 +407,12 @@ def pair_images_with_labels(
     """All images of ``images_dir`` and the label files of ``labels_dir`` matched to them by name stem.
 
     Returns (image_paths, {image_stem: label_path}). Label files without an image are logged and ignored;
-    InputError if none of them matches an image.
+    InputError if none of them matches an image, or when the labels folder is the images folder.
     """
     images_dir = Path(images_dir)
+    if labels_dir is not None and Path(labels_dir).resolve() == images_dir.resolve():
+        raise InputError(f"the labels folder {labels_dir} is the images folder; keep the label images in their "
+                         "own folder")
     images = list_images(images_dir)
     image_stems = _stem_index(images, images_dir)
     if labels_dir is None:

@@ -248,9 +248,6 @@ class Project:
         created; when an image or label fails, or the user interrupts, the half-filled project is removed again.
         ``on_image(path)`` is called after each image (progress)."""
         folder, images_dir = Path(folder), Path(images_dir)
-        if labels_dir is not None and Path(labels_dir).resolve() == images_dir.resolve():
-            raise InputError(f"the labels folder {labels_dir} is the images folder; keep the label images in "
-                             "their own folder")
         image_paths, label_paths = pair_images_with_labels(images_dir, labels_dir)
         existed = folder.exists()
         project = cls.create(folder, config={"num_classes": num_classes})
