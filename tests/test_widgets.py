@@ -809,3 +809,20 @@ def test_3d_stacks_train_review_and_predict(make_napari_viewer, qtbot, tmp_path,
     prediction = viewer.layers["new volume prediction"]
     assert isinstance(prediction, Labels) and prediction.data.shape == (16, 32, 32)
     assert shown["error"] == []
+
+
+def test_layer_warm_up_installs_a_ready_unit_registry_only_while_it_is_untouched(monkeypatch):
+    """The background warm-up replaces pint's lazy application registry by a parsed one (napari's first layer then
+    skips the parsing), and leaves a registry that napari has already used alone (units of two registries must
+    never meet)."""
+    import pint
+    from pint.registry import LazyRegistry
+
+    application = pint.get_application_registry()
+    monkeypatch.setattr(application, "_registry", LazyRegistry())
+    _layers._install_unit_registry()
+    installed = application.get()
+    assert type(installed) is pint.UnitRegistry
+    assert str(installed.pixel) == "pixel"
+    _layers._install_unit_registry()
+    assert application.get() is installed

@@ -10,6 +10,7 @@ in the project (unsaved paint strokes are not kept). Call only from the GUI thre
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,50 @@ PREDICT_UNCERTAINTY = "DiffSeg prediction uncertainty"
 PREDICT_LAYERS = (PREDICT_IMAGE, PREDICT_MASK, PREDICT_UNCERTAINTY)
 NAME_KEY = "diffseg_image"
 GUI_KEY = "gui"
+
+
+_warm_up_started = threading.Event()
+
+
+def warm_up_layer_machinery() -> None:
+    """Pay napari's one-time costs of the first image and labels layers in a background thread, once per process:
+    the imports of scipy.ndimage, pandas and vispy's polygon overlay, and pint's unit registry (parsing its
+    definitions). On the GUI thread they froze the first Review or Annotate click for 1-1.5 s on 2 cores
+    (benchmarks/bench_layer_cost.py). Panels that create layers call this when they are built."""
+    if _warm_up_started.is_set():
+        return
+    _warm_up_started.set()
+    threading.Thread(target=_warm_up, name="diffseg-layer-warm-up", daemon=True).start()
+
+
+def _warm_up() -> None:
+    try:
+        import pandas  # noqa: F401 (napari's labels layer features)
+        import scipy.ndimage  # noqa: F401 (napari's thumbnails and contrast limits)
+        import scipy.linalg  # noqa: F401
+        import skimage.color.colorconv  # noqa: F401 (napari's labels colours; skimage.color alone is lazy)
+        import skimage.exposure  # noqa: F401
+        import vispy.visuals.polygon  # noqa: F401 (napari's labels polygon overlay)
+
+        _install_unit_registry()
+    except Exception:  # a warm-up only: napari pays the cost itself if anything here fails
+        log.debug("layer warm-up failed", exc_info=True)
+
+
+def _install_unit_registry() -> None:
+    """Build pint's application registry here instead of lazily inside napari's first ``add_*`` call. The new
+    registry is parsed privately and installed only while the application registry is still the untouched lazy
+    one (napari creates layers on the GUI thread; once a layer exists it has initialised the registry itself, and
+    units of two registries must not meet)."""
+    import pint
+    from pint.registry import LazyRegistry
+
+    application = pint.get_application_registry()
+    if type(application.get()) is not LazyRegistry:
+        return
+    ready = pint.UnitRegistry(on_redefinition="raise")  # what LazyRegistry builds on first use
+    if type(application.get()) is LazyRegistry:
+        application.set(ready)
 
 
 def find_layer(viewer: Any, layer_name: str) -> Any | None:

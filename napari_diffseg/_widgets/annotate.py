@@ -30,6 +30,7 @@ class AnnotatePanel(QWidget):
 
     def __init__(self, viewer: Any, state: DiffsegState, parent: QWidget | None = None):
         super().__init__(parent)
+        _layers.warm_up_layer_machinery()
         self.viewer = viewer
         self.state = state
         self.image_combo = QComboBox()

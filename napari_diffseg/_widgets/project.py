@@ -65,6 +65,7 @@ class ProjectPanel(QWidget):
 
     def __init__(self, viewer: Any, state: DiffsegState, parent: QWidget | None = None):
         super().__init__(parent)
+        _layers.warm_up_layer_machinery()
         self.viewer = viewer
         self.state = state
         self.import_worker = None
