@@ -85,6 +85,14 @@ def test_configure_threads_default_is_cores_minus_one(monkeypatch):
     assert dev.configure_threads() == 1
 
 
+def test_configure_threads_without_a_spare_core_uses_every_core(monkeypatch):
+    monkeypatch.setattr(dev.os, "cpu_count", lambda: 4)
+    assert dev.configure_threads(spare_core=False) == 4
+    assert torch.get_num_threads() == 4
+    monkeypatch.setenv(dev.THREADS_ENV, "2")
+    assert dev.configure_threads(spare_core=False) == 2  # the environment still decides
+
+
 def test_configure_threads_explicit_and_env(monkeypatch):
     assert dev.configure_threads(1) == 1
     assert torch.get_num_threads() == 1

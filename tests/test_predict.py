@@ -3,6 +3,7 @@ prediction (tiled equals untiled, odd and small sizes, 3D, ensembles, multi-step
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from napari_diffseg.core.checkpoint import BEST, save_checkpoint
 from napari_diffseg.core.model import SegmentationModel
+from napari_diffseg.core.networks import fold_batch_norm
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import to_channels_first
 from napari_diffseg.core.metrics import THRESHOLDS, best_threshold, dice
@@ -251,6 +253,26 @@ def test_model_round_trip_predicts_like_the_network(tmp_path, net2d):
     np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-5)
     np.testing.assert_array_equal(prediction.mask, probabilities_to_mask(expected, 0.4))
     assert model.predict(raw, tile=(32, 32)).uncertainty is None
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_batch_norm_folding_keeps_the_function_and_removes_the_norms(spatial_dims):
+    network = DiffusionTwin(NetworkConfig(spatial_dims=spatial_dims, image_channels=1, base_channels=4, depth=2))
+    generator = torch.Generator().manual_seed(0)
+    for module in network.mask_path.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):  # statistics as after training
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+    network.eval()
+    image = torch.rand((2, 1) + (16,) * spatial_dims, generator=generator)
+    with torch.no_grad():
+        expected = network.mask_logits(image)
+        folded = copy.deepcopy(network)
+        fold_batch_norm(folded.mask_path)
+        actual = folded.mask_logits(image)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) for m in folded.mask_path.modules())
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_load_missing_folder(tmp_path):

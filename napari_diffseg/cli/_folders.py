@@ -78,7 +78,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.model import SegmentationModel
 
     device = devices.select_device(args.device)
-    threads = devices.configure_threads(args.threads)
+    threads = devices.configure_threads(args.threads, spare_core=False)  # no GUI to keep responsive
     inputs = _prediction_inputs(Path(args.input))
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -89,11 +89,11 @@ def _common_options(for_subcommand: bool) -> argparse.ArgumentParser:
     return parent
 
 
-def _add_device_options(parser: argparse.ArgumentParser) -> None:
+def _add_device_options(parser: argparse.ArgumentParser, default_threads: str = "number of cores - 1") -> None:
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=_setting("threads"), default=None, metavar="N",
-                        help="CPU threads for torch (default: number of cores - 1, or $DIFFSEG_THREADS)")
+                        help=f"CPU threads for torch (default: {default_threads}, or $DIFFSEG_THREADS)")
     parser.add_argument("--no-bf16", action="store_true",
                         help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
 
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="diffusion sampling steps per tile (default 1: one deterministic step)")
     predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
                          help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
-    _add_device_options(predict)
+    _add_device_options(predict, default_threads="every core")
     predict.set_defaults(handler=_cmd_predict)
 
     evaluate = commands.add_parser(

@@ -81,8 +81,10 @@ def _mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def default_threads() -> int:
-    """Threads to use when none are given: ``DIFFSEG_THREADS`` if set, else max(1, cpu_count - 1)."""
+def default_threads(spare_core: bool = True) -> int:
+    """Threads to use when none are given: ``DIFFSEG_THREADS`` if set, else max(1, cpu_count - 1) (one core
+    left to the GUI or to a second job) or, with ``spare_core=False``, every core (prediction from the command
+    line: 1.8x faster than one thread on 2 cores, benchmarks/predict_speed.md)."""
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
         try:
@@ -92,16 +94,16 @@ def default_threads() -> int:
         if n < 1:
             raise DiffsegError(f"{THREADS_ENV}={env!r} must be at least 1")
         return n
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, (os.cpu_count() or 1) - (1 if spare_core else 0))
 
 
-def configure_threads(n: int | None = None) -> int:
+def configure_threads(n: int | None = None, spare_core: bool = True) -> int:
     """Set torch's intra-op thread count to ``n`` (default: :func:`default_threads`) and return it.
 
     Leaving one core free keeps the napari GUI responsive while a worker trains.
     """
     if n is None:
-        n = default_threads()
+        n = default_threads(spare_core)
     elif int(n) != n or n < 1:
         raise DiffsegError(f"number of threads must be a whole number >= 1, got {n!r}")
     n = int(n)

@@ -17,6 +17,7 @@ from .io import BEST, describe_kind, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
                       probabilities_to_mask, run_to_completion, tiled_probabilities)
 from .scale import resize_image, resize_probabilities, scaled_shape
+from .networks import fold_batch_norm
 from .teacher import DiffusionTwin, NetworkConfig
 
 
@@ -54,6 +55,7 @@ class SegmentationModel:
             config = NetworkConfig(**payload["network"])
             network = DiffusionTwin(config)
             network.mask_path.load_state_dict(payload["mask_path"])
+            fold_batch_norm(network.mask_path.eval())  # inference only: one memory pass fewer per convolution
             threshold = float(payload["threshold"])
             working_scale = float(payload.get("working_scale", 1.0))
         except (KeyError, TypeError, RuntimeError, ValueError) as error:

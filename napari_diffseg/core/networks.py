@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .diffusion import timestep_embedding
 
@@ -102,6 +103,19 @@ class TimeUNet(nn.Module):
             h = F.interpolate(h, size=skip.shape[2:], mode=self._upsample_mode, align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
         return self.head(h)
+
+
+def fold_batch_norm(unet: TimeUNet) -> TimeUNet:
+    """Fold every eval-mode BatchNorm into the convolution before it (in place; for inference only): the same
+    function with one memory pass fewer per convolution. The network must not be trained afterwards."""
+    for block in [*unet.encoder, *unet.decoder]:
+        layers = list(block)
+        for index, layer in enumerate(layers[:-1]):
+            norm = layers[index + 1]
+            if isinstance(layer, (nn.Conv2d, nn.Conv3d)) and isinstance(norm, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                block[index] = fuse_conv_bn_eval(layer.eval(), norm.eval())
+                block[index + 1] = nn.Identity()
+    return unet
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,91 @@
+"""Prediction speed of the default 2D model (grey, 2 classes, width 16, depth 3) in megapixels per second, the
+levers of the scale issue measured side by side in one process: torch threads, BatchNorm folded into the
+convolutions, bf16, tile size and tiles per batch. Weights are random (speed does not depend on them); the image
+is a synthetic 2048 x 2048 uint8 picture; each row is the best of ``--repeats`` timed passes after a warm-up pass.
+
+    python benchmarks/bench_predict_speed.py [--size 2048] [--repeats 3] [--out benchmarks/predict_speed.md]
+
+The first row is the path as it was before BatchNorm folding (1 thread: the old CLI default on 2 cores, bf16,
+1024-px tiles, 4 tiles per batch); ratios are to that row, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+import time
+
+import numpy as np
+import torch
+
+from _common import load_average, machine
+from napari_diffseg.core.model import SegmentationModel
+from napari_diffseg.core.networks import fold_batch_norm
+from napari_diffseg.core.predict import tiled_probabilities, run_to_completion
+from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig
+
+
+def trained_like_network() -> DiffusionTwin:
+    """A default network whose BatchNorm statistics are not the identity (as after training)."""
+    torch.manual_seed(0)
+    network = DiffusionTwin(NetworkConfig(spatial_dims=2, image_channels=1))
+    for module in network.mask_path.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    return network.eval()
+
+
+def seconds_per_pass(network: DiffusionTwin, image01: np.ndarray, tile: int, batch: int, bf16: bool,
+                     repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):  # the first pass warms up oneDNN's kernels
+        began = time.perf_counter()
+        run_to_completion(tiled_probabilities([network], image01, (tile, tile), batch_size=batch, bf16=bf16))
+        times.append(time.perf_counter() - began)
+    return min(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="also write the table to this markdown file")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    image = (rng.random((args.size, args.size)) * 255).astype(np.uint8)
+    image01 = SegmentationModel(trained_like_network(), 0.5, {}).check_image(image)
+    plain = trained_like_network()
+    folded = copy.deepcopy(plain)
+    fold_batch_norm(folded.mask_path)
+    rows = [  # (label, network, threads, bf16, tile, tiles per batch)
+        ("before: BN not folded, 1 thread", plain, 1, True, 1024, 4),
+        ("BN folded, 1 thread", folded, 1, True, 1024, 4),
+        ("BN not folded, 2 threads", plain, 2, True, 1024, 4),
+        ("BN folded, 2 threads", folded, 2, True, 1024, 4),
+        ("BN folded, 2 threads, fp32", folded, 2, False, 1024, 4),
+        ("BN folded, 2 threads, tile 512", folded, 2, True, 512, 4),
+        ("BN folded, 2 threads, tile 2048, 1 per batch", folded, 2, True, 2048, 1),
+        ("BN folded, 2 threads, 1 tile per batch", folded, 2, True, 1024, 1),
+    ]
+    megapixels = args.size * args.size / 1e6
+    lines = [f"{machine()}; load average {load_average()[0]:.1f} before; image {args.size} x {args.size}, best of {args.repeats} passes", "",
+             "| setting | threads | precision | tile | tiles/batch | s / image | MP/s | ratio |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    baseline = None
+    for label, network, threads, bf16, tile, batch in rows:
+        torch.set_num_threads(threads)
+        seconds = seconds_per_pass(network, image01, tile, batch, bf16, args.repeats)
+        rate = megapixels / seconds
+        baseline = baseline or rate
+        lines.append(f"| {label} | {threads} | {'bf16' if bf16 else 'fp32'} | {tile} | {batch} | {seconds:.2f} | "
+                     f"{rate:.2f} | {rate / baseline:.2f} |")
+        print(lines[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
