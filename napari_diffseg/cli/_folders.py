@@ -60,16 +60,18 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _prediction_inputs(source: Path) -> list[Path]:
-    from napari_diffseg.core import io
+    from napari_diffseg.core import io, large
 
     if not source.exists():
         raise InputError(f"input not found: {source}; give an image file or a folder of images")
+    if source.is_dir() and source.suffix.lower() == large.ZARR_SUFFIX:
+        return [source]
     if source.is_dir():
         images, _ = io.pair_images_with_labels(source, None)  # also refuses two images with one name stem
         return images
     if source.suffix.lower() not in io.IMAGE_SUFFIXES:
         raise InputError(f"{source}: unsupported file type '{source.suffix}'; give a .tif, .tiff, .png, .jpg or "
-                         ".jpeg image or a folder of them")
+                         ".jpeg image, a .zarr array or a folder of images")
     return [source]
 
 
@@ -84,21 +86,15 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the masks")
     targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
-    sources = {path.resolve() for path in inputs}
-    for target in targets.values():
-        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif")):
-            if candidate.resolve() in sources:
-                raise InputError(f"writing {candidate} would overwrite an input image; choose another --out folder")
+    _refuse_overwriting_inputs(inputs, targets)
     bf16 = False if args.no_bf16 else devices.bf16_supported(device)
     model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
     config = model.config
     if args.tile is not None and len(args.tile) != config.spatial_dims:
         raise InputError(f"--tile needs {config.spatial_dims} numbers for this {config.spatial_dims}D model, "
                          f"got {len(args.tile)}")
-    kind = describe_kind(config.spatial_dims, config.image_channels)
-    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)",
-             len(inputs), kind, args.model, model.threshold, device, threads)
-
+    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
+             describe_kind(config.spatial_dims, config.image_channels), args.model, model.threshold, device, threads)
     started = time.perf_counter()
     failed: list[tuple[str, str]] = []
     images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
@@ -107,33 +103,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
             for path in inputs:
                 images_bar.set_postfix_str(path.name)
                 try:
-                    image = io.read_image(path)
-                    run = model.iter_predict(image, uncertainty=args.uncertainty, draws=args.draws,
-                                             sampling_steps=args.sampling_steps,
-                                             tile=tuple(args.tile) if args.tile else None, name=path.name)
-                    tiles_bar = None  # only for images of several tile batches
-                    try:
-                        while True:
-                            try:
-                                progress = next(run)
-                            except StopIteration as stop:
-                                prediction = stop.value
-                                break
-                            if tiles_bar is None and progress.done < progress.total:
-                                tiles_bar = _bar(args.quiet, total=progress.total, unit="tile", desc="  tiles",
-                                                 leave=False)
-                            if tiles_bar is not None:
-                                tiles_bar.update(progress.done - tiles_bar.n)
-                    finally:
-                        if tiles_bar is not None:
-                            tiles_bar.close()
-                        run.close()
-                    io.write_mask(targets[path], prediction.mask)
-                    if args.uncertainty:
-                        uncertainty_path = targets[path].with_name(f"{targets[path].stem}{UNCERTAINTY_SUFFIX}.tif")
-                        io.write_tiff_atomic(uncertainty_path, prediction.uncertainty.astype("float32"))
-                    foreground = float((prediction.mask > 0).mean())
-                    log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * foreground)
+                    _predict_file(model, path, targets[path], args)
                 except DiffsegError as error:  # one bad file: go on with the others, list it at the end
                     failed.append((path.name, one_line(error)))
                     message = one_line(error)  # it usually names the file already
@@ -149,6 +119,61 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
               + "; ".join(f"{name} ({reason})" for name, reason in failed), file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_OK
+
+
+def _refuse_overwriting_inputs(inputs: list[Path], targets: dict[Path, Path]) -> None:
+    sources = {path.resolve() for path in inputs}
+    for target in targets.values():
+        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
+                          target.with_suffix(".zarr")):
+            if candidate.resolve() in sources:
+                raise InputError(f"writing {candidate} would overwrite an input image; choose another --out folder")
+
+
+def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> None:
+    """Predict one image file into ``target`` (and its uncertainty map): in memory, or block by block for a zarr
+    array or an image over core.large.LARGE_IMAGE_PIXELS (then also a zarr copy beside the TIFF)."""
+    from napari_diffseg.core import io, large
+
+    tile = tuple(args.tile) if args.tile else None
+    if path.is_dir() or large.pixel_count(path) > large.LARGE_IMAGE_PIXELS:
+        if args.uncertainty:
+            log.warning("%s: too large to hold in memory; predicted block by block, without an uncertainty map",
+                        path.name)
+        zarr_path = target.with_suffix(large.ZARR_SUFFIX)
+        _drive(large.predict_large(model, large.open_lazy(path), zarr_path, name=path.name, tile=tile),
+               args.quiet, "block")
+        large.zarr_to_tiff(zarr_path, target)
+        log.info("%s: block by block into %s and %s", path.name, zarr_path, target)
+        return
+    prediction = _drive(model.iter_predict(io.read_image(path), uncertainty=args.uncertainty, draws=args.draws,
+                                           sampling_steps=args.sampling_steps, tile=tile, name=path.name),
+                        args.quiet, "tile")
+    io.write_mask(target, prediction.mask)
+    if args.uncertainty:
+        io.write_tiff_atomic(target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
+                             prediction.uncertainty.astype("float32"))
+    log.debug("%s: %s, foreground %.1f%%", path.name, prediction.mask.shape, 100 * float((prediction.mask > 0).mean()))
+
+
+def _drive(steps, quiet: bool, unit: str):
+    """Run a progress generator (events with ``done`` / ``total``) to its end and return its result, with a
+    progress bar once it has more than one step."""
+    bar = None
+    try:
+        while True:
+            try:
+                progress = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if bar is None and progress.done < progress.total:
+                bar = _bar(quiet, total=progress.total, unit=unit, desc=f"  {unit}s", leave=False)
+            if bar is not None:
+                bar.update(progress.done - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
+        steps.close()
 
 
 def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -212,22 +212,42 @@ def to_channels_first(image: np.ndarray, *, name: str | os.PathLike | None = Non
     becomes all zeros. NaN / inf pixels raise InputError.
     """
     image = np.asarray(image)
-    spatial_dims, channels = image_layout(image, name=name)
     _check_finite(image, name)
+    return normalise_channels(image, intensity_ranges(image, name=name), name=name)
+
+
+def _planes(image: np.ndarray, name: str | os.PathLike | None) -> list[np.ndarray]:
+    """The channel planes of a channels-last image (alpha dropped, (Y, X, 1) squeezed)."""
+    spatial_dims, channels = image_layout(image, name=name)
     if spatial_dims == 2 and image.ndim == 3:
-        planes = [image[..., c] for c in range(channels)]  # drops alpha (4th) and squeezes (Y, X, 1)
-    else:
-        planes = [image]
-    out = np.empty((channels, *planes[0].shape), dtype=np.float32)
-    for c, plane in enumerate(planes):
+        return [image[..., c] for c in range(channels)]
+    return [image]
+
+
+def intensity_ranges(image: np.ndarray, *, name: str | os.PathLike | None = None) -> list[tuple[float, float]]:
+    """Per channel, the intensities that map to 0 and 1: percentiles (1, 99.8), or min / max where those coincide.
+    For a large image, pass a regular subsample (the ranges barely move; see core/large.py)."""
+    ranges = []
+    for plane in _planes(np.asarray(image), name):
         plane = plane.astype(np.float32, copy=False)
         lo, hi = (float(v) for v in np.percentile(plane, PERCENTILES))
         if hi <= lo:
             lo, hi = float(plane.min()), float(plane.max())
+        ranges.append((lo, hi))
+    return ranges
+
+
+def normalise_channels(image: np.ndarray, ranges: list[tuple[float, float]], *,
+                       name: str | os.PathLike | None = None) -> np.ndarray:
+    """float32 (C, *spatial) in [0, 1] of a channels-last image, each channel mapped by its (lo, hi) range and
+    clipped; a channel with hi <= lo becomes all zeros."""
+    planes = _planes(np.asarray(image), name)
+    out = np.empty((len(planes), *planes[0].shape), dtype=np.float32)
+    for c, (plane, (lo, hi)) in enumerate(zip(planes, ranges)):
         if hi <= lo:
             out[c] = 0.0
             continue
-        np.subtract(plane, lo, out=out[c])
+        np.subtract(plane.astype(np.float32, copy=False), lo, out=out[c])
         out[c] *= 1.0 / (hi - lo)
         np.clip(out[c], 0.0, 1.0, out=out[c])
     return out

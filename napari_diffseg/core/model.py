@@ -67,12 +67,7 @@ class SegmentationModel:
 
     def check_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Normalise a raw image and check it fits the model (dimensionality and channels)."""
-        spatial_dims, channels = image_layout(image)
-        if spatial_dims != self.config.spatial_dims or channels != self.config.image_channels:
-            raise InputError(
-                f"{name}: the model was trained on {describe_kind(self.config.spatial_dims, self.config.image_channels)} "
-                f"images, this one is {describe_kind(spatial_dims, channels)}"
-            )
+        self.check_layout(image, name)
         return to_channels_first(image)
 
     def iter_predict(self, image: np.ndarray, uncertainty: bool = False, draws: int = 4, sampling_steps: int = 1,
@@ -80,7 +75,23 @@ class SegmentationModel:
                      ) -> Generator[TileProgress, None, Prediction]:
         """Predict one raw image (as read from disk or a layer) at the model's working scale, with the result at
         the image's full resolution; yields progress per batch of tiles."""
-        image01 = self.check_image(image, name)
+        return (yield from self.iter_predict_normalised(self.check_image(image, name), uncertainty, draws,
+                                                        sampling_steps, tile))
+
+    def check_layout(self, image: np.ndarray, name: str = "image") -> None:
+        """InputError unless a raw (channels-last) image has the dimensionality and channels of the model."""
+        spatial_dims, channels = image_layout(image)
+        if spatial_dims != self.config.spatial_dims or channels != self.config.image_channels:
+            raise InputError(
+                f"{name}: the model was trained on {describe_kind(self.config.spatial_dims, self.config.image_channels)} "
+                f"images, this one is {describe_kind(spatial_dims, channels)}"
+            )
+
+    def iter_predict_normalised(self, image01: np.ndarray, uncertainty: bool = False, draws: int = 4,
+                                sampling_steps: int = 1, tile: tuple[int, ...] | None = None,
+                                ) -> Generator[TileProgress, None, Prediction]:
+        """``iter_predict`` for an image already normalised to float (C, *spatial) in [0, 1] (a block of a large
+        image normalised with the whole image's intensity ranges, say)."""
         full_shape = image01.shape[1:]
         if self.working_scale != 1.0:
             image01 = resize_image(image01, scaled_shape(full_shape, self.working_scale))

@@ -1,0 +1,184 @@
+"""Out-of-core prediction: images larger than memory are read block by block (TIFF memory-mapped or through
+tifffile's zarr view, zarr arrays as they are) and their masks written block by block to a zarr array, then copied
+tile by tile into a tiled TIFF. Each block is predicted with a halo of context around it that is cropped away, so
+block borders do not show; intensities are normalised with ranges taken from a regular subsample of the whole
+image, so every block sees the same mapping. Memory is bounded by a block, not by the image.
+
+A finished zarr output carries ``attrs["diffseg"]["complete"] = True``, written last: an output without it was
+interrupted (cancelled, killed) and is not claimed complete; the TIFF is written under a temporary name and renamed
+once whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+import itertools
+import os
+from pathlib import Path
+import shutil
+
+import numpy as np
+
+from .errors import InputError
+from .io import intensity_ranges, normalise_channels, spatial_shape
+from .model import SegmentationModel
+from .predict import run_to_completion
+
+LARGE_IMAGE_PIXELS = 4096 * 4096  # images with more spatial pixels than this are predicted block by block
+BLOCK_2D = (2048, 2048)
+HALO_2D = (128, 128)
+BLOCK_3D = (64, 512, 512)
+HALO_3D = (16, 64, 64)
+RANGE_SAMPLES = 4_000_000  # pixels of the regular subsample that the intensity ranges are taken from
+TIFF_TILE = 512
+COMPLETE_ATTR = "diffseg"
+ZARR_SUFFIX = ".zarr"
+
+
+@dataclass
+class BlockProgress:
+    done: int
+    total: int
+
+
+def open_lazy(path: Path):
+    """A lazily read array of an image on disk: a zarr array (a ``.zarr`` folder), a memory-mapped TIFF (uncompressed,
+    contiguous) or tifffile's zarr view of any other TIFF (read strip by strip or tile by tile)."""
+    import tifffile
+    import zarr
+
+    path = Path(path)
+    if path.is_dir():
+        try:
+            found = zarr.open(str(path), mode="r")
+        except Exception as error:  # zarr raises several types for a folder that is not a zarr store
+            raise InputError(f"{path}: not a zarr array ({type(error).__name__}: {error})") from None
+        if isinstance(found, zarr.Group):
+            arrays = sorted(found.array_keys())
+            if not arrays:
+                raise InputError(f"{path}: a zarr group without arrays")
+            found = found[arrays[0]]  # OME-Zarr: "0" is full resolution
+        return found
+    try:
+        return tifffile.memmap(str(path), mode="r")
+    except (ValueError, OSError):  # compressed, tiled or otherwise not contiguous: read through the zarr view
+        pass
+    try:
+        store = tifffile.imread(str(path), aszarr=True)
+        found = zarr.open(store, mode="r")
+    except Exception as error:
+        raise InputError(f"{path}: cannot be read as a TIFF ({type(error).__name__}: {error})") from None
+    if isinstance(found, zarr.Group):  # pyramidal TIFF: level 0 is full resolution
+        found = found[sorted(found.array_keys())[0]]
+    return found
+
+
+class _ShapeOnly:
+    """An object with only a shape, for the layout rules of core.io (no pixel is read)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(shape)
+
+
+def pixel_count(path: Path) -> int:
+    """Spatial pixels of a TIFF or zarr image, from its header; 0 for other files or what cannot be read."""
+    path = Path(path)
+    if not (path.is_dir() or path.suffix.lower() in (".tif", ".tiff")):
+        return 0
+    try:
+        return int(np.prod(spatial_shape(_ShapeOnly(open_lazy(path).shape))))
+    except InputError:
+        return 0
+
+
+def subsample_ranges(image, spatial_dims: int, max_samples: int = RANGE_SAMPLES) -> list[tuple[float, float]]:
+    """Per-channel intensity ranges from a regular subsample (every s-th pixel along each spatial axis, s chosen so
+    that at most ``max_samples`` pixels are read into memory; s = 1, i.e. exact, for images up to that size)."""
+    spatial = tuple(image.shape[:spatial_dims])
+    stride = 1
+    while int(np.prod([-(-n // stride) for n in spatial])) > max_samples:
+        stride += 1
+    index = tuple(slice(None, None, stride) for _ in spatial)
+    return intensity_ranges(np.asarray(image[index]))
+
+
+def block_corners(shape: tuple[int, ...], block: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block)]))
+
+
+def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "image",
+                  block: tuple[int, ...] | None = None, halo: tuple[int, ...] | None = None,
+                  tile: tuple[int, ...] | None = None) -> Generator[BlockProgress, None, Path]:
+    """Predict a lazily read raw image block by block into a zarr array at ``out_path`` (uint8 class ids, chunked
+    like the blocks); yields progress after every block and returns the path. Stopping the generator between
+    blocks leaves an output without the completion mark."""
+    import zarr
+
+    model.check_layout(_ShapeOnly(image.shape), name)
+    dims = model.config.spatial_dims
+    block = tuple(block or (BLOCK_2D if dims == 2 else BLOCK_3D))
+    halo = tuple(halo or (HALO_2D if dims == 2 else HALO_3D))
+    shape = tuple(int(n) for n in image.shape[:dims])
+    ranges = subsample_ranges(image, dims)
+    out_path = Path(out_path)
+    if out_path.exists():
+        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+    out = zarr.open_array(str(out_path), mode="w", shape=shape, dtype=np.uint8,
+                          chunks=tuple(min(b, n) for b, n in zip(block, shape)))
+    corners = block_corners(shape, block)
+    for done, corner in enumerate(corners, start=1):
+        core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, block, shape))
+        read = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(core, halo, shape))
+        raw = np.asarray(image[read])
+        _check_finite_block(raw, name)
+        prediction = run_to_completion(model.iter_predict_normalised(normalise_channels(raw, ranges), tile=tile))
+        inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
+        out[core] = prediction.mask[inner]
+        yield BlockProgress(done, len(corners))
+    out.attrs[COMPLETE_ATTR] = {"complete": True, "threshold": model.threshold, "source": name}
+    return out_path
+
+
+def _check_finite_block(raw: np.ndarray, name: str) -> None:
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
+        raise InputError(f"{name}: image has NaN or infinite pixels; fix or mask them before predicting")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a zarr output of :func:`predict_large` was written to its end."""
+    import zarr
+
+    try:
+        return bool(zarr.open_array(str(path), mode="r").attrs.get(COMPLETE_ATTR, {}).get("complete"))
+    except Exception:  # missing or not a zarr array
+        return False
+
+
+def zarr_to_tiff(source: Path, target: Path, tile: int = TIFF_TILE) -> Path:
+    """Copy a 2D or 3D uint8 zarr mask into a tiled, compressed TIFF (BigTIFF where needed), one row of tiles in
+    memory at a time; written under a temporary name and renamed when whole."""
+    import tifffile
+    import zarr
+
+    array = zarr.open_array(str(source), mode="r")
+    shape = tuple(array.shape)
+    planes = [None] if len(shape) == 2 else list(range(shape[0]))
+    height, width = shape[-2:]
+
+    def tiles() -> Iterator[np.ndarray]:
+        for z in planes:
+            for y in range(0, height, tile):
+                rows = np.asarray(array[y:y + tile] if z is None else array[z, y:y + tile])
+                for x in range(0, width, tile):
+                    piece = np.zeros((tile, tile), np.uint8)
+                    part = rows[:, x:x + tile]
+                    piece[:part.shape[0], :part.shape[1]] = part
+                    yield piece
+
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    tifffile.imwrite(partial, tiles(), shape=shape, dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="minisblack",
+                     bigtiff=np.prod(shape) > 2**31)
+    os.replace(partial, target)
+    return target
