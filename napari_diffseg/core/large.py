@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 import itertools
+import mmap
 import os
 from pathlib import Path
 import shutil
@@ -121,6 +122,7 @@ def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "
     halo = tuple(halo or (HALO_2D if dims == 2 else HALO_3D))
     shape = tuple(int(n) for n in image.shape[:dims])
     ranges = subsample_ranges(image, dims)
+    _release_mapped_pages(image)
     out_path = Path(out_path)
     if out_path.exists():
         shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
@@ -135,9 +137,19 @@ def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "
         prediction = run_to_completion(model.iter_predict_normalised(normalise_channels(raw, ranges), tile=tile))
         inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
         out[core] = prediction.mask[inner]
+        del raw, prediction
+        _release_mapped_pages(image)
         yield BlockProgress(done, len(corners))
     out.attrs[COMPLETE_ATTR] = {"complete": True, "threshold": model.threshold, "source": name}
     return out_path
+
+
+def _release_mapped_pages(image) -> None:
+    """Unmap the file pages a memory-mapped input has touched so far (they stay in the page cache): without this,
+    every page read stays in the process's resident memory and a large TIFF ends up counted whole."""
+    mapping = getattr(image, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _check_finite_block(raw: np.ndarray, name: str) -> None:
