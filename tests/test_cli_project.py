@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import shlex
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -42,7 +42,7 @@ def _project_with_pseudo(project: Project, n: int = 3) -> list[str]:
     names = [project.add_image(_image(i), name=f"img{i}").name for i in range(n)]
     for i, name in enumerate(names):
         unc = np.full((16, 20), 0.1 * (i + 1), dtype=np.float32)
-        project.save_pseudo(name, _mask(i), unc, round=1, model_id="m1", mean_uncertainty=0.1 * (i + 1))
+        project.save_pseudo(name, _mask(i), unc, round_number=1, model_id="m1", mean_uncertainty=0.1 * (i + 1))
     return names
 
 
@@ -243,7 +243,7 @@ def test_unknown_name_is_input_error(project):
     with pytest.raises(InputError, match="no image named"):
         project.reject("ghost")
     with pytest.raises(InputError, match="no image named"):
-        project.save_pseudo("ghost", _mask(), np.zeros((16, 20), np.float32), round=1, model_id="m",
+        project.save_pseudo("ghost", _mask(), np.zeros((16, 20), np.float32), round_number=1, model_id="m",
                             mean_uncertainty=0.0)
     assert not (project.folder / "pseudo" / "round_1" / "ghost.tif").exists()
 
@@ -308,12 +308,12 @@ def test_pseudo_save_and_load(project):
 
     # a later round: pseudo() returns the latest, older rounds stay available
     project.next_round()
-    project.save_pseudo("img1", 1 - _mask(1), np.zeros((16, 20), np.float32), round=2, model_id="m2",
+    project.save_pseudo("img1", 1 - _mask(1), np.zeros((16, 20), np.float32), round_number=2, model_id="m2",
                         mean_uncertainty=0.0)
     assert project.pseudo_rounds("img1") == [1, 2]
     np.testing.assert_array_equal(project.pseudo("img1")[0], 1 - _mask(1))
-    np.testing.assert_array_equal(project.pseudo("img1", round=1)[0], _mask(1))
-    assert project.pseudo("img1", round=5) is None
+    np.testing.assert_array_equal(project.pseudo("img1", round_number=1)[0], _mask(1))
+    assert project.pseudo("img1", round_number=5) is None
     assert project.record("img1").model_id == "m2" and project.record("img1").round == 2
     assert project.unlabelled_names() == names
 
@@ -321,7 +321,7 @@ def test_pseudo_save_and_load(project):
 def test_pseudo_shape_checks(project):
     project.add_image(_image(), name="a")
     with pytest.raises(InputError, match="uncertainty map shape"):
-        project.save_pseudo("a", _mask(), np.zeros((16, 19), np.float32), round=1, model_id="m",
+        project.save_pseudo("a", _mask(), np.zeros((16, 19), np.float32), round_number=1, model_id="m",
                             mean_uncertainty=0.0)
     assert project.record("a").status is ImageStatus.UNLABELLED
 
@@ -331,7 +331,7 @@ def test_pseudo_never_overwrites_ground_truth_status(project):
     project.accept("img0", _mask(50))
     project.save_label("img1", _mask(51))
     for name in ("img0", "img1"):
-        project.save_pseudo(name, _mask(), np.zeros((16, 20), np.float32), round=2, model_id="m2",
+        project.save_pseudo(name, _mask(), np.zeros((16, 20), np.float32), round_number=2, model_id="m2",
                             mean_uncertainty=0.0)
     assert project.record("img0").status is ImageStatus.ACCEPTED
     assert project.record("img1").status is ImageStatus.LABELLED
@@ -344,10 +344,10 @@ def test_rejected_image_gets_new_pseudo_only_from_a_later_round(project):
     _project_with_pseudo(project)
     project.reject("img2")
     assert project.record("img2").status is ImageStatus.REJECTED
-    project.save_pseudo("img2", _mask(), np.zeros((16, 20), np.float32), round=1, model_id="m1",
+    project.save_pseudo("img2", _mask(), np.zeros((16, 20), np.float32), round_number=1, model_id="m1",
                         mean_uncertainty=0.0)
     assert project.record("img2").status is ImageStatus.REJECTED
-    project.save_pseudo("img2", _mask(), np.zeros((16, 20), np.float32), round=2, model_id="m2",
+    project.save_pseudo("img2", _mask(), np.zeros((16, 20), np.float32), round_number=2, model_id="m2",
                         mean_uncertainty=0.0)
     assert project.record("img2").status is ImageStatus.PSEUDO
 
@@ -470,7 +470,7 @@ def test_failed_pixel_write_leaves_row_and_old_label_untouched(project, monkeypa
     with pytest.raises(DiffsegError, match="No space left"):
         project.accept("img0", _mask(2))
     with pytest.raises(DiffsegError, match="No space left"):
-        project.save_pseudo("img0", _mask(3), np.zeros((16, 20), np.float32), round=2, model_id="m2",
+        project.save_pseudo("img0", _mask(3), np.zeros((16, 20), np.float32), round_number=2, model_id="m2",
                             mean_uncertainty=0.0)
     monkeypatch.undo()
     reopened = Project.open(project.folder)
@@ -507,7 +507,7 @@ def test_concurrent_pseudo_writer_and_gui_accepts(project):
     def worker():
         try:
             for name in names:
-                project.save_pseudo(name, _mask(), np.zeros((16, 20), np.float32), round=1, model_id="m",
+                project.save_pseudo(name, _mask(), np.zeros((16, 20), np.float32), round_number=1, model_id="m",
                                     mean_uncertainty=0.5)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -539,8 +539,8 @@ def test_log_losses_and_history(project):
     assert history[0].value == pytest.approx(0.9)
     assert math.isnan(history[3].value)
     assert history[0].time <= history[-1].time
-    assert [e.value for e in project.loss_history(round=2)] == [pytest.approx(0.4)]
-    assert [e.value for e in Project.open(project.folder).loss_history(round=1)][:2] == [
+    assert [e.value for e in project.loss_history(round_number=2)] == [pytest.approx(0.4)]
+    assert [e.value for e in Project.open(project.folder).loss_history(round_number=1)][:2] == [
         pytest.approx(0.9), pytest.approx(0.5)]
 
 

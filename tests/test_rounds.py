@@ -87,13 +87,13 @@ def test_train_round_stores_pseudo_labels_losses_and_checkpoints(project):
         assert record.status == ImageStatus.PSEUDO
         assert record.round == 1 and record.model_id.startswith("round_1/step_")
         assert record.uncertainty == pytest.approx(ready[-1].mean_uncertainty[name], rel=1e-6)
-        mask, uncertainty = project.pseudo(name, round=1)
+        mask, uncertainty = project.pseudo(name, round_number=1)
         np.testing.assert_array_equal(mask, read_image(ready[-1].directory / f"{name}.tif"))
         assert uncertainty.shape == (40, 40) and uncertainty.dtype == np.float32
     assert project.record("img0").status == ImageStatus.LABELLED
 
     steps = [e.step for e in events if isinstance(e, Progress)]
-    logged_steps = sorted({entry.step for entry in project.loss_history(round=1)})
+    logged_steps = sorted({entry.step for entry in project.loss_history(round_number=1)})
     assert logged_steps == steps == list(range(1, config.max_steps + 1))
     assert project.config[rounds.TRAIN_CONFIG_KEY]["max_steps"] == config.max_steps
     assert set(project.review_queue()) == {"img1", "img2", "img3"}
@@ -134,7 +134,7 @@ def test_closing_the_round_leaves_last_checkpoint_and_logged_losses(project):
                 break
     events.close()
     assert (project.checkpoints_dir(1) / LAST).is_file()
-    assert sorted({entry.step for entry in project.loss_history(round=1)}) == [1, 2, 3]
+    assert sorted({entry.step for entry in project.loss_history(round_number=1)}) == [1, 2, 3]
 
     resumed = list(train_round(project, tiny_config(max_steps=5), resume=True))
     assert resumed[0].resumed and "resuming" in resumed[0].note
@@ -156,12 +156,12 @@ def test_class_count_must_match_the_project(project):
 
 
 def test_checkpoint_lookups_do_not_create_folders(project):
-    assert previous_checkpoint_dir(project, round=3) is None
+    assert previous_checkpoint_dir(project, round_number=3) is None
     assert project.latest_model_dir() is None
     assert sorted(p.name for p in (project.folder / "checkpoints").iterdir()) == []
     (project.checkpoints_dir(1) / LAST).write_bytes(b"x")  # only the presence of last.pt / best.pt is looked at
-    assert previous_checkpoint_dir(project, round=3) == project.checkpoints_dir(1)
-    assert previous_checkpoint_dir(project, round=1) is None
+    assert previous_checkpoint_dir(project, round_number=3) == project.checkpoints_dir(1)
+    assert previous_checkpoint_dir(project, round_number=1) is None
 
 
 def test_one_trainer_per_project(project, pairs):

@@ -174,7 +174,7 @@ def _project_with_pseudo_labels(folder: Path) -> Project:
     for rank, name in enumerate(project.names()[1:]):
         mask = np.zeros(project.image(name).shape[:2], np.uint8)
         mask[8:24, 8:24] = 1
-        project.save_pseudo(name, mask, np.full(mask.shape, 0.1, np.float32), round=1, model_id="test",
+        project.save_pseudo(name, mask, np.full(mask.shape, 0.1, np.float32), round_number=1, model_id="test",
                             mean_uncertainty=0.1 * (rank + 1))
     return project
 
@@ -295,14 +295,14 @@ def test_a_newer_pseudo_label_of_the_shown_image_keeps_the_image_layer(make_napa
     spatial = project.image(name).shape[:2]
     first, second = np.zeros(spatial, np.uint8), np.zeros(spatial, np.uint8)
     first[:8, :8], second[10:30, 10:30] = 1, 1
-    project.save_pseudo(name, first, np.zeros(spatial, np.float32), round=1, model_id="m1", mean_uncertainty=0.1)
+    project.save_pseudo(name, first, np.zeros(spatial, np.float32), round_number=1, model_id="m1", mean_uncertainty=0.1)
     reads = []
     read = Project.image
     monkeypatch.setattr(Project, "image", lambda self, n: reads.append(n) or read(self, n))
     _layers.show_for_review(viewer, project, name)
     image_layer = viewer.layers[_layers.REVIEW_IMAGE]
     image_layer.contrast_limits = (10, 100)
-    project.save_pseudo(name, second, np.full(spatial, 0.5, np.float32), round=2, model_id="m2",
+    project.save_pseudo(name, second, np.full(spatial, 0.5, np.float32), round_number=2, model_id="m2",
                         mean_uncertainty=0.2)
     labels = _layers.show_for_review(viewer, project, name)
     assert reads == [name]
@@ -467,7 +467,7 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert (project.checkpoints_dir(1) / BEST).is_file() and (project.checkpoints_dir(1) / LAST).is_file()
     assert isinstance(events[0], RoundStarted) and events[0].warm_start is None
     assert project_panel.statuses()[names[1]] == "pseudo round 1"
-    assert len(project.loss_history(round=1)) > 0
+    assert len(project.loss_history(round_number=1)) > 0
 
     # review: the most uncertain pseudo-label, editable, with its uncertainty layer
     queue = project.review_queue()
@@ -618,7 +618,7 @@ def test_stop_during_training(make_napari_viewer, qtbot, tmp_path, shown):
     assert (state.project.checkpoints_dir(1) / LAST).is_file()
     assert "Stopped at step" in train.status_label.text()
     assert train.start_button.isEnabled()
-    logged = {entry.step for entry in state.project.loss_history(round=1)}
+    logged = {entry.step for entry in state.project.loss_history(round_number=1)}
     assert max(logged) == state.step  # the losses up to the stop were logged
     assert shown["error"] == []
 

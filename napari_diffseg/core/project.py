@@ -391,9 +391,9 @@ class Project:
     def labels_dir(self) -> Path:
         return self.folder / LABELS_DIR
 
-    def pseudo_dir(self, round: int) -> Path:
+    def pseudo_dir(self, round_number: int) -> Path:
         """``pseudo/round_<k>`` (not created here; writing a pseudo-label creates it)."""
-        return self.folder / PSEUDO_DIR / f"round_{int(round)}"
+        return self.folder / PSEUDO_DIR / f"round_{int(round_number)}"
 
     @contextlib.contextmanager
     def training_lock(self, activity: str) -> Iterator[None]:
@@ -454,9 +454,9 @@ class Project:
                 return folder
         return None
 
-    def checkpoints_dir(self, round: int, create: bool = True) -> Path:
+    def checkpoints_dir(self, round_number: int, create: bool = True) -> Path:
         """``checkpoints/round_<k>``, created if missing (unless ``create`` is False)."""
-        path = self.folder / CHECKPOINTS_DIR / f"round_{int(round)}"
+        path = self.folder / CHECKPOINTS_DIR / f"round_{int(round_number)}"
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
@@ -464,8 +464,8 @@ class Project:
     def _label_path(self, name: str) -> Path:
         return self.labels_dir / f"{name}.tif"
 
-    def _pseudo_paths(self, name: str, round: int) -> tuple[Path, Path]:
-        folder = self.pseudo_dir(round)
+    def _pseudo_paths(self, name: str, round_number: int) -> tuple[Path, Path]:
+        folder = self.pseudo_dir(round_number)
         return folder / f"{name}.tif", folder / f"{name}{UNCERTAINTY_SUFFIX}.tif"
 
     # ------------------------------------------------------------------ config and rounds
@@ -706,9 +706,9 @@ class Project:
         logger.info("back to review: %s (was %s)", name, record.status.value)
         return mask
 
-    def save_pseudo(self, name: str, mask: np.ndarray, uncertainty_map: np.ndarray, round: int, model_id: str,
+    def save_pseudo(self, name: str, mask: np.ndarray, uncertainty_map: np.ndarray, round_number: int, model_id: str,
                     mean_uncertainty: float) -> None:
-        """Write round ``round``'s pseudo-label and uncertainty map, then mark the image PSEUDO.
+        """Write round ``round_number``'s pseudo-label and uncertainty map, then mark the image PSEUDO.
 
         Images that are LABELLED or ACCEPTED keep their status (the files are still written, for the record), and a
         REJECTED image only becomes PSEUDO again with a pseudo-label from a later round than its rejection. The
@@ -720,7 +720,7 @@ class Project:
             raise InputError(f"pseudo-label of {name!r}: uncertainty map shape {uncertainty_map.shape} does not "
                              f"match mask shape {mask.shape}")
         record = self.record(name)  # InputError for unknown names before anything is written
-        mask_path, uncertainty_path = self._pseudo_paths(record.name, round)
+        mask_path, uncertainty_path = self._pseudo_paths(record.name, round_number)
         write_mask(mask_path, mask)
         write_tiff_atomic(uncertainty_path, uncertainty_map)
         mean = float(mean_uncertainty)
@@ -728,11 +728,11 @@ class Project:
             cur = con.execute(
                 "UPDATE images SET status = ?, round = ?, model_id = ?, uncertainty = ?, updated_at = ?, "
                 "updated_by = ? WHERE name = ? AND (status IN (?, ?) OR (status = ? AND round < ?))",
-                (ImageStatus.PSEUDO.value, int(round), model_id, mean if math.isfinite(mean) else None, _now(),
+                (ImageStatus.PSEUDO.value, int(round_number), model_id, mean if math.isfinite(mean) else None, _now(),
                  _user(), name, ImageStatus.UNLABELLED.value, ImageStatus.PSEUDO.value, ImageStatus.REJECTED.value,
-                 int(round)))
+                 int(round_number)))
         if cur.rowcount == 0:
-            logger.debug("pseudo-label of %s (round %d) written; status kept", name, round)
+            logger.debug("pseudo-label of %s (round %d) written; status kept", name, round_number)
 
     def pseudo_rounds(self, name: str) -> list[int]:
         """Rounds that have a pseudo-label file for ``name``, ascending."""
@@ -743,18 +743,18 @@ class Project:
                 rounds.append(int(suffix))
         return sorted(rounds)
 
-    def pseudo(self, name: str, round: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(mask, uncertainty) of round ``round`` (default: the latest round that has one), or None.
+    def pseudo(self, name: str, round_number: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(mask, uncertainty) of round ``round_number`` (default: the latest round that has one), or None.
 
         Used by the GUI's Revert to go back to the teacher's proposal.
         """
         self.record(name)
-        if round is None:
+        if round_number is None:
             rounds = self.pseudo_rounds(name)
             if not rounds:
                 return None
-            round = rounds[-1]
-        mask_path, uncertainty_path = self._pseudo_paths(name, round)
+            round_number = rounds[-1]
+        mask_path, uncertainty_path = self._pseudo_paths(name, round_number)
         if not mask_path.is_file():
             return None
         uncertainty = read_image(uncertainty_path) if uncertainty_path.is_file() else None
@@ -792,7 +792,7 @@ class Project:
 
     # ------------------------------------------------------------------ loss history
 
-    def log_losses(self, round: int, stage: str, step: int, losses: dict[str, float]) -> None:
+    def log_losses(self, round_number: int, stage: str, step: int, losses: dict[str, float]) -> None:
         """Append one step's losses (one transaction for the whole dict)."""
         if not losses:
             return
@@ -800,18 +800,18 @@ class Project:
         rows = []
         for name, value in losses.items():
             value = float(value)
-            rows.append((int(round), str(stage), int(step), str(name), value if math.isfinite(value) else None, now))
+            rows.append((int(round_number), str(stage), int(step), str(name), value if math.isfinite(value) else None, now))
         with self._connection(write=True) as con:
             con.executemany("INSERT INTO losses(round, stage, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?)",
                             rows)
 
-    def loss_history(self, round: int | None = None) -> list[LossEntry]:
+    def loss_history(self, round_number: int | None = None) -> list[LossEntry]:
         """Logged losses in logging order, optionally of one round (non-finite values come back as NaN)."""
         query = "SELECT round, stage, step, name, value, time FROM losses"
         params: tuple = ()
-        if round is not None:
+        if round_number is not None:
             query += " WHERE round = ?"
-            params = (int(round),)
+            params = (int(round_number),)
         with self._connection() as con:
             rows = con.execute(query + " ORDER BY rowid", params).fetchall()
         return [LossEntry(round=r, stage=s, step=st, name=n, value=math.nan if v is None else float(v), time=t)

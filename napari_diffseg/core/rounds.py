@@ -69,9 +69,10 @@ def project_training_data(project: Project, num_classes: int | None = None) -> T
     return training_data_from_arrays(images, labels, names, classes)
 
 
-def previous_checkpoint_dir(project: Project, round: int | None = None) -> Path | None:
-    """The most recent round before ``round`` (default: the current one) whose checkpoint folder has ``last.pt``."""
-    current = project.current_round if round is None else int(round)
+def previous_checkpoint_dir(project: Project, round_number: int | None = None) -> Path | None:
+    """The most recent round before ``round_number`` (default: the current one) whose checkpoint folder has
+    ``last.pt``."""
+    current = project.current_round if round_number is None else int(round_number)
     for earlier in range(current - 1, 0, -1):
         folder = project.checkpoints_dir(earlier, create=False)
         if (folder / LAST).is_file():
