@@ -21,11 +21,16 @@ BLOCK, HALO, TILE = (64, 64), (24, 24), (64, 64)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> SegmentationModel:
+def model_dir(tmp_path_factory):
     network = _fit(2, depth=2, base=4, shape=(32, 32), steps=30)
-    model_dir = tmp_path_factory.mktemp("model")
-    save_checkpoint(model_dir / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
-                                       "threshold": 0.5, "twin": "teacher"})
+    folder = tmp_path_factory.mktemp("model")
+    save_checkpoint(folder / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
+                                    "threshold": 0.5, "twin": "teacher"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> SegmentationModel:
     return SegmentationModel.load(model_dir)
 
 
@@ -115,3 +120,19 @@ def test_unreadable_inputs_give_clear_errors(model, tmp_path):
         large.open_lazy(tmp_path / "broken.tif")
     with pytest.raises(InputError, match="trained on"):
         next(large.predict_large(model, np.zeros((100, 100, 3), np.uint8), tmp_path / "m.zarr"))
+
+
+def test_predict_panel_job_sends_large_files_block_by_block_to_disk_only(model_dir, raw, tmp_path, monkeypatch):
+    from napari_diffseg._widgets.predict import PredictProgress, PredictResult, predict_job
+
+    monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
+    path = _write("compressed tiff", raw, tmp_path)
+    with pytest.raises(InputError, match="too large to segment in memory"):
+        list(predict_job(model_dir, [("image", path, None)], None, uncertainty=False))
+    events = list(predict_job(model_dir, [("image", path, None)], tmp_path / "out", uncertainty=False))
+    assert isinstance(events[-1], PredictResult) and events[-1].path == tmp_path / "out" / "image.tif"
+    fractions = [e.fraction for e in events if isinstance(e, PredictProgress)]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 12
+    assert large.is_complete(tmp_path / "out" / "image.zarr")
+    assert tifffile.imread(events[-1].path).shape == raw.shape

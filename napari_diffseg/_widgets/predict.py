@@ -6,6 +6,9 @@ An open layer's result is a "<layer> prediction" Labels layer beside it. Files a
 browsable list: the chosen result is shown with its own image in two plugin layers that are reused, so results
 never pile up without their images.
 
+Image files over core.large.LARGE_IMAGE_PIXELS go to disk only, predicted block by block (a zarr mask and a tiled
+TIFF, see core/large.py); the panel refuses to hold their result in a layer.
+
 A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
 plane. The work runs in a background worker; the layer data is snapshotted before it starts, and result layers
 are added on the GUI thread.
@@ -66,9 +69,23 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
     from napari_diffseg.core.model import SegmentationModel
     from napari_diffseg.core.device import bf16_supported, select_device
 
+    from napari_diffseg.core import large
+
     device = select_device("auto")
     model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device))
     for index, (name, source, layer_name) in enumerate(sources):
+        if isinstance(source, Path) and large.pixel_count(source) > large.LARGE_IMAGE_PIXELS:
+            if out_dir is None:
+                raise InputError(f"{source.name} is too large to segment in memory: choose '{OUTPUT_DISK}' as the "
+                                 "output (it is then predicted block by block)")
+            target = Path(out_dir) / f"{sanitise_name(name_stem(source))}.tif"
+            blocks = large.predict_large(model, large.open_lazy(source), target.with_suffix(large.ZARR_SUFFIX),
+                                         name=source.name)
+            for progress in blocks:
+                yield PredictProgress((index + progress.done / progress.total) / len(sources), name)
+            yield PredictResult(name, None, None, layer_name, large.zarr_to_tiff(target.with_suffix(large.ZARR_SUFFIX),
+                                                                                 target))
+            continue
         image = read_image(source) if isinstance(source, Path) else np.asarray(source)
         per_plane = model.config.spatial_dims == 2 and _is_stack_of_2d(image)
         planes = list(image) if per_plane else [image]
