@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import contextlib
+import logging
 import csv
 from pathlib import Path
 import sys
@@ -19,11 +21,15 @@ from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resu
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, training
+    from napari_diffseg.core import device as devices, distributed, training
     from napari_diffseg.core.checkpoint import CARD, LAST
 
     config = _train_config(args, args.num_classes)
-    device = devices.select_device(config.device)  # an unavailable device fails before any image is read
+    ranks = distributed.torchrun_ranks()  # started by torchrun: one data-parallel rank of several
+    if ranks is not None and not ranks.main:
+        logging.getLogger("napari_diffseg").setLevel(logging.WARNING)  # rank 0 tells the story
+    # an unavailable device fails before any image is read
+    device = devices.select_device(distributed.device_for(ranks, config.device) if ranks else config.device)
     devices.configure_threads(config.threads)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -46,9 +52,13 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
     log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
 
-    events = training.train(data, config, out, resume=args.resume,
-                            warm_start=Path(args.warm_start) if args.warm_start else None)
-    outcome = _run_training(events, args.quiet, out, _resume_command(argv, drop_options=("--warm-start",)))
+    with _process_group(ranks, device):
+        events = training.train(data, config, out, resume=args.resume,
+                                warm_start=Path(args.warm_start) if args.warm_start else None, ranks=ranks)
+        outcome = _run_training(events, args.quiet or (ranks is not None and not ranks.main), out,
+                                _resume_command(argv, drop_options=("--warm-start",)))
+    if ranks is not None and not ranks.main:
+        return EXIT_OK if outcome is not None else EXIT_INTERRUPTED  # rank 0 reports and writes
     if outcome is None:
         return EXIT_INTERRUPTED
     _print_trained(out, outcome, config.labels_only, device)
@@ -57,6 +67,23 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"pseudo-labels of the {n_unlabelled} unlabelled image(s): {out / training.PSEUDO_LABEL_DIR}")
     return EXIT_OK
 
+
+
+@contextlib.contextmanager
+def _process_group(ranks, device):
+    """Join the data-parallel process group for the block when torchrun started this process (else nothing)."""
+    from napari_diffseg.core import distributed
+
+    if ranks is None:
+        yield
+        return
+    distributed.start(ranks, device)
+    log.info("data-parallel training: %d ranks (%s); each step sees %d x the batch", ranks.world,
+             "nccl" if device.type == "cuda" else "gloo", ranks.world)
+    try:
+        yield
+    finally:
+        distributed.stop()
 
 
 def _prediction_inputs(source: Path) -> list[Path]:

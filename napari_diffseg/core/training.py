@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from . import device as devices
+from . import device as devices, distributed
 from .config import LR_SCHEDULES, TWINS, WARMUP_TWINS, TrainConfig  # noqa: F401 (re-exported)
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
@@ -162,13 +162,15 @@ class TrainingRun:
     """State of one training run; ``train`` drives it."""
 
     def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path, scale: float | None = None,
-                 sink: PseudoLabelSink | None = None):
+                 sink: PseudoLabelSink | None = None, ranks: distributed.Ranks | None = None):
         self.data, self.config, self.out_dir = data, config, Path(out_dir)
+        self.ranks = ranks  # data-parallel ranks (torchrun), None in a single process
+        self.main = ranks is None or ranks.main  # the process that writes files and keeps the clock
         self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR)
         self.device = devices.select_device(config.device)
         self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker) from config.threads
         self.bf16 = devices.bf16_supported(self.device) if config.bf16 is None else bool(config.bf16)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(self._stream_seed())
         self.network_config = NetworkConfig(
             spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.num_classes,
             base_channels=config.base_channels, depth=config.depth,
@@ -191,7 +193,7 @@ class TrainingRun:
                             else DiffusionTwin(student_config).to(self.device, memory_format=self.memory_format))
         self.patch_size = effective_patch_size(config.patch_size, self.scaled, self.teacher.size_multiple)
         self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
-        self.sampler = PatchSampler(self.scaled, self.patch_size, seed=config.seed)
+        self.sampler = PatchSampler(self.scaled, self.patch_size, seed=self._stream_seed())
         lr = config.lr_cotrain if config.labels_only else config.lr_pretrain
         self.teacher_optimiser = torch.optim.Adam(self.teacher.parameters(), lr=lr)
         self.student_optimiser = (
@@ -205,6 +207,38 @@ class TrainingRun:
         self.fit: FitReport | None = None  # of the last best.pt written
         self.loss_rows: list[dict] = []
         self.pseudo_label_count = 0
+
+    def _stream_seed(self, step: int = 0) -> int:
+        """Seed of this rank's patches, augmentations and noise: the run's seed on rank 0 (and in a single
+        process), another stream on every other rank (after a resume, also another one than before it)."""
+        if self.ranks is None or self.ranks.main:
+            return self.config.seed
+        return self.config.seed + 7919 * self.ranks.rank + 104729 * step
+
+    def join_ranks(self, resumed: bool) -> None:
+        """Start every rank from rank 0's weights; after a resume, give the other ranks fresh random streams (the
+        restored ones are rank 0's)."""
+        if self.ranks is None:
+            return
+        distributed.broadcast_weights([self.teacher, self.student])
+        if resumed and not self.ranks.main:
+            self.generator.manual_seed(self._stream_seed(self.step))
+            self.sampler.rng = np.random.default_rng(self._stream_seed(self.step))
+
+    def shared_fraction(self, clock: _Clock) -> float:
+        """The budget fraction of rank 0's clock, on every rank (the clock alone in a single process)."""
+        fraction = clock.fraction(self.step)
+        return fraction if self.ranks is None else distributed.rank0_value(fraction, self.device)
+
+    def _optimise(self, loss: torch.Tensor, optimisers: list, networks: list) -> None:
+        """Backward pass, gradients averaged over the ranks (data-parallel runs), optimiser steps."""
+        for optimiser in optimisers:
+            optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.ranks is not None:
+            distributed.average_gradients(networks, self.ranks.world)
+        for optimiser in optimisers:
+            optimiser.step()
 
     @contextlib.contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -331,18 +365,15 @@ class TrainingRun:
                 for group in optimiser.param_groups:
                     group["lr"] = self.config.lr_cotrain * factor
 
-    def train_step(self, clock: _Clock) -> dict[str, float]:
+    def train_step(self, fraction: float) -> dict[str, float]:
         config, device = self.config, self.device
-        fraction = clock.fraction(self.step)
         self.set_learning_rates(fraction)
         self.teacher.train()
         if self.stage == PRETRAIN:
             images = self._to_device(self.sampler.image_batch(self.batch_size))
             with self._autocast():
                 loss = pretraining_loss(self.teacher, images, self.generator)
-            self.teacher_optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.teacher_optimiser.step()
+            self._optimise(loss, [self.teacher_optimiser], [self.teacher])
             return {"reconstruction": float(loss.detach())}
         # every network sees batch_size patches per step: all labelled in labels-only training and in the supervised
         # warm-up of co-training (no unlabelled patch while its weight is 0), half and half afterwards
@@ -355,9 +386,7 @@ class TrainingRun:
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             with self._autocast():
                 loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator, config.loss)
-            self.teacher_optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            self.teacher_optimiser.step()
+            self._optimise(loss, [self.teacher_optimiser], [self.teacher])
             return {"supervised": float(loss.detach())}
         if self.student_pending_copy:
             self.student.mask_path.load_state_dict(self.teacher.mask_path.state_dict())
@@ -378,25 +407,21 @@ class TrainingRun:
                 chained=config.chained_rounds, lambda_d=config.lambda_d, generator=self.generator,
                 student_view=student_view, loss=config.loss,
             )
-        self.teacher_optimiser.zero_grad(set_to_none=True)
-        self.student_optimiser.zero_grad(set_to_none=True)
-        losses.total.backward()
-        self.teacher_optimiser.step()
-        self.student_optimiser.step()
+        self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         return {**losses.parts, "unlabelled_weight": ramp}
 
-    def advance(self, clock: _Clock) -> dict[str, float]:
-        """One optimisation step, counted and logged; returns its losses."""
-        losses = self.checked_step(clock)
+    def advance(self, clock: _Clock, fraction: float) -> dict[str, float]:
+        """One optimisation step at budget ``fraction``, counted and logged; returns its losses."""
+        losses = self.checked_step(fraction)
         self.step += 1
         self.loss_rows.append({"step": self.step, "stage": self.stage, "elapsed": round(clock.elapsed, 2), **losses})
         return losses
 
-    def checked_step(self, clock: _Clock) -> dict[str, float]:
+    def checked_step(self, fraction: float) -> dict[str, float]:
         """``train_step``, with running out of memory turned into an error that says what to lower."""
         try:
             with self.own_rng():
-                return self.train_step(clock)
+                return self.train_step(fraction)
         except (MemoryError, RuntimeError) as error:
             text = str(error).lower()
             if not isinstance(error, MemoryError) and "out of memory" not in text and "can't allocate" not in text:
@@ -520,12 +545,15 @@ def train(
     resume: bool = False,
     warm_start: Path | None = None,
     sink: PseudoLabelSink | None = None,
+    ranks: distributed.Ranks | None = None,
 ) -> Iterator[TrainingEvent]:
     """Run (or resume) training, yielding events; close the generator to cancel (a last.pt is still written).
 
     ``warm_start``: a model folder of an earlier round whose last.pt initialises the twins (and, unless the config
     fixes one, gives the working scale); pretraining is then skipped (the teacher already learned from all images).
     ``sink``: where the pseudo-labels go, image by image (default: ``out_dir/pseudo_labels``).
+    ``ranks``: this process's place in a data-parallel run (core/distributed.py; the process group is joined);
+    only rank 0 writes files, pseudo-labels and checkpoints, and its clock decides for all.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -538,7 +566,7 @@ def train(
     if (payload is not None and config.working_scale is None and "working_scale" in payload
             and not payload.get(PRETRAIN_ONLY_KEY)):  # a pretraining ran before any label could set the scale
         scale = float(payload["working_scale"])
-    run = TrainingRun(data, config, out_dir, scale, sink)
+    run = TrainingRun(data, config, out_dir, scale, sink, ranks)
     elapsed = overhead = 0.0
     if resume:
         elapsed, overhead = run.restore(payload, full=True)
@@ -546,13 +574,14 @@ def train(
     else:
         # the previous run's best.pt and card stay until this run writes its own (a crash or kill early in the new
         # run leaves a usable model); its step log and pseudo-labels go
-        for stale in (LOSSES_FILE, PSEUDO_LABEL_DIR):
+        for stale in (LOSSES_FILE, PSEUDO_LABEL_DIR) if run.main else ():
             path = out_dir / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
             run.restore(payload, full=False)
             if not config.labels_only:
                 run.enter_cotraining(0.0)
+    run.join_ranks(resumed=resume)
     log.info("working scale %.2f (%s), patch %s", run.scale,
              "chosen from the labelled objects" if config.working_scale is None and scale is None else "given",
              "x".join(map(str, run.patch_size)))
@@ -568,7 +597,7 @@ def train(
         pseudo_labels.done(clock.elapsed)
 
     def maybe_pseudo_label(now: float) -> Iterator[TrainingEvent]:
-        if run.stage == PRETRAIN or not data.unlabelled_indices:
+        if run.stage == PRETRAIN or not data.unlabelled_indices or not run.main:
             return
         if not pseudo_labels.started:
             pseudo_labels.start(now)
@@ -578,7 +607,7 @@ def train(
             pseudo_labels.done(clock.elapsed)
 
     def maybe_checkpoint(now: float) -> Iterator[TrainingEvent]:
-        if checkpoints.due(now):
+        if run.main and checkpoints.due(now):
             checkpoints.done(now)
             with clock.paused():
                 path = run.save_last(clock)
@@ -601,23 +630,26 @@ def train(
     finished = False
     try:
         while True:
-            fraction = clock.fraction(run.step)
+            fraction = run.shared_fraction(clock)
             if run.stage == PRETRAIN and fraction >= config.pretrain_fraction:
                 run.enter_cotraining(fraction)
             if fraction >= 1.0:
                 break
-            losses = run.advance(clock)
+            losses = run.advance(clock, fraction)
             now = clock.elapsed
             yield from maybe_pseudo_label(now)
             yield from maybe_checkpoint(now)
             yield Progress(run.stage, run.step, clock.fraction(run.step), clock.elapsed,
                            clock.remaining(run.step), losses)
+        if not run.main:  # the other ranks' work ends with the steps
+            finished = True
+            return
         last = yield from finish()
         finished = True  # only now: closing at an earlier yield of the final phase must still leave a last.pt
         yield CheckpointSaved(last, CheckpointKind.LAST)
         yield Done(out_dir, run.fit)
     finally:
-        if not finished:
+        if not finished and run.main:
             run.save_last(clock)
             if run.stage != PRETRAIN and (run.step > 0 or not (out_dir / BEST).exists()):
                 run.save_best(clock)  # a stopped run's model replaces the earlier one once it has trained
@@ -662,7 +694,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     checkpoints.start(0.0)
     try:
         while clock.fraction(session_steps) < 1.0:
-            losses = run.checked_step(clock)  # no loss log: a pretraining can run for hours
+            losses = run.checked_step(clock.fraction(session_steps))  # no loss log: pretraining can run for hours
             run.step += 1
             session_steps += 1
             if checkpoints.due(clock.elapsed):
