@@ -183,6 +183,21 @@ def memory_format_for(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a CPU batch to ``device``; to a GPU through pinned memory, asynchronously (the copy overlaps the
+    kernels still queued). Untested on a GPU in this project's CI (no GPU there)."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def prepare_for_fixed_shapes(device: torch.device) -> None:
+    """Training uses one patch size throughout: on CUDA let cuDNN benchmark its convolution algorithms once and
+    keep the fastest (nothing to do elsewhere)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 def autocast_context(device: torch.device, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()

@@ -16,7 +16,7 @@ import itertools
 import numpy as np
 import torch
 
-from .device import autocast_context, memory_format_for
+from .device import autocast_context, memory_format_for, to_device
 from .teacher import DiffusionTwin
 from .tiling import fit_tile, gaussian_weight, tile_starts
 
@@ -115,7 +115,7 @@ def tiled_probabilities(
         for start in range(0, total, batch_size):
             chunk = corners[start : start + batch_size]
             slices = [tuple(slice(c, c + t) for c, t in zip(corner, tile)) for corner in chunk]
-            batch = torch.from_numpy(np.stack([padded[(slice(None),) + s] for s in slices])).to(device)
+            batch = to_device(torch.from_numpy(np.stack([padded[(slice(None),) + s] for s in slices])), device)
             batch = batch.contiguous(memory_format=memory_format)
             first = _forward_probs(networks[0], batch, False, sampling_steps, generator).cpu().numpy()
             accumulated = None

@@ -168,6 +168,7 @@ class TrainingRun:
         self.main = ranks is None or ranks.main  # the process that writes files and keeps the clock
         self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR)
         self.device = devices.select_device(config.device)
+        devices.prepare_for_fixed_shapes(self.device)
         self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker) from config.threads
         self.bf16 = devices.bf16_supported(self.device) if config.bf16 is None else bool(config.bf16)
         self.generator = torch.Generator().manual_seed(self._stream_seed())
@@ -337,7 +338,7 @@ class TrainingRun:
         return autocast_context(self.device, self.bf16)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.device).contiguous(memory_format=self.memory_format)
+        return devices.to_device(images, self.device).contiguous(memory_format=self.memory_format)
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
         return self._to_device(augment_intensity(images, self.generator, self.config.augment))
@@ -382,7 +383,7 @@ class TrainingRun:
         half = max(1, self.batch_size // 2)
         labelled, labels = self.sampler.labelled_batch(half if unlabelled_indices and self.stage == COTRAIN
                                                         else self.batch_size)
-        labels = labels.to(device)
+        labels = devices.to_device(labels, device)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             with self._autocast():
                 loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator, config.loss)
