@@ -32,26 +32,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     device = devices.select_device(distributed.device_for(ranks, config.device) if ranks else config.device)
     devices.configure_threads(config.threads)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder for the model")
-    for given, folder in (("images", args.images), ("labels", args.labels)):
-        if out.resolve() == Path(folder).resolve():
-            raise InputError(f"--out {out} is the {given} folder; give the model its own folder")
-    _check_writable_folder(out)  # before minutes of training, not after
-    if args.resume and not (out / LAST).is_file():
-        raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
-    if not args.resume and (out / LAST).exists():
-        log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+    _check_model_folder(out, args)
     data = _read_training_data(Path(args.images), Path(args.labels), config.num_classes)
-    n_unlabelled = len(data.unlabelled_indices)
-    kind = describe_kind(data.spatial_dims, data.channels)
-    log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images), kind, len(data.labelled_indices),
-             n_unlabelled, " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
-    if not config.labels_only and not data.unlabelled_indices:
-        log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
-    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
-    log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
-
+    _describe_training(data, config, device, out)
     with _process_group(ranks, device):
         events = training.train(data, config, out, resume=args.resume,
                                 warm_start=Path(args.warm_start) if args.warm_start else None, ranks=ranks)
@@ -63,10 +46,38 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_INTERRUPTED
     _print_trained(out, outcome, config.labels_only, device)
     print(f"resume:   {out / LAST};  card: {out / CARD};  losses: {out / training.LOSSES_FILE}")
-    if n_unlabelled:
-        print(f"pseudo-labels of the {n_unlabelled} unlabelled image(s): {out / training.PSEUDO_LABEL_DIR}")
+    if data.unlabelled_indices:
+        print(f"pseudo-labels of the {len(data.unlabelled_indices)} unlabelled image(s): "
+              f"{out / training.PSEUDO_LABEL_DIR}")
     return EXIT_OK
 
+
+def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
+    """Refuse a model folder that cannot work, before minutes of training: a file, the images or labels folder,
+    not writable, nothing to resume; warn when a model there will be replaced."""
+    from napari_diffseg.core.checkpoint import LAST
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder for the model")
+    for given, folder in (("images", args.images), ("labels", args.labels)):
+        if out.resolve() == Path(folder).resolve():
+            raise InputError(f"--out {out} is the {given} folder; give the model its own folder")
+    _check_writable_folder(out)
+    if args.resume and not (out / LAST).is_file():
+        raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
+    if not args.resume and (out / LAST).exists():
+        log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+
+
+def _describe_training(data, config, device, out: Path) -> None:
+    n_unlabelled = len(data.unlabelled_indices)
+    log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images),
+             describe_kind(data.spatial_dims, data.channels), len(data.labelled_indices), n_unlabelled,
+             " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
+    if not config.labels_only and not n_unlabelled:
+        log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
+    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
 
 
 @contextlib.contextmanager
@@ -104,7 +115,6 @@ def _prediction_inputs(source: Path) -> list[Path]:
 
 def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, io
-    from napari_diffseg.core.model import SegmentationModel
 
     device = devices.select_device(args.device)
     threads = devices.configure_threads(args.threads, spare_core=False)  # no GUI to keep responsive
@@ -114,30 +124,12 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise InputError(f"--out {out} is a file; give a folder for the masks")
     targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
     _refuse_overwriting_inputs(inputs, targets)
-    bf16 = False if args.no_bf16 else devices.bf16_supported(device)
-    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
+    model = _load_model(args, device)
     config = model.config
-    if args.tile is not None and len(args.tile) != config.spatial_dims:
-        raise InputError(f"--tile needs {config.spatial_dims} numbers for this {config.spatial_dims}D model, "
-                         f"got {len(args.tile)}")
     log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
              describe_kind(config.spatial_dims, config.image_channels), args.model, model.threshold, device, threads)
     started = time.perf_counter()
-    failed: list[tuple[str, str]] = []
-    images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
-    try:
-        with _bar_logging(images_bar):
-            for path in inputs:
-                images_bar.set_postfix_str(path.name)
-                try:
-                    _predict_file(model, path, targets[path], args)
-                except DiffsegError as error:  # one bad file: go on with the others, list it at the end
-                    failed.append((path.name, one_line(error)))
-                    message = one_line(error)  # it usually names the file already
-                    log.warning("%s", message if path.name in message else f"{path.name}: {message}")
-                images_bar.update(1)
-    finally:
-        images_bar.close()
+    failed = _predict_all(model, inputs, targets, args)
     extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
     print(f"predicted {len(inputs) - len(failed)} image(s) in {format_duration(time.perf_counter() - started)}: "
           f"masks <stem>.tif{extra} in {out}")
@@ -146,6 +138,40 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
               + "; ".join(f"{name} ({reason})" for name, reason in failed), file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_OK
+
+
+def _predict_all(model, inputs: list[Path], targets: dict[Path, Path], args: argparse.Namespace,
+                 ) -> list[tuple[str, str]]:
+    """Predict every input with an image progress bar; a bad file is logged and listed, the others go on.
+    Returns the (name, reason) of the files that failed."""
+    failed: list[tuple[str, str]] = []
+    images_bar = _bar(args.quiet, total=len(inputs), unit="image", desc="predict")
+    try:
+        with _bar_logging(images_bar):
+            for path in inputs:
+                images_bar.set_postfix_str(path.name)
+                try:
+                    _predict_file(model, path, targets[path], args)
+                except DiffsegError as error:
+                    failed.append((path.name, one_line(error)))
+                    message = one_line(error)  # it usually names the file already
+                    log.warning("%s", message if path.name in message else f"{path.name}: {message}")
+                images_bar.update(1)
+    finally:
+        images_bar.close()
+    return failed
+
+
+def _load_model(args: argparse.Namespace, device):
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.model import SegmentationModel
+
+    bf16 = False if args.no_bf16 else devices.bf16_supported(device)
+    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
+    dims = model.config.spatial_dims
+    if args.tile is not None and len(args.tile) != dims:
+        raise InputError(f"--tile needs {dims} numbers for this {dims}D model, got {len(args.tile)}")
+    return model
 
 
 def _refuse_overwriting_inputs(inputs: list[Path], targets: dict[Path, Path]) -> None:
