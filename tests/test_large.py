@@ -14,6 +14,7 @@ from napari_diffseg.core import large
 from napari_diffseg.core.checkpoint import BEST, save_checkpoint
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.model import SegmentationModel
+from napari_diffseg.core.predict import run_to_completion
 from napari_diffseg.core.synthetic import make_blobs_dataset
 from test_predict import _fit
 
@@ -136,3 +137,34 @@ def test_predict_panel_job_sends_large_files_block_by_block_to_disk_only(model_d
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 12
     assert large.is_complete(tmp_path / "out" / "image.zarr")
     assert tifffile.imread(events[-1].path).shape == raw.shape
+
+
+def test_blocks_run_on_a_dask_cluster_like_in_one_process(model_dir, model, raw, tmp_path, monkeypatch):
+    """A LocalCluster of 2 worker processes (1 thread each) predicts the blocks of a zarr input; the result equals
+    the one-process block-by-block result; the CLI's --dask-scheduler takes the same path."""
+    from distributed import Client, LocalCluster
+
+    from napari_diffseg.core.large_cluster import predict_large_on_cluster
+    from test_cli import run_cli
+
+    monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
+    path = _write("zarr", raw, tmp_path)
+    local = run_to_completion(large.predict_large(model, large.open_lazy(path), tmp_path / "local.zarr"))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        events = []
+        generator = predict_large_on_cluster(model_dir, path, tmp_path / "cluster.zarr", client, bf16=False)
+        while True:
+            try:
+                events.append(next(generator))
+            except StopIteration as stop:
+                result = stop.value
+                break
+        assert [e.done for e in events] == list(range(1, 13))
+        assert large.is_complete(result)
+        np.testing.assert_array_equal(np.asarray(zarr.open_array(str(result), mode="r")),
+                                      np.asarray(zarr.open_array(str(local), mode="r")))
+        code, out, err = run_cli(["predict", model_dir, path, "--out", tmp_path / "pred", "--dask-scheduler",
+                                  cluster.scheduler_address])
+        assert code == 0, err
+        assert large.is_complete(tmp_path / "pred" / "image.zarr")

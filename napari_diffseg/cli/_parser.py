@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--uncertainty <stem>_uncertainty.tif (float32 in [0, 1]).",
     )
     predict.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
-    predict.add_argument("input", metavar="INPUT", help="image file or folder of images")
+    predict.add_argument("input", metavar="INPUT", help="image file, folder of images or .zarr array")
     predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
     predict.add_argument("--uncertainty", action="store_true",
                          help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="diffusion sampling steps per tile (default 1: one deterministic step)")
     predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
                          help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
+    predict.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                         help="run the blocks of large images (over 16 megapixels, or .zarr) on this dask.distributed "
+                              "scheduler, e.g. tcp://host:8786 (input, model and output on a shared file system)")
     _add_device_options(predict, default_threads="every core")
     predict.set_defaults(handler=_cmd_predict)
 

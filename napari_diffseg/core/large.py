@@ -108,40 +108,74 @@ def block_corners(shape: tuple[int, ...], block: tuple[int, ...]) -> list[tuple[
     return list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block)]))
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one image is cut: its spatial shape, block and halo sizes, and the intensity ranges every block uses."""
+
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    halo: tuple[int, ...]
+    ranges: tuple[tuple[float, float], ...]
+
+    def corners(self) -> list[tuple[int, ...]]:
+        return block_corners(self.shape, self.block)
+
+
+def plan_blocks(model: SegmentationModel, image, name: str = "image", block: tuple[int, ...] | None = None,
+                halo: tuple[int, ...] | None = None) -> BlockPlan:
+    """Check that the image fits the model and plan its blocks (reads only a regular subsample)."""
+    model.check_layout(_ShapeOnly(image.shape), name)
+    dims = model.config.spatial_dims
+    ranges = tuple(subsample_ranges(image, dims))
+    _release_mapped_pages(image)
+    return BlockPlan(tuple(int(n) for n in image.shape[:dims]), tuple(block or (BLOCK_2D if dims == 2 else BLOCK_3D)),
+                     tuple(halo or (HALO_2D if dims == 2 else HALO_3D)), ranges)
+
+
+def create_output(out_path: Path, plan: BlockPlan):
+    """An empty uint8 zarr array for the mask, chunked like the blocks (an earlier output there is replaced)."""
+    import zarr
+
+    out_path = Path(out_path)
+    if out_path.exists():
+        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
+    return zarr.open_array(str(out_path), mode="w", shape=plan.shape, dtype=np.uint8,
+                           chunks=tuple(min(b, n) for b, n in zip(plan.block, plan.shape)))
+
+
+def predict_block(model: SegmentationModel, image, out, plan: BlockPlan, corner: tuple[int, ...], name: str = "image",
+                  tile: tuple[int, ...] | None = None) -> None:
+    """Predict the block at ``corner`` with its halo of context and write its core into ``out``."""
+    core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, plan.block, plan.shape))
+    read = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(core, plan.halo, plan.shape))
+    raw = np.asarray(image[read])
+    _check_finite_block(raw, name)
+    prediction = run_to_completion(model.iter_predict_normalised(normalise_channels(raw, list(plan.ranges)),
+                                                                 tile=tile))
+    inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
+    out[core] = prediction.mask[inner]
+    del raw, prediction
+    _release_mapped_pages(image)
+
+
+def mark_complete(out, model: SegmentationModel, name: str) -> None:
+    out.attrs[COMPLETE_ATTR] = {"complete": True, "threshold": model.threshold, "source": name}
+
+
 def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "image",
                   block: tuple[int, ...] | None = None, halo: tuple[int, ...] | None = None,
                   tile: tuple[int, ...] | None = None) -> Generator[BlockProgress, None, Path]:
     """Predict a lazily read raw image block by block into a zarr array at ``out_path`` (uint8 class ids, chunked
     like the blocks); yields progress after every block and returns the path. Stopping the generator between
     blocks leaves an output without the completion mark."""
-    import zarr
-
-    model.check_layout(_ShapeOnly(image.shape), name)
-    dims = model.config.spatial_dims
-    block = tuple(block or (BLOCK_2D if dims == 2 else BLOCK_3D))
-    halo = tuple(halo or (HALO_2D if dims == 2 else HALO_3D))
-    shape = tuple(int(n) for n in image.shape[:dims])
-    ranges = subsample_ranges(image, dims)
-    _release_mapped_pages(image)
-    out_path = Path(out_path)
-    if out_path.exists():
-        shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-    out = zarr.open_array(str(out_path), mode="w", shape=shape, dtype=np.uint8,
-                          chunks=tuple(min(b, n) for b, n in zip(block, shape)))
-    corners = block_corners(shape, block)
+    plan = plan_blocks(model, image, name, block, halo)
+    out = create_output(out_path, plan)
+    corners = plan.corners()
     for done, corner in enumerate(corners, start=1):
-        core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, block, shape))
-        read = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(core, halo, shape))
-        raw = np.asarray(image[read])
-        _check_finite_block(raw, name)
-        prediction = run_to_completion(model.iter_predict_normalised(normalise_channels(raw, ranges), tile=tile))
-        inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
-        out[core] = prediction.mask[inner]
-        del raw, prediction
-        _release_mapped_pages(image)
+        predict_block(model, image, out, plan, corner, name, tile)
         yield BlockProgress(done, len(corners))
-    out.attrs[COMPLETE_ATTR] = {"complete": True, "threshold": model.threshold, "source": name}
-    return out_path
+    mark_complete(out, model, name)
+    return Path(out_path)
 
 
 def _release_mapped_pages(image) -> None:
