@@ -186,6 +186,13 @@ def versions(packages: tuple[str, ...] = ("napari-diffseg", "torch", "numpy", "s
     return found
 
 
+def print_report(lines: list[str], out: str | None) -> None:
+    """Print a benchmark's markdown lines and, with ``out``, also write them to that file."""
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15 minute load averages (what ``uptime`` shows)."""
     return os.getloadavg()

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import tifffile
 
-from _common import REPO, load_average, machine
+from _common import REPO, load_average, machine, print_report
 
 SAMPLE = REPO / "napari_diffseg" / "sample_data" / "train"
 PYTHON = sys.executable
@@ -168,9 +168,7 @@ def main() -> None:
                  f"`core.large.predict_large`, first {done} of {total} blocks, then cancelled | {run['peak_mb']:.0f} MB "
                  f"| {run['seconds']:.0f} s | |")
     print(lines[-1], flush=True)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-from pathlib import Path
 import time
 
 import numpy as np
 import torch
 
-from _common import load_average, machine
+from _common import load_average, machine, print_report
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.networks import fold_batch_norm
 from napari_diffseg.core.predict import tiled_probabilities, run_to_completion
@@ -82,9 +81,7 @@ def main() -> None:
         lines.append(f"| {label} | {threads} | {'bf16' if bf16 else 'fp32'} | {tile} | {batch} | {seconds:.2f} | "
                      f"{rate:.2f} | {rate / baseline:.2f} |")
         print(lines[-1], flush=True)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -52,18 +52,22 @@ def _write(kind: str, raw: np.ndarray, tmp_path):
     return path
 
 
-@pytest.mark.parametrize("kind", ["tiff", "compressed tiff", "zarr"])
-def test_block_prediction_matches_in_memory_prediction(model, raw, tmp_path, kind):
-    image = large.open_lazy(_write(kind, raw, tmp_path))
-    assert not isinstance(image, np.ndarray) or isinstance(image, np.memmap)  # read lazily, not loaded
+def _drain(generator) -> tuple[list, object]:
+    """All progress events of a generator and its return value."""
     events = []
-    generator = large.predict_large(model, image, tmp_path / "mask.zarr", block=BLOCK, halo=HALO, tile=TILE)
     while True:
         try:
             events.append(next(generator))
         except StopIteration as stop:
-            out_path = stop.value
-            break
+            return events, stop.value
+
+
+@pytest.mark.parametrize("kind", ["tiff", "compressed tiff", "zarr"])
+def test_block_prediction_matches_in_memory_prediction(model, raw, tmp_path, kind):
+    image = large.open_lazy(_write(kind, raw, tmp_path))
+    assert not isinstance(image, np.ndarray) or isinstance(image, np.memmap)  # read lazily, not loaded
+    events, out_path = _drain(large.predict_large(model, image, tmp_path / "mask.zarr", block=BLOCK, halo=HALO,
+                                                  tile=TILE))
     blocks = len(large.block_corners(raw.shape, BLOCK))
     assert [e.done for e in events] == list(range(1, blocks + 1)) and blocks == 12
     assert large.is_complete(out_path)
@@ -152,14 +156,8 @@ def test_blocks_run_on_a_dask_cluster_like_in_one_process(model_dir, model, raw,
     local = run_to_completion(large.predict_large(model, large.open_lazy(path), tmp_path / "local.zarr"))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        events = []
-        generator = predict_large_on_cluster(model_dir, path, tmp_path / "cluster.zarr", client, bf16=False)
-        while True:
-            try:
-                events.append(next(generator))
-            except StopIteration as stop:
-                result = stop.value
-                break
+        events, result = _drain(predict_large_on_cluster(model_dir, path, tmp_path / "cluster.zarr", client,
+                                                         bf16=False))
         assert [e.done for e in events] == list(range(1, 13))
         assert large.is_complete(result)
         np.testing.assert_array_equal(np.asarray(zarr.open_array(str(result), mode="r")),
