@@ -3,11 +3,11 @@
 One labelled 64x64 image and 15 unlabelled ones (make_blobs_dataset, noise 0.4), three seeds, the same step
 budget (120 optimisation steps) for both methods, Dice on 8 held-out images. Measured on the development machine
 (2 CPU cores, torch 2.13 CPU, bf16 autocast), pooled Dice semi-supervised vs labels-only with the current
-defaults (supervised warm-up for the first quarter of co-training, no stage-1 pretraining, working scale, poly
-schedule, augmentation, fixed threshold; 2026-12-03): seed 0: 0.8814 vs 0.8518, seed 1: 0.8165 vs 0.8274,
-seed 2: 0.9039 vs 0.8225; mean margin +0.033 (without the warm-up: +0.027; with the earlier default of 25 %
-pretraining: -0.010). The test asserts a mean margin of at least +0.01 and that semi-supervised wins on at least
-2 of 3 seeds.
+defaults (the teacher alone through a supervised warm-up of half of co-training, then the student as its copy; no
+stage-1 pretraining, working scale, poly schedule, augmentation, fixed threshold; 2026-12-03): seed 0: 0.8879 vs
+0.8545, seed 1: 0.8439 vs 0.8289, seed 2: 0.8994 vs 0.8113; mean margin +0.046 (the previous default, both twins
+from their own initialisation and a quarter of warm-up: +0.033; without a warm-up: +0.027; with 25 % stage-1
+pretraining: -0.010). The test asserts a mean margin of at least +0.03 and that semi-supervised wins on every seed.
 
 The budget is counted in steps, not seconds, so the result does not depend on machine load; a co-training step
 costs more than a supervised one, and the equal-wall-time comparison on real data is in benchmarks/.
@@ -53,5 +53,5 @@ def test_semi_supervised_beats_labels_only_on_synthetic_data():
         jobs = [(pool.submit(_train_and_score, False, seed), pool.submit(_train_and_score, True, seed)) for seed in SEEDS]
         scores = [(semi.result(), baseline.result()) for semi, baseline in jobs]
     margins = [semi - baseline for semi, baseline in scores]
-    assert np.mean(margins) >= 0.01, f"semi vs labels-only per seed: {scores}"
-    assert sum(m > 0 for m in margins) >= 2, f"semi vs labels-only per seed: {scores}"
+    assert np.mean(margins) >= 0.03, f"semi vs labels-only per seed: {scores}"
+    assert all(m > 0 for m in margins), f"semi vs labels-only per seed: {scores}"

@@ -62,7 +62,8 @@ class TrainConfig:
 
     Departures from the paper-scale settings of shared/METHOD.md, measured at equal optimisation time (README,
     "How it works"): one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step, Adam
-    3e-3 in co-training, labelled + unlabelled halves of one batch per network, a working scale chosen from the
+    3e-3 in co-training, a supervised warm-up through the first half of co-training (the teacher alone; the student
+    then starts as its copy), labelled + unlabelled halves of one batch per network, a working scale chosen from the
     labelled objects, intensity/colour augmentation (each twin sees its own perturbed view of a patch), a poly
     learning-rate schedule that anneals to zero at the end of the budget, and the final weights of the teacher
     with a fixed 0.5 threshold instead of a selection on the labelled images.
@@ -76,9 +77,9 @@ class TrainConfig:
     rounds_every: int = 4
     chained_rounds: bool = False
     lambda_d: float = 1.0
-    supervised_warmup: float = 0.25
+    supervised_warmup: float = 0.5
     unlabelled_ramp: float = 0.5
-    warmup_twins: str = "both"
+    warmup_twins: str = "copy"
     num_classes: int = 2
     base_channels: int = 16
     student_channels: int | None = None  # the student's width (None: the teacher's); a narrower student is cheaper
