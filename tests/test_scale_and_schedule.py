@@ -161,7 +161,8 @@ def test_copy_warm_up_trains_the_teacher_alone_then_copies_it_into_the_student(t
     assert last["student_pending_copy"] is False
     mask_path = [k for k in last["teacher"] if k.startswith("mask_path.") and k.endswith("weight")]  # not BN stats
     assert all(torch.allclose(last["student"][k].float(), last["teacher"][k].float(), atol=1e-5) for k in mask_path)
-    both = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, lr_cotrain=1e-9)
+    both = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="both",
+                             lr_cotrain=1e-9)
     list(train(data, both, tmp_path / "both"))
     other = torch.load(tmp_path / "both" / LAST, map_location="cpu", weights_only=True)
     assert not all(torch.allclose(other["student"][k].float(), other["teacher"][k].float(), atol=1e-5)

@@ -45,6 +45,9 @@ def make_config(**overrides) -> TrainConfig:
         rounds=1, seed=0, device="cpu", threads=1, bf16=False, uncertainty_draws=1, pretrain_fraction=0.25,
         checkpoint_every_seconds=1e9, first_pseudo_labels_after_seconds=1e9,
         pseudo_labels_every_seconds=1e9,
+        # both twins from the start, a quarter of warm-up: every stage shows within 20 steps (the default, the
+        # teacher alone then a copy, is covered by tests/test_scale_and_schedule.py and the semi-supervised gain test)
+        supervised_warmup=0.25, warmup_twins="both",
     )
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+import datetime
 import os
 
 import torch
@@ -51,13 +52,19 @@ def start(ranks: Ranks, device: torch.device) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world)
+        # the other ranks wait in collectives while rank 0 alone writes pseudo-labels and checkpoints
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world,
+                                timeout=datetime.timedelta(hours=2))
 
 
 def stop() -> None:
+    """Leave the process group together: every rank waits until rank 0 has written the model, then all close
+    (a rank that closed alone while rank 0 still worked was aborted by gloo: 'terminate called without an active
+    exception')."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
