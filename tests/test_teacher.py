@@ -72,7 +72,7 @@ def test_teacher_pathway_shapes(spatial_dims, channels, num_classes, shape):
     loss, reconstruction = teacher.reconstruct(images, soft_mask, generator)
     assert loss.shape == (2,) and bool((loss >= 0).all())
     assert reconstruction.shape == images.shape
-    assert float(reconstruction.min()) >= 0.0 and float(reconstruction.max()) <= 1.0
+    assert float(reconstruction.detach().min()) >= 0.0 and float(reconstruction.detach().max()) <= 1.0
 
 
 def test_empty_mask_is_all_background_one_hot_in_signed_range():
