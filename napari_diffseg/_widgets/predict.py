@@ -78,13 +78,14 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
             if out_dir is None:
                 raise InputError(f"{source.name} is too large to segment in memory: choose '{OUTPUT_DISK}' as the "
                                  "output (it is then predicted block by block)")
-            target = Path(out_dir) / f"{sanitise_name(name_stem(source))}.tif"
-            blocks = large.predict_large(model, large.open_lazy(source), target.with_suffix(large.ZARR_SUFFIX),
-                                         name=source.name)
-            for progress in blocks:
+            blocks = large.predict_file(model, source, Path(out_dir) / f"{sanitise_name(name_stem(source))}.tif")
+            while True:
+                try:
+                    progress = next(blocks)
+                except StopIteration as stop:
+                    yield PredictResult(name, None, None, layer_name, stop.value)
+                    break
                 yield PredictProgress((index + progress.done / progress.total) / len(sources), name)
-            yield PredictResult(name, None, None, layer_name, large.zarr_to_tiff(target.with_suffix(large.ZARR_SUFFIX),
-                                                                                 target))
             continue
         image = read_image(source) if isinstance(source, Path) else np.asarray(source)
         per_plane = model.config.spatial_dims == 2 and _is_stack_of_2d(image)

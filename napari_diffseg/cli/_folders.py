@@ -193,17 +193,14 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
         if args.uncertainty:
             log.warning("%s: too large to hold in memory; predicted block by block, without an uncertainty map",
                         path.name)
-        zarr_path = target.with_suffix(large.ZARR_SUFFIX)
+        run_blocks = None
         if args.dask_scheduler:
             from napari_diffseg.core.large_cluster import predict_large_on_cluster
 
-            blocks = predict_large_on_cluster(Path(args.model), path, zarr_path, args.dask_scheduler, tile,
-                                              bf16=False if args.no_bf16 else None)
-        else:
-            blocks = large.predict_large(model, large.open_lazy(path), zarr_path, name=path.name, tile=tile)
-        _drive(blocks, args.quiet, "block")
-        large.zarr_to_tiff(zarr_path, target)
-        log.info("%s: block by block into %s and %s", path.name, zarr_path, target)
+            run_blocks = lambda zarr_path: predict_large_on_cluster(  # noqa: E731
+                Path(args.model), path, zarr_path, args.dask_scheduler, tile, bf16=False if args.no_bf16 else None)
+        _drive(large.predict_file(model, path, target, tile, run_blocks), args.quiet, "block")
+        log.info("%s: block by block into %s and %s", path.name, target.with_suffix(large.ZARR_SUFFIX), target)
         return
     prediction = _drive(model.iter_predict(io.read_image(path), uncertainty=args.uncertainty, draws=args.draws,
                                            sampling_steps=args.sampling_steps, tile=tile, name=path.name),

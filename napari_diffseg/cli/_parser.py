@@ -168,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", parents=[common], help="segment images with a trained model",
-        description="Segment INPUT (an image file or a folder of images) with the model in MODEL_DIR. OUTPUT "
-                    "receives <stem>.tif, a uint8 mask (0 = background, class ids otherwise), and with "
-                    "--uncertainty <stem>_uncertainty.tif (float32 in [0, 1]).",
+        description="Segment INPUT (an image file, a folder of images or a .zarr array) with the model in "
+                    "MODEL_DIR. OUTPUT receives <stem>.tif, a uint8 mask (0 = background, class ids otherwise), and "
+                    "with --uncertainty <stem>_uncertainty.tif (float32 in [0, 1]). Images over 16 megapixels and "
+                    "zarr arrays are predicted block by block into <stem>.zarr, then copied into <stem>.tif.",
     )
     predict.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
     predict.add_argument("input", metavar="INPUT", help="image file, folder of images or .zarr array")

@@ -152,7 +152,7 @@ def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
     return array
 
 
-def _check_finite(array: np.ndarray, name: str | os.PathLike | None) -> None:
+def check_finite(array: np.ndarray, name: str | os.PathLike | None) -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(
@@ -165,7 +165,7 @@ def read_image(path: Path) -> np.ndarray:
     path = Path(path)
     array = _read_raw(path)
     image_layout(array, name=path)
-    _check_finite(array, path)
+    check_finite(array, path)
     return array
 
 
@@ -212,7 +212,7 @@ def to_channels_first(image: np.ndarray, *, name: str | os.PathLike | None = Non
     becomes all zeros. NaN / inf pixels raise InputError.
     """
     image = np.asarray(image)
-    _check_finite(image, name)
+    check_finite(image, name)
     return normalise_channels(image, intensity_ranges(image, name=name), name=name)
 
 

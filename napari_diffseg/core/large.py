@@ -11,7 +11,7 @@ once whole.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 import itertools
 import mmap
@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 
 from .errors import InputError
-from .io import intensity_ranges, normalise_channels, spatial_shape
+from .io import check_finite, intensity_ranges, normalise_channels, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -149,7 +149,7 @@ def predict_block(model: SegmentationModel, image, out, plan: BlockPlan, corner:
     core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, plan.block, plan.shape))
     read = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(core, plan.halo, plan.shape))
     raw = np.asarray(image[read])
-    _check_finite_block(raw, name)
+    check_finite(raw, name)
     prediction = run_to_completion(model.iter_predict_normalised(normalise_channels(raw, list(plan.ranges)),
                                                                  tile=tile))
     inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
@@ -178,17 +178,27 @@ def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "
     return Path(out_path)
 
 
+def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tuple[int, ...] | None = None,
+                 run_blocks: Callable[[Path], Generator[BlockProgress, None, Path]] | None = None,
+                 ) -> Generator[BlockProgress, None, Path]:
+    """A large image file (or zarr array) block by block into ``target`` with suffix .zarr, then copied into the
+    tiled TIFF ``target``; yields block progress, returns ``target``. ``run_blocks(zarr_path)``: another runner of
+    the blocks (a dask cluster's, core/large_cluster.py); default: this process."""
+    source, target = Path(source), Path(target)
+    zarr_path = target.with_suffix(ZARR_SUFFIX)
+    if run_blocks is None:
+        yield from predict_large(model, open_lazy(source), zarr_path, name=source.name, tile=tile)
+    else:
+        yield from run_blocks(zarr_path)
+    return zarr_to_tiff(zarr_path, target)
+
+
 def _release_mapped_pages(image) -> None:
     """Unmap the file pages a memory-mapped input has touched so far (they stay in the page cache): without this,
     every page read stays in the process's resident memory and a large TIFF ends up counted whole."""
     mapping = getattr(image, "_mmap", None)
     if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _check_finite_block(raw: np.ndarray, name: str) -> None:
-    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
-        raise InputError(f"{name}: image has NaN or infinite pixels; fix or mask them before predicting")
 
 
 def is_complete(path: Path) -> bool:
