@@ -54,7 +54,7 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
     from napari_diffseg.core.device import configure_threads
     from napari_diffseg.core.training import Progress, PseudoLabelsReady, train
 
-    configure_threads(config.threads)  # as the CLI does: the engine leaves the process's thread count alone
+    configure_threads(config.runtime.threads)  # as the CLI does: the engine leaves the process's thread count alone
 
     data = training_data_from_arrays([p[0] for p in train_pairs], {i: train_pairs[i][1] for i in labelled},
                                      [p[2] for p in train_pairs])

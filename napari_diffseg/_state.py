@@ -14,7 +14,6 @@ settings (``core.training.TrainConfig``) are built on first use.
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 import logging
 from typing import TYPE_CHECKING, Any
@@ -120,7 +119,7 @@ class DiffsegState:
 
     def update_config(self, **changes: Any) -> TrainConfig:
         """Replace some settings (validated by TrainConfig: InputError for impossible values)."""
-        self.config = dataclasses.replace(self.config, **changes)
+        self.config = self.config.replace(**changes)
         return self._config
 
     # ------------------------------------------------------------------ status

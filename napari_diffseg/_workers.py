@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import contextlib
-import dataclasses
 import logging
 import sys
 import threading
@@ -161,7 +160,7 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
     if state.pretrain_worker is not None or not pretraining_wanted(state):
         return None
     project = state.project
-    config = dataclasses.replace(state.config, budget_seconds=PRETRAIN_MAX_SECONDS, max_steps=None, threads=1)
+    config = state.config.replace(budget_seconds=PRETRAIN_MAX_SECONDS, max_steps=None, threads=1)
 
     def events():
         from qtpy.QtCore import QThread
@@ -262,7 +261,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         return rounds.train_round(project, config, warm_start=True, resume=resume)
 
     state.set_status(Status.RUNNING)
-    state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.threads)
+    state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.runtime.threads)
     return state.worker
 
 

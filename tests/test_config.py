@@ -86,5 +86,32 @@ def test_every_setting_is_checked(changes, message):
 def test_stored_settings_with_unknown_keys_are_named_not_dropped_silently(caplog):
     with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.config"):
         config = TrainConfig.from_dict({"rounds": 2, "teacher_momentum": 0.99})
-    assert config.rounds == 2
+    assert config.method.rounds == 2
     assert "ignoring unknown training settings: teacher_momentum" in caplog.text
+
+
+def test_settings_live_in_four_sections_and_are_set_by_name():
+    from napari_diffseg.core.config import SECTION_OF, NetworkSettings, Twin
+
+    config = TrainConfig(network=NetworkSettings(base_channels=8), seed=3, keep_twin="student")
+    assert config.network.base_channels == 8 and config.runtime.seed == 3
+    assert config.method.keep_twin is Twin.STUDENT  # a choice becomes its enum member
+    assert set(SECTION_OF.values()) == {"method", "network", "schedule", "runtime"}
+    changed = config.replace(depth=2, budget_seconds=None, max_steps=5)
+    assert (changed.network.depth, changed.network.base_channels, changed.schedule.max_steps) == (2, 8, 5)
+    assert config.network.depth == 3 and changed.network is not config.network  # copies, never shared sections
+    with pytest.raises(InputError, match="give a time budget"):
+        config.replace(budget_seconds=None)  # a copy is validated like a new config
+    with pytest.raises(TypeError, match="unknown training settings: widht"):
+        TrainConfig(widht=8)
+
+
+def test_settings_are_stored_flat_by_name_and_read_back_flat_or_nested():
+    config = TrainConfig(base_channels=8, patch_size=[32, 32], lr_schedule="constant", seed=4)
+    stored = config.to_dict()
+    assert stored["base_channels"] == 8 and stored["patch_size"] == (32, 32)
+    assert type(stored["lr_schedule"]) is str and stored["lr_schedule"] == "constant"  # plain JSON values
+    assert TrainConfig.from_dict(stored) == config
+    nested = {"network": {"base_channels": 8}, "schedule": {"patch_size": [32, 32], "lr_schedule": "constant"},
+              "runtime": {"seed": 4}}
+    assert TrainConfig.from_dict(nested) == config

@@ -94,8 +94,8 @@ def test_train_round_stores_pseudo_labels_losses_and_checkpoints(project):
 
     steps = [e.step for e in events if isinstance(e, Progress)]
     logged_steps = sorted({entry.step for entry in project.loss_history(round_number=1)})
-    assert logged_steps == steps == list(range(1, config.max_steps + 1))
-    assert project.config[rounds.TRAIN_CONFIG_KEY]["max_steps"] == config.max_steps
+    assert logged_steps == steps == list(range(1, config.schedule.max_steps + 1))
+    assert project.config[rounds.TRAIN_CONFIG_KEY]["max_steps"] == config.schedule.max_steps
     assert set(project.review_queue()) == {"img1", "img2", "img3"}
 
 

@@ -123,7 +123,7 @@ def test_learning_rate_anneals_to_zero_at_the_end_of_the_budget(tmp_path, labels
     # the last step ran at 11/12 of the budget: (1 - 11/12) ** 0.9 of the co-training rate (labels only) or
     # (1 - (11/12 - 1/4) / (3/4)) ** 0.9 of it (co-training starts after the pretraining quarter)
     progress = 11 / 12 if labels_only else (11 / 12 - 0.25) / 0.75
-    assert rate == pytest.approx(config.lr_cotrain * (1 - progress) ** 0.9, rel=1e-6)
+    assert rate == pytest.approx(config.schedule.lr_cotrain * (1 - progress) ** 0.9, rel=1e-6)
     if not labels_only:
         assert last["student_optimiser"]["param_groups"][0]["lr"] == pytest.approx(rate, rel=1e-6)
 

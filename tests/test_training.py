@@ -371,7 +371,7 @@ def test_config_errors(overrides, message):
 
 def test_config_round_trip():
     config = make_config(patch_size=[32, 32], chained_rounds=True)
-    assert config.patch_size == (32, 32)
+    assert config.schedule.patch_size == (32, 32)
     assert TrainConfig.from_dict({**config.to_dict(), "unknown_key": 1}) == config
 
 

@@ -94,10 +94,10 @@ def test_every_widget_opens_through_the_manifest(make_napari_viewer, qtbot, show
     assert not train.advanced.isVisible()  # advanced settings folded away
     assert train.budget.value() == 300
     train.budget.setValue(0)  # "no time limit" is not offered while no step limit would end the run
-    assert train.budget.value() == MIN_BUDGET_SECONDS and state.config.budget_seconds == MIN_BUDGET_SECONDS
+    assert train.budget.value() == MIN_BUDGET_SECONDS and state.config.schedule.budget_seconds == MIN_BUDGET_SECONDS
     state.update_config(max_steps=50)
     train.budget.setValue(0)  # with a step limit it is
-    assert train.budget.text() == "no time limit" and state.config.budget_seconds is None
+    assert train.budget.text() == "no time limit" and state.config.schedule.budget_seconds is None
     state.update_config(max_steps=None, budget_seconds=300)
     assert train.budget.minimum() == MIN_BUDGET_SECONDS and train.budget.value() == 300
     assert state_for_viewer(make_napari_viewer()) is not state  # a second viewer has its own state
@@ -729,7 +729,7 @@ def test_reopen_project_restores_statuses_settings_and_layers(make_napari_viewer
     assert state2 is not state
     assert panels2["Project"].open_project(tmp_path / "proj") is not None
     assert panels2["Project"].statuses() == statuses
-    assert state2.config.max_steps == 7 and panels2["Train"].max_steps.value() == 7
+    assert state2.config.schedule.max_steps == 7 and panels2["Train"].max_steps.value() == 7
     annotate_layer = viewer2.layers[_layers.ANNOTATE_LABELS]
     assert annotate_layer.metadata[_layers.NAME_KEY] == names[1]
     np.testing.assert_array_equal(annotate_layer.data, crops[1][1])

@@ -184,16 +184,16 @@ class TrainPanel(QWidget):
         self._syncing = True
         try:
             # "no time limit" (0) only exists while a step limit ends the run: the schedules need a known end
-            self.budget.setMinimum(0 if config.max_steps else MIN_BUDGET_SECONDS)
-            self.budget.setValue(int(config.budget_seconds or 0))
-            self.labels_only.setChecked(bool(config.labels_only))
-            self.rounds.setValue(int(config.rounds))
-            self.chained.setChecked(bool(config.chained_rounds))
-            self.width.setValue(int(config.base_channels))
-            self.patch.setValue(int(config.patch_size[-1]) if config.patch_size else 0)
-            self.max_steps.setValue(int(config.max_steps or 0))
-            self.seed.setValue(int(config.seed))
-            device = str(config.device)
+            self.budget.setMinimum(0 if config.schedule.max_steps else MIN_BUDGET_SECONDS)
+            self.budget.setValue(int(config.schedule.budget_seconds or 0))
+            self.labels_only.setChecked(bool(config.method.labels_only))
+            self.rounds.setValue(int(config.method.rounds))
+            self.chained.setChecked(bool(config.method.chained_rounds))
+            self.width.setValue(int(config.network.base_channels))
+            self.patch.setValue(int(config.schedule.patch_size[-1]) if config.schedule.patch_size else 0)
+            self.max_steps.setValue(int(config.schedule.max_steps or 0))
+            self.seed.setValue(int(config.runtime.seed))
+            device = str(config.runtime.device)
             if self.device.findText(device) < 0:
                 self.device.addItem(device)
             self.device.setCurrentText(device)
@@ -213,7 +213,8 @@ class TrainPanel(QWidget):
     def _apply_patch(self, value: int) -> None:
         if self._syncing:
             return
-        dims = len(self.state.config.patch_size) if self.state.config.patch_size else self._spatial_dims()
+        patch_size = self.state.config.schedule.patch_size
+        dims = len(patch_size) if patch_size else self._spatial_dims()
         self._apply(patch_size=(int(value),) * dims if value else None)
 
     def _spatial_dims(self) -> int:
@@ -365,7 +366,7 @@ def _describe_torch(config: Any) -> str:
     from napari_diffseg.core.device import default_threads, describe_torch, select_device
 
     try:  # the worker sets these threads for itself (cores - 1 by default)
-        return describe_torch(select_device(config.device), config.threads or default_threads())
+        return describe_torch(select_device(config.runtime.device), config.runtime.threads or default_threads())
     except DiffsegError as error:
         return f"device not available: {error}"
 

@@ -40,13 +40,11 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     An option left out keeps its value from ``stored`` (a project's stored settings, except the
     ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
     """
-    from dataclasses import fields
-
-    from napari_diffseg.core.config import TrainConfig
+    from napari_diffseg.core.config import SETTING_NAMES, TrainConfig
 
     kept: dict = {}
     if stored:
-        names = {f.name for f in fields(TrainConfig)} - _COMMAND_LINE_SETTINGS
+        names = set(SETTING_NAMES) - _COMMAND_LINE_SETTINGS
         kept = {key: value for key, value in stored.items() if key in names}
         try:
             TrainConfig(**kept)
@@ -59,8 +57,8 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
         "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
-    inherited = {key: value for key, value in kept.items()
-                 if key not in given and value != getattr(TrainConfig, key, value)}
+    defaults = TrainConfig().to_dict()
+    inherited = {key: value for key, value in kept.items() if key not in given and value != defaults[key]}
     if inherited:
         log.info("kept from the project's stored settings: %s",
                  ", ".join(f"{key} {value}" for key, value in sorted(inherited.items())))
@@ -73,9 +71,9 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
 
 
 def _limits(config) -> str:
-    limits = [f"{format_duration(config.budget_seconds)} budget"]
-    if config.max_steps:
-        limits.append(f"{config.max_steps} steps")
+    limits = [f"{format_duration(config.schedule.budget_seconds)} budget"]
+    if config.schedule.max_steps:
+        limits.append(f"{config.schedule.max_steps} steps")
     return " / ".join(limits)
 
 

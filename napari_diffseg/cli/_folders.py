@@ -29,11 +29,12 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if ranks is not None and not ranks.main:
         logging.getLogger("napari_diffseg").setLevel(logging.WARNING)  # rank 0 tells the story
     # an unavailable device fails before any image is read
-    device = devices.select_device(distributed.device_for(ranks, config.device) if ranks else config.device)
-    devices.configure_threads(config.threads)
+    wanted = config.runtime.device
+    device = devices.select_device(distributed.device_for(ranks, wanted) if ranks else wanted)
+    devices.configure_threads(config.runtime.threads)
     out = Path(args.out)
     _check_model_folder(out, args)
-    data = _read_training_data(Path(args.images), Path(args.labels), config.num_classes)
+    data = _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes)
     _describe_training(data, config, device, out)
     with _process_group(ranks, device):
         events = training.train(data, config, out, resume=args.resume,
@@ -44,7 +45,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_OK if outcome is not None else EXIT_INTERRUPTED  # rank 0 reports and writes
     if outcome is None:
         return EXIT_INTERRUPTED
-    _print_trained(out, outcome, config.labels_only, device)
+    _print_trained(out, outcome, config.method.labels_only, device)
     print(f"resume:   {out / LAST};  card: {out / CARD};  losses: {out / training.LOSSES_FILE}")
     if data.unlabelled_indices:
         print(f"pseudo-labels of the {len(data.unlabelled_indices)} unlabelled image(s): "
@@ -73,10 +74,10 @@ def _describe_training(data, config, device, out: Path) -> None:
     n_unlabelled = len(data.unlabelled_indices)
     log.info("%d %s image(s): %d labelled, %d unlabelled%s", len(data.images),
              describe_kind(data.spatial_dims, data.channels), len(data.labelled_indices), n_unlabelled,
-             " (not trained on: --labels-only)" if config.labels_only and n_unlabelled else "")
-    if not config.labels_only and not n_unlabelled:
+             " (not trained on: --labels-only)" if config.method.labels_only and n_unlabelled else "")
+    if not config.method.labels_only and not n_unlabelled:
         log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
-    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    method = "labels-only baseline" if config.method.labels_only else "diffusion teacher + co-trained student"
     log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
 
 
@@ -255,12 +256,12 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model_dir = Path(args.model)
     model = SegmentationModel.load(model_dir)  # validates best.pt
     card = model.card
-    config = model.config
-    kind = describe_kind(config.spatial_dims, config.image_channels)
+    network = model.config  # the architecture (teacher.NetworkConfig), not the training settings
+    kind = describe_kind(network.spatial_dims, network.image_channels)
     print(f"model folder: {model_dir}")
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
-    print(f"network:      {kind} images, {config.num_classes} classes, width {config.base_channels}, "
-          f"depth {config.depth}")
+    print(f"network:      {kind} images, {network.num_classes} classes, width {network.base_channels}, "
+          f"depth {network.depth}")
     if card:
         data = card.get("data", [])
         labelled = sum(1 for entry in data if entry.get("label_sha256"))

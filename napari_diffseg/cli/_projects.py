@@ -46,8 +46,8 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     project = _open_project(args.project)
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
-    device = devices.select_device(config.device)  # an unavailable device fails before the round changes
-    devices.configure_threads(config.threads)
+    device = devices.select_device(config.runtime.device)  # an unavailable device fails before the round changes
+    devices.configure_threads(config.runtime.threads)
     if args.next_round:  # what napari's 'Next round' button does: a new round, then train it warm-started
         project.next_round()
     round_ = project.current_round
@@ -57,7 +57,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if not args.resume and (round_dir / LAST).exists():
         log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
                     "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
-    method = "labels-only baseline" if config.labels_only else "diffusion teacher + co-trained student"
+    method = "labels-only baseline" if config.method.labels_only else "diffusion teacher + co-trained student"
     log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, method, device, _limits(config))
 
     events = rounds.train_round(project, config, warm_start=True, resume=args.resume)
@@ -65,7 +65,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if outcome is None:
         return EXIT_INTERRUPTED
     started = outcome.started
-    _print_trained(round_dir, outcome, config.labels_only, device, prefix=f"round {round_}: ")
+    _print_trained(round_dir, outcome, config.method.labels_only, device, prefix=f"round {round_}: ")
     if started is not None:
         print(f"start:    {started.note}")
     where = project.pseudo_dir(round_)
@@ -86,7 +86,7 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         setattr(args, name, None)  # the settings of _train_config that pretraining does not offer
     args.labels_only = args.chained_rounds = False
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
-    devices.configure_threads(config.threads)
+    devices.configure_threads(config.runtime.threads)
     folder = rounds.pretrain_dir(project)
     before = pretraining_info(folder)
     log.info("pretraining the teacher of %s without labels for %s%s", project.folder, format_duration(args.budget),

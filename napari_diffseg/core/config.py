@@ -1,9 +1,11 @@
-"""The settings of one training run (TrainConfig), in a module without torch: the GUI reads and edits them on its
-thread, and importing torch there froze the viewer for seconds."""
+"""The settings of one training run (TrainConfig: method, network, schedule and runtime sections, one validate),
+in a module without torch: the GUI reads and edits them on its thread, and importing torch there froze the viewer
+for seconds."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
 import logging
 import re
 
@@ -50,15 +52,114 @@ LIMITS: dict[str, Bounds] = {
 }
 LIMIT_NAMES = {"base_channels": "the network width", "patch_edge": "each patch edge", "num_classes": "num_classes"}
 
-LR_SCHEDULES = ("poly", "constant")
-TWINS = ("teacher", "student")
-WARMUP_TWINS = ("both", "copy")  # supervised warm-up: both twins learn the labels, or the teacher alone + a copy
-LOSSES = ("dice", "dice_ce")  # the mask loss: soft Dice (the paper's), or soft Dice + cross-entropy
+class LrSchedule(StrEnum):
+    """How the learning rate moves over the budget."""
+
+    POLY = "poly"  # nnU-Net's poly schedule: anneals to zero at the end of the known budget
+    CONSTANT = "constant"
+
+
+class Twin(StrEnum):
+    """The two networks of co-training: the diffusion teacher (mask + image pathway) and its student."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"
+
+
+class WarmupTwins(StrEnum):
+    """Who learns the labels in the supervised warm-up."""
+
+    BOTH = "both"  # both twins, independently initialised (the paper's twins)
+    COPY = "copy"  # the teacher alone; the student then starts as its copy
+
+
+class Loss(StrEnum):
+    """The mask loss."""
+
+    DICE = "dice"  # soft Dice (the paper's)
+    DICE_CE = "dice_ce"  # soft Dice + cross-entropy
+
+
+LR_SCHEDULES = tuple(LrSchedule)
+TWINS = tuple(Twin)
+WARMUP_TWINS = tuple(WarmupTwins)
+LOSSES = tuple(Loss)
 
 
 @dataclass
+class MethodSettings:
+    """What is trained: the semi-supervised method (shared/METHOD.md) and the mask it keeps."""
+
+    labels_only: bool = False
+    pretrain_fraction: float = 0.0
+    rounds: int = 1
+    rounds_every: int = 4
+    chained_rounds: bool = False
+    lambda_d: float = 1.0
+    supervised_warmup: float = 0.5
+    unlabelled_ramp: float = 0.5
+    warmup_twins: WarmupTwins = WarmupTwins.COPY
+    loss: Loss = Loss.DICE
+    keep_twin: Twin = Twin.TEACHER
+    threshold: float = 0.5
+    uncertainty_draws: int = 0
+
+
+@dataclass
+class NetworkSettings:
+    """The U-Nets: classes, width and depth (the full architecture is teacher.NetworkConfig, built from these)."""
+
+    num_classes: int = 2
+    base_channels: int = 16
+    student_channels: int | None = None  # the student's width (None: the teacher's); a narrower student is cheaper
+    depth: int = 3
+
+
+@dataclass
+class ScheduleSettings:
+    """How long and on what: the budget, patches and batches, learning rates, augmentation, and how often the
+    run validates, writes pseudo-labels and checkpoints."""
+
+    budget_seconds: float | None = 300.0
+    max_steps: int | None = None
+    patch_size: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    lr_pretrain: float = 1e-3
+    lr_cotrain: float = 3e-3
+    lr_schedule: LrSchedule = LrSchedule.POLY
+    working_scale: float | None = None
+    augment: float = 1.0
+    checkpoint_every_seconds: float = 30.0
+    first_pseudo_labels_after_seconds: float = 10.0
+    pseudo_labels_every_seconds: float = 60.0
+    max_validation_images: int = 8
+
+
+@dataclass
+class RuntimeSettings:
+    """Where and how it runs: seed, device, threads, bf16 autocast (None: decided from the machine)."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    bf16: bool | None = None
+
+
+SECTIONS = {"method": MethodSettings, "network": NetworkSettings, "schedule": ScheduleSettings,
+            "runtime": RuntimeSettings}
+SECTION_OF = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}  # setting -> section
+SETTING_NAMES = tuple(SECTION_OF)
+_CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule}
+
+
+@dataclass(init=False)
 class TrainConfig:
-    """Settings of one training run; defaults are tuned for a 2-core CPU (see benchmarks/quality).
+    """Settings of one training run in four sections (``config.method``, ``.network``, ``.schedule``,
+    ``.runtime``); defaults are tuned for a 2-core CPU (see benchmarks/quality).
+
+    Built from sections, from settings by name (``TrainConfig(seed=3, base_channels=8)``: every setting name is
+    unique across the sections), or both (the names override the sections). Stored (project settings, model cards)
+    as one flat dict of settings by name (``to_dict`` / ``from_dict``), the format of every earlier version.
 
     Departures from the paper-scale settings of shared/METHOD.md, measured at equal optimisation time (README,
     "How it works"): one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step, Adam
@@ -69,101 +170,93 @@ class TrainConfig:
     with a fixed 0.5 threshold instead of a selection on the labelled images.
     """
 
-    budget_seconds: float | None = 300.0
-    max_steps: int | None = None
-    labels_only: bool = False
-    pretrain_fraction: float = 0.0
-    rounds: int = 1
-    rounds_every: int = 4
-    chained_rounds: bool = False
-    lambda_d: float = 1.0
-    supervised_warmup: float = 0.5
-    unlabelled_ramp: float = 0.5
-    warmup_twins: str = "copy"
-    num_classes: int = 2
-    base_channels: int = 16
-    student_channels: int | None = None  # the student's width (None: the teacher's); a narrower student is cheaper
-    depth: int = 3
-    patch_size: tuple[int, ...] | None = None
-    batch_size: int | None = None
-    lr_pretrain: float = 1e-3
-    lr_cotrain: float = 3e-3
-    lr_schedule: str = "poly"
-    working_scale: float | None = None
-    augment: float = 1.0
-    keep_twin: str = "teacher"
-    loss: str = "dice"
-    threshold: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    bf16: bool | None = None
-    checkpoint_every_seconds: float = 30.0
-    first_pseudo_labels_after_seconds: float = 10.0
-    pseudo_labels_every_seconds: float = 60.0
-    uncertainty_draws: int = 0
-    max_validation_images: int = 8
+    method: MethodSettings
+    network: NetworkSettings
+    schedule: ScheduleSettings
+    runtime: RuntimeSettings
 
-    def __post_init__(self):
+    def __init__(self, method: MethodSettings | None = None, network: NetworkSettings | None = None,
+                 schedule: ScheduleSettings | None = None, runtime: RuntimeSettings | None = None, **settings):
+        unknown = sorted(set(settings) - set(SECTION_OF))
+        if unknown:
+            raise TypeError(f"unknown training settings: {', '.join(unknown)}")
+        given = {"method": method, "network": network, "schedule": schedule, "runtime": runtime}
+        for name, kind in SECTIONS.items():
+            changes = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
+            setattr(self, name, replace(given[name] or kind(), **changes))  # a copy: configs never share a section
         self.validate()
+
+    def replace(self, **settings) -> "TrainConfig":
+        """A validated copy with some settings (by name) changed."""
+        return TrainConfig(self.method, self.network, self.schedule, self.runtime, **settings)
 
     def validate(self) -> None:
         """Every field and the rules between fields; InputError naming the first setting that is wrong."""
+        method, network, schedule, runtime = self.method, self.network, self.schedule, self.runtime
         for name, bounds in LIMITS.items():
-            values = (self.patch_size or ()) if name == "patch_edge" else [getattr(self, name)]
+            if name == "patch_edge":
+                values = schedule.patch_size or ()
+            else:
+                values = [getattr(getattr(self, SECTION_OF[name]), name)]
             for value in values:
                 if value is None:  # optional settings (max_steps, batch_size, threads): the default decides
                     continue
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not bounds.contains(value):
                     raise InputError(f"{LIMIT_NAMES.get(name, name)} must be a number {bounds.describe()}, "
                                      f"got {value!r}")
-        if self.patch_size is not None and len(self.patch_size) not in (2, 3):
-            raise InputError(f"patch_size needs 2 (Y X) or 3 (Z Y X) numbers, got {self.patch_size}")
-        if self.patch_size is not None and min(self.patch_size) < 2 ** self.depth:
-            raise InputError(f"patch size {self.patch_size} is smaller than the network's {2 ** self.depth}-pixel "
-                             f"granularity (depth {self.depth}): use larger patches or a shallower network")
-        if not isinstance(self.device, str) or not _DEVICE_PATTERN.fullmatch(self.device):
-            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if self.budget_seconds is None and self.max_steps is None:
+        for name, kind in _CHOICES.items():
+            section = getattr(self, SECTION_OF[name])
+            value = getattr(section, name)
+            if value not in tuple(kind):
+                raise InputError(f"{name} must be one of {', '.join(kind)}, got {value!r}")
+            setattr(section, name, kind(value))
+        if schedule.patch_size is not None and len(schedule.patch_size) not in (2, 3):
+            raise InputError(f"patch_size needs 2 (Y X) or 3 (Z Y X) numbers, got {schedule.patch_size}")
+        if schedule.patch_size is not None and min(schedule.patch_size) < 2 ** network.depth:
+            raise InputError(f"patch size {schedule.patch_size} is smaller than the network's {2 ** network.depth}"
+                             f"-pixel granularity (depth {network.depth}): use larger patches or a shallower network")
+        if not isinstance(runtime.device, str) or not _DEVICE_PATTERN.fullmatch(runtime.device):
+            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {runtime.device!r}")
+        if schedule.budget_seconds is None and schedule.max_steps is None:
             raise InputError("give a time budget (seconds) or a number of steps")
-        if self.budget_seconds is not None and self.budget_seconds <= 0:
-            raise InputError(f"the time budget must be positive, got {self.budget_seconds}")
-        if not 0 <= self.pretrain_fraction < 1:
+        if schedule.budget_seconds is not None and schedule.budget_seconds <= 0:
+            raise InputError(f"the time budget must be positive, got {schedule.budget_seconds}")
+        if not 0 <= method.pretrain_fraction < 1:
             raise InputError("pretrain_fraction must be in [0, 1)")
-        if not 0 <= self.supervised_warmup < 1:
-            raise InputError(f"supervised_warmup must be in [0, 1), got {self.supervised_warmup}")
-        if self.warmup_twins not in WARMUP_TWINS:
-            raise InputError(f"warmup_twins must be one of {', '.join(WARMUP_TWINS)}, got {self.warmup_twins!r}")
-        if self.warmup_twins == "copy" and self.student_channels not in (None, self.base_channels):
+        if not 0 <= method.supervised_warmup < 1:
+            raise InputError(f"supervised_warmup must be in [0, 1), got {method.supervised_warmup}")
+        if method.warmup_twins == WarmupTwins.COPY and network.student_channels not in (None, network.base_channels):
             raise InputError("warmup_twins 'copy' copies the teacher into the student: it needs a student of the "
-                             f"teacher's width ({self.base_channels}), got student_channels {self.student_channels}")
-        if not 0 < self.unlabelled_ramp <= 1:
-            raise InputError(f"unlabelled_ramp must be in (0, 1], got {self.unlabelled_ramp}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise InputError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.working_scale is not None and not 0.05 <= self.working_scale <= 1:
+                             f"teacher's width ({network.base_channels}), got student_channels "
+                             f"{network.student_channels}")
+        if not 0 < method.unlabelled_ramp <= 1:
+            raise InputError(f"unlabelled_ramp must be in (0, 1], got {method.unlabelled_ramp}")
+        if schedule.working_scale is not None and not 0.05 <= schedule.working_scale <= 1:
             raise InputError(f"the working scale must lie in [0.05, 1] (1 = native resolution), "
-                             f"got {self.working_scale}")
-        if self.augment < 0:
-            raise InputError(f"the augmentation strength must be >= 0, got {self.augment}")
-        if self.loss not in LOSSES:
-            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.keep_twin not in TWINS:
-            raise InputError(f"keep_twin must be one of {', '.join(TWINS)}, got {self.keep_twin!r}")
-        if not 0 < self.threshold < 1:
-            raise InputError(f"the threshold must lie in (0, 1), got {self.threshold}")
-        if self.patch_size is not None:
-            self.patch_size = tuple(int(p) for p in self.patch_size)
+                             f"got {schedule.working_scale}")
+        if schedule.augment < 0:
+            raise InputError(f"the augmentation strength must be >= 0, got {schedule.augment}")
+        if not 0 < method.threshold < 1:
+            raise InputError(f"the threshold must lie in (0, 1), got {method.threshold}")
+        if schedule.patch_size is not None:
+            schedule.patch_size = tuple(int(p) for p in schedule.patch_size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every setting by name, plain values (the stored format)."""
+        return {name: getattr(getattr(self, section), name).value if name in _CHOICES
+                else getattr(getattr(self, section), name) for name, section in SECTION_OF.items()}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """From stored settings; keys this version does not know (a newer or older version wrote them) are
-        named in a warning, not used."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """From stored settings, flat by name or nested by section; keys this version does not know (a newer or
+        older version wrote them) are named in a warning, not used."""
+        flat: dict = {}
+        for key, value in values.items():
+            if key in SECTIONS and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[key] = value
+        unknown = sorted(set(flat) - set(SECTION_OF))
         if unknown:
             logger.warning("ignoring unknown training settings: %s", ", ".join(unknown))
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in flat.items() if k in SECTION_OF})

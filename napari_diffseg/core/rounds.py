@@ -86,7 +86,7 @@ def pretrain_dir(project: Project) -> Path:
 
 
 def pretrain_project(project: Project, config: TrainConfig) -> Iterator[TrainingEvent]:
-    """Stage 1 on every image of the project, no label needed, for ``config.budget_seconds`` or until closed,
+    """Stage 1 on every image of the project, no label needed, for ``config.schedule.budget_seconds`` or until closed,
     continuing an earlier pretraining; round 1 then co-trains from this teacher (see ``train_round``)."""
     records = project.records()
     if not records:
@@ -101,8 +101,8 @@ def pretrain_project(project: Project, config: TrainConfig) -> Iterator[Training
 
 def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
     return asdict(NetworkConfig(spatial_dims=data.spatial_dims, image_channels=data.channels,
-                                num_classes=config.num_classes, base_channels=config.base_channels,
-                                depth=config.depth))
+                                num_classes=config.network.num_classes, base_channels=config.network.base_channels,
+                                depth=config.network.depth))
 
 
 def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, round_: int) -> tuple[Path | None, str]:
@@ -143,8 +143,8 @@ def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
     ``resume``: continue a stopped run of this round from its ``last.pt`` (optimisers, step and clock included);
     without one, the round starts normally.
     """
-    if config.num_classes != project.num_classes:
-        raise InputError(f"the training settings have {config.num_classes} classes but the project has "
+    if config.network.num_classes != project.num_classes:
+        raise InputError(f"the training settings have {config.network.num_classes} classes but the project has "
                          f"{project.num_classes}")
     with project.training_lock(f"training round {project.current_round}"):
         yield from _train_round(project, config, warm_start, resume)
@@ -153,7 +153,7 @@ def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
 def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume: bool) -> Iterator[TrainingEvent]:
     round_ = project.current_round
     out_dir = project.checkpoints_dir(round_)
-    data = project_training_data(project, config.num_classes)
+    data = project_training_data(project, config.network.num_classes)
     resumed = bool(resume and (out_dir / LAST).is_file())
     warm, note = (None, "resuming the stopped run of this round") if resumed else (None, "training from scratch")
     if warm_start and not resumed:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .config import LOSSES  # noqa: F401 (re-exported)
 from .diffusion import DiffusionSchedule, from_signed, to_signed
 from .networks import TimeUNet
 

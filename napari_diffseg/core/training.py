@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import device as devices, distributed
-from .config import LR_SCHEDULES, TWINS, WARMUP_TWINS, TrainConfig  # noqa: F401 (re-exported)
+from .config import LrSchedule, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, write_model_card
@@ -90,10 +90,10 @@ class _Clock:
 
     def fraction(self, step: int) -> float:
         parts = []
-        if self.config.budget_seconds is not None:
-            parts.append(self.elapsed / self.config.budget_seconds)
-        if self.config.max_steps is not None:
-            parts.append(step / self.config.max_steps)
+        if self.config.schedule.budget_seconds is not None:
+            parts.append(self.elapsed / self.config.schedule.budget_seconds)
+        if self.config.schedule.max_steps is not None:
+            parts.append(step / self.config.schedule.max_steps)
         return min(1.0, max(parts))
 
     def remaining(self, step: int) -> float:
@@ -167,17 +167,17 @@ class TrainingRun:
         self.ranks = ranks  # data-parallel ranks (torchrun), None in a single process
         self.main = ranks is None or ranks.main  # the process that writes files and keeps the clock
         self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR)
-        self.device = devices.select_device(config.device)
+        self.device = devices.select_device(config.runtime.device)
         devices.prepare_for_fixed_shapes(self.device)
-        self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker) from config.threads
-        self.bf16 = devices.bf16_supported(self.device) if config.bf16 is None else bool(config.bf16)
+        self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker)
+        self.bf16 = devices.bf16_supported(self.device) if config.runtime.bf16 is None else bool(config.runtime.bf16)
         self.generator = torch.Generator().manual_seed(self._stream_seed())
         self.network_config = NetworkConfig(
-            spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.num_classes,
-            base_channels=config.base_channels, depth=config.depth,
+            spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.network.num_classes,
+            base_channels=config.network.base_channels, depth=config.network.depth,
         )
         if scale is None:
-            scale = config.working_scale
+            scale = config.schedule.working_scale
         if scale is None:
             scale = choose_working_scale([data.labels[i] for i in data.labelled_indices])
         self.scale = float(scale)
@@ -185,25 +185,24 @@ class TrainingRun:
         self.memory_format = memory_format_for(data.spatial_dims)
         # torch's own random stream of this run (initial weights, dropout), swapped in around each use so that the
         # process's stream (a test, the napari session) is left alone and the run is reproducible from its seed
-        self.rng_state = torch.Generator().manual_seed(config.seed).get_state()
+        self.rng_state = torch.Generator().manual_seed(config.runtime.seed).get_state()
         with self.own_rng():
             self.teacher = DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format)
             student_config = replace(self.network_config,
-                                     base_channels=config.student_channels or self.network_config.base_channels)
-            self.student = (None if config.labels_only
+                                     base_channels=config.network.student_channels or self.network_config.base_channels)
+            self.student = (None if config.method.labels_only
                             else DiffusionTwin(student_config).to(self.device, memory_format=self.memory_format))
-        self.patch_size = effective_patch_size(config.patch_size, self.scaled, self.teacher.size_multiple)
-        self.batch_size = config.batch_size or (8 if data.spatial_dims == 2 else 2)
+        self.patch_size = effective_patch_size(config.schedule.patch_size, self.scaled, self.teacher.size_multiple)
+        self.batch_size = config.schedule.batch_size or (8 if data.spatial_dims == 2 else 2)
         self.sampler = PatchSampler(self.scaled, self.patch_size, seed=self._stream_seed())
-        lr = config.lr_cotrain if config.labels_only else config.lr_pretrain
+        lr = config.schedule.lr_cotrain if config.method.labels_only else config.schedule.lr_pretrain
         self.teacher_optimiser = torch.optim.Adam(self.teacher.parameters(), lr=lr)
-        self.student_optimiser = (
-            None if self.student is None else torch.optim.Adam(self.student.mask_path.parameters(), lr=config.lr_cotrain)
-        )
+        self.student_optimiser = (None if self.student is None
+                                  else torch.optim.Adam(self.student.mask_path.parameters(), lr=config.schedule.lr_cotrain))
         self.step = 0
         # "copy": the student starts as a copy of the teacher's mask pathway at the end of the warm-up
-        self.student_pending_copy = self.student is not None and config.warmup_twins == "copy"
-        self.stage = SUPERVISED if config.labels_only else PRETRAIN
+        self.student_pending_copy = self.student is not None and config.method.warmup_twins == WarmupTwins.COPY
+        self.stage = SUPERVISED if config.method.labels_only else PRETRAIN
         self.stage_start = 0.0  # budget fraction at which the current stage began (for the schedules)
         self.fit: FitReport | None = None  # of the last best.pt written
         self.loss_rows: list[dict] = []
@@ -213,8 +212,8 @@ class TrainingRun:
         """Seed of this rank's patches, augmentations and noise: the run's seed on rank 0 (and in a single
         process), another stream on every other rank (after a resume, also another one than before it)."""
         if self.ranks is None or self.ranks.main:
-            return self.config.seed
-        return self.config.seed + 7919 * self.ranks.rank + 104729 * step
+            return self.config.runtime.seed
+        return self.config.runtime.seed + 7919 * self.ranks.rank + 104729 * step
 
     def join_ranks(self, resumed: bool) -> None:
         """Start every rank from rank 0's weights; after a resume, give the other ranks fresh random streams (the
@@ -341,17 +340,17 @@ class TrainingRun:
         return devices.to_device(images, self.device).contiguous(memory_format=self.memory_format)
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
-        return self._to_device(augment_intensity(images, self.generator, self.config.augment))
+        return self._to_device(augment_intensity(images, self.generator, self.config.schedule.augment))
 
     def stage_progress(self, fraction: float) -> float:
         """How far the current stage has come, in [0, 1] (co-training and labels-only run to the budget's end)."""
-        end = self.config.pretrain_fraction if self.stage == PRETRAIN else 1.0
+        end = self.config.method.pretrain_fraction if self.stage == PRETRAIN else 1.0
         return min(1.0, max(0.0, (fraction - self.stage_start) / max(1e-8, end - self.stage_start)))
 
     def unlabelled_weight(self, progress: float) -> float:
         """lambda_u at this point of co-training: 0 through the supervised warm-up, then a linear ramp to 1 over
         ``unlabelled_ramp`` of the rest."""
-        warmup, ramp = self.config.supervised_warmup, self.config.unlabelled_ramp
+        warmup, ramp = self.config.method.supervised_warmup, self.config.method.unlabelled_ramp
         if progress < warmup:
             return 0.0
         return min(1.0, (progress - warmup) / ((1 - warmup) * ramp))
@@ -360,11 +359,11 @@ class TrainingRun:
         """Poly schedule within co-training / labels-only training (stage 1 keeps its constant rate)."""
         if self.stage == PRETRAIN:
             return
-        factor = poly_factor(self.stage_progress(fraction)) if self.config.lr_schedule == "poly" else 1.0
+        factor = poly_factor(self.stage_progress(fraction)) if self.config.schedule.lr_schedule == LrSchedule.POLY else 1.0
         for optimiser in (self.teacher_optimiser, self.student_optimiser):
             if optimiser is not None:
                 for group in optimiser.param_groups:
-                    group["lr"] = self.config.lr_cotrain * factor
+                    group["lr"] = self.config.schedule.lr_cotrain * factor
 
     def train_step(self, fraction: float) -> dict[str, float]:
         config, device = self.config, self.device
@@ -386,12 +385,14 @@ class TrainingRun:
         labels = devices.to_device(labels, device)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             with self._autocast():
-                loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator, config.loss)
+                loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator,
+                                       config.method.loss)
             self._optimise(loss, [self.teacher_optimiser], [self.teacher])
             return {"supervised": float(loss.detach())}
         if self.student_pending_copy:
             self.student.mask_path.load_state_dict(self.teacher.mask_path.state_dict())
-            self.student_optimiser = torch.optim.Adam(self.student.mask_path.parameters(), lr=config.lr_cotrain)
+            self.student_optimiser = torch.optim.Adam(self.student.mask_path.parameters(),
+                                                      lr=config.schedule.lr_cotrain)
             self.set_learning_rates(fraction)
             self.student_pending_copy = False
         self.student.train()
@@ -404,9 +405,9 @@ class TrainingRun:
             losses = cotraining_loss(
                 self.teacher, self.student, teacher_view[:n_l], labels,
                 teacher_view[n_l:] if unlabelled_indices else None, ramp,
-                rounds=config.rounds if self.step % config.rounds_every == 0 else 0,
-                chained=config.chained_rounds, lambda_d=config.lambda_d, generator=self.generator,
-                student_view=student_view, loss=config.loss,
+                rounds=config.method.rounds if self.step % config.method.rounds_every == 0 else 0,
+                chained=config.method.chained_rounds, lambda_d=config.method.lambda_d, generator=self.generator,
+                student_view=student_view, loss=config.method.loss,
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         return {**losses.parts, "unlabelled_weight": ramp}
@@ -429,8 +430,8 @@ class TrainingRun:
                 raise
             raise InputError(
                 f"out of memory on {self.device} with batch {self.batch_size}, patch "
-                f"{'x'.join(map(str, self.patch_size))} and width {self.config.base_channels}: lower --batch-size, "
-                "--patch-size or --width (Train panel: Advanced)") from None
+                f"{'x'.join(map(str, self.patch_size))} and width {self.config.network.base_channels}: "
+                "lower --batch-size, --patch-size or --width (Train panel: Advanced)") from None
 
     def enter_cotraining(self, fraction: float) -> None:
         self.stage = COTRAIN
@@ -450,14 +451,15 @@ class TrainingRun:
 
     @property
     def kept_twin(self) -> str:
-        return self.config.keep_twin if "student" in self.twins() else "teacher"
+        """The twin whose weights the model keeps, as stored in the model card (a plain name)."""
+        return (self.config.method.keep_twin if "student" in self.twins() else Twin.TEACHER).value
 
     def _probabilities(self, networks, index: int, draws: int = 0):
         """Probabilities of image ``index`` at the working scale, brought back to its full resolution."""
         # networks train in the same channels-last layout that tiled_probabilities uses, so predicting mid-run
         # (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
         probs = run_to_completion(tiled_probabilities(networks, self.scaled.images[index], self.tile, draws=draws,
-                                        device=self.device, bf16=self.bf16, seed=self.config.seed))
+                                        device=self.device, bf16=self.bf16, seed=self.config.runtime.seed))
         shape = self.data.images[index].shape[1:]
         probs.primary = resize_probabilities(probs.primary, shape)
         if probs.ensemble is not None:
@@ -469,14 +471,14 @@ class TrainingRun:
     def measure_fit(self, clock: _Clock) -> FitReport:
         """Dice of each twin on the labelled images at the fixed threshold: how well the training labels are fitted
         (a report, not a validation: these are the images it trained on)."""
-        indices = self.data.labelled_indices[: self.config.max_validation_images]
+        indices = self.data.labelled_indices[: self.config.schedule.max_validation_images]
         truth = np.concatenate([self.data.labels[i].ravel() for i in indices])
         dice = {}
         for name, network in self.twins().items():
-            masks = [probabilities_to_mask(self._probabilities([network], i).primary, self.config.threshold)
+            masks = [probabilities_to_mask(self._probabilities([network], i).primary, self.config.method.threshold)
                      for i in indices]
             dice[name] = dice_score(np.concatenate([m.ravel() for m in masks]), truth)
-        return FitReport(self.kept_twin, self.config.threshold, dice, self.step, round(clock.elapsed, 1))
+        return FitReport(self.kept_twin, self.config.method.threshold, dice, self.step, round(clock.elapsed, 1))
 
     def save_best(self, clock: _Clock) -> CheckpointSaved:
         """Write the kept twin's mask pathway (the model to predict with) and the model card."""
@@ -486,7 +488,7 @@ class TrainingRun:
         save_checkpoint(path, {
             "network": asdict(self.network_config),
             "mask_path": network.mask_path.state_dict(),
-            "threshold": self.config.threshold,
+            "threshold": self.config.method.threshold,
             "working_scale": self.scale,
             "twin": self.kept_twin,
         })
@@ -496,7 +498,7 @@ class TrainingRun:
     def write_card(self, clock: _Clock) -> None:
         write_model_card(self.out_dir, {
             "format": "napari-diffseg model card",
-            "method": "labels-only baseline" if self.config.labels_only
+            "method": "labels-only baseline" if self.config.method.labels_only
             else "diffusion teacher + co-trained student (arXiv 2504.01547)",
             "config": self.config.to_dict(),
             "network": asdict(self.network_config),
@@ -504,7 +506,7 @@ class TrainingRun:
             "patch_size": list(self.patch_size),
             "batch_size": self.batch_size,
             "data": self.data.fingerprints(),
-            "threshold": self.config.threshold,
+            "threshold": self.config.method.threshold,
             "selected_twin": self.kept_twin,
             "metrics": self.fit.to_dict() if self.fit is not None else {},
             "validation_note": "final weights of the kept twin with a fixed threshold; the Dice under "
@@ -526,13 +528,13 @@ class TrainingRun:
         for done, index in enumerate(indices):
             yield StageProgress(PSEUDO_LABEL_STAGE, done, len(indices))
             name = self.data.names[index]
-            probs = self._probabilities(networks, index, draws=self.config.uncertainty_draws)
+            probs = self._probabilities(networks, index, draws=self.config.method.uncertainty_draws)
             members = probs.ensemble if probs.ensemble is not None else probs.primary
             uncertainty = normalised_entropy(members)
             score = (disagreement(probs.primary, probs.second) if probs.second is not None
                      else float(uncertainty.mean()))
-            self.sink.write(name, probabilities_to_mask(probs.primary, self.config.threshold), uncertainty, score,
-                            self.step)
+            mask = probabilities_to_mask(probs.primary, self.config.method.threshold)
+            self.sink.write(name, mask, uncertainty, score, self.step)
             names.append(name)
             scores[name] = score
         self.pseudo_label_count += 1
@@ -564,7 +566,7 @@ def train(
     elif warm_start is not None:
         payload = load_checkpoint(Path(warm_start) / LAST)
     scale = None
-    if (payload is not None and config.working_scale is None and "working_scale" in payload
+    if (payload is not None and config.schedule.working_scale is None and "working_scale" in payload
             and not payload.get(PRETRAIN_ONLY_KEY)):  # a pretraining ran before any label could set the scale
         scale = float(payload["working_scale"])
     run = TrainingRun(data, config, out_dir, scale, sink, ranks)
@@ -580,16 +582,17 @@ def train(
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
             run.restore(payload, full=False)
-            if not config.labels_only:
+            if not config.method.labels_only:
                 run.enter_cotraining(0.0)
     run.join_ranks(resumed=resume)
     log.info("working scale %.2f (%s), patch %s", run.scale,
-             "chosen from the labelled objects" if config.working_scale is None and scale is None else "given",
+             "chosen from the labelled objects" if config.schedule.working_scale is None and scale is None else "given",
              "x".join(map(str, run.patch_size)))
     clock = _Clock(config, elapsed, overhead)
-    checkpoints = Every(config.checkpoint_every_seconds)
+    checkpoints = Every(config.schedule.checkpoint_every_seconds)
     checkpoints.start(clock.elapsed)
-    pseudo_labels = Every(config.pseudo_labels_every_seconds, first_after=config.first_pseudo_labels_after_seconds)
+    pseudo_labels = Every(config.schedule.pseudo_labels_every_seconds,
+                          first_after=config.schedule.first_pseudo_labels_after_seconds)
     # a round warm-started from a trained model (Next round) already has that round's pseudo-labels to review: no
     # early pass, the next one after pseudo_labels_every_seconds (or at the end), so its time goes to steps; a
     # start from the teacher pretrained without labels has nothing to review yet and keeps the early pass (its
@@ -632,7 +635,7 @@ def train(
     try:
         while True:
             fraction = run.shared_fraction(clock)
-            if run.stage == PRETRAIN and fraction >= config.pretrain_fraction:
+            if run.stage == PRETRAIN and fraction >= config.method.pretrain_fraction:
                 run.enter_cotraining(fraction)
             if fraction >= 1.0:
                 break
@@ -657,16 +660,16 @@ def train(
 
 
 def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator[TrainingEvent]:
-    """Stage 1 alone, no label needed: the teacher learns by cycle consistency for ``config.budget_seconds`` (or
-    until the generator is closed), continuing the pretraining already in ``out_dir``. Its last.pt (written every
+    """Stage 1 alone, no label needed: the teacher learns by cycle consistency for ``config.schedule.budget_seconds``
+    (or until the generator is closed), continuing the pretraining already in ``out_dir``. Its last.pt (written every
     ``checkpoint_every_seconds`` and when the run ends or is closed) holds the teacher and the pretraining seconds
     so far; ``train(..., warm_start=out_dir)`` co-trains from it. Progress events carry the total seconds.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # labels_only: a TrainingRun without a student (stage 1 trains the teacher alone)
-    run = TrainingRun(data, replace(config, labels_only=True), out_dir,
-                      scale=config.working_scale if config.working_scale is not None else 1.0)
+    run = TrainingRun(data, config.replace(labels_only=True), out_dir,
+                      scale=config.schedule.working_scale if config.schedule.working_scale is not None else 1.0)
     run.stage = PRETRAIN
     spent = 0.0
     previous = out_dir / LAST
@@ -679,7 +682,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
         else:
             log.info("pretraining from scratch: %s holds another kind of model", previous)
     for group in run.teacher_optimiser.param_groups:
-        group["lr"] = config.lr_pretrain
+        group["lr"] = config.schedule.lr_pretrain
     clock = _Clock(config)
     session_steps = 0
 
@@ -691,7 +694,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
             "pretrain_seconds": spent + clock.elapsed})
         return previous
 
-    checkpoints = Every(config.checkpoint_every_seconds)
+    checkpoints = Every(config.schedule.checkpoint_every_seconds)
     checkpoints.start(0.0)
     try:
         while clock.fraction(session_steps) < 1.0:
