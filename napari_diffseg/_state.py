@@ -89,13 +89,9 @@ class DiffsegState:
         self.records_changed.emit()
 
     def _use_stored_config(self, stored: dict) -> None:
-        from napari_diffseg.core.errors import DiffsegError
         from napari_diffseg.core.config import TrainConfig
 
-        try:
-            self._config = TrainConfig.from_dict(stored)
-        except (DiffsegError, TypeError, ValueError) as error:  # written by another version, or edited by hand
-            log.warning("ignoring the project's stored training settings (%s); using the current ones", error)
+        self._config = TrainConfig.from_stored(stored)
 
     def refresh_round(self) -> None:
         if self.project is not None and self.project.current_round != self.round:

@@ -115,3 +115,17 @@ def test_settings_are_stored_flat_by_name_and_read_back_flat_or_nested():
     nested = {"network": {"base_channels": 8}, "schedule": {"patch_size": [32, 32], "lr_schedule": "constant"},
               "runtime": {"seed": 4}}
     assert TrainConfig.from_dict(nested) == config
+
+
+def test_stored_settings_merge_under_the_given_ones_or_are_ignored_whole(caplog):
+    stored = {"base_channels": 8, "rounds": 2, "seed": 9, "patch_size": [32, 32]}
+    with caplog.at_level(logging.INFO, logger="napari_diffseg.core.config"):
+        config = TrainConfig.from_stored(stored, exclude=frozenset({"seed"}), rounds=3)
+    assert (config.network.base_channels, config.method.rounds, config.runtime.seed) == (8, 3, 0)
+    assert config.schedule.patch_size == (32, 32)
+    assert "kept from the project's stored settings: base_channels 8, patch_size (32, 32)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.config"):
+        config = TrainConfig.from_stored({**stored, "depth": 99}, rounds=3)  # edited by hand: out of bounds
+    assert config == TrainConfig(rounds=3)  # none of the stored settings, not half of them
+    assert "ignoring the project's stored training settings (depth must be a number in [1, 6]" in caplog.text

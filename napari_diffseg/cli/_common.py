@@ -9,8 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from napari_diffseg.core.errors import DiffsegError, InputError
-from napari_diffseg.core.io import format_duration, one_line
+from napari_diffseg.core.errors import InputError
+from napari_diffseg.core.io import format_duration
 
 PROG = "diffseg"
 EXIT_OK = 0
@@ -40,34 +40,20 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     An option left out keeps its value from ``stored`` (a project's stored settings, except the
     ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
     """
-    from napari_diffseg.core.config import SETTING_NAMES, TrainConfig
+    from napari_diffseg.core.config import TrainConfig
 
-    kept: dict = {}
-    if stored:
-        names = set(SETTING_NAMES) - _COMMAND_LINE_SETTINGS
-        kept = {key: value for key, value in stored.items() if key in names}
-        try:
-            TrainConfig(**kept)
-        except (DiffsegError, TypeError, ValueError) as error:  # written by another version, or edited by hand
-            log.warning("ignoring the project's stored training settings (%s)", one_line(error))
-            kept = {}
     given = {
         "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
         "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
         "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
-    defaults = TrainConfig().to_dict()
-    inherited = {key: value for key, value in kept.items() if key not in given and value != defaults[key]}
-    if inherited:
-        log.info("kept from the project's stored settings: %s",
-                 ", ".join(f"{key} {value}" for key, value in sorted(inherited.items())))
-    return TrainConfig(**{
-        **kept, **given,
-        "budget_seconds": args.budget, "max_steps": args.steps, "labels_only": args.labels_only,
-        "chained_rounds": args.chained_rounds, "num_classes": num_classes, "seed": args.seed,
-        "device": args.device, "threads": args.threads, "bf16": False if args.no_bf16 else None,
-    })
+    return TrainConfig.from_stored(
+        stored, exclude=_COMMAND_LINE_SETTINGS, **given,
+        budget_seconds=args.budget, max_steps=args.steps, labels_only=args.labels_only,
+        chained_rounds=args.chained_rounds, num_classes=num_classes, seed=args.seed,
+        device=args.device, threads=args.threads, bf16=False if args.no_bf16 else None,
+    )
 
 
 def _limits(config) -> str:

@@ -260,3 +260,22 @@ class TrainConfig:
         if unknown:
             logger.warning("ignoring unknown training settings: %s", ", ".join(unknown))
         return cls(**{k: v for k, v in flat.items() if k in SECTION_OF})
+
+    @classmethod
+    def from_stored(cls, stored: dict | None, exclude: frozenset[str] = frozenset(), **settings) -> "TrainConfig":
+        """A project's stored settings (less the names in ``exclude``) under ``settings``, the one merge of the CLI
+        and the GUI. Stored settings that no longer make a valid config (another version wrote them, or they were
+        edited by hand) are ignored, all of them, with a warning: a half-kept set would be a config nobody chose."""
+        kept: dict = {}
+        if stored:
+            try:
+                kept = cls.from_dict({k: v for k, v in stored.items() if k not in exclude}).to_dict()
+            except (InputError, TypeError, ValueError) as error:
+                logger.warning("ignoring the project's stored training settings (%s)", " ".join(str(error).split()))
+        defaults = cls().to_dict()
+        inherited = {name: value for name, value in kept.items()
+                     if name not in settings and name not in exclude and value != defaults[name]}
+        if inherited:
+            logger.info("kept from the project's stored settings: %s",
+                        ", ".join(f"{name} {value}" for name, value in sorted(inherited.items())))
+        return cls(**{**inherited, **settings})
