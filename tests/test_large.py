@@ -166,3 +166,52 @@ def test_blocks_run_on_a_dask_cluster_like_in_one_process(model_dir, model, raw,
                                   cluster.scheduler_address])
         assert code == 0, err
         assert large.is_complete(tmp_path / "pred" / "image.zarr")
+
+
+def test_predict_panel_shows_a_large_image_filling_in_then_at_full_resolution(make_napari_viewer, qtbot, model_dir,
+                                                                              raw, tmp_path, monkeypatch):
+    """While blocks are written the viewer shows every 4th pixel (in memory, scaled onto full-resolution
+    coordinates); once complete, multiscale layers whose level 0 reads the written zarr and the image lazily."""
+    from napari_diffseg._state import DiffsegState
+    from napari_diffseg._widgets import _layers
+    from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FILE, PredictPanel
+
+    monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
+    monkeypatch.setattr(large, "OVERVIEW_PIXELS", 3000)  # 200 x 170: every 4th pixel, 50 x 43
+    shown, pasted = [], []
+    original_show, original_paste = _layers.LargeOverview._show, _layers.LargeOverview.paste
+
+    def spy_show(overview, image_levels, mask_levels, scale):
+        shown.append((len(mask_levels), scale, overview.mask.copy()))
+        original_show(overview, image_levels, mask_levels, scale)
+
+    def spy_paste(overview, piece):
+        pasted.append(piece.region)
+        original_paste(overview, piece)
+
+    monkeypatch.setattr(_layers.LargeOverview, "_show", spy_show)
+    monkeypatch.setattr(_layers.LargeOverview, "paste", spy_paste)
+    path = _write("compressed tiff", raw, tmp_path)
+    viewer = make_napari_viewer()
+    panel = PredictPanel(viewer, DiffsegState())
+    panel.model_row.setText(str(model_dir))
+    panel.source_combo.setCurrentText(SOURCE_FILE)
+    panel.source_row.setText(str(path))
+    panel.output_combo.setCurrentText(OUTPUT_DISK)
+    panel.out_row.setText(str(tmp_path / "out"))
+    panel.run()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+
+    assert len(pasted) == 12  # one piece per block (4 x 3 blocks of 64 x 64)
+    (levels, scale, first_mask), (final_levels, final_scale, final_overview) = shown[0], shown[-1]
+    assert levels == 1 and scale == (4, 4) and first_mask.shape == (50, 43)
+    assert 0 < np.count_nonzero(first_mask) < np.count_nonzero(final_overview)  # it filled in block by block
+    assert final_levels == 2 and final_scale == (1, 1)
+    written = tifffile.imread(tmp_path / "out" / "image.tif")
+    mask_layer, image_layer = viewer.layers[_layers.PREDICT_MASK], viewer.layers[_layers.PREDICT_IMAGE]
+    assert mask_layer.multiscale and image_layer.multiscale
+    np.testing.assert_array_equal(np.asarray(mask_layer.data[0][:]), written)
+    np.testing.assert_array_equal(mask_layer.data[1], written[::4, ::4])
+    np.testing.assert_array_equal(image_layer.data[1], raw[::4, ::4])
+    assert isinstance(mask_layer.data[0], zarr.Array) and image_layer.data[0].shape == raw.shape  # read lazily

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -231,6 +232,66 @@ def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertaint
     labels = _upsert(viewer, "labels", PREDICT_MASK, np.asarray(mask, np.uint8), name,
                      colormap=pseudo_label_colormap(max(2, int(np.max(mask)) + 1)))
     return labels
+
+
+class LargeOverview:
+    """What the viewer shows of a large image while it is segmented block by block (core/large.py): every
+    ``step``-th pixel of the image and of the mask written so far, held in memory and scaled onto full-resolution
+    coordinates in the reused Predict layers, refreshed at most every REFRESH_SECONDS; once the output is complete,
+    multiscale layers whose full-resolution level reads the written zarr mask and the image file lazily (napari
+    reads only what is in view when zoomed in)."""
+
+    REFRESH_SECONDS = 0.5
+
+    def __init__(self, viewer: Any, piece: Any):
+        self.viewer, self.name, self.step = viewer, piece.name, piece.step
+        self.source, self.zarr_path = piece.source, piece.zarr_path
+        self.mask = np.zeros(piece.overview_shape, np.uint8)
+        self.image = np.zeros(piece.overview_shape + piece.image.shape[len(piece.overview_shape):], piece.image.dtype)
+        self.rgb = self.image.ndim > self.mask.ndim
+        low, high = (float(v) for v in np.percentile(piece.image, (1, 99.5))) if piece.image.size else (0.0, 1.0)
+        self.contrast_limits = (low, high if high > low else low + 1)
+        self._refreshed = 0.0
+        self.paste(piece)
+        self._show([self.image], [self.mask], scale=(self.step,) * self.mask.ndim)
+
+    def _show(self, image_levels: list, mask_levels: list, scale: tuple[int, ...]) -> None:
+        _set_visible(self.viewer, ANNOTATE_LAYERS + REVIEW_LAYERS, False)
+        for layer_name in PREDICT_LAYERS:
+            layer = find_layer(self.viewer, layer_name)
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+        multiscale = len(image_levels) > 1
+        metadata = {NAME_KEY: self.name}
+        self.image_layer = self.viewer.add_image(
+            image_levels if multiscale else image_levels[0], name=PREDICT_IMAGE, rgb=self.rgb, scale=scale,
+            multiscale=multiscale, contrast_limits=None if self.rgb else self.contrast_limits, metadata=metadata)
+        self.mask_layer = self.viewer.add_labels(
+            mask_levels if multiscale else mask_levels[0], name=PREDICT_MASK, scale=scale, multiscale=multiscale,
+            colormap=pseudo_label_colormap(2), metadata=metadata)
+
+    def paste(self, piece: Any) -> None:
+        """Put a newly written block into the overview; refresh the layers unless they were just refreshed."""
+        self.mask[piece.region] = piece.mask
+        self.image[piece.region] = piece.image
+        now = time.monotonic()
+        if now - self._refreshed >= self.REFRESH_SECONDS and hasattr(self, "mask_layer"):
+            self._refreshed = now
+            self.image_layer.refresh()
+            self.mask_layer.refresh()
+
+    def finish(self) -> None:
+        """The output is complete: show it at full resolution where the view is zoomed in (read lazily)."""
+        import zarr
+
+        from napari_diffseg.core.large import open_lazy  # torch is loaded by now: the worker predicted with it
+
+        mask = zarr.open_array(str(self.zarr_path), mode="r")
+        image = open_lazy(self.source)
+        if self.step == 1:
+            self._show([image], [mask], scale=(1,) * self.mask.ndim)
+        else:
+            self._show([image, self.image], [mask, self.mask], scale=(1,) * self.mask.ndim)
 
 
 def forget(project: Project, key: str) -> None:

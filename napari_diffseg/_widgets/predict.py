@@ -7,7 +7,8 @@ browsable list: the chosen result is shown with its own image in two plugin laye
 never pile up without their images.
 
 Image files over core.large.LARGE_IMAGE_PIXELS go to disk only, predicted block by block (a zarr mask and a tiled
-TIFF, see core/large.py); the panel refuses to hold their result in a layer.
+TIFF, see core/large.py); the panel shows an overview that fills in as blocks are written (every n-th pixel, in
+memory), then full resolution read lazily from the files once the output is complete (_layers.LargeOverview).
 
 A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
 plane. The work runs in a background worker; the layer data is snapshotted before it starts, and result layers
@@ -63,6 +64,45 @@ class PredictResult:
     source_path: Path | None = None  # the image file a result of a file / folder source came from
 
 
+@dataclass
+class OverviewPiece:
+    """A block of a large image just written, as every ``step``-th pixel of its mask and image, and where it goes in
+    the overview (``region``, in overview pixels) of the full image."""
+
+    name: str
+    source: Path
+    zarr_path: Path
+    step: int
+    overview_shape: tuple[int, ...]
+    region: tuple[slice, ...]
+    mask: np.ndarray
+    image: np.ndarray
+
+
+def _overview_pieces(name: str, source: Path, target: Path):
+    """A function from a written region of the large output of ``source`` to its OverviewPiece (runs in the worker:
+    it reads the region back from the zarr mask and the image file)."""
+    import zarr
+
+    from napari_diffseg.core import large
+
+    opened: dict = {}
+
+    def piece(region: tuple[slice, ...]) -> OverviewPiece:
+        if not opened:
+            opened["mask"] = zarr.open_array(str(large.output_zarr(target)), mode="r")
+            opened["image"] = large.open_lazy(source)
+        shape = tuple(opened["mask"].shape)
+        step = large.overview_step(shape)
+        where, mask = large.overview_of_region(opened["mask"], region, step)
+        _, image = large.overview_of_region(opened["image"], region, step)
+        large.release_mapped_pages(opened["image"])
+        return OverviewPiece(name, source, large.output_zarr(target), step, large.overview_shape(shape, step), where,
+                             mask, image)
+
+    return piece
+
+
 def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out_dir: Path | None,
                 uncertainty: bool) -> Iterator[PredictProgress | PredictResult]:
     """Segment each ``(name, array or path, source layer name)``; runs in a worker (imports torch here)."""
@@ -78,13 +118,17 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
             if out_dir is None:
                 raise InputError(f"{source.name} is too large to segment in memory: choose '{OUTPUT_DISK}' as the "
                                  "output (it is then predicted block by block)")
-            blocks = large.predict_file(model, source, Path(out_dir) / f"{sanitise_name(name_stem(source))}.tif")
+            target = Path(out_dir) / f"{sanitise_name(name_stem(source))}.tif"
+            blocks = large.predict_file(model, source, target)
+            overview = _overview_pieces(name, source, target)
             while True:
                 try:
                     progress = next(blocks)
                 except StopIteration as stop:
-                    yield PredictResult(name, None, None, layer_name, stop.value)
+                    yield PredictResult(name, None, None, layer_name, stop.value, source_path=source)
                     break
+                if progress.region is not None:
+                    yield overview(progress.region)
                 yield PredictProgress((index + progress.done / progress.total) / len(sources), name)
             continue
         image = read_image(source) if isinstance(source, Path) else np.asarray(source)
@@ -134,6 +178,7 @@ class PredictPanel(QWidget):
         self.state = state
         self.worker = None
         self.results: list[PredictResult] = []
+        self.overview: _layers.LargeOverview | None = None  # a large image being segmented block by block
         self._auto_model = ""
 
         self.model_row = PathRow("model folder (with best.pt)")
@@ -240,6 +285,7 @@ class PredictPanel(QWidget):
             out_dir = Path(self.out_row.text())
         uncertainty = self.uncertainty_check.isChecked()
         self.results = []
+        self.overview = None
         self.results_list.clear()
         self.results_list.setVisible(False)
         self.progress.setValue(0)
@@ -262,6 +308,14 @@ class PredictPanel(QWidget):
         if isinstance(event, PredictProgress):
             self.progress.setValue(int(round(event.fraction * 1000)))
             return
+        if isinstance(event, OverviewPiece):
+            if self.overview is None or self.overview.name != event.name:
+                self.overview = _layers.LargeOverview(self.viewer, event)
+            else:
+                self.overview.paste(event)
+            return
+        if self.overview is not None and event.name == self.overview.name:
+            self.overview.finish()
         self.results.append(event)
         if event.mask is not None and event.source_layer is None:
             self.results_list.setVisible(True)

@@ -35,12 +35,41 @@ RANGE_SAMPLES = 4_000_000  # pixels of the regular subsample that the intensity 
 TIFF_TILE = 512
 COMPLETE_ATTR = "diffseg"
 ZARR_SUFFIX = ".zarr"
+OVERVIEW_PIXELS = 4096 * 4096  # an overview of a large image (what the viewer holds in memory) has at most this many
 
 
 @dataclass
 class BlockProgress:
     done: int
     total: int
+    region: tuple[slice, ...] | None = None  # the spatial part of the output this block wrote (None: not known)
+
+
+def overview_step(shape: tuple[int, ...]) -> int:
+    """The power-of-two step, the same on every spatial axis, of an overview of ``shape`` with at most
+    OVERVIEW_PIXELS pixels (voxels)."""
+    step = 1
+    while np.prod([-(-n // step) for n in shape], dtype=np.float64) > OVERVIEW_PIXELS:
+        step *= 2
+    return step
+
+
+def overview_shape(shape: tuple[int, ...], step: int) -> tuple[int, ...]:
+    return tuple(-(-int(n) // step) for n in shape)
+
+
+def overview_of_region(array, region: tuple[slice, ...], step: int) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Every ``step``-th pixel (on the overview's grid, 0, step, 2 step, ...) of ``array[region]`` along the spatial
+    axes, and where it goes in the overview; channels after the spatial axes come along."""
+    first = [-(-s.start // step) * step for s in region]
+    sampled = tuple(slice(f, s.stop, step) for f, s in zip(first, region))
+    target = tuple(slice(f // step, -(-s.stop // step)) for f, s in zip(first, region))
+    return target, np.asarray(array[sampled])
+
+
+def output_zarr(target: Path) -> Path:
+    """The zarr mask that :func:`predict_file` writes block by block before the TIFF ``target``."""
+    return Path(target).with_suffix(ZARR_SUFFIX)
 
 
 def open_lazy(path: Path):
@@ -127,7 +156,7 @@ def plan_blocks(model: SegmentationModel, image, name: str = "image", block: tup
     model.check_layout(_ShapeOnly(image.shape), name)
     dims = model.config.spatial_dims
     ranges = tuple(subsample_ranges(image, dims))
-    _release_mapped_pages(image)
+    release_mapped_pages(image)
     return BlockPlan(tuple(int(n) for n in image.shape[:dims]), tuple(block or (BLOCK_2D if dims == 2 else BLOCK_3D)),
                      tuple(halo or (HALO_2D if dims == 2 else HALO_3D)), ranges)
 
@@ -144,8 +173,8 @@ def create_output(out_path: Path, plan: BlockPlan):
 
 
 def predict_block(model: SegmentationModel, image, out, plan: BlockPlan, corner: tuple[int, ...], name: str = "image",
-                  tile: tuple[int, ...] | None = None) -> None:
-    """Predict the block at ``corner`` with its halo of context and write its core into ``out``."""
+                  tile: tuple[int, ...] | None = None) -> tuple[slice, ...]:
+    """Predict the block at ``corner`` with its halo of context and write its core into ``out``; returns the core."""
     core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, plan.block, plan.shape))
     read = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(core, plan.halo, plan.shape))
     raw = np.asarray(image[read])
@@ -155,7 +184,8 @@ def predict_block(model: SegmentationModel, image, out, plan: BlockPlan, corner:
     inner = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(core, read))
     out[core] = prediction.mask[inner]
     del raw, prediction
-    _release_mapped_pages(image)
+    release_mapped_pages(image)
+    return core
 
 
 def mark_complete(out, model: SegmentationModel, name: str) -> None:
@@ -172,8 +202,8 @@ def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "
     out = create_output(out_path, plan)
     corners = plan.corners()
     for done, corner in enumerate(corners, start=1):
-        predict_block(model, image, out, plan, corner, name, tile)
-        yield BlockProgress(done, len(corners))
+        region = predict_block(model, image, out, plan, corner, name, tile)
+        yield BlockProgress(done, len(corners), region)
     mark_complete(out, model, name)
     return Path(out_path)
 
@@ -185,7 +215,7 @@ def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tup
     tiled TIFF ``target``; yields block progress, returns ``target``. ``run_blocks(zarr_path)``: another runner of
     the blocks (a dask cluster's, core/large_cluster.py); default: this process."""
     source, target = Path(source), Path(target)
-    zarr_path = target.with_suffix(ZARR_SUFFIX)
+    zarr_path = output_zarr(target)
     if run_blocks is None:
         yield from predict_large(model, open_lazy(source), zarr_path, name=source.name, tile=tile)
     else:
@@ -193,7 +223,7 @@ def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tup
     return zarr_to_tiff(zarr_path, target)
 
 
-def _release_mapped_pages(image) -> None:
+def release_mapped_pages(image) -> None:
     """Unmap the file pages a memory-mapped input has touched so far (they stay in the page cache): without this,
     every page read stays in the process's resident memory and a large TIFF ends up counted whole."""
     mapping = getattr(image, "_mmap", None)

@@ -28,12 +28,12 @@ def _worker_model(model_dir: str, bf16: bool | None) -> SegmentationModel:
 
 
 def _block_task(model_dir: str, source: str, out_path: str, plan, corner: tuple[int, ...], name: str,
-                tile: tuple[int, ...] | None, bf16: bool | None) -> tuple[int, ...]:
+                tile: tuple[int, ...] | None, bf16: bool | None) -> tuple[slice, ...]:
     import zarr
 
     model = _worker_model(model_dir, bf16)
-    predict_block(model, open_lazy(Path(source)), zarr.open_array(out_path, mode="r+"), plan, corner, name, tile)
-    return corner
+    return predict_block(model, open_lazy(Path(source)), zarr.open_array(out_path, mode="r+"), plan, corner, name,
+                         tile)
 
 
 def predict_large_on_cluster(model_dir: Path, source: Path, out_path: Path, scheduler: str,
@@ -56,8 +56,8 @@ def predict_large_on_cluster(model_dir: Path, source: Path, out_path: Path, sche
                              Path(source).name, tile, bf16, pure=False) for corner in plan.corners()]
     try:
         for done, future in enumerate(as_completed(futures), start=1):
-            future.result()  # re-raises a block's error here
-            yield BlockProgress(done, len(futures))
+            region = future.result()  # re-raises a block's error here
+            yield BlockProgress(done, len(futures), region)
     finally:
         client.cancel(futures)
         if client is not scheduler:
