@@ -1,6 +1,6 @@
 """Prediction speed of the default 2D model (grey, 2 classes, width 16, depth 3) in megapixels per second, the
 levers of the scale issue measured side by side in one process: torch threads, BatchNorm folded into the
-convolutions, bf16, tile size and tiles per batch. Weights are random (speed does not depend on them); the image
+convolutions, bf16, tile size and tiles per batch, and the OpenVINO backend where it is installed. Weights are random (speed does not depend on them); the image
 is a synthetic 2048 x 2048 uint8 picture; each row is the best of ``--repeats`` timed passes after a warm-up pass.
 
     python benchmarks/bench_predict_speed.py [--size 2048] [--repeats 3] [--out benchmarks/predict_speed.md]
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from _common import load_average, machine, print_report
+from napari_diffseg.core import openvino_backend
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.networks import fold_batch_norm
 from napari_diffseg.core.predict import tiled_probabilities, run_to_completion
@@ -74,6 +75,22 @@ def main() -> None:
         ("BN folded, 2 threads, tile 768", folded, 2, True, 768, 4),
         ("BN folded, 2 threads, tile 2048, 1 per batch", folded, 2, True, 2048, 1),
     ]
+    if openvino_backend.available():  # the [openvino] extra: `diffseg predict` (auto) and the Predict panel use it
+        def compiled(threads: int, bf16: bool) -> DiffusionTwin:
+            network = copy.deepcopy(folded)
+            network.mask_path = openvino_backend.CompiledUNet(folded.mask_path, threads, bf16)
+            return network
+
+        fast, fast_fp32, fast_1 = compiled(2, True), compiled(2, False), compiled(1, True)
+        rows += [
+            ("OpenVINO (`diffseg predict` with the [openvino] extra), 2 threads, 1 tile per batch", fast, 2, True,
+             1024, 1),
+            ("OpenVINO, 2 threads, fp32", fast_fp32, 2, False, 1024, 1),
+            ("OpenVINO, 1 thread (the Predict panel on 2 cores)", fast_1, 1, True, 1024, 1),
+            ("OpenVINO, 2 threads, tile 512", fast, 2, True, 512, 1),
+            ("OpenVINO, 2 threads, tile 512, 4 per batch", fast, 2, True, 512, 4),
+            ("OpenVINO, 2 threads, tile 2048", fast, 2, True, 2048, 1),
+        ]
     megapixels = args.size * args.size / 1e6
     lines = [f"{machine()}; load average {load_average()[0]:.1f} before; image {args.size} x {args.size}, best of {args.repeats} passes", "",
              "| setting | threads | precision | tile | tiles/batch | s / image | MP/s | ratio |",

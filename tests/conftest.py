@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny training configuration, one torch thread for every test, no background pretraining."""
+"""Shared test helpers: a tiny training configuration, one torch thread for every test, no background pretraining,
+a private cache folder."""
 
 from __future__ import annotations
 
@@ -35,3 +36,17 @@ def _no_background_pretraining(monkeypatch):
     import napari_diffseg._state as state_module
 
     monkeypatch.setattr(state_module, "PRETRAIN_IN_BACKGROUND", False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Converted OpenVINO models are cached in a folder of the test session, not in the user's home."""
+    import os
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous

@@ -112,7 +112,7 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
     from napari_diffseg.core import large
 
     device = select_device("auto")
-    model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device))
+    model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device), backend="auto")
     for index, (name, source, layer_name) in enumerate(sources):
         if isinstance(source, Path) and large.pixel_count(source) > large.LARGE_IMAGE_PIXELS:
             if out_dir is None:

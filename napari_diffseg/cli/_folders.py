@@ -168,7 +168,8 @@ def _load_model(args: argparse.Namespace, device):
     from napari_diffseg.core.model import SegmentationModel
 
     bf16 = False if args.no_bf16 else devices.bf16_supported(device)
-    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16)
+    model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16, backend=args.backend)
+    log.info("prediction backend: %s", model.backend)
     dims = model.config.spatial_dims
     if args.tile is not None and len(args.tile) != dims:
         raise InputError(f"--tile needs {dims} numbers for this {dims}D model, got {len(args.tile)}")

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                          help="run the blocks of large images (over 16 megapixels, or .zarr) on this dask.distributed "
                               "scheduler, e.g. tcp://host:8786 (input, model and output on a shared file system)")
+    predict.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                         help="what runs the network: openvino (CPU only, 'napari-diffseg[openvino]'; several times "
+                              "faster there), torch, or auto (default: openvino on a CPU where it is installed)")
     _add_device_options(predict, default_threads="every core")
     predict.set_defaults(handler=_cmd_predict)
 

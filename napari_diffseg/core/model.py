@@ -33,8 +33,9 @@ class SegmentationModel:
     images."""
 
     def __init__(self, network: DiffusionTwin, threshold: float, card: dict, device: torch.device | str = "cpu",
-                 bf16: bool = False, working_scale: float = 1.0):
+                 bf16: bool = False, working_scale: float = 1.0, backend: str = "torch"):
         self.network = network.to(device).eval()
+        self.backend = backend  # what runs the mask pathway: torch, or openvino (core/openvino_backend.py)
         self.threshold = threshold
         self.working_scale = working_scale
         self.card = card
@@ -46,7 +47,10 @@ class SegmentationModel:
         return self.network.config
 
     @classmethod
-    def load(cls, model_dir: Path, device: torch.device | str = "cpu", bf16: bool = False) -> "SegmentationModel":
+    def load(cls, model_dir: Path, device: torch.device | str = "cpu", bf16: bool = False,
+             backend: str = "torch") -> "SegmentationModel":
+        """The model in ``model_dir`` for inference on ``device``; ``backend``: torch, openvino (CPU only, the
+        optional extra) or auto (openvino on a CPU where it is installed)."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: model folder not found")
@@ -63,7 +67,8 @@ class SegmentationModel:
         if not (0 < threshold < 1 and 0 < working_scale <= 1):
             raise ModelError(f"{model_dir / BEST}: threshold {threshold} or working scale {working_scale} out of range; "
                              "the checkpoint is damaged: train again")
-        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale)
+        backend = _compile(network, backend, torch.device(device), bf16)
+        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale, backend)
 
     def check_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Normalise a raw image and check it fits the model (dimensionality and channels)."""
@@ -109,3 +114,21 @@ class SegmentationModel:
 
     def predict(self, image: np.ndarray, **options) -> Prediction:
         return run_to_completion(self.iter_predict(image, **options))
+
+
+def _compile(network: DiffusionTwin, backend: str, device: torch.device, bf16: bool) -> str:
+    """Put the chosen backend behind ``network.mask_path``; returns the backend that runs."""
+    from . import openvino_backend
+
+    try:
+        chosen = openvino_backend.choose(backend, device)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if chosen == "openvino":
+        if not openvino_backend.available():
+            raise InputError("the openvino backend needs OpenVINO: pip install 'napari-diffseg[openvino]'")
+        if device.type != "cpu":
+            raise InputError(f"the openvino backend runs on the CPU, not on {device}: use --backend torch")
+        network.mask_path = openvino_backend.CompiledUNet(network.mask_path, torch.get_num_threads(), bf16,
+                                                          openvino_backend.cache_dir())
+    return chosen
