@@ -10,9 +10,9 @@ raw numbers in ``<out>/results.json``:
 - ablations (2 labelled; GlaS in the full mode, dsb2018 in the quick one): 25 % unsupervised pretraining, K
   pseudo-label rounds, chained rounds, network width, time budget (also for labels only), and single- vs multi-step
   sampling at prediction;
-- effort (same dataset): a simulated annotator who, after each round, corrects the N most uncertain pseudo-labels
-  (their ground truth becomes labels) vs N random ones; the next round warm-starts from the last, as the napari
-  *Next round* button and ``diffseg project train --next-round`` do;
+- effort (same dataset): a simulated annotator on a project (core.project, core.rounds: the napari *Next round*
+  button's path) who, after each round, corrects the first N pseudo-labels of the review queue (most uncertain
+  first; their ground truth is accepted) vs N random ones; the next round warm-starts from the last;
 - speed: training step time and prediction throughput by patch / tile size and width, fp32 vs bf16.
 
 The method and the labels-only baseline run through the engine the `diffseg` CLI uses (see ``_common.py``).
@@ -167,40 +167,79 @@ def job_train(params: dict, _dependency: dict | None) -> dict:
     return result
 
 
-def job_effort(params: dict, start: dict) -> dict:
-    """Rounds of: pick N unlabelled images (most uncertain / random / none), label them with their ground truth,
-    train the next round warm-started from the last; score on the test split after each round."""
-    from napari_diffseg.core.training import TrainConfig
+def _train_project_round(project, config) -> dict:
+    """One round of ``project`` through core.rounds (what *Next round* and ``diffseg project train`` run)."""
+    from napari_diffseg.core import rounds
+    from napari_diffseg.core.events import Progress
+
+    steps, began = 0, time.perf_counter()
+    for event in rounds.train_round(project, config, warm_start=True):
+        if isinstance(event, Progress):
+            steps = event.step
+    return {"steps": steps, "train_seconds": time.perf_counter() - began}
+
+
+def _effort_config(params: dict):
+    from napari_diffseg.core.config import TrainConfig
+
+    return TrainConfig(budget_seconds=params["budget"], seed=params["seed"], threads=1)
+
+
+def job_effort_start(params: dict, _dependency: dict | None) -> dict:
+    """The project every strategy of one seed starts from: the train split in a Project (the product's store), the
+    first ``start_n`` images labelled, round 1 trained through core.rounds and scored on the test split."""
+    from napari_diffseg.core.project import Project
 
     train_pairs, test_pairs = load_split(Path(params["root"]))
-    names = [pair[2] for pair in train_pairs]
-    seed, strategy, per_round = params["seed"], params["strategy"], params["per_round"]
-    rng = np.random.default_rng(seed)
-    labelled = list(range(params["start_n"]))
-    rows = [{"round": 0, "corrected": 0, "labelled": len(labelled), "mean_dice": start["mean_dice"],
-             "mean_hd95": start["mean_hd95"], "seconds": start["train_seconds"], "steps": start["steps"], "chosen": []}]
-    previous, uncertainty = Path(start["model_dir"]), start["mean_uncertainty"]
+    project = Project.create(Path(params["work_dir"]) / "project")
+    for image, _, name in train_pairs:
+        project.add_image(image, name=name)
+    for _, mask, name in train_pairs[: params["start_n"]]:
+        project.save_label(name, mask)
+    trained = _train_project_round(project, _effort_config(params))
+    scores = score_model(project.latest_model_dir(), test_pairs)
+    return {"project": str(project.folder), "mean_dice": scores["mean_dice"], "mean_hd95": scores["mean_hd95"],
+            **trained}
+
+
+def job_effort(params: dict, start: dict) -> dict:
+    """A simulated annotator on a copy of the start project, through the product's own path: each round it takes
+    ``per_round`` images of the review queue (the most uncertain first, as the Review panel orders them), or random
+    ones, or none; corrects their pseudo-labels to the ground truth and accepts them (Project.accept); then a Next
+    round trains warm-started (Project.next_round + core.rounds.train_round), scored on the test split."""
+    from napari_diffseg.core.project import Project
+
+    train_pairs, test_pairs = load_split(Path(params["root"]))
+    truth = {name: mask for _, mask, name in train_pairs}
+    folder = Path(params["work_dir"]) / "project"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(start["project"], folder)
+    project = Project.open(folder)
+    config = _effort_config(params)
+    rng = np.random.default_rng(params["seed"])
+    rows = [{"round": 0, "corrected": 0, "labelled": len(project.labelled_names()), "mean_dice": start["mean_dice"],
+             "mean_hd95": start["mean_hd95"], "seconds": start["train_seconds"], "steps": start["steps"],
+             "chosen": []}]
     for round_ in range(1, params["rounds"] + 1):
         began = time.perf_counter()
-        pool = [i for i in range(len(train_pairs)) if i not in labelled]
-        if strategy == "uncertainty":
-            chosen = sorted(pool, key=lambda i: -uncertainty.get(names[i], -1.0))[:per_round]
-        elif strategy == "random":
-            chosen = [int(i) for i in rng.choice(pool, min(per_round, len(pool)), replace=False)]
+        queue = project.review_queue()
+        if params["strategy"] == "uncertainty":
+            chosen = queue[: params["per_round"]]
+        elif params["strategy"] == "random":
+            chosen = [str(n) for n in rng.choice(queue, min(params["per_round"], len(queue)), replace=False)]
         else:
             chosen = []
-        labelled = sorted(set(labelled) | set(chosen))
-        out = Path(params["work_dir"]) / f"round_{round_}"
-        config = TrainConfig(budget_seconds=params["budget"], seed=seed, threads=1)
-        trained = train_model(train_pairs, labelled, config, out, warm_start=previous)
-        seconds = time.perf_counter() - began
-        scores = score_model(out, test_pairs)
-        rows.append({"round": round_, "corrected": len(labelled) - params["start_n"], "labelled": len(labelled),
-                     "mean_dice": scores["mean_dice"], "mean_hd95": scores["mean_hd95"], "seconds": seconds,
-                     "steps": trained["steps"], "chosen": [names[i] for i in chosen]})
-        if previous != Path(start["model_dir"]):
-            shutil.rmtree(previous, ignore_errors=True)
-        previous, uncertainty = out, trained["mean_uncertainty"]
+        for name in chosen:
+            project.accept(name, truth[name])
+        previous = project.current_round
+        project.next_round()
+        trained = _train_project_round(project, config)
+        shutil.rmtree(project.checkpoints_dir(previous, create=False), ignore_errors=True)  # warm start done
+        scores = score_model(project.latest_model_dir(), test_pairs)
+        rows.append({"round": round_, "corrected": rows[-1]["corrected"] + len(chosen),
+                     "labelled": len(project.labelled_names()), "mean_dice": scores["mean_dice"],
+                     "mean_hd95": scores["mean_hd95"], "seconds": time.perf_counter() - began,
+                     "steps": trained["steps"], "chosen": chosen})
     return {"rounds": rows}
 
 
@@ -247,7 +286,8 @@ def job_speed_predict(params: dict, trained: dict) -> dict:
     return {"rows": rows}
 
 
-JOB_FUNCTIONS = {"train": job_train, "rf": job_random_forest, "otsu": job_otsu, "effort": job_effort,
+JOB_FUNCTIONS = {"train": job_train, "rf": job_random_forest, "otsu": job_otsu, "effort_start": job_effort_start,
+                 "effort": job_effort,
                  "speed_train": job_speed_train, "speed_predict": job_speed_predict}
 
 
@@ -319,21 +359,19 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
             old = jobs[job.key]
             if job.kind == "train":
                 old.params["sampling_steps"] = sorted(set(old.params["sampling_steps"]) | set(job.params["sampling_steps"]))
-                old.params["keep_dir"] = old.params.get("keep_dir") or job.params.get("keep_dir")
                 old.cost = max(old.cost, job.cost)
             return job.key
         jobs[job.key] = job
         return job.key
 
     def train_job(dataset: str, n: int, seed: int, variant: str, labels_only: bool = False,
-                  budget: float | None = None, sampling: tuple[int, ...] = (1,), keep: bool = False) -> str:
+                  budget: float | None = None, sampling: tuple[int, ...] = (1,)) -> str:
         budget = run_budget(settings, dataset, scale) if budget is None else budget
         method = "labels only" if labels_only else "DiffSeg"
         key = f"train/{dataset}/n{n}/seed{seed}/{variant}/{budget:g}s/{method}"
         params = {"dataset": dataset, "root": str(data_root / dataset), "n": n, "seed": seed, "variant": variant,
                   "labels_only": labels_only, "budget": budget, "method": method,
-                  "overrides": dict(VARIANTS.get(variant, {})), "sampling_steps": list(sampling),
-                  "keep_dir": str(work / key.replace("/", "_")) if keep else None}
+                  "overrides": dict(VARIANTS.get(variant, {})), "sampling_steps": list(sampling), "keep_dir": None}
         cost = budget + _train_overhead(shapes[dataset], labels_only, shapes[dataset].train - n) + 2 * len(sampling)
         if variant.startswith("width"):
             cost += 0.3 * int(variant.split()[1])  # slower validation and pseudo-labels
@@ -362,15 +400,18 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
                 train_job(dataset, n, seed, DEFAULT_VARIANT, labels_only=True, budget=budget * scale)
     if "effort" in sections:
         for seed in settings.effort_seeds:
-            start = train_job(dataset, settings.effort_start, seed, DEFAULT_VARIANT, keep=True)
             budget = settings.effort_budget * scale
+            overhead = _train_overhead(shapes[dataset], False, shapes[dataset].train)
+            start = add(Job(f"effort/{dataset}/seed{seed}/start", "effort_start",
+                            {"dataset": dataset, "root": str(data_root / dataset), "seed": seed,
+                             "start_n": settings.effort_start, "budget": budget,
+                             "work_dir": str(work / f"effort_{dataset}_seed{seed}_start")}, budget + overhead))
             for strategy in settings.strategies:
                 key = f"effort/{dataset}/seed{seed}/{strategy}"
                 params = {"dataset": dataset, "root": str(data_root / dataset), "seed": seed, "strategy": strategy,
                           "start_n": settings.effort_start, "per_round": settings.effort_per_round,
                           "rounds": settings.effort_rounds, "budget": budget,
                           "work_dir": str(work / key.replace("/", "_"))}
-                overhead = _train_overhead(shapes[dataset], False, shapes[dataset].train)
                 cost = settings.effort_rounds * (budget + overhead)
                 add(Job(key, "effort", params, cost, after=start))
     if "speed" in sections:
@@ -401,7 +442,7 @@ def build_plan(settings: Settings, sections: tuple[str, ...], datasets: tuple[st
 
 def simulate(jobs: list[Job], workers: int) -> float:
     """Estimated wall seconds of running ``jobs`` with the scheduler of ``run_jobs``."""
-    clock, free, done, pending = 0.0, [0.0] * workers, {}, sorted(jobs, key=lambda j: -j.priority)
+    clock, done, pending = 0.0, {}, sorted(jobs, key=lambda j: -j.priority)
     running: list[tuple[float, str]] = []
     while pending or running:
         for job in list(pending):
@@ -428,6 +469,9 @@ def describe_plan(jobs: list[Job], workers: int) -> str:
         elif job.kind == "effort":
             label = "annotation rounds"
             each = f"{job.params['rounds']} x {job.params['budget']:g} s"
+        elif job.kind == "effort_start":
+            label = "annotation start (a project, round 1)"
+            each = f"{job.params['budget']:g} s"
         else:
             label, each = job.kind, "-"
         groups.setdefault((label, each), []).append(job)

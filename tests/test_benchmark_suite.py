@@ -64,6 +64,8 @@ def test_full_plan_covers_the_issue(tmp_path, blobs_root):
     effort = [j.params for j in plan if j.kind == "effort"]
     assert {(p["strategy"], p["seed"]) for p in effort} == {(name, seed) for name in ("uncertainty", "random")
                                                             for seed in (0, 1, 2)}
+    starts = {j.key: j.params["seed"] for j in plan if j.kind == "effort_start"}
+    assert all(starts[j.after] == j.params["seed"] for j in plan if j.kind == "effort")  # one start per seed
     speed = [j.params for j in plan if j.kind == "speed_train"]
     assert {p["width"] for p in speed} == {16, 32, 64} and {p["bf16"] for p in speed} == {False, True}
     assert len({p["patch"] for p in speed}) >= 3
@@ -91,3 +93,25 @@ def test_baselines_and_report_run_on_a_small_dataset(tmp_path, blobs_root):
     forest_mean = np.mean([r["mean_dice"] for r in forest["seed_results"]])
     assert f"{forest_mean:.3f}" in row  # the random-forest cell is the mean over its two seeds
     assert (tmp_path / "plots" / "accuracy.png").stat().st_size > 1000
+
+
+def test_the_simulated_annotator_works_through_a_project_as_next_round_does(tmp_path, blobs_root):
+    """Round 1 of a project with one labelled image, then a round in which the annotator accepts the ground truth of
+    the first two images of the review queue (most uncertain first) and Next round trains warm-started."""
+    from napari_diffseg.core.project import ImageStatus, Project
+
+    params = {"dataset": "blobs", "root": str(blobs_root), "seed": 0, "start_n": 1, "budget": 3.0,
+              "work_dir": str(tmp_path / "start")}
+    start = suite.run_job("effort_start", params, None)
+    started = Project.open(Path(start["project"]))
+    queue = started.review_queue()
+    assert len(queue) == 5 and started.current_round == 1 and start["steps"] > 0
+    effort = suite.run_job("effort", {**params, "strategy": "uncertainty", "per_round": 2, "rounds": 1,
+                                      "work_dir": str(tmp_path / "uncertainty")}, start)
+    rows = effort["rounds"]
+    assert [r["corrected"] for r in rows] == [0, 2] and rows[1]["chosen"] == queue[:2]
+    project = Project.open(tmp_path / "uncertainty" / "project")
+    assert project.current_round == 2 and project.latest_model_dir() == project.checkpoints_dir(2)
+    assert {project.record(name).status for name in queue[:2]} == {ImageStatus.ACCEPTED}
+    assert len(project.labelled_names()) == 3 and rows[1]["steps"] > 0
+    assert started.current_round == 1  # the start project is copied, not changed
