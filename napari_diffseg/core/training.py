@@ -359,22 +359,19 @@ class TrainingRun:
         """Poly schedule within co-training / labels-only training (stage 1 keeps its constant rate)."""
         if self.stage == PRETRAIN:
             return
-        factor = poly_factor(self.stage_progress(fraction)) if self.config.schedule.lr_schedule == LrSchedule.POLY else 1.0
+        poly = self.config.schedule.lr_schedule == LrSchedule.POLY
+        factor = poly_factor(self.stage_progress(fraction)) if poly else 1.0
         for optimiser in (self.teacher_optimiser, self.student_optimiser):
             if optimiser is not None:
                 for group in optimiser.param_groups:
                     group["lr"] = self.config.schedule.lr_cotrain * factor
 
     def train_step(self, fraction: float) -> dict[str, float]:
-        config, device = self.config, self.device
+        """One optimisation step of the current stage at budget ``fraction``; returns its losses."""
         self.set_learning_rates(fraction)
         self.teacher.train()
         if self.stage == PRETRAIN:
-            images = self._to_device(self.sampler.image_batch(self.batch_size))
-            with self._autocast():
-                loss = pretraining_loss(self.teacher, images, self.generator)
-            self._optimise(loss, [self.teacher_optimiser], [self.teacher])
-            return {"reconstruction": float(loss.detach())}
+            return self._pretraining_step()
         # every network sees batch_size patches per step: all labelled in labels-only training and in the supervised
         # warm-up of co-training (no unlabelled patch while its weight is 0), half and half afterwards
         ramp = self.unlabelled_weight(self.stage_progress(fraction))
@@ -382,19 +379,42 @@ class TrainingRun:
         half = max(1, self.batch_size // 2)
         labelled, labels = self.sampler.labelled_batch(half if unlabelled_indices and self.stage == COTRAIN
                                                         else self.batch_size)
-        labels = devices.to_device(labels, device)
+        labels = devices.to_device(labels, self.device)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
-            with self._autocast():
-                loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator,
-                                       config.method.loss)
-            self._optimise(loss, [self.teacher_optimiser], [self.teacher])
-            return {"supervised": float(loss.detach())}
+            return self._supervised_step(labelled, labels)
         if self.student_pending_copy:
-            self.student.mask_path.load_state_dict(self.teacher.mask_path.state_dict())
-            self.student_optimiser = torch.optim.Adam(self.student.mask_path.parameters(),
-                                                      lr=config.schedule.lr_cotrain)
-            self.set_learning_rates(fraction)
-            self.student_pending_copy = False
+            self._start_student_as_copy(fraction)
+        return self._cotraining_step(labelled, labels, unlabelled_indices, half, ramp)
+
+    def _pretraining_step(self) -> dict[str, float]:
+        """Stage 1: the teacher reconstructs noise-corrupted images (cycle consistency), no label."""
+        images = self._to_device(self.sampler.image_batch(self.batch_size))
+        with self._autocast():
+            loss = pretraining_loss(self.teacher, images, self.generator)
+        self._optimise(loss, [self.teacher_optimiser], [self.teacher])
+        return {"reconstruction": float(loss.detach())}
+
+    def _supervised_step(self, labelled: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Labels-only training, and the supervised warm-up of co-training: the teacher on labelled patches."""
+        with self._autocast():
+            loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator,
+                                   self.config.method.loss)
+        self._optimise(loss, [self.teacher_optimiser], [self.teacher])
+        return {"supervised": float(loss.detach())}
+
+    def _start_student_as_copy(self, fraction: float) -> None:
+        """End of a ``warmup_twins="copy"`` warm-up: the student starts as the teacher's copy, with a fresh optimiser."""
+        self.student.mask_path.load_state_dict(self.teacher.mask_path.state_dict())
+        self.student_optimiser = torch.optim.Adam(self.student.mask_path.parameters(),
+                                                  lr=self.config.schedule.lr_cotrain)
+        self.set_learning_rates(fraction)
+        self.student_pending_copy = False
+
+    def _cotraining_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
+                         half: int, ramp: float) -> dict[str, float]:
+        """Stage 2: teacher and student on labelled patches and, once the unlabelled weight ``ramp`` is above 0,
+        on unlabelled ones through cross pseudo supervision and the teacher's pseudo-label rounds."""
+        method = self.config.method
         self.student.train()
         patches = labelled
         if unlabelled_indices:
@@ -405,9 +425,9 @@ class TrainingRun:
             losses = cotraining_loss(
                 self.teacher, self.student, teacher_view[:n_l], labels,
                 teacher_view[n_l:] if unlabelled_indices else None, ramp,
-                rounds=config.method.rounds if self.step % config.method.rounds_every == 0 else 0,
-                chained=config.method.chained_rounds, lambda_d=config.method.lambda_d, generator=self.generator,
-                student_view=student_view, loss=config.method.loss,
+                rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
+                chained=method.chained_rounds, lambda_d=method.lambda_d, generator=self.generator,
+                student_view=student_view, loss=method.loss,
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         return {**losses.parts, "unlabelled_weight": ramp}
