@@ -77,8 +77,7 @@ def _describe_training(data, config, device, out: Path) -> None:
              " (not trained on: --labels-only)" if config.method.labels_only and n_unlabelled else "")
     if not config.method.labels_only and not n_unlabelled:
         log.warning("every image is labelled: the semi-supervised stages have no unlabelled image to learn from")
-    method = "labels-only baseline" if config.method.labels_only else "diffusion teacher + co-trained student"
-    log.info("training the %s on %s, %s, into %s", method, device, _limits(config), out)
+    log.info("training the %s on %s, %s, into %s", config.method.describe(), device, _limits(config), out)
 
 
 @contextlib.contextmanager

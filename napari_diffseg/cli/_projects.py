@@ -42,7 +42,6 @@ def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import device as devices, rounds
-    from napari_diffseg.core.checkpoint import LAST
 
     project = _open_project(args.project)
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
@@ -52,29 +51,39 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         project.next_round()
     round_ = project.current_round
     round_dir = project.checkpoints_dir(round_)
-    if args.resume and not (round_dir / LAST).is_file():
-        raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
-    if not args.resume and (round_dir / LAST).exists():
-        log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
-                    "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
-    method = "labels-only baseline" if config.method.labels_only else "diffusion teacher + co-trained student"
-    log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, method, device, _limits(config))
+    _check_round_folder(round_dir, round_, args.resume)
+    log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, config.method.describe(), device,
+             _limits(config))
 
     events = rounds.train_round(project, config, warm_start=True, resume=args.resume)
     outcome = _run_training(events, args.quiet, round_dir, _resume_command(argv, drop_flags=("--next-round",)))
     if outcome is None:
         return EXIT_INTERRUPTED
-    started = outcome.started
     _print_trained(round_dir, outcome, config.method.labels_only, device, prefix=f"round {round_}: ")
-    if started is not None:
-        print(f"start:    {started.note}")
-    where = project.pseudo_dir(round_)
-    queue = project.review_queue()
-    print(f"pseudo-labels: {len(outcome.pseudo_names)} image(s) stored in {where}; review queue: {len(queue)} "
-          f"image(s) (diffseg project status {shlex.quote(str(args.project))})")
-    print("next:     review in napari (Review panel), then "
-          f"diffseg project train {shlex.quote(str(args.project))} --next-round")
+    _print_review_next(project, round_, outcome, args.project)
     return EXIT_OK
+
+
+def _check_round_folder(round_dir: Path, round_: int, resume: bool) -> None:
+    """Nothing to resume is an error; a model about to be replaced is a warning."""
+    from napari_diffseg.core.checkpoint import LAST
+
+    if resume and not (round_dir / LAST).is_file():
+        raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
+    if not resume and (round_dir / LAST).exists():
+        log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
+                    "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
+
+
+def _print_review_next(project, round_: int, outcome, project_arg: str) -> None:
+    """How the round started, where its pseudo-labels are, and what to do next."""
+    if outcome.started is not None:
+        print(f"start:    {outcome.started.note}")
+    queue = project.review_queue()
+    print(f"pseudo-labels: {len(outcome.pseudo_names)} image(s) stored in {project.pseudo_dir(round_)}; review "
+          f"queue: {len(queue)} image(s) (diffseg project status {shlex.quote(str(project_arg))})")
+    print("next:     review in napari (Review panel), then "
+          f"diffseg project train {shlex.quote(str(project_arg))} --next-round")
 
 
 def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:

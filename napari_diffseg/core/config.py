@@ -104,6 +104,10 @@ class MethodSettings:
     threshold: float = 0.5
     uncertainty_draws: int = 0
 
+    def describe(self) -> str:
+        """What is trained, in a few words (the CLI's log and the model card)."""
+        return "labels-only baseline" if self.labels_only else "diffusion teacher + co-trained student"
+
 
 @dataclass
 class NetworkSettings:

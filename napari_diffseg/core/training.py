@@ -518,8 +518,7 @@ class TrainingRun:
     def write_card(self, clock: _Clock) -> None:
         write_model_card(self.out_dir, {
             "format": "napari-diffseg model card",
-            "method": "labels-only baseline" if self.config.method.labels_only
-            else "diffusion teacher + co-trained student (arXiv 2504.01547)",
+            "method": self.config.method.describe() + ("" if self.config.method.labels_only else " (arXiv 2504.01547)"),
             "config": self.config.to_dict(),
             "network": asdict(self.network_config),
             "working_scale": self.scale,
