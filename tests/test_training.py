@@ -4,7 +4,6 @@ warm start, and configuration errors. Tiny networks and step budgets (no wall-ti
 
 from __future__ import annotations
 
-import json
 
 import csv
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_diffseg.core.checkpoint import BEST, CARD, LAST, read_model_card
+from napari_diffseg.core.checkpoint import BEST, CARD, LAST, RunCheckpoint, read_model_card
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.data import TrainingData
 from napari_diffseg.core.errors import InputError, ModelError
@@ -346,7 +345,7 @@ def test_resume_continues_with_labels_accepted_meanwhile(tmp_path, data, caplog)
     events = list(train(changed, make_config(max_steps=3), tmp_path, resume=True))
     assert [e.step for e in events if isinstance(e, Progress)] == [2, 3]  # step and schedule kept
     assert "continues with the current ones" in caplog.text
-    assert json.loads(load(tmp_path / LAST)["data"]) == changed.fingerprints()
+    assert RunCheckpoint.load(tmp_path / LAST).data == changed.fingerprints()
 
 
 def test_warm_start_skips_pretraining(tmp_path, data, reference):
@@ -436,3 +435,23 @@ def test_out_of_memory_says_what_to_lower(tmp_path, data, monkeypatch):
     monkeypatch.setattr(training.TrainingRun, "train_step", exhausted)
     with pytest.raises(InputError, match=r"out of memory on cpu with batch 2, patch 32x32 and width 4: lower"):
         list(train(data, make_config(max_steps=2), tmp_path))
+
+
+def test_a_last_checkpoint_of_an_earlier_version_still_loads(tmp_path):
+    """Earlier versions stored the data fingerprints and the sampler's RNG state as JSON text inside last.pt."""
+    import json
+
+    from napari_diffseg.core import checkpoint
+
+    fingerprints = [{"name": "a", "image_sha256": "x", "label_sha256": None}]
+    numpy_state = np.random.default_rng(3).bit_generator.state
+    checkpoint.save_checkpoint(tmp_path / LAST, {
+        "config": {}, "network": {"spatial_dims": 2}, "teacher": {}, "teacher_optimiser": {}, "step": 4,
+        "stage": "cotrain", "data": json.dumps(fingerprints), "elapsed": 1.5, "old_key": 1,
+        "rng": {"torch": None, "generator": None, "numpy": json.dumps(numpy_state)}})
+    saved = RunCheckpoint.load(tmp_path / LAST)
+    assert saved.data == fingerprints and saved.rng["numpy"] == numpy_state and saved.step == 4
+    assert not saved.pretrain_only and saved.student is None
+    checkpoint.save_checkpoint(tmp_path / LAST, {"step": 1})
+    with pytest.raises(ModelError, match="does not fit"):
+        RunCheckpoint.load(tmp_path / LAST)

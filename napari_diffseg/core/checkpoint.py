@@ -1,13 +1,15 @@
 """Model folders: checkpoints (last.pt for resuming, best.pt for predicting) and the JSON model card.
 
-A model folder holds ``last.pt`` (teacher, student, optimisers, step and clock, for resume and warm start),
-``best.pt`` (the mask pathway of the kept twin, with its threshold and working scale), ``model_card.json``
-(config, data fingerprints, threshold, metrics, versions) and ``losses.csv``. Files are written atomically.
+A model folder holds ``last.pt`` (RunCheckpoint: teacher, student, optimisers, step and clock, for resume and warm
+start), ``best.pt`` (ModelCheckpoint: the mask pathway of the kept twin, with its threshold and working scale),
+``model_card.json`` (config, data fingerprints, threshold, metrics, versions) and ``losses.csv``. Files are written
+atomically.
 Loading checks the format tag so corrupt or foreign files give a one-line ``ModelError``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 import json
 from pathlib import Path
 import warnings
@@ -48,6 +50,81 @@ def load_checkpoint(path: Path) -> dict:
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise ModelError(f"{path}: written by a newer napari-diffseg (format {payload['format_version']}); upgrade")
     return payload
+
+
+def _as_payload(checkpoint) -> dict:
+    """The fields of a checkpoint dataclass, by name, without the ones left None (shallow: tensors are not copied)."""
+    return {f.name: getattr(checkpoint, f.name) for f in fields(checkpoint) if getattr(checkpoint, f.name) is not None}
+
+
+def _from_json(value):
+    """Fields that earlier versions stored as JSON text inside the checkpoint."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass
+class ModelCheckpoint:
+    """best.pt: what predicting needs, the kept twin's mask pathway with its architecture (teacher.NetworkConfig as a
+    dict), threshold and working scale."""
+
+    network: dict
+    mask_path: dict
+    threshold: float
+    working_scale: float = 1.0
+    twin: str = "teacher"
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, _as_payload(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelCheckpoint":
+        payload = load_checkpoint(path)
+        try:
+            return cls(dict(payload["network"]), dict(payload["mask_path"]), float(payload["threshold"]),
+                       float(payload.get("working_scale", 1.0)), str(payload.get("twin", "teacher")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"{path}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") \
+                from None
+
+
+@dataclass
+class RunCheckpoint:
+    """last.pt: what resuming a run, warm-starting the next round or continuing a pretraining needs. A run writes
+    all of it; a pretraining (``pretrain_only``) the teacher, its optimiser, the step and ``pretrain_seconds``."""
+
+    config: dict  # TrainConfig.to_dict()
+    network: dict  # teacher.NetworkConfig as a dict
+    teacher: dict
+    teacher_optimiser: dict
+    step: int
+    working_scale: float | None = None
+    stage: str | None = None
+    stage_start: float = 0.0
+    student_pending_copy: bool = False
+    elapsed: float = 0.0
+    overhead: float = 0.0
+    data: list = field(default_factory=list)  # fingerprints of the images and labels trained on
+    rng: dict | None = None  # "torch" and "generator": torch generator states; "numpy": the patch sampler's
+    student: dict | None = None
+    student_optimiser: dict | None = None
+    pretrain_only: bool = False  # written by training.pretrain: stage 1's teacher alone, before any label
+    pretrain_seconds: float = 0.0
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, _as_payload(self))
+
+    @classmethod
+    def load(cls, path: Path) -> "RunCheckpoint":
+        payload = load_checkpoint(path)
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in payload.items() if key in known}
+        values["data"] = _from_json(values.get("data", []))
+        if isinstance(values.get("rng"), dict):
+            values["rng"] = {**values["rng"], "numpy": _from_json(values["rng"].get("numpy"))}
+        try:
+            return cls(**values)
+        except TypeError as error:  # a required part is missing
+            raise ModelError(f"{path}: checkpoint content does not fit napari-diffseg ({error})") from None
 
 
 def write_model_card(model_dir: Path, card: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, read_model_card
+from .checkpoint import ModelCheckpoint, read_model_card
 from .errors import InputError, ModelError
 from .io import BEST, describe_kind, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
@@ -54,14 +54,12 @@ class SegmentationModel:
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: model folder not found")
-        payload = load_checkpoint(model_dir / BEST)
+        saved = ModelCheckpoint.load(model_dir / BEST)
+        threshold, working_scale = saved.threshold, saved.working_scale
         try:
-            config = NetworkConfig(**payload["network"])
-            network = DiffusionTwin(config)
-            network.mask_path.load_state_dict(payload["mask_path"])
+            network = DiffusionTwin(NetworkConfig(**saved.network))
+            network.mask_path.load_state_dict(saved.mask_path)
             fold_batch_norm(network.mask_path.eval())  # inference only: one memory pass fewer per convolution
-            threshold = float(payload["threshold"])
-            working_scale = float(payload.get("working_scale", 1.0))
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
             raise ModelError(f"{model_dir / BEST}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") from None
         if not (0 < threshold < 1 and 0 < working_scale <= 1):

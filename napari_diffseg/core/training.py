@@ -20,7 +20,6 @@ from dataclasses import asdict, replace
 import contextlib
 import csv
 import io as _stringio
-import json
 import logging
 from pathlib import Path
 import shutil
@@ -34,7 +33,7 @@ from . import device as devices, distributed
 from .config import LrSchedule, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
-from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, write_model_card
+from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
 from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 PRETRAIN, COTRAIN, SUPERVISED = Stage.PRETRAIN, Stage.COTRAIN, Stage.SUPERVISED
 PSEUDO_LABEL_DIR = "pseudo_labels"
 PSEUDO_LABEL_STAGE, SAVING_STAGE = Stage.PSEUDO_LABELS, Stage.SAVING  # StageProgress stages
-PRETRAIN_ONLY_KEY = "pretrain_only"  # in a last.pt written by ``pretrain``: the teacher of stage 1 alone
 POLY_EXPONENT = 0.9
 LOSSES_FILE = "losses.csv"
 
@@ -253,73 +251,57 @@ class TrainingRun:
             torch.set_rng_state(outside)
 
     # ----- checkpoints -----
-    def _rng_state(self) -> dict:
-        return {
-            "torch": self.rng_state,
-            "generator": self.generator.get_state(),
-            "numpy": json.dumps(self.sampler.rng.bit_generator.state),
-        }
-
     def save_last(self, clock: _Clock) -> Path:
-        payload = {
-            "config": self.config.to_dict(),
-            "network": asdict(self.network_config),
-            "working_scale": self.scale,
-            "teacher": self.teacher.state_dict(),
-            "teacher_optimiser": self.teacher_optimiser.state_dict(),
-            "step": self.step,
-            "stage": str(self.stage),
-            "stage_start": self.stage_start,
-            "student_pending_copy": self.student_pending_copy,
-            "elapsed": clock.elapsed,
-            "overhead": clock.overhead,
-            "data": json.dumps(self.data.fingerprints()),
-            "rng": self._rng_state(),
-        }
-        if self.student is not None:
-            payload["student"] = self.student.state_dict()
-            payload["student_optimiser"] = self.student_optimiser.state_dict()
         path = self.out_dir / LAST
-        save_checkpoint(path, payload)
+        RunCheckpoint(
+            config=self.config.to_dict(), network=asdict(self.network_config), working_scale=self.scale,
+            teacher=self.teacher.state_dict(), teacher_optimiser=self.teacher_optimiser.state_dict(), step=self.step,
+            stage=str(self.stage), stage_start=self.stage_start, student_pending_copy=self.student_pending_copy,
+            elapsed=clock.elapsed, overhead=clock.overhead, data=self.data.fingerprints(),
+            rng={"torch": self.rng_state, "generator": self.generator.get_state(),
+                 "numpy": self.sampler.rng.bit_generator.state},
+            student=None if self.student is None else self.student.state_dict(),
+            student_optimiser=None if self.student is None else self.student_optimiser.state_dict(),
+        ).save(path)
         self._write_losses()
         return path
 
-    def restore(self, payload: dict, full: bool) -> tuple[float, float]:
-        """Load weights from a last.pt payload; ``full`` also restores optimisers, step, stage, clock and RNG.
+    def restore(self, saved: RunCheckpoint, full: bool) -> tuple[float, float]:
+        """Load weights from a last.pt; ``full`` also restores optimisers, step, stage, clock and RNG.
         Returns the (optimisation, overhead) seconds already spent (zeros for a warm start)."""
-        saved_network = payload.get("network") or {}
+        saved_network = saved.network or {}
         differences = [f"{key} {saved_network.get(key)} vs {value}"
                        for key, value in asdict(self.network_config).items() if saved_network.get(key) != value]
         if differences:
             raise ModelError("the checkpoint was trained with other network settings or another kind of image "
                              f"(checkpoint vs now: {', '.join(differences)})")
-        if full and json.loads(payload.get("data", "[]")) != self.data.fingerprints():
+        if full and saved.data != self.data.fingerprints():
             # e.g. masks accepted while the run was stopped: go on with them, keeping the step and the schedule
             log.warning("the images or labels changed since the interrupted run; it continues with the current "
                         "ones (step, schedule and optimisers kept)")
         try:
-            self.teacher.load_state_dict(payload["teacher"])
-            if self.student is not None and "student" in payload:
-                self.student.load_state_dict(payload["student"])
+            self.teacher.load_state_dict(saved.teacher)
+            if self.student is not None and saved.student is not None:
+                self.student.load_state_dict(saved.student)
             if not full:
                 self.student_pending_copy = False  # a warm start brings both trained twins
                 return 0.0, 0.0
-            self.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
+            self.teacher_optimiser.load_state_dict(saved.teacher_optimiser)
             if self.student is not None:
-                self.student_optimiser.load_state_dict(payload["student_optimiser"])
-        except (KeyError, RuntimeError, ValueError) as error:
+                self.student_optimiser.load_state_dict(saved.student_optimiser)
+            self.step = int(saved.step)
+            self.stage = Stage(saved.stage)
+            self.rng_state = saved.rng["torch"]
+            self.generator.set_state(saved.rng["generator"])
+            self.sampler.rng.bit_generator.state = saved.rng["numpy"]
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
             raise ModelError(f"the checkpoint does not fit this run ({type(error).__name__}: {error})") from None
-        self.step = int(payload["step"])
-        self.stage = Stage(payload["stage"])
-        self.stage_start = float(payload.get("stage_start", 0.0))
-        self.student_pending_copy = bool(payload.get("student_pending_copy", False))
-        self.rng_state = payload["rng"]["torch"]
-        self.generator.set_state(payload["rng"]["generator"])
-        self.sampler.rng.bit_generator.state = json.loads(payload["rng"]["numpy"])
+        self.stage_start = float(saved.stage_start)
+        self.student_pending_copy = bool(saved.student_pending_copy)
         losses_path = self.out_dir / LOSSES_FILE
         if losses_path.exists():
             self.loss_rows = list(csv.DictReader(losses_path.open()))
-        return float(payload["elapsed"]), float(payload.get("overhead", 0.0))
+        return float(saved.elapsed), float(saved.overhead)
 
     def _write_losses(self) -> None:
         if not self.loss_rows:
@@ -505,13 +487,8 @@ class TrainingRun:
         self.fit = self.measure_fit(clock)
         network = self.twins()[self.kept_twin]
         path = self.out_dir / BEST
-        save_checkpoint(path, {
-            "network": asdict(self.network_config),
-            "mask_path": network.mask_path.state_dict(),
-            "threshold": self.config.method.threshold,
-            "working_scale": self.scale,
-            "twin": self.kept_twin,
-        })
+        ModelCheckpoint(asdict(self.network_config), network.mask_path.state_dict(), self.config.method.threshold,
+                        self.scale, self.kept_twin).save(path)
         self.write_card(clock)
         return CheckpointSaved(path, CheckpointKind.BEST, self.fit)
 
@@ -579,19 +556,19 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = None
+    saved = None
     if resume:
-        payload = load_checkpoint(out_dir / LAST)
+        saved = RunCheckpoint.load(out_dir / LAST)
     elif warm_start is not None:
-        payload = load_checkpoint(Path(warm_start) / LAST)
+        saved = RunCheckpoint.load(Path(warm_start) / LAST)
     scale = None
-    if (payload is not None and config.schedule.working_scale is None and "working_scale" in payload
-            and not payload.get(PRETRAIN_ONLY_KEY)):  # a pretraining ran before any label could set the scale
-        scale = float(payload["working_scale"])
+    if (saved is not None and config.schedule.working_scale is None and saved.working_scale is not None
+            and not saved.pretrain_only):  # a pretraining ran before any label could set the scale
+        scale = float(saved.working_scale)
     run = TrainingRun(data, config, out_dir, scale, sink, ranks)
     elapsed = overhead = 0.0
     if resume:
-        elapsed, overhead = run.restore(payload, full=True)
+        elapsed, overhead = run.restore(saved, full=True)
         log.info("resuming at step %d (%s), %.0f s already spent", run.step, run.stage, elapsed)
     else:
         # the previous run's best.pt and card stay until this run writes its own (a crash or kill early in the new
@@ -600,7 +577,7 @@ def train(
             path = out_dir / stale
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
-            run.restore(payload, full=False)
+            run.restore(saved, full=False)
             if not config.method.labels_only:
                 run.enter_cotraining(0.0)
     run.join_ranks(resumed=resume)
@@ -616,7 +593,7 @@ def train(
     # early pass, the next one after pseudo_labels_every_seconds (or at the end), so its time goes to steps; a
     # start from the teacher pretrained without labels has nothing to review yet and keeps the early pass (its
     # schedule starts with co-training)
-    if warm_start is not None and not resume and not payload.get(PRETRAIN_ONLY_KEY):
+    if warm_start is not None and not resume and not saved.pretrain_only:
         pseudo_labels.done(clock.elapsed)
 
     def maybe_pseudo_label(now: float) -> Iterator[TrainingEvent]:
@@ -693,11 +670,11 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     spent = 0.0
     previous = out_dir / LAST
     if previous.is_file():
-        payload = load_checkpoint(previous)
-        if payload.get(PRETRAIN_ONLY_KEY) and payload.get("network") == asdict(run.network_config):
-            run.teacher.load_state_dict(payload["teacher"])
-            run.teacher_optimiser.load_state_dict(payload["teacher_optimiser"])
-            run.step, spent = int(payload["step"]), float(payload["pretrain_seconds"])
+        saved = RunCheckpoint.load(previous)
+        if saved.pretrain_only and saved.network == asdict(run.network_config):
+            run.teacher.load_state_dict(saved.teacher)
+            run.teacher_optimiser.load_state_dict(saved.teacher_optimiser)
+            run.step, spent = int(saved.step), float(saved.pretrain_seconds)
         else:
             log.info("pretraining from scratch: %s holds another kind of model", previous)
     for group in run.teacher_optimiser.param_groups:
@@ -706,11 +683,9 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     session_steps = 0
 
     def save() -> Path:
-        save_checkpoint(previous, {
-            PRETRAIN_ONLY_KEY: True, "config": config.to_dict(), "network": asdict(run.network_config),
-            "working_scale": run.scale, "teacher": run.teacher.state_dict(),
-            "teacher_optimiser": run.teacher_optimiser.state_dict(), "step": run.step,
-            "pretrain_seconds": spent + clock.elapsed})
+        RunCheckpoint(config.to_dict(), asdict(run.network_config), run.teacher.state_dict(),
+                      run.teacher_optimiser.state_dict(), run.step, working_scale=run.scale, pretrain_only=True,
+                      pretrain_seconds=spent + clock.elapsed).save(previous)
         return previous
 
     checkpoints = Every(config.schedule.checkpoint_every_seconds)
@@ -737,10 +712,9 @@ def pretraining_info(out_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        payload = load_checkpoint(path)
+        saved = RunCheckpoint.load(path)
     except ModelError:
         return None
-    if not payload.get(PRETRAIN_ONLY_KEY):
+    if not saved.pretrain_only:
         return None
-    return {"seconds": float(payload.get("pretrain_seconds", 0.0)), "steps": int(payload.get("step", 0)),
-            "network": payload.get("network")}
+    return {"seconds": float(saved.pretrain_seconds), "steps": int(saved.step), "network": saved.network}
