@@ -3,7 +3,6 @@ zarr inputs into zarr, the completion mark, the tiled-TIFF copy, and agreement w
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,23 +10,18 @@ import tifffile
 import zarr
 
 from napari_diffseg.core import large
-from napari_diffseg.core.checkpoint import BEST, save_checkpoint
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.predict import run_to_completion
 from napari_diffseg.core.synthetic import make_blobs_dataset
-from test_predict import _fit
+from test_predict import fitted_model_dir
 
 BLOCK, HALO, TILE = (64, 64), (24, 24), (64, 64)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    network = _fit(2, depth=2, base=4, shape=(32, 32), steps=30)
-    folder = tmp_path_factory.mktemp("model")
-    save_checkpoint(folder / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
-                                    "threshold": 0.5, "twin": "teacher"})
-    return folder
+    return fitted_model_dir(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ give the same masks with either backend."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,13 +11,12 @@ import tifffile
 import torch
 
 from napari_diffseg.core import openvino_backend
-from napari_diffseg.core.checkpoint import BEST, save_checkpoint
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.networks import TimeUNet
 from napari_diffseg.core.synthetic import make_blobs_dataset
 from test_cli import run_cli
-from test_predict import _fit
+from test_predict import fitted_model_dir
 
 
 @pytest.mark.parametrize("spatial_dims, shape", [(2, (1, 40, 56)), (3, (2, 16, 24, 32))])
@@ -40,11 +38,7 @@ def test_compiled_unet_computes_what_the_torch_module_does_and_is_cached(spatial
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    network = _fit(2, depth=2, base=4, shape=(32, 32), steps=30)
-    folder = tmp_path_factory.mktemp("model")
-    save_checkpoint(folder / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
-                                    "threshold": 0.5, "twin": "teacher"})
-    return folder
+    return fitted_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def test_both_backends_give_the_same_masks(model_dir, tmp_path):

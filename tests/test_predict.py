@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,11 +235,20 @@ def test_multi_step_sampling(net2d):
 
 # ----- checkpoint loading -----
 
-def _model_dir(tmp_path, network: DiffusionTwin, threshold=0.4):
-    model_dir = tmp_path / "model"
+def save_model(model_dir: Path, network: DiffusionTwin, threshold: float = 0.5) -> Path:
+    """A model folder whose best.pt holds ``network``'s mask pathway."""
     save_checkpoint(model_dir / BEST, {"network": asdict(network.config), "mask_path": network.mask_path.state_dict(),
                                        "threshold": threshold, "twin": "teacher"})
     return model_dir
+
+
+def fitted_model_dir(model_dir: Path) -> Path:
+    """A model folder with a tiny 2D teacher briefly trained on blobs (for the tests of prediction paths)."""
+    return save_model(model_dir, _fit(2, depth=2, base=4, shape=(32, 32), steps=30))
+
+
+def _model_dir(tmp_path, network: DiffusionTwin, threshold=0.4):
+    return save_model(tmp_path / "model", network, threshold)
 
 
 def test_model_round_trip_predicts_like_the_network(tmp_path, net2d):
