@@ -455,3 +455,24 @@ def test_a_last_checkpoint_of_an_earlier_version_still_loads(tmp_path):
     checkpoint.save_checkpoint(tmp_path / LAST, {"step": 1})
     with pytest.raises(ModelError, match="does not fit"):
         RunCheckpoint.load(tmp_path / LAST)
+
+
+def test_fp16_with_a_gradient_scaler_where_bf16_is_missing(data, tmp_path, monkeypatch):
+    """On a CUDA GPU without bf16 training runs in fp16 autocast with a gradient scaler; forced here on the CPU,
+    where torch has both, to run that path: every stage trains with finite losses and the card says fp16."""
+    from napari_diffseg.core import device as devices
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(devices, "bf16_supported", lambda device: False)
+    assert devices.fp16_training(cuda, None) and not devices.fp16_training(cuda, False)  # --no-bf16: fp32
+    assert not devices.fp16_training(torch.device("cpu"), None)
+    monkeypatch.setattr(devices, "fp16_training", lambda device, setting: True)
+    scalers, real_scaler = [], torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler",
+                        lambda device, enabled: scalers.append((device, enabled)) or real_scaler(device, enabled=enabled))
+    events = list(train(data, make_config(bf16=None), tmp_path))
+    assert scalers == [("cpu", True)]
+    stages = {e.stage for e in events if isinstance(e, Progress)}
+    assert stages == {PRETRAIN, COTRAIN}
+    assert all(np.isfinite(v) for e in events if isinstance(e, Progress) for v in e.losses.values())
+    assert read_model_card(tmp_path)["environment"]["fp16"] is True

@@ -198,7 +198,13 @@ def prepare_for_fixed_shapes(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast_context(device: torch.device, enabled: bool):
+def fp16_training(device: torch.device, bf16_setting: bool | None) -> bool:
+    """Whether training uses fp16 autocast with a gradient scaler: on a CUDA GPU without native bf16 (before
+    Ampere) when the precision is left to the machine (``bf16`` None; ``--no-bf16`` means full precision)."""
+    return device.type == "cuda" and bf16_setting is None and not bf16_supported(device)
+
+
+def autocast_context(device: torch.device, enabled: bool, dtype: torch.dtype = torch.bfloat16):
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype)

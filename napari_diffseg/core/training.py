@@ -169,6 +169,9 @@ class TrainingRun:
         devices.prepare_for_fixed_shapes(self.device)
         self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker)
         self.bf16 = devices.bf16_supported(self.device) if config.runtime.bf16 is None else bool(config.runtime.bf16)
+        # fp16 with a gradient scaler where bf16 is missing (older CUDA GPUs); the scaler is a no-op otherwise
+        self.fp16 = not self.bf16 and devices.fp16_training(self.device, config.runtime.bf16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fp16)
         self.generator = torch.Generator().manual_seed(self._stream_seed())
         self.network_config = NetworkConfig(
             spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.network.num_classes,
@@ -232,11 +235,12 @@ class TrainingRun:
         """Backward pass, gradients averaged over the ranks (data-parallel runs), optimiser steps."""
         for optimiser in optimisers:
             optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()  # fp16: the loss scaled up so that small gradients do not vanish
         if self.ranks is not None:
-            distributed.average_gradients(networks, self.ranks.world)
+            distributed.average_gradients(networks, self.ranks.world)  # every rank scales by the same factor
         for optimiser in optimisers:
-            optimiser.step()
+            self.scaler.step(optimiser)  # fp16: unscaled, and skipped when a gradient overflowed
+        self.scaler.update()
 
     @contextlib.contextmanager
     def own_rng(self) -> Iterator[None]:
@@ -316,7 +320,7 @@ class TrainingRun:
 
     # ----- one optimisation step -----
     def _autocast(self):
-        return autocast_context(self.device, self.bf16)
+        return autocast_context(self.device, self.bf16 or self.fp16, torch.float16 if self.fp16 else torch.bfloat16)
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         return devices.to_device(images, self.device).contiguous(memory_format=self.memory_format)
@@ -510,7 +514,7 @@ class TrainingRun:
             "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 1),
                          "overhead_seconds": round(clock.overhead, 1)},
             "environment": {"torch": torch.__version__, "device": str(self.device), "threads": self.threads,
-                            "bf16": self.bf16},
+                            "bf16": self.bf16, "fp16": self.fp16},
         })
 
     def pseudo_labels(self) -> Iterator[StageProgress | PseudoLabelsReady]:
