@@ -105,7 +105,8 @@ from pathlib import Path
 from napari_diffseg.core import device, large
 from napari_diffseg.core.model import SegmentationModel
 device.configure_threads(None, spare_core=False)
-model = SegmentationModel.load(Path(sys.argv[1]), bf16=device.bf16_supported(device.select_device("cpu")))
+model = SegmentationModel.load(Path(sys.argv[1]), bf16=device.bf16_supported(device.select_device("cpu")),
+                               backend="auto")  # as diffseg predict: OpenVINO where installed
 run = large.predict_large(model, large.open_lazy(Path(sys.argv[2])), Path(sys.argv[3]))
 for progress in run:
     print(f"block {progress.done} of {progress.total}", file=sys.stderr, flush=True)
@@ -124,7 +125,8 @@ def agreement(model_dir: Path, path: Path, work: Path) -> float:
     from napari_diffseg.core.predict import run_to_completion
 
     device.configure_threads(None, spare_core=False)
-    model = SegmentationModel.load(model_dir, bf16=device.bf16_supported(device.select_device("cpu")))
+    model = SegmentationModel.load(model_dir, bf16=device.bf16_supported(device.select_device("cpu")),
+                                   backend="auto")
     in_memory = model.predict(tifffile.imread(path)).mask
     blocks = run_to_completion(large.predict_large(model, large.open_lazy(path), work / "agreement.zarr"))
     return float((np.asarray(zarr.open_array(str(blocks), mode="r")) == in_memory).mean())
@@ -141,7 +143,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    lines = [f"{machine()}; load average {load_average()[0]:.1f} at the start", ""]
+    from napari_diffseg.core import openvino_backend
+
+    backend = "OpenVINO (the [openvino] extra)" if openvino_backend.available() else "torch"
+    lines = [f"{machine()}; load average {load_average()[0]:.1f} at the start; prediction backend {backend}", ""]
     model_2d, model_3d = train_models(work, args.train_budget)
     fits = mosaic_2d(work / "fits_4096.tif", 4096)
     share = agreement(model_2d, fits, work)
