@@ -61,6 +61,6 @@ if [[ -n "$TORCH_INDEX" ]]; then
 else
     .venv/bin/python -m pip install "$TORCH_SPEC"
 fi
-echo "== napari-diffseg (editable) with Qt and test extras"
-.venv/bin/python -m pip install -e ".[qt,testing]"
+echo "== napari-diffseg (editable) with Qt, OpenVINO (fast prediction on a CPU) and test extras"
+.venv/bin/python -m pip install -e ".[qt,openvino,testing]"
 echo "== installed: $(.venv/bin/python -c 'import torch, napari, napari_diffseg; print(f"napari-diffseg {napari_diffseg.__version__}, torch {torch.__version__}, napari {napari.__version__}")')"
