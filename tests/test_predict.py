@@ -351,3 +351,16 @@ def test_padded_image_is_cropped_back_in_place(net2d):
     interior = (slice(None), slice(0, 30), slice(0, 38))
     assert np.abs(probs - direct)[interior].mean() < 0.01  # a crop shifted by the 2 px of padding: about 0.1
     assert (probs.argmax(0) == direct.argmax(0)).mean() > 0.98  # shifted: about 0.86
+
+
+def test_a_tile_grows_a_little_when_that_saves_a_row_of_tiles():
+    from napari_diffseg.core.tiling import MAX_TILE_GROWTH, fit_tile, tile_starts
+
+    tile = fit_tile(2048, 1024, 128, 8)  # 2 tiles of 1088 (1.06x the pixels computed) instead of 3 of 768 (1.13x)
+    assert tile == 1088 and tile_starts(2048, tile, 128) == [0, 960]
+    assert fit_tile(2048, 1024, 128, 8, max_growth=1.0) == 768 and len(tile_starts(2048, 768, 128)) == 3
+    for length in (300, 1100, 1500, 2304, 4096, 20000):
+        edge = fit_tile(length, 1024, 128, 8)
+        starts = tile_starts(length, edge, 128)
+        assert edge <= 1024 * MAX_TILE_GROWTH and edge % 8 == 0 or edge == length
+        assert starts[-1] + edge >= length and all(b - a <= edge - 128 for a, b in zip(starts, starts[1:]))

@@ -21,6 +21,11 @@ from .networks import fold_batch_norm
 from .teacher import DiffusionTwin, NetworkConfig
 
 
+# the default 2D tile of each backend, measured side by side on a 2048 x 2048 image (benchmarks/predict_speed.md):
+# torch ran 512-px tiles as fast as or faster than larger ones, OpenVINO 1024-px tiles faster than 512
+PREDICT_TILE_2D = {"torch": (512, 512), "openvino": DEFAULT_TILE_2D}
+
+
 @dataclass
 class Prediction:
     mask: np.ndarray  # uint8 class ids, the image's spatial shape
@@ -99,7 +104,7 @@ class SegmentationModel:
         if self.working_scale != 1.0:
             image01 = resize_image(image01, scaled_shape(full_shape, self.working_scale))
         if tile is None:
-            tile = DEFAULT_TILE_2D if self.config.spatial_dims == 2 else DEFAULT_TILE_3D
+            tile = (PREDICT_TILE_2D[self.backend] if self.config.spatial_dims == 2 else DEFAULT_TILE_3D)
         probs: Probabilities = yield from tiled_probabilities(
             [self.network], image01, tile, draws=draws if uncertainty else 0, sampling_steps=sampling_steps,
             device=self.device, bf16=self.bf16,

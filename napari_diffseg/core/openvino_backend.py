@@ -1,7 +1,8 @@
 """Optional OpenVINO backend for prediction on a CPU (``pip install 'napari-diffseg[openvino]'``): the U-Net of the
 mask pathway converted by OpenVINO and compiled for the CPU, called by the same tiled predictor in place of the
-torch module (training stays on torch). On the 2-core development machine it ran the default 2D model 3.8x faster
-than torch with bf16 autocast, with the same masks (benchmarks/predict_speed.md).
+torch module (training stays on torch). On the 2-core development machine one 1024-px tile of the default 2D
+model ran 3.8x faster than torch with bf16 autocast; a whole 2048 x 2048 image, tiled and blended, 1.3-1.8x
+(2.9-3.5 megapixels/s against 1.8-2.2 in the same runs; benchmarks/predict_speed.md), with the same masks.
 
 Converting a model traces it (about 8 s); the converted model is cached as OpenVINO IR under the user's cache folder,
 keyed by a hash of the weights, so later loads of the same model read it back.

@@ -12,11 +12,18 @@ def _tile_count(length: int, tile: int, min_overlap: int) -> int:
     return max(2, -(-(length - min_overlap) // max(1, tile - min_overlap)))
 
 
-def fit_tile(length: int, tile: int, min_overlap: int, multiple: int) -> int:
-    """Shrink a tile to the smallest multiple of ``multiple`` that still covers ``length`` with as few tiles."""
-    count = _tile_count(length, tile, min_overlap)
+MAX_TILE_GROWTH = 1.25  # a tile may grow this much (per axis) when that saves a row of tiles
+
+
+def fit_tile(length: int, tile: int, min_overlap: int, multiple: int, max_growth: float = MAX_TILE_GROWTH) -> int:
+    """The tile edge for an axis of ``length``: the fewest tiles of at most ``tile`` x ``max_growth`` pixels, each
+    as small as that count allows (a multiple of ``multiple``). Growing a tile a little can save a whole row of
+    tiles: 2048 px in tiles of at most 1024 px overlapping by 128 px takes 3 tiles of 768 (1.13x the pixels
+    computed per axis), in tiles of up to 1280 px 2 of 1088 (1.06x), and fewer, larger tiles run faster."""
+    largest = max(tile, int(tile * max_growth) // multiple * multiple)
+    count = _tile_count(length, largest, min_overlap)
     needed = -(-(length + (count - 1) * min_overlap) // count)
-    return min(tile, -(-needed // multiple) * multiple)
+    return min(largest, -(-needed // multiple) * multiple)
 
 
 def tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
