@@ -46,7 +46,8 @@ def test_both_backends_give_the_same_masks(model_dir, tmp_path):
     torch_model = SegmentationModel.load(model_dir, backend="torch")
     openvino_model = SegmentationModel.load(model_dir, backend="openvino")
     assert (torch_model.backend, openvino_model.backend) == ("torch", "openvino")
-    assert SegmentationModel.load(model_dir, backend="auto").backend == "openvino"  # installed, on a CPU
+    assert SegmentationModel.load(model_dir, backend="auto").backend == "openvino"  # installed, on a CPU, 2D
+    assert openvino_backend.choose("auto", torch.device("cpu"), spatial_dims=3) == "torch"  # 3D: torch's memory
     with_torch = torch_model.predict(image, uncertainty=True, tile=(64, 64))
     with_openvino = openvino_model.predict(image, uncertainty=True, tile=(64, 64))
     assert 0 < with_torch.mask.mean() < 1

@@ -124,7 +124,7 @@ def _compile(network: DiffusionTwin, backend: str, device: torch.device, bf16: b
     from . import openvino_backend
 
     try:
-        chosen = openvino_backend.choose(backend, device)
+        chosen = openvino_backend.choose(backend, device, network.config.spatial_dims)
     except ValueError as error:
         raise InputError(str(error)) from None
     if chosen == "openvino":

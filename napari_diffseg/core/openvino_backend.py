@@ -88,10 +88,12 @@ class CompiledUNet(nn.Module):
         return torch.from_numpy(result[0])
 
 
-def choose(backend: str, device: torch.device) -> str:
-    """The backend that runs: ``auto`` is OpenVINO on a CPU where it is installed, else torch."""
+def choose(backend: str, device: torch.device, spatial_dims: int = 2) -> str:
+    """The backend that runs: ``auto`` is OpenVINO for a 2D model on a CPU where it is installed, else torch (3D
+    stays on torch: on a 200 x 2048 x 2048 volume OpenVINO's peak memory went over 2 GB, torch's stayed at 1.4 GB;
+    benchmarks/scale_large.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
-        return "openvino" if device.type == "cpu" and available() else "torch"
+        return "openvino" if device.type == "cpu" and spatial_dims == 2 and available() else "torch"
     return backend

@@ -18,7 +18,7 @@ import torch
 
 from .device import autocast_context, memory_format_for, to_device
 from .teacher import DiffusionTwin
-from .tiling import fit_tile, gaussian_weight, tile_starts
+from .tiling import MAX_TILE_GROWTH, fit_tile, gaussian_weight, tile_starts
 
 DEFAULT_TILE_2D = (1024, 1024)
 DEFAULT_TILE_3D = (64, 128, 128)
@@ -96,7 +96,8 @@ def tiled_probabilities(
     spatial = image01.shape[1:]
     tile = tuple(max(multiple, (int(t) // multiple) * multiple) for t in tile)
     overlaps = [int(t * overlap) for t in tile]
-    tile = tuple(fit_tile(s, t, o, multiple) for s, t, o in zip(spatial, tile, overlaps))
+    growth = MAX_TILE_GROWTH if len(tile) == 2 else 1.0  # a 3D tile grown 25 % per axis holds 2x the voxels
+    tile = tuple(fit_tile(s, t, o, multiple, growth) for s, t, o in zip(spatial, tile, overlaps))
     padded_shape = tuple(max(s, t) for s, t in zip(spatial, tile))
     pad = [(0, 0)] + [(0, p - s) for s, p in zip(spatial, padded_shape)]
     padded = np.pad(image01, pad, mode="reflect") if any(p[1] for p in pad) else image01
