@@ -209,3 +209,26 @@ def test_predict_panel_shows_a_large_image_filling_in_then_at_full_resolution(ma
     np.testing.assert_array_equal(mask_layer.data[1], written[::4, ::4])
     np.testing.assert_array_equal(image_layer.data[1], raw[::4, ::4])
     assert isinstance(mask_layer.data[0], zarr.Array) and image_layer.data[0].shape == raw.shape  # read lazily
+
+
+def test_predict_panel_refuses_to_write_masks_over_its_input_images(make_napari_viewer, model_dir, raw, tmp_path,
+                                                                     monkeypatch):
+    """Output folder = input folder: the masks would replace the images; the panel says so and writes nothing."""
+    from napari_diffseg._state import DiffsegState
+    from napari_diffseg._widgets import _common
+    from napari_diffseg._widgets.predict import OUTPUT_DISK, SOURCE_FOLDER, PredictPanel
+
+    errors = []
+    monkeypatch.setattr(_common, "notify_error", errors.append)
+
+    path = _write("compressed tiff", raw, tmp_path)
+    before = path.read_bytes()
+    panel = PredictPanel(make_napari_viewer(), DiffsegState())
+    panel.model_row.setText(str(model_dir))
+    panel.source_combo.setCurrentText(SOURCE_FOLDER)
+    panel.source_row.setText(str(tmp_path))
+    panel.output_combo.setCurrentText(OUTPUT_DISK)
+    panel.out_row.setText(str(tmp_path))
+    assert panel.run() is None and panel.worker is None
+    assert len(errors) == 1 and "would overwrite an input image; choose another output folder" in errors[0]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["image.tif"]

@@ -33,7 +33,8 @@ from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, PathRow, user_errors, wrapping_label
 from napari_diffseg._workers import error_message, notify_error, start_job
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, write_mask, write_tiff_atomic
+from napari_diffseg.core.io import (UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, refuse_overwriting_inputs,
+                                    write_mask, write_tiff_atomic)
 from napari_diffseg.core.project import sanitise_name
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,9 @@ class PredictPanel(QWidget):
             if not self.out_row.text():
                 raise InputError("choose the output folder")
             out_dir = Path(self.out_row.text())
+            files = [source for _, source, _ in sources if isinstance(source, Path)]
+            refuse_overwriting_inputs(files, [out_dir / f"{sanitise_name(name_stem(p))}.tif" for p in files],
+                                      "choose another output folder")
         uncertainty = self.uncertainty_check.isChecked()
         self.results = []
         self.overview = None

@@ -123,7 +123,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the masks")
     targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
-    _refuse_overwriting_inputs(inputs, targets)
+    io.refuse_overwriting_inputs(inputs, list(targets.values()), "choose another --out folder")
     model = _load_model(args, device)
     config = model.config
     log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
@@ -173,15 +173,6 @@ def _load_model(args: argparse.Namespace, device):
     if args.tile is not None and len(args.tile) != dims:
         raise InputError(f"--tile needs {dims} numbers for this {dims}D model, got {len(args.tile)}")
     return model
-
-
-def _refuse_overwriting_inputs(inputs: list[Path], targets: dict[Path, Path]) -> None:
-    sources = {path.resolve() for path in inputs}
-    for target in targets.values():
-        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
-                          target.with_suffix(".zarr")):
-            if candidate.resolve() in sources:
-                raise InputError(f"writing {candidate} would overwrite an input image; choose another --out folder")
 
 
 def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> None:

@@ -389,6 +389,17 @@ def write_tiff_atomic(path: Path, array: np.ndarray) -> None:
     atomic_write(Path(path), write)
 
 
+def refuse_overwriting_inputs(inputs: list[Path], targets: list[Path], advice: str) -> None:
+    """InputError before anything is written when a mask target, its uncertainty map or its zarr copy is one of the
+    input images (an output folder that is also the input folder); ``advice`` says what to change."""
+    sources = {Path(path).resolve() for path in inputs}
+    for target in map(Path, targets):
+        for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
+                          target.with_suffix(".zarr")):
+            if candidate.resolve() in sources:
+                raise InputError(f"writing {candidate} would overwrite an input image; {advice}")
+
+
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """Write a label image as a uint8 zlib TIFF, atomically; InputError for values outside 0..255 or non-integers."""
     path = Path(path)
