@@ -174,7 +174,7 @@ def test_predict_panel_shows_a_large_image_filling_in_then_at_full_resolution(ma
     monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
     monkeypatch.setattr(large, "OVERVIEW_PIXELS", 3000)  # 200 x 170: every 4th pixel, 50 x 43
     shown, pasted = [], []
-    original_show, original_paste = _layers.LargeOverview._show, _layers.LargeOverview.paste
+    original_show, original_paste = _layers.LargeOverview._show, _layers.LargeOverview._put
 
     def spy_show(overview, image_levels, mask_levels, scale):
         shown.append((len(mask_levels), scale, overview.mask.copy()))
@@ -185,7 +185,7 @@ def test_predict_panel_shows_a_large_image_filling_in_then_at_full_resolution(ma
         original_paste(overview, piece)
 
     monkeypatch.setattr(_layers.LargeOverview, "_show", spy_show)
-    monkeypatch.setattr(_layers.LargeOverview, "paste", spy_paste)
+    monkeypatch.setattr(_layers.LargeOverview, "_put", spy_paste)
     path = _write("compressed tiff", raw, tmp_path)
     viewer = make_napari_viewer()
     panel = PredictPanel(viewer, DiffsegState())

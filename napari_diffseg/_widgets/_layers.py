@@ -252,7 +252,7 @@ class LargeOverview:
         low, high = (float(v) for v in np.percentile(piece.image, (1, 99.5))) if piece.image.size else (0.0, 1.0)
         self.contrast_limits = (low, high if high > low else low + 1)
         self._refreshed = 0.0
-        self.paste(piece)
+        self._put(piece)
         self._show([self.image], [self.mask], scale=(self.step,) * self.mask.ndim)
 
     def _show(self, image_levels: list, mask_levels: list, scale: tuple[int, ...]) -> None:
@@ -270,12 +270,15 @@ class LargeOverview:
             mask_levels if multiscale else mask_levels[0], name=PREDICT_MASK, scale=scale, multiscale=multiscale,
             colormap=pseudo_label_colormap(2), metadata=metadata)
 
-    def paste(self, piece: Any) -> None:
-        """Put a newly written block into the overview; refresh the layers unless they were just refreshed."""
+    def _put(self, piece: Any) -> None:
         self.mask[piece.region] = piece.mask
         self.image[piece.region] = piece.image
+
+    def paste(self, piece: Any) -> None:
+        """Put a newly written block into the overview; refresh the layers unless they were just refreshed."""
+        self._put(piece)
         now = time.monotonic()
-        if now - self._refreshed >= self.REFRESH_SECONDS and hasattr(self, "mask_layer"):
+        if now - self._refreshed >= self.REFRESH_SECONDS:
             self._refreshed = now
             self.image_layer.refresh()
             self.mask_layer.refresh()

@@ -87,19 +87,19 @@ def _overview_pieces(name: str, source: Path, target: Path):
 
     from napari_diffseg.core import large
 
-    opened: dict = {}
+    zarr_path = large.output_zarr(target)
+    opened: dict = {}  # the mask and the image, opened when the first block is written (the zarr exists then)
 
     def piece(region: tuple[slice, ...]) -> OverviewPiece:
         if not opened:
-            opened["mask"] = zarr.open_array(str(large.output_zarr(target)), mode="r")
+            opened["mask"] = zarr.open_array(str(zarr_path), mode="r")
             opened["image"] = large.open_lazy(source)
         shape = tuple(opened["mask"].shape)
         step = large.overview_step(shape)
         where, mask = large.overview_of_region(opened["mask"], region, step)
         _, image = large.overview_of_region(opened["image"], region, step)
         large.release_mapped_pages(opened["image"])
-        return OverviewPiece(name, source, large.output_zarr(target), step, large.overview_shape(shape, step), where,
-                             mask, image)
+        return OverviewPiece(name, source, zarr_path, step, large.overview_shape(shape, step), where, mask, image)
 
     return piece
 

@@ -10,6 +10,7 @@ import logging
 import re
 
 from .errors import InputError
+from .io import one_line
 
 logger = logging.getLogger(__name__)
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -80,12 +81,6 @@ class Loss(StrEnum):
     DICE_CE = "dice_ce"  # soft Dice + cross-entropy
 
 
-LR_SCHEDULES = tuple(LrSchedule)
-TWINS = tuple(Twin)
-WARMUP_TWINS = tuple(WarmupTwins)
-LOSSES = tuple(Loss)
-
-
 @dataclass
 class MethodSettings:
     """What is trained: the semi-supervised method (shared/METHOD.md) and the mask it keeps."""
@@ -152,7 +147,6 @@ class RuntimeSettings:
 SECTIONS = {"method": MethodSettings, "network": NetworkSettings, "schedule": ScheduleSettings,
             "runtime": RuntimeSettings}
 SECTION_OF = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}  # setting -> section
-SETTING_NAMES = tuple(SECTION_OF)
 _CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule}
 
 
@@ -275,7 +269,7 @@ class TrainConfig:
             try:
                 kept = cls.from_dict({k: v for k, v in stored.items() if k not in exclude}).to_dict()
             except (InputError, TypeError, ValueError) as error:
-                logger.warning("ignoring the project's stored training settings (%s)", " ".join(str(error).split()))
+                logger.warning("ignoring the project's stored training settings (%s)", one_line(error))
         defaults = cls().to_dict()
         inherited = {name: value for name, value in kept.items()
                      if name not in settings and name not in exclude and value != defaults[name]}

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LAST = "last.pt"  # a model folder's checkpoint to resume or warm-start from
 BEST = "best.pt"  # ... and the model to predict with
+ZARR_SUFFIX = ".zarr"  # a zarr array (a folder); also the block-by-block mask of a large image, beside its TIFF
 UNCERTAINTY_SUFFIX = "_uncertainty"  # <stem>_uncertainty.tif: the uncertainty map written beside a mask
 TIFF_SUFFIXES = (".tif", ".tiff")
 MIN_AXIS = 8
@@ -395,7 +396,7 @@ def refuse_overwriting_inputs(inputs: list[Path], targets: list[Path], advice: s
     sources = {Path(path).resolve() for path in inputs}
     for target in map(Path, targets):
         for candidate in (target, target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
-                          target.with_suffix(".zarr")):
+                          target.with_suffix(ZARR_SUFFIX)):
             if candidate.resolve() in sources:
                 raise InputError(f"writing {candidate} would overwrite an input image; {advice}")
 

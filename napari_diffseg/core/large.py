@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 
 from .errors import InputError
-from .io import check_finite, intensity_ranges, normalise_channels, spatial_shape
+from .io import ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -34,7 +34,6 @@ HALO_3D = (16, 64, 64)
 RANGE_SAMPLES = 4_000_000  # pixels of the regular subsample that the intensity ranges are taken from
 TIFF_TILE = 512
 COMPLETE_ATTR = "diffseg"
-ZARR_SUFFIX = ".zarr"
 OVERVIEW_PIXELS = 4096 * 4096  # an overview of a large image (what the viewer holds in memory) has at most this many
 
 

@@ -123,15 +123,8 @@ def _compile(network: DiffusionTwin, backend: str, device: torch.device, bf16: b
     """Put the chosen backend behind ``network.mask_path``; returns the backend that runs."""
     from . import openvino_backend
 
-    try:
-        chosen = openvino_backend.choose(backend, device, network.config.spatial_dims)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    chosen = openvino_backend.choose(backend, device, network.config.spatial_dims)
     if chosen == "openvino":
-        if not openvino_backend.available():
-            raise InputError("the openvino backend needs OpenVINO: pip install 'napari-diffseg[openvino]'")
-        if device.type != "cpu":
-            raise InputError(f"the openvino backend runs on the CPU, not on {device}: use --backend torch")
         network.mask_path = openvino_backend.CompiledUNet(network.mask_path, torch.get_num_threads(), bf16,
                                                           openvino_backend.cache_dir())
     return chosen

@@ -20,6 +20,7 @@ import warnings
 import torch
 from torch import nn
 
+from .errors import InputError
 from .networks import TimeUNet
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,13 @@ class CompiledUNet(nn.Module):
 def choose(backend: str, device: torch.device, spatial_dims: int = 2) -> str:
     """The backend that runs: ``auto`` is OpenVINO for a 2D model on a CPU where it is installed, else torch (3D
     stays on torch: on a 200 x 2048 x 2048 volume OpenVINO's peak memory went over 2 GB, torch's stayed at 1.4 GB;
-    benchmarks/scale_large.md)."""
+    benchmarks/scale_large.md). InputError for a backend that cannot run here."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "auto":
         return "openvino" if device.type == "cpu" and spatial_dims == 2 and available() else "torch"
+    if backend == "openvino" and not available():
+        raise InputError("the openvino backend needs OpenVINO: pip install 'napari-diffseg[openvino]'")
+    if backend == "openvino" and device.type != "cpu":
+        raise InputError(f"the openvino backend runs on the CPU, not on {device}: use --backend torch")
     return backend
