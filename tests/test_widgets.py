@@ -14,6 +14,7 @@ import torch
 from napari.layers import Image, Labels
 from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
+from qtpy.QtCore import QTimer
 
 from napari_diffseg._sample_data import LABELS_NAME, SAMPLE_NAME, load_sample_pairs
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
@@ -349,6 +350,18 @@ def test_widget_modules_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_the_first_torch_import_leaves_the_garbage_collectors_sight():
+    """Full collections walking torch's ~250,000 objects froze the window for ~150 ms at random moments: the
+    worker's torch import freezes them (gc.freeze); a second call freezes nothing more."""
+    code = ("import gc\nfrom napari_diffseg._workers import import_torch_once\n"
+            "before = gc.get_freeze_count()\nimport_torch_once()\nafter = gc.get_freeze_count()\n"
+            "import_torch_once()\nprint(before, after, gc.get_freeze_count())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after, again = map(int, result.stdout.split())
+    assert after - before > 100_000 and again == after
 
 
 def test_panels_open_without_importing_torch_on_the_gui_thread(tmp_path):
@@ -764,6 +777,32 @@ def test_review_shows_the_queue_when_its_tab_comes_up(make_napari_viewer, qtbot,
     review_dock.raise_()
     qtbot.waitUntil(lambda: review.current_name() == names[2], timeout=5_000)
     assert review.on_screen()
+    assert shown["error"] == []
+
+
+def test_first_review_creates_its_layers_one_per_event_loop_turn(make_napari_viewer, qtbot, tmp_path, shown):
+    """Adding three napari layers at once froze the window for 0.65-1.0 s on the first visit of the Review tab:
+    the panel adds one layer per event-loop turn (the window repaints in between), then shows the image."""
+    viewer = make_napari_viewer(show=True)
+    _, review = viewer.window.add_plugin_dock_widget(PLUGIN, "Review")
+    project = _project_with_pseudo_labels(tmp_path / "proj")
+    turns: list[int] = []  # one tick per event-loop turn
+    ticker = QTimer(interval=0)
+    ticker.timeout.connect(lambda: turns.append(1))
+    ticker.start()
+    inserted: list[tuple[str, int]] = []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append((event.value.name, len(turns))))
+    qtbot.waitUntil(review.on_screen, timeout=5_000)
+    review.state.set_project(project)  # the panel is on screen: it shows the queue's first image
+    assert len(viewer.layers) == 0  # nothing added in the turn that set the project (or switched the tab)
+    qtbot.waitUntil(lambda: review.current_label.text().startswith(review.queue[0]), timeout=5_000)  # shown
+    ticker.stop()
+    assert review.current_name() == review.queue[0]
+    assert len({turn for _, turn in inserted}) == 3  # three different turns
+    assert sorted(name for name, _ in inserted) == sorted(_layers.REVIEW_LAYERS)  # each added once, none replaced afterwards
+    pseudo = review.pseudo_layer()
+    assert pseudo.contour == _layers.OUTLINE_WIDTH and pseudo.mode == "paint"
+    np.testing.assert_array_equal(pseudo.data, project.pseudo(review.queue[0])[0])
     assert shown["error"] == []
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from napari_diffseg._gc import freeze_long_lived_objects
 from napari_diffseg.core.io import image_layout
 from napari_diffseg.core.project import Project
 
@@ -43,7 +45,8 @@ def warm_up_layer_machinery() -> None:
     """Pay napari's one-time costs of the first image and labels layers in a background thread, once per process:
     the imports of scipy.ndimage, pandas and vispy's polygon overlay, and pint's unit registry (parsing its
     definitions). On the GUI thread they froze the first Review or Annotate click for 1-1.5 s on 2 cores
-    (benchmarks/bench_layer_cost.py). Panels that create layers call this when they are built."""
+    (benchmarks/bench_layer_cost.py). Panels that create layers call this when they are built.
+    Then the objects imported so far leave the garbage collector's sight (napari_diffseg._gc)."""
     if _warm_up_started.is_set():
         return
     _warm_up_started.set()
@@ -60,6 +63,7 @@ def _warm_up() -> None:
         import vispy.visuals.polygon  # noqa: F401 (napari's labels polygon overlay)
 
         _install_unit_registry()
+        freeze_long_lived_objects()
     except Exception:  # a warm-up only: napari pays the cost itself if anything here fails
         log.debug("layer warm-up failed", exc_info=True)
 
@@ -194,8 +198,34 @@ def uncertainty_colormap() -> Any:
                     controls=[0.0, UNSURE_FROM, 1.0], name="diffseg uncertainty")
 
 
+def create_review_layers(viewer: Any, project: Project, name: str) -> Iterator[None]:
+    """Create the review layers that do not exist yet, sized for image ``name``, yielding after each one. Adding a
+    layer costs napari 0.1-0.3 s on the GUI thread (software OpenGL, 2 cores): a panel that runs one step per event
+    loop turn keeps the window responding instead of freezing for all three at once. The overlays start hidden
+    (empty until show_for_review fills them): a hidden layer costs no redraw of the canvas."""
+    if find_layer(viewer, REVIEW_IMAGE) is None:
+        _set_visible(viewer, ANNOTATE_LAYERS, False)
+        _show_project_image(viewer, project, REVIEW_IMAGE, name)
+        yield
+    image = find_layer(viewer, REVIEW_IMAGE)
+    data_shape = np.shape(image.data)
+    spatial = tuple(data_shape[:-1] if image.rgb else data_shape)
+    if find_layer(viewer, REVIEW_UNCERTAINTY) is None:
+        _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.zeros(spatial, np.float32), name,
+                colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0),
+                visible=False)
+        yield
+    if find_layer(viewer, REVIEW_PSEUDO) is None:
+        labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.zeros(spatial, np.uint8), name,
+                         colormap=pseudo_label_colormap(project.num_classes), visible=False)
+        labels.contour = OUTLINE_WIDTH
+        yield
+
+
 def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     """Show image ``name`` with its latest pseudo-label (editable Labels) and uncertainty; returns the Labels layer."""
+    for _ in create_review_layers(viewer, project, name):
+        pass
     _set_visible(viewer, ANNOTATE_LAYERS, False)
     spatial = _show_project_image(viewer, project, REVIEW_IMAGE, name)
     pseudo = project.pseudo(name)
@@ -205,13 +235,10 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
         mask, uncertainty = pseudo
     if uncertainty is None:
         uncertainty = np.zeros(spatial, np.float32)
-    new = find_layer(viewer, REVIEW_PSEUDO) is None
     _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
             colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0))
     labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name,
                      colormap=pseudo_label_colormap(project.num_classes))
-    if new:
-        labels.contour = OUTLINE_WIDTH
     labels.editable = True
     viewer.layers.selection.active = labels
     _remember(project, "review", name)

@@ -20,6 +20,7 @@ from typing import Any
 import weakref
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QVBoxLayout, QWidget)
 
@@ -35,6 +36,7 @@ from napari_diffseg.core.project import ImageStatus
 
 log = logging.getLogger(__name__)
 
+_DONE = object()
 SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
 EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
 
@@ -57,6 +59,9 @@ class ReviewPanel(QWidget):
         self.drafts: dict[str, np.ndarray] = {}  # corrections not accepted yet, per image: kept while browsing
         self._last_decision: str | None = None  # the image last accepted or rejected (for Undo)
         self._dock: QDockWidget | None = None
+        self._layer_steps: tuple | None = None  # (project, image, steps) while the review layers are created
+        self._layer_step_timer = QTimer(self, singleShot=True, interval=0)  # one layer per event-loop turn
+        self._layer_step_timer.timeout.connect(self._next_layer_step)
 
         self.counts_label = wrapping_label("")
         self.current_label = wrapping_label("")
@@ -173,7 +178,7 @@ class ReviewPanel(QWidget):
         current = self.current_name()
         if project is not None and self.queue and (current is None or current not in records):
             if show_first or (self.on_screen() and not self._annotating()):
-                self.show_image(self.queue[0])
+                self._show_in_steps(self.queue[0])
             else:
                 self._update_current()
         elif current in self.queue and self._newer_proposal(current):
@@ -248,6 +253,35 @@ class ReviewPanel(QWidget):
         self.prev_button.setEnabled(bool(self.queue))
         self.next_button.setEnabled(bool(self.queue))
         self.next_round_button.setEnabled(self.state.project is not None and not self.state.busy)
+
+    def _show_in_steps(self, name: str) -> None:
+        """Show ``name`` as show_image does, but when the review layers do not exist yet (the first visit of the
+        Review tab, the first pseudo-labels), create them one per event-loop turn: three at once froze the window
+        for 0.65-1.0 s while training ran (benchmarks/gui_event_loop.md); one at a time, each turn stays short."""
+        if self._layer_steps is not None:
+            return  # the steps under way end by showing an image
+        if all(_layers.find_layer(self.viewer, layer_name) is not None for layer_name in _layers.REVIEW_LAYERS):
+            self.show_image(name)
+            return
+        self._layer_steps = (self.state.project, name,
+                             _layers.create_review_layers(self.viewer, self.state.project, name))
+        self._layer_step_timer.start()  # the first layer too after the window has repainted (a tab switch)
+
+    def _next_layer_step(self) -> None:
+        project, name, steps = self._layer_steps
+        done = self.state.project is not project
+        if not done:
+            try:
+                done = next(steps, _DONE) is _DONE
+            except Exception:  # napari refused a layer: show_image below reports it the usual way
+                log.debug("creating the review layers failed", exc_info=True)
+                done = True
+        if not done:
+            self._layer_step_timer.start()  # the next layer after the window has repainted
+            return
+        self._layer_steps = None
+        if self.state.project is project:
+            self.show_image(name if name in self.queue or not self.queue else self.queue[0])
 
     @user_errors
     def show_image(self, name: str) -> Any:
