@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -353,6 +354,23 @@ def test_warm_start_skips_pretraining(tmp_path, data, reference):
     events = list(train(data, make_config(max_steps=3), tmp_path, warm_start=ref_dir))
     assert [e.stage for e in events if isinstance(e, Progress)] == [COTRAIN] * 3
     assert isinstance(events[-1], Done)
+
+
+def test_a_warm_start_from_the_pretrained_teacher_keeps_the_copy_warm_up(tmp_path, data):
+    """The background pretraining stores a teacher alone: co-training from it follows the default warm-up (the
+    teacher trains alone, then the student starts as its copy) instead of training a random student from step 0
+    (which halved the steps of round 1 in the quality benchmark)."""
+    from napari_diffseg.core.training import pretrain
+
+    pretrained = tmp_path / "pretrain"
+    list(pretrain(data, make_config(max_steps=2), pretrained))
+    config = make_config(max_steps=8, pretrain_fraction=0.0, warmup_twins="copy", supervised_warmup=0.5)
+    events = list(train(data, config, tmp_path / "run", warm_start=pretrained))
+    losses = [e.losses for e in events if isinstance(e, Progress)]
+    assert [set(step) for step in losses[:4]] == [{"supervised"}] * 4  # the teacher alone through the warm-up
+    assert all("cps" in step for step in losses[-2:])  # then both twins, cross pseudo supervision
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    assert card["selected_twin"] in ("teacher", "student")
 
 
 # ----- configuration errors -----
