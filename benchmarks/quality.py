@@ -17,6 +17,7 @@ the queue shows bad masks first).
     python benchmarks/quality.py                                    # K = 2, 3 seeds, all datasets (~1 h)
     python benchmarks/quality.py --labelled 1 2 5 --datasets glas   # more label counts
     python benchmarks/quality.py --variant "no pretraining" '{"pretrain_fraction": 0}' --datasets glas ph2
+    python benchmarks/quality.py --variant pretrained '{}' --pretrain-seconds 180 --default-too  # stage 1 first
     python benchmarks/quality.py --from-json benchmarks/quality/results.json   # re-render the report
 
 Prints the markdown tables and writes benchmarks/quality/RESULTS.md (or ``--out``) and results.json.
@@ -92,6 +93,22 @@ def pseudo_label_ranking(model_dir: Path, train_pairs, labelled: int, scores: di
             "mean_pseudo_dice": float(np.mean(list(dices.values()))) if dices else float("nan")}
 
 
+def pretrain_teacher(train_pairs, config, out_dir: Path) -> dict:
+    """Stage 1 alone on every train image, no label (as ``diffseg project pretrain`` and the Train panel's background
+    pretraining run it while the user labels), for ``config``'s budget; outside the co-training budget."""
+    from napari_diffseg.core.data import training_data_from_arrays
+    from napari_diffseg.core.device import configure_threads
+    from napari_diffseg.core.training import pretrain, pretraining_info
+
+    configure_threads(config.runtime.threads)
+    data = training_data_from_arrays([p[0] for p in train_pairs], {}, [p[2] for p in train_pairs],
+                                     config.network.num_classes, require_labels=False)
+    for _ in pretrain(data, config, out_dir):
+        pass
+    info = pretraining_info(out_dir)
+    return {"pretrain_seconds_done": info["seconds"], "pretrain_steps": info["steps"]}
+
+
 def job_train(params: dict) -> dict:
     """One training + test scoring, as ``diffseg train`` / ``diffseg predict`` do with default settings."""
     from napari_diffseg.core.training import TrainConfig
@@ -103,7 +120,13 @@ def job_train(params: dict) -> dict:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        trained = train_model(train_pairs, list(range(n)), config, out)
+        warm_start, pretrained = None, {}
+        if params.get("pretrain_seconds"):
+            warm_start = out / "pretrain"
+            pretrained = pretrain_teacher(train_pairs, config.replace(budget_seconds=params["pretrain_seconds"]),
+                                          warm_start)
+            out = out / "model"
+        trained = train_model(train_pairs, list(range(n)), config, out, warm_start=warm_start)
         card = json.loads((out / "model_card.json").read_text())
         result = {**params, **score_model(out, test_pairs), **trained,
                   "optimisation_seconds": card["training"]["elapsed_seconds"],
@@ -112,6 +135,7 @@ def job_train(params: dict) -> dict:
                   "threads": card["environment"]["threads"]}
         if not params["labels_only"] and trained["mean_uncertainty"]:
             result.update(pseudo_label_ranking(out, train_pairs, n, trained["mean_uncertainty"]))
+    result.update(pretrained)
     result["wall_seconds"] = time.perf_counter() - began
     result["steps_per_second"] = result["steps"] / max(1e-9, result["optimisation_seconds"])
     return result
@@ -138,11 +162,15 @@ def plan(args) -> list[tuple[str, dict]]:
                                    "method": "random forest"}))
             for seed in args.seeds:
                 arms = [(args.variant_name, False, args.variant)]
+                if args.default_too:
+                    arms.append(("DiffSeg (default)", False, {}))
                 if not args.no_labels_only:
                     arms.append(("labels only", True, args.variant_labels_only))
                 for method, labels_only, overrides in arms:
+                    pretraining = args.pretrain_seconds if method == args.variant_name else 0.0
                     jobs.append(("train", {"dataset": dataset, "root": root, "n": n, "seed": seed, "budget": budget,
-                                           "labels_only": labels_only, "method": method, "overrides": overrides}))
+                                           "labels_only": labels_only, "method": method, "overrides": overrides,
+                                           "pretrain_seconds": pretraining}))
     return jobs + forests
 
 
@@ -274,6 +302,11 @@ def main(argv=None) -> int:
                         help="TrainConfig overrides for the DiffSeg runs (an ablation); default: the defaults")
     parser.add_argument("--labels-only-too", action="store_true",
                         help="apply the variant's overrides to the labels-only runs as well")
+    parser.add_argument("--pretrain-seconds", type=float, default=0.0,
+                        help="the variant's teacher first pretrains this long without labels (stage 1, outside the "
+                             "budget, as the Train panel does in the background while the user labels)")
+    parser.add_argument("--default-too", action="store_true",
+                        help="also run the default settings as a third arm, side by side (for an ablation)")
     parser.add_argument("--no-forest", action="store_true", help="skip the random forest")
     parser.add_argument("--no-labels-only", action="store_true", help="skip the labels-only runs (ablations)")
     parser.add_argument("--out", default=str(BENCH_DIR / "quality"))
