@@ -282,6 +282,8 @@ class ReviewPanel(QWidget):
         self._layer_steps = None
         if self.state.project is project:
             self.show_image(name if name in self.queue or not self.queue else self.queue[0])
+        elif self.state.project is not None:
+            self.refresh()  # another project was opened meanwhile: its refresh found these steps under way
 
     @user_errors
     def show_image(self, name: str) -> Any:
