@@ -122,7 +122,7 @@ def test_unreadable_inputs_give_clear_errors(model, tmp_path):
 
 
 def test_predict_panel_job_sends_large_files_block_by_block_to_disk_only(model_dir, raw, tmp_path, monkeypatch):
-    from napari_diffseg._widgets.predict import PredictProgress, PredictResult, predict_job
+    from napari_diffseg._widgets.predict import PredictProgress, PredictResult, PredictStatus, predict_job
 
     monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
     monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
@@ -131,6 +131,9 @@ def test_predict_panel_job_sends_large_files_block_by_block_to_disk_only(model_d
         list(predict_job(model_dir, [("image", path, None)], None, uncertainty=False))
     events = list(predict_job(model_dir, [("image", path, None)], tmp_path / "out", uncertainty=False))
     assert isinstance(events[-1], PredictResult) and events[-1].path == tmp_path / "out" / "image.tif"
+    # the status line says what happens before the first block: the model loads (OpenVINO may convert it first)
+    assert [e.text.split(" (")[0] for e in events[:2]] == ["Loading the model", "Segmenting 1 image(s)…"]
+    assert isinstance(events[0], PredictStatus) and isinstance(events[1], PredictStatus)
     fractions = [e.fraction for e in events if isinstance(e, PredictProgress)]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 12
     assert large.is_complete(tmp_path / "out" / "image.zarr")

@@ -54,6 +54,13 @@ class PredictProgress:
 
 
 @dataclass
+class PredictStatus:
+    """What the job is doing, for the panel's status line."""
+
+    text: str
+
+
+@dataclass
 class PredictResult:
     """One segmented image: for a layer output the arrays; for a disk output the written file."""
 
@@ -113,7 +120,9 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
     from napari_diffseg.core import large
 
     device = select_device("auto")
+    yield PredictStatus(_loading_message(device))
     model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device), backend="auto")
+    yield PredictStatus(f"Segmenting {len(sources)} image(s)…")
     for index, (name, source, layer_name) in enumerate(sources):
         if isinstance(source, Path) and large.pixel_count(source) > large.LARGE_IMAGE_PIXELS:
             if out_dir is None:
@@ -160,6 +169,17 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
         if unc is not None:
             write_tiff_atomic(Path(out_dir) / f"{stem}{UNCERTAINTY_SUFFIX}.tif", unc.astype(np.float32))
         yield PredictResult(name, None, None, layer_name, path)
+
+
+def _loading_message(device: Any) -> str:
+    """The status while the model loads: on a CPU with OpenVINO a 2D model new to this computer is converted
+    first (about 8 s, then cached), which would otherwise look like a stuck job."""
+    from napari_diffseg.core import openvino_backend
+
+    if device.type == "cpu" and openvino_backend.available():
+        return ("Loading the model (a 2D model new to this computer is first converted for the fast CPU backend: "
+                "about 10 s, once)…")
+    return "Loading the model…"
 
 
 def _is_stack_of_2d(image: np.ndarray) -> bool:
@@ -309,6 +329,9 @@ class PredictPanel(QWidget):
         self.cancel_button.setEnabled(running)
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, PredictStatus):
+            self.status_label.setText(event.text)
+            return
         if isinstance(event, PredictProgress):
             self.progress.setValue(int(round(event.fraction * 1000)))
             return
