@@ -152,7 +152,8 @@ def run_job(job: tuple[str, dict]) -> dict:
 
 def plan(args) -> list[tuple[str, dict]]:
     """Training jobs in pairs (DiffSeg and labels-only of one dataset/K/seed next to each other, so the two workers
-    run them side by side), then the forests."""
+    run them side by side; with ``--default-too`` three arms share the two workers), then the forests. The report
+    tables show the variant and labels-only; the default arm is in results.json."""
     jobs, forests = [], []
     for dataset in args.datasets:
         root = str(Path(args.data_root) / dataset)
@@ -194,7 +195,9 @@ def report(results: list[dict], meta: dict) -> str:
              f"- Budgets: {meta['budget_2d']:.0f} s (2D), {meta['budget_3d']:.0f} s (3D) of optimisation per run; "
              "the two trainings of one dataset and seed ran side by side (one torch thread each, the default "
              "cores - 1). Seeds: " + ", ".join(map(str, meta["seeds"])) + ".",
-             f"- Variant: {meta['variant_name']} {json.dumps(meta['variant']) if meta['variant'] else '(defaults)'}",
+             f"- Variant: {meta['variant_name']} {json.dumps(meta['variant']) if meta['variant'] else '(defaults)'}"
+             + (f", after {meta['pretrain_seconds']:.0f} s of stage 1 outside the budget (its wall s include them)"
+                if meta.get("pretrain_seconds") else ""),
              "", "Dice: mean over test images per run, then mean ± sd over seeds. HD95 in pixels (voxels), mean "
              "over the test images where it is defined. Margins are DiffSeg minus the baseline, in Dice points.", ""]
     trained = [r for r in results if "seed_results" not in r]
@@ -317,6 +320,7 @@ def main(argv=None) -> int:
         saved = json.loads(Path(args.from_json).read_text())
         text = report(saved["results"], saved["meta"])
         print(text)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "RESULTS.md").write_text(text + "\n")
         return 0
     args.variant_name, args.variant = ("DiffSeg", {}) if args.variant is None else (args.variant[0],
@@ -330,7 +334,7 @@ def main(argv=None) -> int:
             "versions": versions(), "load_start": [round(v, 2) for v in load_average()],
             "budget_2d": args.budget_2d, "budget_3d": args.budget_3d, "seeds": args.seeds,
             "datasets": args.datasets, "labelled": args.labelled, "variant_name": args.variant_name,
-            "variant": args.variant}
+            "variant": args.variant, "pretrain_seconds": args.pretrain_seconds, "default_too": args.default_too}
     began = time.perf_counter()
     results = []
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ from typing import Any
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import notifications
 
-from napari_diffseg._gc import freeze_long_lived_objects
 from napari_diffseg._state import DiffsegState, Status
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.events import Done, Progress, PseudoLabelsReady
@@ -83,14 +82,10 @@ _TORCH_IMPORT_LOCK = threading.Lock()
 def import_torch_once() -> None:
     """Import torch in the calling worker thread, one thread at a time: two threads importing it at once (the
     Train panel's version label and the background pretraining, say) left one with a half-initialised torch
-    ("'_OpNamespace' 'prims' object has no attribute 'sum'"). The first import's ~250,000 objects then leave the
-    garbage collector's sight (napari_diffseg._gc): full collections walking them froze the window for ~150 ms."""
+    ("'_OpNamespace' 'prims' object has no attribute 'sum'")."""
     with _TORCH_IMPORT_LOCK:
-        first = "torch._dynamo" not in sys.modules
         import torch  # noqa: F401
         import torch._dynamo  # noqa: F401 (imported lazily by the first optimiser: as racy as torch itself)
-        if first:
-            freeze_long_lived_objects()
 
 
 def torch_loaded() -> bool:

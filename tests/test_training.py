@@ -356,16 +356,22 @@ def test_warm_start_skips_pretraining(tmp_path, data, reference):
     assert isinstance(events[-1], Done)
 
 
-def test_a_warm_start_from_the_pretrained_teacher_keeps_the_copy_warm_up(tmp_path, data):
-    """The background pretraining stores a teacher alone: co-training from it follows the default warm-up (the
-    teacher trains alone, then the student starts as its copy) instead of training a random student from step 0
-    (which halved the steps of round 1 in the quality benchmark)."""
+@pytest.mark.parametrize("source", ["pretrained teacher", "round ended in its warm-up"])
+def test_a_warm_start_without_a_trained_student_keeps_the_copy_warm_up(tmp_path, data, source):
+    """The background pretraining stores a teacher alone, and a round that ended before its student was copied a
+    random one: co-training from either follows the default warm-up (the teacher trains alone, then the student
+    starts as its copy) instead of training a random student from step 0 (which halved the steps of round 1 in
+    the quality benchmark)."""
     from napari_diffseg.core.training import pretrain
 
-    pretrained = tmp_path / "pretrain"
-    list(pretrain(data, make_config(max_steps=2), pretrained))
     config = make_config(max_steps=8, pretrain_fraction=0.0, warmup_twins="copy", supervised_warmup=0.5)
-    events = list(train(data, config, tmp_path / "run", warm_start=pretrained))
+    earlier = tmp_path / "earlier"
+    if source == "pretrained teacher":
+        list(pretrain(data, make_config(max_steps=2), earlier))
+    else:
+        list(train(data, config.replace(max_steps=2, supervised_warmup=0.9), earlier))
+        assert RunCheckpoint.load(earlier / LAST).student_pending_copy
+    events = list(train(data, config, tmp_path / "run", warm_start=earlier))
     losses = [e.losses for e in events if isinstance(e, Progress)]
     assert [set(step) for step in losses[:4]] == [{"supervised"}] * 4  # the teacher alone through the warm-up
     assert all("cps" in step for step in losses[-2:])  # then both twins, cross pseudo supervision

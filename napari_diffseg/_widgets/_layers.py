@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_diffseg._gc import freeze_long_lived_objects
 from napari_diffseg.core.io import image_layout
 from napari_diffseg.core.project import Project
 
@@ -45,8 +44,7 @@ def warm_up_layer_machinery() -> None:
     """Pay napari's one-time costs of the first image and labels layers in a background thread, once per process:
     the imports of scipy.ndimage, pandas and vispy's polygon overlay, and pint's unit registry (parsing its
     definitions). On the GUI thread they froze the first Review or Annotate click for 1-1.5 s on 2 cores
-    (benchmarks/bench_layer_cost.py). Panels that create layers call this when they are built.
-    Then the objects imported so far leave the garbage collector's sight (napari_diffseg._gc)."""
+    (benchmarks/bench_layer_cost.py). Panels that create layers call this when they are built."""
     if _warm_up_started.is_set():
         return
     _warm_up_started.set()
@@ -63,7 +61,6 @@ def _warm_up() -> None:
         import vispy.visuals.polygon  # noqa: F401 (napari's labels polygon overlay)
 
         _install_unit_registry()
-        freeze_long_lived_objects()
     except Exception:  # a warm-up only: napari pays the cost itself if anything here fails
         log.debug("layer warm-up failed", exc_info=True)
 
@@ -94,7 +91,8 @@ def shown_image(viewer: Any, layer_name: str) -> str | None:
     return None if layer is None else layer.metadata.get(NAME_KEY)
 
 
-def _upsert(viewer: Any, kind: str, layer_name: str, data: np.ndarray, image_name: str, **kwargs: Any) -> Any:
+def _upsert(viewer: Any, kind: str, layer_name: str, data: np.ndarray, image_name: str | None,
+            **kwargs: Any) -> Any:
     """Replace the data of the plugin layer ``layer_name`` (or add it) and tag it with ``image_name``."""
     from napari.layers import Image, Labels
 
@@ -201,22 +199,21 @@ def uncertainty_colormap() -> Any:
 def create_review_layers(viewer: Any, project: Project, name: str) -> Iterator[None]:
     """Create the review layers that do not exist yet, sized for image ``name``, yielding after each one. Adding a
     layer costs napari 0.1-0.3 s on the GUI thread (software OpenGL, 2 cores): a panel that runs one step per event
-    loop turn keeps the window responding instead of freezing for all three at once. The overlays start hidden
-    (empty until show_for_review fills them): a hidden layer costs no redraw of the canvas."""
+    loop turn keeps the window responding instead of freezing for all three at once. The overlays start hidden,
+    empty and tagged with no image (a hidden layer costs no redraw; no panel takes an empty mask for a shown
+    pseudo-label): show_for_review fills, tags and shows them."""
     if find_layer(viewer, REVIEW_IMAGE) is None:
         _set_visible(viewer, ANNOTATE_LAYERS, False)
         _show_project_image(viewer, project, REVIEW_IMAGE, name)
         yield
-    image = find_layer(viewer, REVIEW_IMAGE)
-    data_shape = np.shape(image.data)
-    spatial = tuple(data_shape[:-1] if image.rgb else data_shape)
+    spatial = _show_project_image(viewer, project, REVIEW_IMAGE, name)  # kept as is when it shows ``name``
     if find_layer(viewer, REVIEW_UNCERTAINTY) is None:
-        _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.zeros(spatial, np.float32), name,
+        _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.zeros(spatial, np.float32), None,
                 colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0),
                 visible=False)
         yield
     if find_layer(viewer, REVIEW_PSEUDO) is None:
-        labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.zeros(spatial, np.uint8), name,
+        labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.zeros(spatial, np.uint8), None,
                          colormap=pseudo_label_colormap(project.num_classes), visible=False)
         labels.contour = OUTLINE_WIDTH
         yield

@@ -173,7 +173,7 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
 
 def _loading_message(device: Any) -> str:
     """The status while the model loads: on a CPU with OpenVINO a 2D model new to this computer is converted
-    first (about 8 s, then cached), which would otherwise look like a stuck job."""
+    first (about 8-10 s, then cached), which would otherwise look like a stuck job."""
     from napari_diffseg.core import openvino_backend
 
     if device.type == "cpu" and openvino_backend.available():

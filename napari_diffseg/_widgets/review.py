@@ -225,6 +225,7 @@ class ReviewPanel(QWidget):
         return latest is not None and not np.array_equal(latest[0], self._loaded[1])
 
     def _on_image_shown(self, kind: str, name: str) -> None:
+        self._cancel_layer_steps()
         if kind == "review":
             layer = self.pseudo_layer()
             self._loaded = None if layer is None else (name, np.asarray(layer.data).copy())
@@ -280,10 +281,19 @@ class ReviewPanel(QWidget):
             self._layer_step_timer.start()  # the next layer after the window has repainted
             return
         self._layer_steps = None
-        if self.state.project is project:
+        if self.state.project is not project:
+            if self.state.project is not None:
+                self.refresh()  # another project was opened meanwhile: its refresh found these steps under way
+        elif self.current_name() is None and self.on_screen() and not self._annotating():
             self.show_image(name if name in self.queue or not self.queue else self.queue[0])
-        elif self.state.project is not None:
-            self.refresh()  # another project was opened meanwhile: its refresh found these steps under way
+
+    def _cancel_layer_steps(self) -> None:
+        """Another image was shown (a click, a key, a restored project) while the layers were being created: the
+        steps end without showing theirs."""
+        if self._layer_steps is not None:
+            self._layer_step_timer.stop()
+            self._layer_steps[2].close()
+            self._layer_steps = None
 
     @user_errors
     def show_image(self, name: str) -> Any:

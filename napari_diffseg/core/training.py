@@ -288,10 +288,11 @@ class TrainingRun:
             if self.student is not None and saved.student is not None:
                 self.student.load_state_dict(saved.student)
             if not full:
-                if saved.student is not None:
+                if saved.student is not None and not saved.student_pending_copy:
                     self.student_pending_copy = False  # a warm start from a trained round brings both twins
-                # from a teacher pretrained without labels, the student still starts as warmup_twins says (with
-                # "copy": the teacher trains alone through the warm-up, then the student becomes its copy)
+                # from a teacher pretrained without labels, or from a round stopped before its student was made,
+                # the student still starts as warmup_twins says (with "copy": the teacher trains alone through the
+                # warm-up, then the student becomes its copy)
                 return 0.0, 0.0
             self.teacher_optimiser.load_state_dict(saved.teacher_optimiser)
             if self.student is not None:
