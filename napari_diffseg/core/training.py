@@ -515,8 +515,8 @@ class TrainingRun:
             "metrics": self.fit.to_dict() if self.fit is not None else {},
             "validation_note": "final weights of the kept twin with a fixed threshold; the Dice under "
                                "metrics.validation is the fit on the labelled (training) images, not a validation",
-            "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 1),
-                         "overhead_seconds": round(clock.overhead, 1)},
+            "training": {"steps": self.step, "stage": self.stage, "elapsed_seconds": round(clock.elapsed, 3),
+                         "overhead_seconds": round(clock.overhead, 3)},
             "environment": {"torch": torch.__version__, "device": str(self.device), "threads": self.threads,
                             "bf16": self.bf16, "fp16": self.fp16},
         })
