@@ -196,6 +196,12 @@ def uncertainty_colormap() -> Any:
                     controls=[0.0, UNSURE_FROM, 1.0], name="diffseg uncertainty")
 
 
+def uncertainty_style() -> dict:
+    """How every uncertainty layer is drawn (review, predicted): the colormap above over the image."""
+    return {"colormap": uncertainty_colormap(), "blending": "translucent", "opacity": 1.0,
+            "contrast_limits": (0.0, 1.0)}
+
+
 def create_review_layers(viewer: Any, project: Project, name: str) -> Iterator[None]:
     """Create the review layers that do not exist yet, sized for image ``name``, yielding after each one. Adding a
     layer costs napari 0.1-0.3 s on the GUI thread (software OpenGL, 2 cores): a panel that runs one step per event
@@ -208,9 +214,8 @@ def create_review_layers(viewer: Any, project: Project, name: str) -> Iterator[N
         yield
     spatial = _show_project_image(viewer, project, REVIEW_IMAGE, name)  # kept as is when it shows ``name``
     if find_layer(viewer, REVIEW_UNCERTAINTY) is None:
-        _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.zeros(spatial, np.float32), None,
-                colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0),
-                visible=False)
+        _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.zeros(spatial, np.float32), None, visible=False,
+                **uncertainty_style())
         yield
     if find_layer(viewer, REVIEW_PSEUDO) is None:
         labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.zeros(spatial, np.uint8), None,
@@ -232,8 +237,7 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
         mask, uncertainty = pseudo
     if uncertainty is None:
         uncertainty = np.zeros(spatial, np.float32)
-    _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
-            colormap=uncertainty_colormap(), blending="translucent", opacity=1.0, contrast_limits=(0.0, 1.0))
+    _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name, **uncertainty_style())
     labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name,
                      colormap=pseudo_label_colormap(project.num_classes))
     labels.editable = True
@@ -250,7 +254,7 @@ def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertaint
     unc_layer = find_layer(viewer, PREDICT_UNCERTAINTY)
     if uncertainty is not None:
         _upsert(viewer, "image", PREDICT_UNCERTAINTY, np.asarray(uncertainty, np.float32), name,
-                colormap=uncertainty_colormap(), blending="translucent", contrast_limits=(0.0, 1.0))
+                **uncertainty_style())
     elif unc_layer is not None:
         viewer.layers.remove(unc_layer)
     labels = _upsert(viewer, "labels", PREDICT_MASK, np.asarray(mask, np.uint8), name,

@@ -387,8 +387,7 @@ class PredictPanel(QWidget):
             unc_name = f"{result.name}{UNCERTAINTY_LAYER_SUFFIX}"
             if unc_name in self.viewer.layers:
                 self.viewer.layers.remove(unc_name)
-            self.viewer.add_image(result.uncertainty, name=unc_name, colormap=_layers.uncertainty_colormap(),
-                                  blending="translucent", contrast_limits=(0.0, 1.0), **kwargs)
+            self.viewer.add_image(result.uncertainty, name=unc_name, **_layers.uncertainty_style(), **kwargs)
 
     def _on_error(self, error: BaseException) -> None:
         message = error_message(error)

@@ -258,7 +258,7 @@ class ReviewPanel(QWidget):
     def _show_in_steps(self, name: str) -> None:
         """Show ``name`` as show_image does, but when the review layers do not exist yet (the first visit of the
         Review tab, the first pseudo-labels), create them one per event-loop turn: three at once froze the window
-        for 0.65-1.0 s while training ran (benchmarks/gui_event_loop.md); one at a time, each turn stays short."""
+        for 0.65-1.2 s while training ran (benchmarks/gui_event_loop.md); one at a time, each turn stays short."""
         if self._layer_steps is not None:
             return  # the steps under way end by showing an image
         if all(_layers.find_layer(self.viewer, layer_name) is not None for layer_name in _layers.REVIEW_LAYERS):
