@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_diffseg.core.networks import TimeUNet, count_parameters
+from napari_diffseg.core.data import cutmix_boxes
 from napari_diffseg.core.teacher import (DiffusionTwin, NetworkConfig, cotraining_loss, empty_mask,
-                                         pretraining_loss, soft_dice_loss, supervised_loss)
+                                         pretraining_loss, soft_dice_loss, supervised_loss, swap_in_pairs)
 
 
 def tiny_config(spatial_dims=2, channels=1, num_classes=2, base=4) -> NetworkConfig:
@@ -311,3 +312,46 @@ def test_zero_rounds(twins, monkeypatch):
     losses.total.backward()
     assert all(p.grad is None for p in teacher.image_path.parameters())
     assert "rec" not in losses.parts
+
+
+# ----- CutMix in cross pseudo supervision (MethodSettings.cutmix) -----
+
+def test_swap_in_pairs_mixes_each_pair_and_is_its_own_inverse():
+    batch = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 2, 4, 6).clone()  # sample i holds the value i
+    boxes = cutmix_boxes(2, (4, 6), torch.Generator().manual_seed(3))
+    mixed = swap_in_pairs(batch, boxes)
+    for pair, (a, b) in enumerate([(0, 1), (2, 3)]):
+        box = boxes[pair, 0]
+        assert 0 < int(box.sum()) < box.numel()
+        assert torch.equal(mixed[a][:, box], batch[a][:, box]) and torch.equal(mixed[a][:, ~box], batch[b][:, ~box])
+        assert torch.equal(mixed[b][:, box], batch[b][:, box]) and torch.equal(mixed[b][:, ~box], batch[a][:, ~box])
+    assert torch.equal(mixed[4], batch[4])  # an odd last sample has no partner
+    assert torch.equal(swap_in_pairs(mixed, boxes), batch)
+    class_maps = batch[:, 0].long()  # (B, *spatial): the hard targets
+    assert torch.equal(swap_in_pairs(class_maps, boxes), mixed[:, 0].long())
+
+
+class _PixelTwin:
+    """A mask pathway whose logits at a pixel depend on that pixel's value only: (-x + 0.5, x - 0.5)."""
+
+    def random_mask_logits(self, images, generator=None):
+        x = images[:, :1]
+        return torch.cat([0.5 - x, x - 0.5], dim=1)
+
+
+def test_cutmix_targets_follow_the_pixels_they_were_predicted_on():
+    generator = torch.Generator().manual_seed(0)
+    labelled, labels = torch.rand(2, 1, 8, 8, generator=generator), torch.zeros(2, 8, 8, dtype=torch.long)
+    unlabelled = torch.rand(4, 1, 8, 8, generator=generator)
+    boxes = cutmix_boxes(2, (8, 8), generator)
+    losses = cotraining_loss(_PixelTwin(), _PixelTwin(), labelled, labels, unlabelled, 1.0, rounds=0,
+                             mix_boxes=boxes)
+    mixed = swap_in_pairs(unlabelled, boxes)
+    teacher_logits = _PixelTwin().random_mask_logits(mixed)
+    # the teacher (strong view: mixed patches) learns the student's prediction on the unmixed patches, mixed the same
+    # way; with twins that predict each pixel from its value, that is exactly its own prediction
+    torch.testing.assert_close(losses.terms["cps_teacher"], soft_dice_loss(teacher_logits, teacher_logits.argmax(1)))
+    misaligned = soft_dice_loss(teacher_logits, _PixelTwin().random_mask_logits(unlabelled).argmax(1))
+    assert float((losses.terms["cps_teacher"] - misaligned).abs()) > 1e-3
+    student_logits = _PixelTwin().random_mask_logits(unlabelled)
+    torch.testing.assert_close(losses.terms["cps_student"], soft_dice_loss(student_logits, student_logits.argmax(1)))

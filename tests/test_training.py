@@ -224,6 +224,24 @@ def test_other_kinds_of_data(tmp_path, kind):
     assert model.config.image_channels == data.channels and model.config.spatial_dims == data.spatial_dims
 
 
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_cutmix_trains_the_teacher_on_mixed_unlabelled_patches(tmp_path, kind):
+    if kind == "2d":
+        data, patch = make_data(n_images=4, n_labelled=1), (32, 32)
+    else:
+        data, patch = make_data(n_images=4, n_labelled=1, shape=(12, 20, 20)), (8, 16, 16)
+    runs = {}
+    for cutmix in (False, True):
+        config = make_config(max_steps=6, patch_size=patch, batch_size=4, pretrain_fraction=0.0,
+                             supervised_warmup=0.0, unlabelled_ramp=0.2, cutmix=cutmix)
+        events = list(train(data, config, tmp_path / str(cutmix)))
+        assert isinstance(events[-1], Done)
+        assert all("cps" in e.losses for e in events if isinstance(e, Progress) and e.step > 1)
+        runs[cutmix] = load(tmp_path / str(cutmix) / LAST)["teacher"]
+    # same seed, same batches: only the mixing of the two unlabelled patches differs
+    assert not states_equal(runs[False], runs[True])
+
+
 # ----- reproducibility, cancel and resume -----
 
 @pytest.mark.slow

@@ -95,6 +95,7 @@ class MethodSettings:
     unlabelled_ramp: float = 0.5
     warmup_twins: WarmupTwins = WarmupTwins.COPY
     loss: Loss = Loss.DICE
+    cutmix: bool = False  # the teacher sees unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
     keep_twin: Twin = Twin.TEACHER
     threshold: float = 0.5
     uncertainty_draws: int = 0

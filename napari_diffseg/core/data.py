@@ -192,6 +192,23 @@ def training_data_from_folders(images_dir, labels_dir, num_classes: int = 2) -> 
     return training_data_from_arrays(images, labels, names, num_classes)
 
 
+def cutmix_boxes(pairs: int, spatial: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """One random box per pair of patches for ``teacher.swap_in_pairs``: bool (pairs, 1, *spatial), each box
+    covering a quarter to a half of the patch (as CutMix in cross pseudo supervision), aspect ratios up to 2:1."""
+    boxes = torch.zeros((pairs, 1, *spatial), dtype=torch.bool)
+    for pair in range(pairs):
+        area = 0.25 + 0.25 * float(torch.rand((), generator=generator))
+        aspect = torch.exp((torch.rand(len(spatial), generator=generator) - 0.5) * np.log(2.0))
+        aspect = aspect / aspect.prod() ** (1 / len(spatial))
+        region = []
+        for edge, ratio in zip(spatial, aspect.tolist()):
+            length = int(round(min(edge, max(1, edge * area ** (1 / len(spatial)) * ratio))))
+            start = int(torch.randint(0, edge - length + 1, (), generator=generator))
+            region.append(slice(start, start + length))
+        boxes[(pair, 0, *region)] = True
+    return boxes
+
+
 def augment_intensity(images: torch.Tensor, generator: torch.Generator | None = None,
                       strength: float = 1.0) -> torch.Tensor:
     """Random intensity and colour perturbations of a batch (B, C, *spatial) in [0, 1], one draw per sample:

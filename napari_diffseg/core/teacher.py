@@ -152,6 +152,21 @@ class CoTrainingLosses:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def swap_in_pairs(batch: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Complementary CutMix within pairs of samples (0 with 1, 2 with 3, ...; an odd last one stays as it is):
+    sample 2i keeps its content inside ``boxes[i]`` and takes sample 2i+1's outside it, and 2i+1 the other way
+    round. ``boxes`` is a bool tensor (pairs, 1, *spatial) that broadcasts over channels (or class maps without a
+    channel axis when given as (pairs, *spatial)). The swap is its own inverse: applied to predictions made on
+    the mixed batch it gives back, pixel for pixel, predictions aligned with the unmixed one."""
+    pairs = boxes.shape[0]
+    if pairs == 0:
+        return batch
+    first, second = batch[0:2 * pairs:2], batch[1:2 * pairs:2]
+    box = boxes if boxes.dim() == first.dim() else boxes.reshape(first.shape[:1] + boxes.shape[2:])
+    mixed = torch.stack([torch.where(box, first, second), torch.where(box, second, first)], dim=1)
+    return torch.cat([mixed.flatten(0, 1), batch[2 * pairs:]])
+
+
 def cotraining_loss(
     teacher: DiffusionTwin,
     student: DiffusionTwin,
@@ -165,6 +180,7 @@ def cotraining_loss(
     generator: torch.Generator | None = None,
     student_view: torch.Tensor | None = None,
     loss: str = "dice",
+    mix_boxes: torch.Tensor | None = None,
 ) -> CoTrainingLosses:
     """Stage 2 loss L = lambda_u L_u + L_l of shared/METHOD.md for one labelled and one unlabelled batch.
 
@@ -172,10 +188,17 @@ def cotraining_loss(
     cross pseudo supervision, the teacher mask that conditions the image pathway, and the reconstruction fed back
     to the teacher's mask pathway. ``student_view``: the same patches (labelled then unlabelled) as the student
     sees them, e.g. with other intensity perturbations (default: the teacher's view), so that each twin learns
-    to reproduce the other's mask under a perturbation it did not see.
+    to reproduce the other's mask under a perturbation it did not see. ``mix_boxes`` (see ``swap_in_pairs``): the
+    teacher sees the unlabelled patches CutMixed in pairs (a strong view) and learns the student's prediction on
+    the unmixed patches (the weak view), mixed the same way; the student learns the teacher's, unmixed.
     """
     n_l = labelled.shape[0]
     mask_loss = lambda logits, target: segmentation_loss(logits, target, loss)  # noqa: E731
+    mix = (lambda x: x) if mix_boxes is None else (lambda x: swap_in_pairs(x, mix_boxes))  # noqa: E731
+    if unlabelled is not None and mix_boxes is not None:
+        if student_view is None:
+            student_view = torch.cat([labelled, unlabelled], dim=0)
+        unlabelled = mix(unlabelled)
     images = labelled if unlabelled is None else torch.cat([labelled, unlabelled], dim=0)
     student_logits = student.random_mask_logits(images if student_view is None else student_view, generator)
     teacher_logits = teacher.random_mask_logits(images, generator)
@@ -188,8 +211,8 @@ def cotraining_loss(
     sup = terms["sup_student"] + terms["sup_teacher"]
     unsup = torch.zeros((), device=images.device)
     if unlabelled is not None:
-        student_hard = student_logits[n_l:].argmax(1).detach()
-        teacher_hard = teacher_logits[n_l:].argmax(1).detach()
+        student_hard = mix(student_logits[n_l:].argmax(1).detach())  # aligned with the teacher's view
+        teacher_hard = mix(teacher_logits[n_l:].argmax(1).detach())  # aligned with the student's view
         terms["cps_student"] = mask_loss(student_logits[n_l:], teacher_hard)
         terms["cps_teacher"] = mask_loss(teacher_logits[n_l:], student_hard)
         cps = terms["cps_student"] + terms["cps_teacher"]

@@ -34,7 +34,7 @@ from .config import LrSchedule, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
-from .data import PatchSampler, TrainingData, augment_intensity, effective_patch_size
+from .data import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
 from .metrics import dice as dice_score
@@ -411,13 +411,17 @@ class TrainingRun:
             patches = torch.cat([labelled, self.sampler.image_batch(half, unlabelled_indices)])
         teacher_view, student_view = self._augmented(patches), self._augmented(patches)
         n_l = labelled.shape[0]
+        boxes = None
+        if unlabelled_indices and method.cutmix:
+            boxes = devices.to_device(cutmix_boxes((patches.shape[0] - n_l) // 2, tuple(patches.shape[2:]),
+                                                   self.generator), self.device)
         with self._autocast():
             losses = cotraining_loss(
                 self.teacher, self.student, teacher_view[:n_l], labels,
                 teacher_view[n_l:] if unlabelled_indices else None, ramp,
                 rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
                 chained=method.chained_rounds, lambda_d=method.lambda_d, generator=self.generator,
-                student_view=student_view, loss=method.loss,
+                student_view=student_view, loss=method.loss, mix_boxes=boxes,
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         return {**losses.parts, "unlabelled_weight": ramp}
