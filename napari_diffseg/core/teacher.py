@@ -155,8 +155,8 @@ class CoTrainingLosses:
 def swap_in_pairs(batch: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Complementary CutMix within pairs of samples (0 with 1, 2 with 3, ...; an odd last one stays as it is):
     sample 2i keeps its content inside ``boxes[i]`` and takes sample 2i+1's outside it, and 2i+1 the other way
-    round. ``boxes`` is a bool tensor (pairs, 1, *spatial) that broadcasts over channels (or class maps without a
-    channel axis when given as (pairs, *spatial)). The swap is its own inverse: applied to predictions made on
+    round. ``boxes`` is a bool tensor (pairs, 1, *spatial) (``data.cutmix_boxes``): it broadcasts over the channels
+    of images (B, C, *spatial) and loses its channel axis for class maps (B, *spatial). The swap is its own inverse: applied to predictions made on
     the mixed batch it gives back, pixel for pixel, predictions aligned with the unmixed one."""
     pairs = boxes.shape[0]
     if pairs == 0:
