@@ -8,7 +8,7 @@ import functools
 import logging
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor
 from qtpy.QtWidgets import QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QWidget
 
@@ -30,6 +30,27 @@ def busy_cursor() -> Iterator[None]:
         yield
     finally:
         QApplication.restoreOverrideCursor()
+
+
+@contextlib.contextmanager
+def repaint_in_next_turn(widget: QWidget) -> Iterator[None]:
+    """Hold back the repaint of ``widget``'s window during the block and let Qt repaint it in the next event-loop
+    turn. Adding a napari layer costs 100-150 ms and the repaint of the whole window that follows (its canvas is
+    software OpenGL on a laptop without a GPU) another 60-150 ms, which Qt otherwise runs in the same turn: one
+    stall of over 200 ms becomes two shorter ones (benchmarks/gui_event_loop.md). The window is released by a
+    timer that belongs to it, so a panel closed meanwhile cannot leave it unpainted."""
+    window = widget.window()
+    if not window.updatesEnabled():  # held already (a block inside another): the outer one releases it
+        yield
+        return
+    window.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        release = QTimer(window, singleShot=True, interval=0)
+        release.timeout.connect(functools.partial(window.setUpdatesEnabled, True))
+        release.timeout.connect(release.deleteLater)
+        release.start()
 
 
 def wrapping_label(text: str = "") -> QLabel:

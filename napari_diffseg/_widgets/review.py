@@ -29,7 +29,8 @@ from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg._widgets._common import (busy_cursor, connect_until_destroyed, repaint_in_next_turn, user_errors,
+                                            wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
@@ -269,6 +270,12 @@ class ReviewPanel(QWidget):
         self._layer_step_timer.start()  # the first layer too after the window has repainted (a tab switch)
 
     def _next_layer_step(self) -> None:
+        """One turn of _show_in_steps: add one layer, or at the end show the image. The window repaints in the
+        turn after (repaint_in_next_turn), so no turn pays for both napari's work and Qt's repaint."""
+        with repaint_in_next_turn(self):
+            self._layer_step()
+
+    def _layer_step(self) -> None:
         project, name, steps = self._layer_steps
         done = self.state.project is not project
         if not done:
