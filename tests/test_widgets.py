@@ -382,6 +382,53 @@ viewer.close()
     assert lines["later"].startswith(f"torch {torch.__version__}"), result.stdout
 
 
+_FREEZE_SCRIPT = """
+import gc, sys, weakref
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_diffseg._workers import import_torch_once
+
+def collected(layer_name, data):
+    alive = weakref.ref(data)
+    del data
+    viewer.layers.remove(layer_name)
+    QApplication.processEvents()
+    gc.collect()
+    return alive() is None
+
+viewer = napari.Viewer(show=False)
+if sys.argv[1] == "layer first":
+    viewer.add_image(np.ones((512, 512), np.float32), name="before")
+import_torch_once()
+print("frozen:", gc.get_freeze_count())
+print("added later, collected:", collected("added later", viewer.add_image(np.ones((512, 512), np.float32),
+                                                                           name="added later").data))
+print("still frozen:", gc.get_freeze_count())
+if sys.argv[1] == "layer first":
+    print("from before, collected:", collected("before", viewer.layers["before"].data))
+    print("frozen at the end:", gc.get_freeze_count())
+viewer.close()
+"""
+
+
+@pytest.mark.parametrize("when", ["no layer yet", "layer first"])
+def test_the_first_torch_import_sets_startup_objects_aside_from_the_collector(when):
+    """Python's full garbage collections walked the ~450,000 objects of napari and torch (200-290 ms with the GIL
+    held, the only stall over 200 ms left while training): the first torch import freezes them. What is created
+    later is collected as usual, and removing a layer that existed at the freeze unfreezes everything, so that a
+    user's image never stays in memory."""
+    result = subprocess.run([sys.executable, "-c", _FREEZE_SCRIPT, when], capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert int(lines["frozen"]) > 100_000, result.stdout
+    assert lines["added later, collected"] == "True" and int(lines["still frozen"]) > 100_000, result.stdout
+    if when == "layer first":
+        assert lines["from before, collected"] == "True", result.stdout
+        assert lines["frozen at the end"] == "0", result.stdout
+
+
 def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, tmp_path, shown):
     viewer = make_napari_viewer()
     project_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]

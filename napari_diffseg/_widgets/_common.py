@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 from typing import Any
+import weakref
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor
@@ -47,10 +48,16 @@ def repaint_in_next_turn(widget: QWidget) -> Iterator[None]:
     try:
         yield
     finally:
-        release = QTimer(window, singleShot=True, interval=0)
-        release.timeout.connect(functools.partial(window.setUpdatesEnabled, True))
-        release.timeout.connect(release.deleteLater)
+        release = QTimer(window, singleShot=True, interval=1)  # not 0: Qt runs zero timers ahead of due ones
+        release.timeout.connect(functools.partial(_release_repaint, weakref.ref(window)))  # weak: a closed
+        release.timeout.connect(release.deleteLater)  # viewer's window must not be kept alive by its timer
         release.start()
+
+
+def _release_repaint(window_ref: weakref.ref) -> None:
+    window = window_ref()
+    if window is not None:
+        window.setUpdatesEnabled(True)
 
 
 def wrapping_label(text: str = "") -> QLabel:

@@ -61,7 +61,9 @@ class ReviewPanel(QWidget):
         self._last_decision: str | None = None  # the image last accepted or rejected (for Undo)
         self._dock: QDockWidget | None = None
         self._layer_steps: tuple | None = None  # (project, image, steps) while the review layers are created
-        self._layer_step_timer = QTimer(self, singleShot=True, interval=0)  # one layer per event-loop turn
+        # one layer per event-loop turn; 20 ms apart so that the window's repaint (held back while a layer is added,
+        # released 1 ms after) runs in a turn of its own between two steps
+        self._layer_step_timer = QTimer(self, singleShot=True, interval=20)
         self._layer_step_timer.timeout.connect(self._next_layer_step)
 
         self.counts_label = wrapping_label("")
