@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 import contextlib
 import gc
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,12 +89,51 @@ def import_torch_once() -> None:
     module objects aside from the garbage collector (:func:`_freeze_startup_objects`)."""
     with _TORCH_IMPORT_LOCK:
         first = "torch" not in sys.modules
+        collecting = gc.isenabled()
         if first:
             gc.collect()  # what is garbage now must not be frozen (about 0.1 s, before torch doubles the objects)
-        import torch  # noqa: F401
-        import torch._dynamo  # noqa: F401 (imported lazily by the first optimiser: as racy as torch itself)
+            gc.disable()  # torch's ~200,000 new objects would trigger full collections (0.2 s each) mid-import
+        try:
+            if first:
+                _preload_torch_libraries()
+            import torch  # noqa: F401
+            import torch._dynamo  # noqa: F401 (imported lazily by the first optimiser: as racy as torch itself)
+        finally:
+            if first and collecting:
+                gc.enable()
         if first:
             _freeze_startup_objects()
+
+
+TORCH_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so")  # in dependency order
+
+
+def _preload_torch_libraries() -> None:
+    """Load torch's shared libraries with the GIL released, so that ``import torch`` finds them loaded.
+
+    Python's import (and ``ctypes.CDLL``) calls ``dlopen`` with the GIL held, and loading libtorch_cpu (hundreds of
+    MB of code to map and relocate) held it for 190-290 ms: the viewer froze that long when the Train panel first
+    opened, although torch is imported in a worker thread. A foreign call through ctypes releases the GIL, so
+    libc's ``dlopen`` is called directly (Linux only; the same flags as Python's import: RTLD_NOW, local symbols).
+    Anything unexpected leaves the work to ``import torch``."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import importlib.util
+        from pathlib import Path
+
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.origin is None:
+            return
+        folder = Path(spec.origin).parent / "lib"
+        dlopen = ctypes.CDLL(None).dlopen
+        dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+        for name in TORCH_LIBRARIES:
+            if (folder / name).is_file() and not dlopen(str(folder / name).encode(), os.RTLD_NOW | os.RTLD_LOCAL):
+                return  # import torch will load it and report what is wrong
+    except Exception:
+        log.debug("preloading torch's libraries failed", exc_info=True)
 
 
 _layers_frozen: weakref.WeakSet = weakref.WeakSet()  # the viewers' layers when the startup objects were frozen

@@ -429,6 +429,24 @@ def test_the_first_torch_import_sets_startup_objects_aside_from_the_collector(wh
         assert lines["frozen at the end"] == "0", result.stdout
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the preload is for Linux's dlopen")
+def test_torch_libraries_are_loaded_with_the_gil_released_before_torch_is_imported():
+    """``import torch`` held the GIL for 190-290 ms while the dynamic linker loaded libtorch_cpu (the viewer froze
+    when the Train panel opened); the worker loads the libraries through a foreign call first."""
+    code = """
+import sys
+from napari_diffseg._workers import _preload_torch_libraries
+_preload_torch_libraries()
+maps = open("/proc/self/maps").read()
+print("loaded:", "libtorch_cpu.so" in maps, "torch" in sys.modules)
+import torch
+print("works:", float(torch.ones(3).sum()))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded: True False" in result.stdout and "works: 3.0" in result.stdout, result.stdout
+
+
 def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, tmp_path, shown):
     viewer = make_napari_viewer()
     project_panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]
@@ -879,6 +897,60 @@ def test_a_held_repaint_is_released_even_when_the_widget_is_gone(qtbot):
     child.deleteLater()
     assert not window.updatesEnabled()  # still held until the next turn
     qtbot.waitUntil(window.updatesEnabled, timeout=2_000)
+
+
+def test_annotate_tab_builds_its_layers_one_per_turn_before_the_first_open(make_napari_viewer, qtbot, tmp_path,
+                                                                            shown):
+    """The first "Open for labelling" added the image and labels layers in the click's turn (0.4 s frozen on 2
+    cores): the Annotate tab builds them hidden, one per event-loop turn, when it comes up, and the click fills
+    them. A click before they are built still opens the image."""
+    viewer = make_napari_viewer(show=True)
+    _, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate")
+    project = _small_project(tmp_path / "proj")
+    turns: list[int] = []
+    ticker = QTimer(interval=0)
+    ticker.timeout.connect(lambda: turns.append(1))
+    ticker.start()
+    inserted: list[tuple[str, int]] = []
+
+    def record(event):
+        inserted.append((event.value.name, len(turns)))
+
+    viewer.layers.events.inserted.connect(record)
+    qtbot.waitUntil(lambda: annotate.isVisible() and not annotate.visibleRegion().isEmpty(), timeout=5_000)
+    annotate.state.set_project(project)  # the tab is in front: the layers are built in the next turns
+    assert len(viewer.layers) == 0
+    qtbot.waitUntil(lambda: all(n in viewer.layers for n in _layers.ANNOTATE_LAYERS), timeout=5_000)
+    ticker.stop()
+    assert [name for name, _ in inserted] == list(_layers.ANNOTATE_LAYERS)
+    assert len({turn for _, turn in inserted}) == 2  # two different turns
+    assert not any(viewer.layers[n].visible for n in _layers.ANNOTATE_LAYERS)
+    assert annotate.current_name() is None  # nothing is open for labelling yet
+    name = annotate.image_combo.currentData()
+    labels = annotate.open_image()
+    viewer.layers.events.inserted.disconnect(record)
+    assert len(inserted) == 2  # the click added no layer
+    assert labels.name == _layers.ANNOTATE_LABELS  # (the panel sees the viewer through napari's proxy)
+    assert labels.visible, "labels hidden"
+    assert annotate.current_name() == name, annotate.current_name()
+    np.testing.assert_array_equal(viewer.layers[_layers.ANNOTATE_IMAGE].data, project.image(name))
+    assert project.label(name) is None and not np.asarray(labels.data).any()  # unlabelled images are listed first
+    assert shown["error"] == []
+
+
+def test_open_for_labelling_before_the_annotate_layers_are_built(make_napari_viewer, qtbot, tmp_path, shown):
+    viewer = make_napari_viewer(show=True)
+    _, annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate")
+    project = _small_project(tmp_path / "proj")
+    qtbot.waitUntil(lambda: annotate.isVisible() and not annotate.visibleRegion().isEmpty(), timeout=5_000)
+    annotate.state.set_project(project)
+    name = project.names()[2]
+    labels = annotate.open_image(name)  # in the same turn: the steps have not started
+    qtbot.wait(300)
+    assert [layer.name for layer in viewer.layers] == list(_layers.ANNOTATE_LAYERS)  # each layer once
+    assert labels.visible and annotate.current_name() == name
+    np.testing.assert_array_equal(viewer.layers[_layers.ANNOTATE_IMAGE].data, project.image(name))
+    assert shown["error"] == []
 
 
 def test_an_image_shown_while_the_review_layers_are_created_stays(make_napari_viewer, qtbot, tmp_path, shown):

@@ -11,7 +11,8 @@ import weakref
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor
-from qtpy.QtWidgets import QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QSizePolicy, QWidget)
 
 from napari_diffseg._widgets._layers import NAME_KEY as PLUGIN_LAYER_KEY
 from napari_diffseg._workers import error_message, notify_error
@@ -52,6 +53,72 @@ def repaint_in_next_turn(widget: QWidget) -> Iterator[None]:
         release.timeout.connect(functools.partial(_release_repaint, weakref.ref(window)))  # weak: a closed
         release.timeout.connect(release.deleteLater)  # viewer's window must not be kept alive by its timer
         release.start()
+
+
+def follow_dock(widget: QWidget, followed: Any, slot: Callable[[bool], None]) -> Any:
+    """Connect ``slot`` to the ``visibilityChanged`` of the dock that holds ``widget`` unless ``followed`` is that
+    dock already; returns the dock (or ``followed``). Call from showEvent: a dock in a tab group keeps its widget
+    "visible" while another tab is in front, so showEvent alone misses the tab coming to the front."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    if parent is None or parent is followed:
+        return followed
+    parent.visibilityChanged.connect(slot)
+    return parent
+
+
+class LayerSteps:
+    """Run the steps of a generator that adds napari layers, one step per event-loop turn, each with the window's
+    repaint held to the turn after (repaint_in_next_turn); then ``finish(project)`` with the project the steps
+    were started for (the steps stop early when ``state.project`` changes meanwhile). Adding several layers in one
+    turn froze the window for 0.4-1.2 s on 2 cores without a GPU (benchmarks/gui_event_loop.md); one layer per
+    turn, no turn reaches 200 ms."""
+
+    STEP_INTERVAL_MS = 20  # time for the held repaint (released 1 ms after a step) to run in a turn of its own
+
+    def __init__(self, owner: QWidget, state: Any, finish: Callable[[Any], None]):
+        self.owner, self.state, self.finish = owner, state, finish
+        self.project: Any = None
+        self._steps: Iterator[Any] | None = None
+        self._timer = QTimer(owner, singleShot=True, interval=self.STEP_INTERVAL_MS)
+        self._timer.timeout.connect(self._step)
+
+    @property
+    def running(self) -> bool:
+        return self._steps is not None
+
+    def start(self, steps: Iterator[Any]) -> None:
+        """Run ``steps`` from the next turn on (the first layer too: the turn of a tab switch repaints first)."""
+        self.cancel()
+        self.project, self._steps = self.state.project, steps
+        self._timer.start()
+
+    def cancel(self) -> None:
+        """End the steps without calling ``finish`` (another image was shown meanwhile)."""
+        if self._steps is not None:
+            self._timer.stop()
+            self._steps.close()
+            self._steps = None
+
+    def _step(self) -> None:
+        with repaint_in_next_turn(self.owner):
+            more = self.state.project is self.project
+            if more:
+                try:
+                    more = next(self._steps, _DONE) is not _DONE
+                except Exception:  # napari refused a layer: what finish shows reports it the usual way
+                    log.debug("creating layers failed", exc_info=True)
+                    more = False
+            if more:
+                self._timer.start()
+                return
+            self._steps.close()
+            self._steps = None
+            self.finish(self.project)
+
+
+_DONE = object()
 
 
 def _release_repaint(window_ref: weakref.ref) -> None:

@@ -155,6 +155,23 @@ def _remember(project: Project, key: str, image_name: str | None) -> None:
         project.update_config({GUI_KEY: gui})
 
 
+def create_annotate_layers(viewer: Any, project: Project, name: str) -> Iterator[None]:
+    """Create the annotation layers that do not exist yet, hidden, for image ``name`` (the image layer holds it; the
+    labels layer is empty and tagged with no image), yielding after each: the Annotate panel builds them one per
+    event-loop turn when its tab comes up, so that "Open for labelling" only fills them (both added in the click's
+    turn stalled the window for 0.4 s: benchmarks/gui_event_loop.md)."""
+    if find_layer(viewer, ANNOTATE_IMAGE) is None:
+        image = project.image(name)
+        _upsert(viewer, "image", ANNOTATE_IMAGE, image, name, visible=False, **_image_kwargs(image, name))
+        yield
+    if find_layer(viewer, ANNOTATE_LABELS) is None:
+        image_layer = find_layer(viewer, ANNOTATE_IMAGE)
+        data = np.asarray(image_layer.data)
+        spatial = data.shape[:-1] if image_layer.rgb else data.shape
+        _upsert(viewer, "labels", ANNOTATE_LABELS, np.zeros(spatial, np.uint8), None, visible=False)
+        yield
+
+
 def show_for_annotation(viewer: Any, project: Project, name: str) -> Any:
     """Show image ``name`` with an editable Labels layer of its spatial shape; returns the Labels layer.
 

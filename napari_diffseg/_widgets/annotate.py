@@ -15,7 +15,8 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, user_errors, wrapping_label
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock,
+                                            repaint_in_next_turn, user_errors, wrapping_label)
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
@@ -60,6 +61,9 @@ class AnnotatePanel(QWidget):
         layout.addLayout(row)
         layout.addWidget(help_label)
 
+        self._layer_steps = LayerSteps(self, state, lambda project: None)  # the layers wait, hidden, for a click
+        self._dock: Any = None  # the dock followed for its tab coming to the front
+
         connect_until_destroyed(self, state.project_changed, self.refresh)
         connect_until_destroyed(self, state.records_changed, self.refresh)
         connect_until_destroyed(self, state.image_shown, self._on_image_shown)
@@ -86,6 +90,30 @@ class AnnotatePanel(QWidget):
         self.open_button.setEnabled(enabled)
         self.next_unlabelled_button.setEnabled(enabled)
         self._update_current()
+        if enabled and self._on_screen():
+            self._prepare_layers()  # a project opened (or images added) with the Annotate tab in front
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        """Coming to the Annotate tab builds the annotation layers ahead of the first "Open for labelling"."""
+        super().showEvent(event)
+        self._dock = follow_dock(self, self._dock, self._on_dock_visibility)
+        if self._on_screen():
+            self._prepare_layers()
+
+    def _on_dock_visibility(self, visible: bool) -> None:
+        if visible:  # the dock's tab came to the front (its widget may not be laid out yet)
+            self._prepare_layers()
+
+    def _on_screen(self) -> bool:
+        """Whether the panel is actually shown (a dock in a background tab counts as visible to Qt)."""
+        return self.isVisible() and not self.visibleRegion().isEmpty()
+
+    def _prepare_layers(self) -> None:
+        name = self.image_combo.currentData()
+        if (self.state.project is None or not name or self._layer_steps.running
+                or all(_layers.find_layer(self.viewer, n) is not None for n in _layers.ANNOTATE_LAYERS)):
+            return
+        self._layer_steps.start(_layers.create_annotate_layers(self.viewer, self.state.project, name))
 
     def _on_image_shown(self, kind: str, name: str) -> None:
         if kind == "annotate":
@@ -138,12 +166,13 @@ class AnnotatePanel(QWidget):
         name = name or self.image_combo.currentData()
         if not name:
             raise InputError("the project has no images: add images first")
-        with busy_cursor():
+        self._layer_steps.cancel()  # the click comes first: what is missing is created now
+        with busy_cursor(), repaint_in_next_turn(self):  # napari's work in this turn, Qt's repaint in the next
             labels = _layers.show_for_annotation(self.viewer, project, name)
-        self.viewer.layers.selection.active = labels
-        labels.selected_label = 1
-        labels.mode = "paint"
-        self.state.image_shown.emit("annotate", name)
+            self.viewer.layers.selection.active = labels
+            labels.selected_label = 1
+            labels.mode = "paint"
+            self.state.image_shown.emit("annotate", name)
         return labels
 
     @user_errors

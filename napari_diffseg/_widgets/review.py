@@ -20,7 +20,6 @@ from typing import Any
 import weakref
 
 import numpy as np
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QVBoxLayout, QWidget)
 
@@ -29,15 +28,14 @@ from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (busy_cursor, connect_until_destroyed, repaint_in_next_turn, user_errors,
-                                            wrapping_label)
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock,
+                                            repaint_in_next_turn, user_errors, wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
 SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
 EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
 
@@ -60,11 +58,8 @@ class ReviewPanel(QWidget):
         self.drafts: dict[str, np.ndarray] = {}  # corrections not accepted yet, per image: kept while browsing
         self._last_decision: str | None = None  # the image last accepted or rejected (for Undo)
         self._dock: QDockWidget | None = None
-        self._layer_steps: tuple | None = None  # (project, image, steps) while the review layers are created
-        # one layer per event-loop turn; 20 ms apart so that the window's repaint (held back while a layer is added,
-        # released 1 ms after) runs in a turn of its own between two steps
-        self._layer_step_timer = QTimer(self, singleShot=True, interval=20)
-        self._layer_step_timer.timeout.connect(self._next_layer_step)
+        self._layer_steps = LayerSteps(self, state, self._after_layer_steps)  # creating the review layers
+        self._steps_image: str | None = None  # the image those steps end by showing
 
         self.counts_label = wrapping_label("")
         self.current_label = wrapping_label("")
@@ -206,12 +201,7 @@ class ReviewPanel(QWidget):
         """Follow the dock's visibility: coming to the Review tab shows the queue's first image if none is shown."""
         super().showEvent(event)
         self.bind_keys()
-        parent = self.parentWidget()
-        while parent is not None and not isinstance(parent, QDockWidget):
-            parent = parent.parentWidget()
-        if parent is not None and parent is not self._dock:
-            self._dock = parent
-            parent.visibilityChanged.connect(self._on_dock_visibility)
+        self._dock = follow_dock(self, self._dock, self._on_dock_visibility)
         self._on_dock_visibility(True)  # also coming to the Review tab of the "all panels" dock
 
     def _on_dock_visibility(self, visible: bool) -> None:
@@ -228,7 +218,7 @@ class ReviewPanel(QWidget):
         return latest is not None and not np.array_equal(latest[0], self._loaded[1])
 
     def _on_image_shown(self, kind: str, name: str) -> None:
-        self._cancel_layer_steps()
+        self._layer_steps.cancel()  # another image was shown (a click, a key, a restored project) meanwhile
         if kind == "review":
             layer = self.pseudo_layer()
             self._loaded = None if layer is None else (name, np.asarray(layer.data).copy())
@@ -260,49 +250,23 @@ class ReviewPanel(QWidget):
 
     def _show_in_steps(self, name: str) -> None:
         """Show ``name`` as show_image does, but when the review layers do not exist yet (the first visit of the
-        Review tab, the first pseudo-labels), create them one per event-loop turn: three at once froze the window
-        for 0.65-1.2 s while training ran (benchmarks/gui_event_loop.md); one at a time, each turn stays short."""
-        if self._layer_steps is not None:
+        Review tab, the first pseudo-labels), create them one per event-loop turn (LayerSteps): three at once froze
+        the window for 0.65-1.2 s while training ran (benchmarks/gui_event_loop.md)."""
+        if self._layer_steps.running:
             return  # the steps under way end by showing an image
         if all(_layers.find_layer(self.viewer, layer_name) is not None for layer_name in _layers.REVIEW_LAYERS):
             self.show_image(name)
             return
-        self._layer_steps = (self.state.project, name,
-                             _layers.create_review_layers(self.viewer, self.state.project, name))
-        self._layer_step_timer.start()  # the first layer too after the window has repainted (a tab switch)
+        self._steps_image = name
+        self._layer_steps.start(_layers.create_review_layers(self.viewer, self.state.project, name))
 
-    def _next_layer_step(self) -> None:
-        """One turn of _show_in_steps: add one layer, or at the end show the image. The window repaints in the
-        turn after (repaint_in_next_turn), so no turn pays for both napari's work and Qt's repaint."""
-        with repaint_in_next_turn(self):
-            self._layer_step()
-
-    def _layer_step(self) -> None:
-        project, name, steps = self._layer_steps
-        done = self.state.project is not project
-        if not done:
-            try:
-                done = next(steps, _DONE) is _DONE
-            except Exception:  # napari refused a layer: show_image below reports it the usual way
-                log.debug("creating the review layers failed", exc_info=True)
-                done = True
-        if not done:
-            self._layer_step_timer.start()  # the next layer after the window has repainted
-            return
-        self._layer_steps = None
+    def _after_layer_steps(self, project: Any) -> None:
+        name = self._steps_image
         if self.state.project is not project:
             if self.state.project is not None:
                 self.refresh()  # another project was opened meanwhile: its refresh found these steps under way
         elif self.current_name() is None and self.on_screen() and not self._annotating():
             self.show_image(name if name in self.queue or not self.queue else self.queue[0])
-
-    def _cancel_layer_steps(self) -> None:
-        """Another image was shown (a click, a key, a restored project) while the layers were being created: the
-        steps end without showing theirs."""
-        if self._layer_steps is not None:
-            self._layer_step_timer.stop()
-            self._layer_steps[2].close()
-            self._layer_steps = None
 
     @user_errors
     def show_image(self, name: str) -> Any:
@@ -311,14 +275,14 @@ class ReviewPanel(QWidget):
         if project is None:
             raise InputError("create or open a project first")
         self._keep_draft()
-        with busy_cursor():
+        with busy_cursor(), repaint_in_next_turn(self):  # napari's work in this turn, Qt's repaint in the next
             layer = _layers.show_for_review(self.viewer, project, name)
-        layer.mode = "paint"
-        layer.selected_label = 1
-        self.state.image_shown.emit("review", name)  # remembers the teacher's mask as loaded
-        if name in self.drafts:
-            layer.data = self.drafts[name].copy()  # the corrections made earlier, not accepted yet
-        self.apply_view_options()
+            layer.mode = "paint"
+            layer.selected_label = 1
+            self.state.image_shown.emit("review", name)  # remembers the teacher's mask as loaded
+            if name in self.drafts:
+                layer.data = self.drafts[name].copy()  # the corrections made earlier, not accepted yet
+            self.apply_view_options()
         return layer
 
     def apply_view_options(self) -> None:
