@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import sys
@@ -82,27 +83,40 @@ def notify_error(message: str) -> None:
 _TORCH_IMPORT_LOCK = threading.Lock()
 
 
-def import_torch_once() -> None:
+def import_torch_once(optimisers: bool = True) -> None:
     """Import torch in the calling worker thread, one thread at a time: two threads importing it at once (the
     Train panel's version label and the background pretraining, say) left one with a half-initialised torch
-    ("'_OpNamespace' 'prims' object has no attribute 'sum'"). The first import also sets napari's and torch's
-    module objects aside from the garbage collector (:func:`_freeze_startup_objects`)."""
+    ("'_OpNamespace' 'prims' object has no attribute 'sum'"). ``optimisers``: also torch._dynamo, which the first
+    optimiser imports lazily (as racy as torch itself; 0.7-1.3 s more, which a job that only asks torch for its
+    version and devices need not spend while the user works in the viewer). When this process's first import of
+    torch happens here, what each import brings is set aside from the garbage collector
+    (:func:`_freeze_startup_objects`)."""
+    global _freezing
     with _TORCH_IMPORT_LOCK:
-        first = "torch" not in sys.modules
-        collecting = gc.isenabled()
-        if first:
-            gc.collect()  # what is garbage now must not be frozen (about 0.1 s, before torch doubles the objects)
+        modules = [name for name in ("torch", "torch._dynamo")[: 2 if optimisers else 1] if name not in sys.modules]
+        if not modules:
+            return
+        if modules[0] == "torch":
+            _freezing = True
+        collecting = _freezing and gc.isenabled()
+        if collecting:
+            gc.collect()  # what is garbage now must not be frozen (the first time about 0.15 s; later only what is
+            # not frozen yet)
             gc.disable()  # torch's ~200,000 new objects would trigger full collections (0.2 s each) mid-import
         try:
-            if first:
+            if "torch" in modules:
                 _preload_torch_libraries()
-            import torch  # noqa: F401
-            import torch._dynamo  # noqa: F401 (imported lazily by the first optimiser: as racy as torch itself)
+            for name in modules:
+                importlib.import_module(name)
+            if _freezing:
+                _freeze_startup_objects()  # before collections resume: the import's objects are all in the youngest
+                # generation, and the first collection after it walked them all (a 190-200 ms stall)
         finally:
-            if first and collecting:
+            if collecting:
                 gc.enable()
-        if first:
-            _freeze_startup_objects()
+
+
+_freezing = False  # whether this process's first torch import happened here (not in a script or a test's import)
 
 
 TORCH_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_python.so")  # in dependency order
@@ -137,10 +151,12 @@ def _preload_torch_libraries() -> None:
 
 
 _layers_frozen: weakref.WeakSet = weakref.WeakSet()  # the viewers' layers when the startup objects were frozen
+_viewers_watched: weakref.WeakSet = weakref.WeakSet()
 
 
 def _freeze_startup_objects() -> None:
-    """Move every object alive right after the first torch import into the collector's permanent generation.
+    """Move every object alive right after an import of torch (or torch._dynamo) into the collector's permanent
+    generation.
 
     With napari and torch loaded the process tracks 440,000-470,000 objects (napari alone 230,000), and each of
     Python's full garbage collections walks them all with the GIL held: 200-290 ms on 2 cores, about once per
@@ -160,8 +176,10 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
     for viewer in viewers:
         _layers_frozen.update(viewer.layers)
-        viewer.layers.events.removed.connect(_unfreeze_if_frozen_layer)
-    log.debug("froze %d startup objects", gc.get_freeze_count())
+        if viewer not in _viewers_watched:
+            _viewers_watched.add(viewer)
+            viewer.layers.events.removed.connect(_unfreeze_if_frozen_layer)
+    log.debug("froze the startup objects")  # (gc.get_freeze_count() would walk them all: 50 ms)
 
 
 def _unfreeze_if_frozen_layer(event: Any) -> None:

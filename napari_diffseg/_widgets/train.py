@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
 from napari_diffseg._widgets._loss_plot import LossPlot, plotted_value
-from napari_diffseg._workers import (KEEP_THREADS, error_message, notify_error, start_job, start_pretraining,
-                                     start_training, stop_pretraining, stop_training, torch_loaded)
+from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
+                                     start_pretraining, start_training, stop_pretraining, stop_training, torch_loaded)
 from napari_diffseg.core.config import LIMITS
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
@@ -242,13 +242,14 @@ class TrainPanel(QWidget):
         config = self.state.config
 
         def load():
+            import_torch_once(optimisers=False)  # training jobs import the rest (torch._dynamo) when they start
             yield _describe_torch(config)
 
         def loaded(text: str) -> None:
             self._torch_loader = None
             self.torch_label.setText(text)
 
-        self._torch_loader = start_job(load, loaded, threads=KEEP_THREADS)
+        self._torch_loader = start_job(load, loaded, threads=KEEP_THREADS, needs_torch=False)
 
     # ------------------------------------------------------------------ run
     def start(self) -> Any:
