@@ -11,8 +11,8 @@ import weakref
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor
-from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QSizePolicy, QWidget)
+from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QSizePolicy, QWidget)
 
 from napari_diffseg._widgets._layers import NAME_KEY as PLUGIN_LAYER_KEY
 from napari_diffseg._workers import error_message, notify_error
@@ -53,6 +53,11 @@ def repaint_in_next_turn(widget: QWidget) -> Iterator[None]:
         release.timeout.connect(functools.partial(_release_repaint, weakref.ref(window)))  # weak: a closed
         release.timeout.connect(release.deleteLater)  # viewer's window must not be kept alive by its timer
         release.start()
+
+
+def on_screen(widget: QWidget) -> bool:
+    """Whether ``widget`` is actually shown (a dock in a background tab counts as visible to Qt)."""
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
 
 
 def follow_dock(widget: QWidget, followed: Any, slot: Callable[[bool], None]) -> Any:

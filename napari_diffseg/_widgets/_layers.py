@@ -129,11 +129,16 @@ def _show_project_image(viewer: Any, project: Project, layer_name: str, name: st
     if layer is not None and layer.metadata.get(NAME_KEY) == name:
         if not layer.visible:
             layer.visible = True
-        data = np.asarray(layer.data)
-        return tuple(data.shape[:-1] if layer.rgb else data.shape)
+        return _spatial_shape(layer)
     image = project.image(name)
     _upsert(viewer, "image", layer_name, image, name, **_image_kwargs(image, name))
     return tuple(image.shape[: image_layout(image, name=name)[0]])
+
+
+def _spatial_shape(image_layer: Any) -> tuple[int, ...]:
+    """The spatial shape of the data an image layer shows (without the colour axis of an RGB layer)."""
+    shape = np.shape(image_layer.data)
+    return tuple(shape[:-1] if image_layer.rgb else shape)
 
 
 def _image_kwargs(image: np.ndarray, name: str) -> dict:
@@ -165,9 +170,7 @@ def create_annotate_layers(viewer: Any, project: Project, name: str) -> Iterator
         _upsert(viewer, "image", ANNOTATE_IMAGE, image, name, visible=False, **_image_kwargs(image, name))
         yield
     if find_layer(viewer, ANNOTATE_LABELS) is None:
-        image_layer = find_layer(viewer, ANNOTATE_IMAGE)
-        data = np.asarray(image_layer.data)
-        spatial = data.shape[:-1] if image_layer.rgb else data.shape
+        spatial = _spatial_shape(find_layer(viewer, ANNOTATE_IMAGE))
         _upsert(viewer, "labels", ANNOTATE_LABELS, np.zeros(spatial, np.uint8), None, visible=False)
         yield
 

@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock,
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock, on_screen,
                                             repaint_in_next_turn, user_errors, wrapping_label)
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
@@ -90,23 +90,19 @@ class AnnotatePanel(QWidget):
         self.open_button.setEnabled(enabled)
         self.next_unlabelled_button.setEnabled(enabled)
         self._update_current()
-        if enabled and self._on_screen():
+        if enabled and on_screen(self):
             self._prepare_layers()  # a project opened (or images added) with the Annotate tab in front
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         """Coming to the Annotate tab builds the annotation layers ahead of the first "Open for labelling"."""
         super().showEvent(event)
         self._dock = follow_dock(self, self._dock, self._on_dock_visibility)
-        if self._on_screen():
+        if on_screen(self):
             self._prepare_layers()
 
     def _on_dock_visibility(self, visible: bool) -> None:
         if visible:  # the dock's tab came to the front (its widget may not be laid out yet)
             self._prepare_layers()
-
-    def _on_screen(self) -> bool:
-        """Whether the panel is actually shown (a dock in a background tab counts as visible to Qt)."""
-        return self.isVisible() and not self.visibleRegion().isEmpty()
 
     def _prepare_layers(self) -> None:
         name = self.image_combo.currentData()

@@ -28,7 +28,7 @@ from napari.utils.key_bindings import KeyBinding
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock,
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock, on_screen,
                                             repaint_in_next_turn, user_errors, wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
@@ -194,8 +194,8 @@ class ReviewPanel(QWidget):
         return layer is not None and layer.visible
 
     def on_screen(self) -> bool:
-        """Whether the panel is actually shown (a dock in a background tab counts as visible to Qt)."""
-        return self.isVisible() and not self.visibleRegion().isEmpty()
+        """Whether the panel is actually shown (not a dock in a background tab)."""
+        return on_screen(self)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         """Follow the dock's visibility: coming to the Review tab shows the queue's first image if none is shown."""
