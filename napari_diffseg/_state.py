@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-PRETRAIN_IN_BACKGROUND = True  # the default of the Train panel's "pretrain the teacher while I label"
+# the default of the Train panel's "pretrain the teacher while I label": off, because stage 1 before co-training
+# gained nothing in 3 minutes and cost GlaS 2-3 Dice points after 15 (benchmarks/quality/ABLATIONS.md)
+PRETRAIN_IN_BACKGROUND = False
 
 
 class Status(str, Enum):

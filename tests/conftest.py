@@ -1,5 +1,4 @@
-"""Shared test helpers: a tiny training configuration, one torch thread for every test, no background pretraining,
-a private cache folder."""
+"""Shared test helpers: a tiny training configuration, one torch thread for every test, a private cache folder."""
 
 from __future__ import annotations
 
@@ -28,14 +27,6 @@ def _one_torch_thread():
     """What a test or a worker changes is undone after it."""
     yield
     torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True)
-def _no_background_pretraining(monkeypatch):
-    """The Train panel pretrains the teacher in the background by default; tests opt in where they test it."""
-    import napari_diffseg._state as state_module
-
-    monkeypatch.setattr(state_module, "PRETRAIN_IN_BACKGROUND", False)
 
 
 @pytest.fixture(autouse=True, scope="session")
