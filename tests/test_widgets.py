@@ -236,8 +236,8 @@ def test_review_keeps_unaccepted_edits_and_can_undo_an_accept(make_napari_viewer
 
 def test_teacher_pretrains_in_the_background_until_start(make_napari_viewer, qtbot, tmp_path, shown):
     """Stage 1 needs no labels: ticked (off by default), with images in the project it runs in the background (one
-    thread) while the user labels; Start stops it (its teacher saved) and round 1 co-trains from it; once round 1 has a model it does not
-    come back."""
+    thread) while the user labels; Start stops it (its teacher saved) and round 1 co-trains from it; once round 1
+    has a model it does not come back."""
     viewer = make_napari_viewer()
     panels = open_panels(viewer)
     train, state = panels["Train"], panels["Train"].state
