@@ -25,10 +25,19 @@ from _common import load_split, score_masks, train_model
 SECOND_NETWORK_SEED = 100  # seed offset of the second half-budget labels-only network
 
 
+def runs(work: Path, dataset: str, seed: int, budget: float) -> dict[str, tuple[int, float, bool, Path]]:
+    """The four trainings of one dataset and seed: name -> (seed, budget, labels only, model folder)."""
+    second = seed + SECOND_NETWORK_SEED
+    return {"default": (seed, budget, False, work / f"{dataset}_{seed}_default"),
+            "lo": (seed, budget, True, work / f"{dataset}_{seed}_lo"),
+            "loA": (seed, budget / 2, True, work / f"{dataset}_{seed}_loA"),
+            "loB": (second, budget / 2, True, work / f"{dataset}_{second}_loB")}
+
+
 def train_job(params: tuple) -> tuple:
     from napari_diffseg.core.training import TrainConfig
 
-    name, root, seed, budget, labels_only, out = params
+    root, seed, budget, labels_only, out = params
     train_pairs, _ = load_split(Path(root))
     shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(budget_seconds=budget, labels_only=labels_only, seed=seed)
@@ -67,27 +76,19 @@ def main(argv=None) -> int:
     from napari_diffseg.core.predict import probabilities_to_mask
 
     work = Path(args.work or tempfile.mkdtemp())
-    jobs = []
-    for dataset in args.datasets:
-        root = str(Path(args.data_root) / dataset)
-        for seed in args.seeds:
-            second = seed + SECOND_NETWORK_SEED
-            jobs += [("default", root, seed, args.budget, False, str(work / f"{dataset}_{seed}_default")),
-                     ("labels only", root, seed, args.budget, True, str(work / f"{dataset}_{seed}_lo")),
-                     ("labels only A", root, seed, args.budget / 2, True, str(work / f"{dataset}_{seed}_loA")),
-                     ("labels only B", root, second, args.budget / 2, True, str(work / f"{dataset}_{second}_loB"))]
+    jobs = [(str(Path(args.data_root) / dataset), *run)
+            for dataset in args.datasets for seed in args.seeds
+            for run in runs(work, dataset, seed, args.budget).values()]
     steps = {}
     with ProcessPoolExecutor(2) as pool:  # two trainings side by side, one torch thread each, as quality.py
         for params, count in pool.map(train_job, jobs):
-            steps[params[5]] = count
+            steps[params[-1]] = count
     rows = []
     for dataset in args.datasets:
         _, test_pairs = load_split(Path(args.data_root) / dataset)
         truth = [mask for _, mask, _ in test_pairs]
         for seed in args.seeds:
-            second = seed + SECOND_NETWORK_SEED
-            folders = {"default": work / f"{dataset}_{seed}_default", "lo": work / f"{dataset}_{seed}_lo",
-                       "loA": work / f"{dataset}_{seed}_loA", "loB": work / f"{dataset}_{second}_loB"}
+            folders = {name: run[-1] for name, run in runs(work, dataset, seed, args.budget).items()}
             teacher, threshold = mask_pathway_probabilities(folders["default"], "teacher", test_pairs)
             student, _ = mask_pathway_probabilities(folders["default"], "student", test_pairs)
             labels_only, _ = mask_pathway_probabilities(folders["lo"], None, test_pairs)
@@ -104,8 +105,7 @@ def main(argv=None) -> int:
             row = {"dataset": dataset, "seed": seed, "teacher": dice(teacher), "student": dice(student),
                    "twins_mean": dice(mean(teacher, student)), "labels_only": dice(labels_only),
                    "lo_half_A": dice(half_a), "lo_half_B": dice(half_b), "lo_half_mean": dice(mean(half_a, half_b)),
-                   "steps": {name: steps[str(folder)] for name, folder in
-                             zip(("default", "lo", "loA", "loB"), folders.values())}}
+                   "steps": {name: steps[folder] for name, folder in folders.items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
