@@ -1,4 +1,4 @@
-"""The README stays short and runnable: its test command is the one CI runs, and its links and the docs' links resolve."""
+"""The README stays short and runnable: its test command is the one CI runs; its, the changelog's and the docs' links resolve."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "bash scripts/napari_demo.sh" in readme and "bash scripts/demo.sh" in readme
 
 
-@pytest.mark.parametrize("page", [README, *DOC_PAGES], ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("page", [README, REPO / "CHANGELOG.md", *DOC_PAGES], ids=lambda p: str(p.relative_to(REPO)))
 def test_relative_links_resolve(page: Path) -> None:
     broken = []
     for target in LINK.findall(page.read_text()):
