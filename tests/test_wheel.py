@@ -34,6 +34,10 @@ def _run(args: list, cwd: Path, env: dict | None = None, timeout: int = 300) -> 
 
 
 def _copy_tree(dest: Path) -> None:
+    if not (REPO / ".git").exists():  # a source archive: copy it without the local environment and build outputs
+        ignore = shutil.ignore_patterns(".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "runs")
+        shutil.copytree(REPO, dest, symlinks=True, ignore=ignore)
+        return
     listed = _run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO)
     for name in filter(None, listed.split("\0")):
         src = REPO / name
