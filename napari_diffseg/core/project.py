@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_diffseg.core import locks
 from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputError
 from napari_diffseg.core.io import (
     BEST,
@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_NAME = "project.sqlite"
-TRAINING_LOCK = "training.lock"  # held (an OS file lock) by the one process training or pretraining the project
+TRAINING_LOCK = locks.LOCK_NAME  # held (an OS file lock) by the one process training or pretraining the project
 APP_ID = "napari-diffseg"
 IMAGES_DIR = "images"
 LABELS_DIR = "labels"
@@ -398,37 +398,14 @@ class Project:
     @contextlib.contextmanager
     def training_lock(self, activity: str) -> Iterator[None]:
         """Hold the project's training lock while ``activity`` runs: one trainer per project, across processes
-        (napari and the command line alike). The OS drops the lock when its process dies, so a crash leaves no
-        stale lock. DiffsegError naming the holder when another run has it."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory lock
+        (napari and the command line alike) and platforms (see ``core.locks``). DiffsegError naming the holder when
+        another run has it."""
+        def busy(holder: str) -> str:
+            return (f"project {self.folder} is busy: {holder}; wait for it to finish or stop it (one training per "
+                    "project)")
+
+        with locks.exclusive(self.folder / TRAINING_LOCK, activity, busy):
             yield
-            return
-        path = self.folder / TRAINING_LOCK
-        try:
-            handle = open(path, "a+", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot open {path}: {exc.strerror or exc}") from exc
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = path.read_text(encoding="utf-8").strip() or "another process"
-                raise DiffsegError(f"project {self.folder} is busy: {holder}; wait for it to finish or stop it "
-                                   "(one training per project)") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{activity} (process {os.getpid()} of {_user()} on {socket.gethostname()}, since "
-                         f"{_now()})")
-            handle.flush()
-            try:
-                yield
-            finally:
-                handle.truncate(0)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        finally:
-            handle.close()
 
     def missing_files(self) -> list[str]:
         """Names of images whose image file, or (when LABELLED / ACCEPTED) mask file, is gone from the folder."""
