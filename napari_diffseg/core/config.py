@@ -74,6 +74,20 @@ class WarmupTwins(StrEnum):
     COPY = "copy"  # the teacher alone; the student then starts as its copy
 
 
+class Targets(StrEnum):
+    """Where the unlabelled term of co-training takes its targets from."""
+
+    AVERAGE = "average"  # each twin's running weight average at t = 0 on the weak view, confident pixels only
+    NOISED = "noised"  # the other twin's argmax on this step's noised forward (the paper's cross pseudo supervision)
+
+
+class BudgetClock(StrEnum):
+    """What the time budget counts."""
+
+    WALL = "wall"  # seconds of optimisation on the clock (the product: what the user waits)
+    CPU = "cpu"  # CPU seconds of this process (benchmarks: a budget that machine load cannot move)
+
+
 class Loss(StrEnum):
     """The mask loss."""
 
@@ -91,11 +105,17 @@ class MethodSettings:
     rounds_every: int = 4
     chained_rounds: bool = False
     lambda_d: float = 1.0
-    supervised_warmup: float = 0.5
-    unlabelled_ramp: float = 0.5
+    supervised_warmup: float = 0.2
+    unlabelled_ramp: float = 0.2
     warmup_twins: WarmupTwins = WarmupTwins.COPY
     loss: Loss = Loss.DICE
-    cutmix: bool = False  # the teacher sees unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
+    cutmix: bool = True  # unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
+    copy_paste: bool = False  # labelled content pasted into unlabelled patches (BCP), instead of CutMix
+    targets: Targets = Targets.AVERAGE
+    average_decay: float = 0.99  # of the running weight averages that make the targets (targets "average")
+    confidence: float = 0.9  # unlabelled pixels whose target probability is lower are left out (0: none)
+    strong_augment: float = 1.5  # strength of the strong view the unlabelled loss is taken on (0: the weak view)
+    unlabelled_loss: Loss = Loss.DICE_CE  # the loss on confident pseudo-labelled pixels (targets "average")
     keep_twin: Twin = Twin.TEACHER
     threshold: float = 0.5
     uncertainty_draws: int = 0
@@ -127,6 +147,7 @@ class ScheduleSettings:
     lr_pretrain: float = 1e-3
     lr_cotrain: float = 3e-3
     lr_schedule: LrSchedule = LrSchedule.POLY
+    budget_clock: BudgetClock = BudgetClock.WALL
     working_scale: float | None = None
     augment: float = 1.0
     checkpoint_every_seconds: float = 30.0
@@ -145,10 +166,21 @@ class RuntimeSettings:
     bf16: bool | None = None
 
 
+# The method as shared/METHOD.md describes it (the paper's stage 1 inside the budget, twins from their own
+# initialisation, the unlabelled weight ramped linearly over all of co-training, K = 3 pseudo-label rounds every
+# step, cross pseudo supervision on the noised forwards, soft Dice): ``--preset paper``, to compare the product's
+# departures with the original. The product's budget, patches, scale, augmentation and schedule stay.
+PRESETS: dict[str, dict] = {
+    "paper": {"pretrain_fraction": 0.25, "warmup_twins": "both", "supervised_warmup": 0.0, "unlabelled_ramp": 1.0,
+              "rounds": 3, "rounds_every": 1, "targets": "noised", "confidence": 0.0, "strong_augment": 0.0,
+              "cutmix": False, "loss": "dice", "unlabelled_loss": "dice"},
+}
+
 SECTIONS = {"method": MethodSettings, "network": NetworkSettings, "schedule": ScheduleSettings,
             "runtime": RuntimeSettings}
 SECTION_OF = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}  # setting -> section
-_CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule}
+_CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule,
+            "targets": Targets, "unlabelled_loss": Loss, "budget_clock": BudgetClock}
 
 
 @dataclass(init=False)
@@ -184,6 +216,13 @@ class TrainConfig:
             changes = {key: value for key, value in settings.items() if SECTION_OF[key] == name}
             setattr(self, name, replace(given[name] or kind(), **changes))  # a copy: configs never share a section
         self.validate()
+
+    @classmethod
+    def from_preset(cls, preset: str | None, **settings) -> "TrainConfig":
+        """The settings of a named preset (``PRESETS``; None: the defaults) under ``settings``."""
+        if preset is not None and preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**(PRESETS[preset] if preset else {}), **settings})
 
     def replace(self, **settings) -> "TrainConfig":
         """A validated copy with some settings (by name) changed."""
@@ -233,6 +272,12 @@ class TrainConfig:
         if schedule.working_scale is not None and not 0.05 <= schedule.working_scale <= 1:
             raise InputError(f"the working scale must lie in [0.05, 1] (1 = native resolution), "
                              f"got {schedule.working_scale}")
+        if not 0 <= method.average_decay < 1:
+            raise InputError(f"average_decay must be in [0, 1), got {method.average_decay}")
+        if not 0 <= method.confidence < 1:
+            raise InputError(f"confidence must be in [0, 1), got {method.confidence}")
+        if method.strong_augment < 0:
+            raise InputError(f"the strong augmentation must be >= 0, got {method.strong_augment}")
         if schedule.augment < 0:
             raise InputError(f"the augmentation strength must be >= 0, got {schedule.augment}")
         if not 0 < method.threshold < 1:

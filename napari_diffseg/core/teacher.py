@@ -140,6 +140,15 @@ def pretraining_loss(teacher: DiffusionTwin, images01: torch.Tensor, generator: 
 
 
 @dataclass
+class UnlabelledTargets:
+    """Targets of the unlabelled patches for each twin: (class map, valid-pixel mask) pairs, and the loss kind."""
+
+    for_student: tuple[torch.Tensor, torch.Tensor]
+    for_teacher: tuple[torch.Tensor, torch.Tensor]
+    loss: str = "dice_ce"
+
+
+@dataclass
 class CoTrainingLosses:
     """``total`` to backpropagate, ``parts`` as floats for logging, and ``terms``: the unweighted loss tensors
     (each summed over rounds where it has one per round) that ``total`` is made of, for inspection and tests:
@@ -181,6 +190,7 @@ def cotraining_loss(
     student_view: torch.Tensor | None = None,
     loss: str = "dice",
     mix_boxes: torch.Tensor | None = None,
+    targets: UnlabelledTargets | None = None,
 ) -> CoTrainingLosses:
     """Stage 2 loss L = lambda_u L_u + L_l of shared/METHOD.md for one labelled and one unlabelled batch.
 
@@ -191,6 +201,10 @@ def cotraining_loss(
     to reproduce the other's mask under a perturbation it did not see. ``mix_boxes`` (see ``swap_in_pairs``): the
     teacher sees the unlabelled patches CutMixed in pairs (a strong view) and learns the student's prediction on
     the unmixed patches (the weak view), mixed the same way; the student learns the teacher's, unmixed.
+    ``targets`` (weak-to-strong, ``consistency``): the unlabelled term takes its targets from there (each twin's
+    class map and confident pixels, made from the weak view and aligned with the unlabelled patches as given)
+    instead of the other twin's argmax on this step's noised forward; the loss then covers the confident pixels
+    only (``consistency.masked_segmentation_loss``).
     """
     n_l = labelled.shape[0]
     mask_loss = lambda logits, target: segmentation_loss(logits, target, loss)  # noqa: E731
@@ -210,7 +224,20 @@ def cotraining_loss(
     }
     sup = terms["sup_student"] + terms["sup_teacher"]
     unsup = torch.zeros((), device=images.device)
-    if unlabelled is not None:
+    if unlabelled is not None and targets is not None:
+        from .consistency import masked_segmentation_loss
+
+        def unlabelled_loss(logits, target):
+            return masked_segmentation_loss(logits, target[0], target[1], targets.loss)
+
+        student_hard = targets.for_teacher  # what the teacher learns: the student's target (and its valid pixels)
+        terms["cps_student"] = unlabelled_loss(student_logits[n_l:], targets.for_student)
+        terms["cps_teacher"] = unlabelled_loss(teacher_logits[n_l:], targets.for_teacher)
+        cps = terms["cps_student"] + terms["cps_teacher"]
+        unsup = unsup + cps
+        parts["cps"] = float(cps.detach())
+        parts["confident"] = float(targets.for_student[1].mean())
+    elif unlabelled is not None:
         student_hard = mix(student_logits[n_l:].argmax(1).detach())  # aligned with the teacher's view
         teacher_hard = mix(teacher_logits[n_l:].argmax(1).detach())  # aligned with the student's view
         terms["cps_student"] = mask_loss(student_logits[n_l:], teacher_hard)
@@ -234,7 +261,9 @@ def cotraining_loss(
         terms["rec_labelled"] = terms["rec_labelled"] + round_rec
         round_sup = round_sup + round_dice + round_rec
         if unlabelled is not None:
-            align, round_rec = mask_loss(round_logits[n_l:], student_hard), rec_loss[n_l:].mean()
+            align = (unlabelled_loss(round_logits[n_l:], student_hard) if targets is not None
+                     else mask_loss(round_logits[n_l:], student_hard))
+            round_rec = rec_loss[n_l:].mean()
             terms["align"] = terms["align"] + align
             terms["rec_unlabelled"] = terms["rec_unlabelled"] + round_rec
             round_unsup = round_unsup + align + round_rec

@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from . import device as devices, distributed
-from .config import LrSchedule, TrainConfig, Twin, WarmupTwins
+from .config import BudgetClock, LrSchedule, Targets, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
+from .consistency import WeightAverage, confident_targets, paste_labelled, strong_view
 from .data import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
@@ -42,7 +43,8 @@ from .device import autocast_context, memory_format_for
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised_entropy, probabilities_to_mask,
                       run_to_completion, tiled_probabilities)
 from .scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
-from .teacher import DiffusionTwin, NetworkConfig, cotraining_loss, pretraining_loss, supervised_loss
+from .teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss, pretraining_loss,
+                      supervised_loss, swap_in_pairs)
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,15 @@ class _Clock:
         self.config = config
         self.offset = elapsed
         self.overhead = overhead
-        self.start = time.perf_counter()
+        self.now = time.process_time if config.schedule.budget_clock == BudgetClock.CPU else time.perf_counter
+        self.start = self.now()
         self._paused_since: float | None = None
         self._paused_total = 0.0
 
     @property
     def elapsed(self) -> float:
         """Seconds of optimisation (wall time minus paused time)."""
-        now = self._paused_since if self._paused_since is not None else time.perf_counter()
+        now = self._paused_since if self._paused_since is not None else self.now()
         return self.offset + now - self.start - self._paused_total
 
     @contextlib.contextmanager
@@ -77,11 +80,11 @@ class _Clock:
         if self._paused_since is not None:
             yield
             return
-        self._paused_since = time.perf_counter()
+        self._paused_since = self.now()
         try:
             yield
         finally:
-            spent = time.perf_counter() - self._paused_since
+            spent = self.now() - self._paused_since
             self._paused_total += spent
             self.overhead += spent
             self._paused_since = None
@@ -200,6 +203,11 @@ class TrainingRun:
         self.teacher_optimiser = torch.optim.Adam(self.teacher.parameters(), lr=lr)
         self.student_optimiser = (None if self.student is None
                                   else torch.optim.Adam(self.student.mask_path.parameters(), lr=config.schedule.lr_cotrain))
+        # running weight averages of the twins, the source of the unlabelled targets (targets "average")
+        self.averages: dict[str, WeightAverage] = {}
+        if self.student is not None and config.method.targets == Targets.AVERAGE:
+            self.averages = {"teacher": WeightAverage(self.teacher, config.method.average_decay),
+                             "student": WeightAverage(self.student, config.method.average_decay)}
         self.step = 0
         # "copy": the student starts as a copy of the teacher's mask pathway at the end of the warm-up
         self.student_pending_copy = self.student is not None and config.method.warmup_twins == WarmupTwins.COPY
@@ -390,6 +398,8 @@ class TrainingRun:
             loss = supervised_loss(self.teacher, self._augmented(labelled), labels, self.generator,
                                    self.config.method.loss)
         self._optimise(loss, [self.teacher_optimiser], [self.teacher])
+        if self.averages:
+            self.averages["teacher"].update(self.teacher)
         return {"supervised": float(loss.detach())}
 
     def _start_student_as_copy(self, fraction: float) -> None:
@@ -399,6 +409,8 @@ class TrainingRun:
                                                   lr=self.config.schedule.lr_cotrain)
         self.set_learning_rates(fraction)
         self.student_pending_copy = False
+        if self.averages:
+            self.averages["student"].reset(self.student)
 
     def _cotraining_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
                          half: int, ramp: float) -> dict[str, float]:
@@ -406,6 +418,8 @@ class TrainingRun:
         on unlabelled ones through cross pseudo supervision and the teacher's pseudo-label rounds."""
         method = self.config.method
         self.student.train()
+        if unlabelled_indices and self.averages:
+            return self._weak_to_strong_step(labelled, labels, unlabelled_indices, half, ramp)
         patches = labelled
         if unlabelled_indices:
             patches = torch.cat([labelled, self.sampler.image_batch(half, unlabelled_indices)])
@@ -424,6 +438,55 @@ class TrainingRun:
                 student_view=student_view, loss=method.loss, mix_boxes=boxes,
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
+        self._update_averages()
+        return {**losses.parts, "unlabelled_weight": ramp}
+
+    def _update_averages(self) -> None:
+        for name, average in self.averages.items():
+            average.update(self.teacher if name == "teacher" else self.student)
+
+    def reset_averages(self) -> None:
+        """Restart the running averages from the live weights (after weights were loaded)."""
+        for name, average in self.averages.items():
+            average.reset(self.teacher if name == "teacher" else self.student)
+
+    def _weak_to_strong_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
+                             half: int, ramp: float) -> dict[str, float]:
+        """Stage 2 with targets "average": each twin learns, on its own strong view of the unlabelled patches, the
+        confident pixels of the other twin's running average evaluated at t = 0 on the weak view (the patch with
+        its flips and rotations only); labelled patches as in ``_cotraining_step``."""
+        method = self.config.method
+        weak = self.sampler.image_batch(half, unlabelled_indices)
+        with self._autocast():
+            teacher_says = self.averages["teacher"].probabilities(self._to_device(weak))
+            student_says = self.averages["student"].probabilities(self._to_device(weak))
+        for_student = confident_targets(teacher_says, method.confidence)
+        for_teacher = confident_targets(student_says, method.confidence)
+        views = [self._to_device(strong_view(weak, self.generator, method.strong_augment)) for _ in range(2)]
+        labelled_views = [self._augmented(labelled), self._augmented(labelled)]
+        if method.copy_paste:
+            views, (for_student, for_teacher) = paste_labelled(
+                views, labelled_views, labels, (for_student, for_teacher),
+                devices.to_device(cutmix_boxes(weak.shape[0], tuple(weak.shape[2:]), self.generator), self.device))
+        elif method.cutmix:
+            boxes = devices.to_device(cutmix_boxes(weak.shape[0] // 2, tuple(weak.shape[2:]), self.generator),
+                                      self.device)
+            mix = lambda x: swap_in_pairs(x, boxes)  # noqa: E731
+            views = [mix(view) for view in views]
+            for_student, for_teacher = (tuple(mix(x) for x in pair) for pair in (for_student, for_teacher))
+        teacher_view = torch.cat([labelled_views[0], views[0]])
+        student_view = torch.cat([labelled_views[1], views[1]])
+        n_l = labelled.shape[0]
+        with self._autocast():
+            losses = cotraining_loss(
+                self.teacher, self.student, teacher_view[:n_l], labels, teacher_view[n_l:], ramp,
+                rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
+                chained=method.chained_rounds, lambda_d=method.lambda_d, generator=self.generator,
+                student_view=student_view, loss=method.loss,
+                targets=UnlabelledTargets(for_student, for_teacher, method.unlabelled_loss),
+            )
+        self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
+        self._update_averages()
         return {**losses.parts, "unlabelled_weight": ramp}
 
     def advance(self, clock: _Clock, fraction: float) -> dict[str, float]:
@@ -581,6 +644,7 @@ def train(
     elapsed = overhead = 0.0
     if resume:
         elapsed, overhead = run.restore(saved, full=True)
+        run.reset_averages()
         log.info("resuming at step %d (%s), %.0f s already spent", run.step, run.stage, elapsed)
     else:
         # the previous run's best.pt and card stay until this run writes its own (a crash or kill early in the new
@@ -590,6 +654,7 @@ def train(
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         if warm_start is not None:
             run.restore(saved, full=False)
+            run.reset_averages()
             if not config.method.labels_only:
                 run.enter_cotraining(0.0)
     run.join_ranks(resumed=resume)
