@@ -64,10 +64,27 @@ def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
         if out.resolve() == Path(folder).resolve():
             raise InputError(f"--out {out} is the {given} folder; give the model its own folder")
     _check_writable_folder(out)
+    if not args.resume and not args.overwrite:
+        _refuse_foreign_model_files(out)
     if args.resume and not (out / LAST).is_file():
         raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
     if not args.resume and (out / LAST).exists():
         log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+
+
+def _refuse_foreign_model_files(out: Path) -> None:
+    """Training replaces best.pt, last.pt, model_card.json, losses.csv and pseudo_labels/ in its folder: that is
+    fine for a model of an earlier diffseg run (a warning says so), not for files of the user or of another tool."""
+    from napari_diffseg.core import safety, training
+    from napari_diffseg.core.checkpoint import BEST, CARD, LAST
+
+    if safety.written_by_diffseg(out / BEST) or safety.written_by_diffseg(out / LAST):
+        return  # an earlier run's model folder
+    for name in (BEST, LAST, CARD, training.LOSSES_FILE, training.PSEUDO_LABEL_DIR):
+        path = out / name
+        if path.exists() and not safety.written_by_diffseg(path):
+            raise InputError(f"training would replace {path}, which diffseg did not write; use --overwrite or "
+                             "another --out folder (nothing was written)")
 
 
 def _describe_training(data, config, device, out: Path) -> None:
@@ -123,7 +140,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the masks")
     targets = {path: out / f"{io.name_stem(path)}.tif" for path in inputs}
-    io.refuse_overwriting_inputs(inputs, list(targets.values()), "choose another --out folder")
+    _refuse_unsafe_masks(Path(args.input), out, targets, args)
     model = _load_model(args, device)
     config = model.config
     log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
@@ -138,6 +155,19 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
               + "; ".join(f"{name} ({reason})" for name, reason in failed), file=sys.stderr)
         return EXIT_USER_ERROR
     return EXIT_OK
+
+
+def _refuse_unsafe_masks(source: Path, out: Path, targets: dict[Path, Path], args: argparse.Namespace) -> None:
+    """Before the model loads: no mask, uncertainty map or zarr copy may replace an input, a file of the user or
+    one of an earlier run (without --overwrite), nor land in the folder of the input images (core.safety)."""
+    from napari_diffseg.core import safety
+
+    outputs = list(targets.values())
+    if args.uncertainty:
+        outputs += [target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif") for target in targets.values()]
+    input_folder = source if source.is_dir() and source.suffix.lower() != ".zarr" else source.parent
+    safety.refuse_unsafe_outputs(out, outputs, overwrite=args.overwrite, inputs=list(targets),
+                                 originals={"input images": input_folder}, option="--out folder")
 
 
 def _predict_all(model, inputs: list[Path], targets: dict[Path, Path], args: argparse.Namespace,
@@ -227,6 +257,8 @@ def _drive(steps, quiet: bool, unit: str):
 def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core import metrics
 
+    if args.csv:
+        _refuse_unsafe_table(Path(args.csv), Path(args.pred), Path(args.masks), args.overwrite)
     rows = metrics.evaluate_folders(Path(args.pred), Path(args.masks))
     print(metrics.format_table(rows))
     if args.csv:
@@ -240,6 +272,16 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _refuse_unsafe_table(path: Path, pred: Path, masks: Path, overwrite: bool) -> None:
+    """--csv never replaces a mask the command reads; any other existing file only with --overwrite."""
+    from napari_diffseg.core import io, safety
+
+    if path.is_dir():
+        raise InputError(f"--csv {path} is a folder; give a file name for the table")
+    reads = [p for folder in (pred, masks) if folder.is_dir() for p in folder.iterdir() if io.is_image_file(p)]
+    safety.refuse_unsafe_outputs(path.parent, [path], overwrite=overwrite, inputs=reads, option="--csv file")
+
+
 def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.checkpoint import CARD
     from napari_diffseg.core.model import SegmentationModel
@@ -249,26 +291,35 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     card = model.card
     network = model.config  # the architecture (teacher.NetworkConfig), not the training settings
     kind = describe_kind(network.spatial_dims, network.image_channels)
+    try:  # the card is data, edited by hand at times: read all of it before printing a line
+        described = _card_lines(card) if card else [f"threshold:    {model.threshold:.2f} ({CARD} missing)"]
+    except (AttributeError, TypeError, ValueError, OverflowError) as error:
+        raise ModelError(f"{model_dir / CARD}: the model card's content does not fit napari-diffseg "
+                         f"({type(error).__name__}; edited by hand?); retrain, or restore the file") from None
     print(f"model folder: {model_dir}")
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
     print(f"network:      {kind} images, {network.num_classes} classes, width {network.base_channels}, "
           f"depth {network.depth}")
-    if card:
-        data = card.get("data", [])
-        labelled = sum(1 for entry in data if entry.get("label_sha256"))
-        training_info = card.get("training", {})
-        print(f"data:         {len(data)} image(s), {labelled} labelled")
-        print(f"training:     {training_info.get('steps', '?')} steps, "
-              f"{format_duration(training_info.get('elapsed_seconds', 0))}, patch {card.get('patch_size')}, "
-              f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}")
-        fit = FitReport.from_dict(card.get("metrics", {}))
-        print(f"kept:         {fit.describe() if fit is not None else 'no model yet'}")
-        environment = card.get("environment", {})
-        if environment:
-            print(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
-                  f"{environment.get('threads')} thread(s), bf16 {environment.get('bf16')}")
-    else:
-        print(f"threshold:    {model.threshold:.2f} ({CARD} missing)")
+    print("\n".join(described))
     return EXIT_OK
+
+
+def _card_lines(card: dict) -> list[str]:
+    """What ``info`` prints of a model card; TypeError / ValueError / AttributeError for content of the wrong
+    kind."""
+    data = card.get("data", [])
+    labelled = sum(1 for entry in data if entry.get("label_sha256"))
+    training_info = card.get("training", {})
+    lines = [f"data:         {len(data)} image(s), {labelled} labelled",
+             f"training:     {training_info.get('steps', '?')} steps, "
+             f"{format_duration(float(training_info.get('elapsed_seconds', 0)))}, patch {card.get('patch_size')}, "
+             f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}"]
+    fit = FitReport.from_dict(card.get("metrics", {}))
+    lines.append(f"kept:         {fit.describe() if fit is not None else 'no model yet'}")
+    environment = card.get("environment", {})
+    if environment:
+        lines.append(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
+                     f"{environment.get('threads')} thread(s), bf16 {environment.get('bf16')}")
+    return lines
 
 

@@ -30,6 +30,7 @@ BEST = "best.pt"  # ... and the model to predict with
 ZARR_SUFFIX = ".zarr"  # a zarr array (a folder); also the block-by-block mask of a large image, beside its TIFF
 UNCERTAINTY_SUFFIX = "_uncertainty"  # <stem>_uncertainty.tif: the uncertainty map written beside a mask
 TIFF_SUFFIXES = (".tif", ".tiff")
+SOFTWARE_TAG = "napari-diffseg"  # the TIFF Software tag of what we write: core.safety tells our files by it
 MIN_AXIS = 8
 PERCENTILES = (1.0, 99.8)
 
@@ -78,7 +79,8 @@ def name_stem(path: Path | str) -> str:
     return stem
 
 
-def _is_image_file(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """A visible file with an image suffix (what :func:`list_images` lists)."""
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
@@ -90,7 +92,7 @@ def list_images(folder: Path) -> list[Path]:
         raise InputError(f"folder not found: {folder}; check the path")
     if not folder.is_dir():
         raise InputError(f"{folder} is a file, not a folder; give the folder that contains the images")
-    files = sorted(p for p in folder.iterdir() if _is_image_file(p))
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not files:
         raise InputError(
             f"no images in {folder}: put .tif, .tiff, .png, .jpg or .jpeg files in it (hidden files are skipped)"
@@ -380,7 +382,8 @@ def write_tiff_atomic(path: Path, array: np.ndarray) -> None:
     """
     array = np.ascontiguousarray(array)
     rgb = array.ndim == 3 and array.shape[-1] in (3, 4)
-    kwargs: dict = {"photometric": "rgb" if rgb else "minisblack", "compression": "zlib"}
+    kwargs: dict = {"photometric": "rgb" if rgb else "minisblack", "compression": "zlib",
+                    "software": SOFTWARE_TAG}
     if rgb and array.shape[-1] == 4:
         kwargs["extrasamples"] = ("unassalpha",)
 
@@ -422,14 +425,17 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------- pairing
 def _stem_index(paths: Iterable[Path], folder: Path) -> dict[str, Path]:
     index: dict[str, Path] = {}
+    folded: dict[str, Path] = {}  # a case-insensitive file system (Windows, macOS) sees one name for 'A' and 'a'
     for p in paths:
         stem = name_stem(p)
-        if stem in index:
+        other = index.get(stem) or folded.get(stem.casefold())
+        if other is not None:
+            case = "" if name_stem(other) == stem else " (they differ only in case: one name on Windows and macOS)"
             raise InputError(
-                f"two files in {folder} have the name stem '{stem}' ({index[stem].name}, {p.name}); "
+                f"two files in {folder} have the name stem '{stem}' ({other.name}, {p.name}){case}; "
                 "rename or remove one"
             )
-        index[stem] = p
+        index[stem] = folded[stem.casefold()] = p
     return index
 
 
