@@ -42,6 +42,10 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     """
     from napari_diffseg.core.config import TrainConfig
 
+    if stored is not None and not isinstance(stored, dict):  # read from the project's manifest: never trusted
+        log.warning("ignoring the project's stored training settings (a JSON %s, not an object; edited by hand?)",
+                    type(stored).__name__)
+        stored = None
     given = {
         "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
         "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,

@@ -143,7 +143,7 @@ def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _cmd_project_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
     project = _open_project(args.project)
-    written, skipped = project.export_masks(Path(args.out))
+    written, skipped = project.export_masks(Path(args.out), overwrite=args.overwrite)
     print(f"exported {sum(written.values())} mask(s) to {args.out}: "
           + ", ".join(f"{count} {source}" for source, count in written.items()))
     if skipped:

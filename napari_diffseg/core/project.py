@@ -35,6 +35,7 @@ import re
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,6 +60,7 @@ from napari_diffseg.core.io import (
     write_mask,
     write_tiff_atomic,
 )
+from napari_diffseg.core.safety import is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ _NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: h
 FIRST_ROUND = 1
 _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
+_ORIGINAL_NAME_KEY = "original_name:"  # meta key prefix: the name the user gave an image the project had to change
+_SOURCES_KEY = "sources"  # meta key: the folders a project was created from (JSON), which export never writes into
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
 
@@ -180,8 +184,9 @@ def _user() -> str:
 
 
 def sanitise_name(raw: str) -> str:
-    """A file-system-safe image name: letters, digits, ``.``, ``_``, ``-``; never empty, hidden or reserved."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(raw).strip()).strip("._-")
+    """A file-system-safe image name: letters and digits of any script (NFC), ``.``, ``_``, ``-``; never empty,
+    hidden or reserved. The project records the user's name where this changed it (see ``Project.export_names``)."""
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", str(raw)).strip()).strip("._-")
     name = re.sub(r"_{2,}", "_", name)[:_MAX_NAME_LEN].rstrip("._-") or "image"
     if name.upper().split(".")[0] in _WINDOWS_RESERVED or name.endswith(UNCERTAINTY_SUFFIX):
         # reserved device names cannot be files on Windows; "<x>_uncertainty" would clash with <x>'s uncertainty map
@@ -249,9 +254,11 @@ class Project:
         ``on_image(path)`` is called after each image (progress)."""
         folder, images_dir = Path(folder), Path(images_dir)
         image_paths, label_paths = pair_images_with_labels(images_dir, labels_dir)
+        refuse_name_collisions((sanitise_name(name_stem(path)), path) for path in image_paths)
         existed = folder.exists()
         project = cls.create(folder, config={"num_classes": num_classes})
         try:
+            project._record_sources(images_dir, labels_dir)
             for path in image_paths:
                 record = project.add_image(path)
                 label = label_paths.get(name_stem(path))
@@ -362,6 +369,12 @@ class Project:
 
     def _record_from_row(self, row: tuple) -> ImageRecord:
         name, image_file, status, round_, model_id, uncertainty, updated_at, updated_by = row
+        image_file_path = Path(str(image_file))
+        if not is_plain_name(name) or image_file_path.parent != Path(IMAGES_DIR) \
+                or not is_plain_name(image_file_path.name):
+            raise InputError(f"the project manifest {self.db_path} names image {name!r} (file {image_file!r}) with "
+                             "something that is not a plain file name (edited by hand?); it is never used as a "
+                             "path: restore the manifest from a backup")
         try:
             return ImageRecord(name=name, image_path=self.folder / image_file, status=ImageStatus(status),
                                round=int(round_), model_id=model_id,
@@ -472,7 +485,11 @@ class Project:
     @property
     def num_classes(self) -> int:
         """``config["num_classes"]`` (default 2: background / foreground); masks are validated against it."""
-        return int(self.config.get("num_classes", 2))
+        value = self.config.get("num_classes", 2)
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 255:
+            raise InputError(f"the project manifest {self.db_path} has num_classes {value!r}, not a whole number "
+                             "from 2 to 255 (edited by hand?); restore the manifest from a backup")
+        return value
 
     @property
     def current_round(self) -> int:
@@ -535,6 +552,9 @@ class Project:
                             (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
+                if str(raw_name) != unique:  # the user's name, which exports give back (export_names)
+                    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                (f"{_ORIGINAL_NAME_KEY}{unique}", str(raw_name)))
         logger.info("added image %s %s %s", unique, array.shape, array.dtype)
         return self.record(unique)
 
@@ -542,7 +562,11 @@ class Project:
         stored = self._meta("layout")
         if stored is None:
             return
-        dims, channels = json.loads(stored)
+        try:
+            dims, channels = json.loads(stored)
+        except (json.JSONDecodeError, TypeError, ValueError):
+            raise InputError(f"the project manifest {self.db_path} has an unreadable image layout ({stored[:40]!r}; "
+                             "edited by hand?); restore the manifest from a backup") from None
         if (dims, channels) != tuple(layout):
             raise InputError(f"image {name!r} is {layout[0]}D with {layout[1]} channel(s) but this project holds "
                              f"{dims}D images with {channels} channel(s); use a separate project for it")
@@ -620,9 +644,60 @@ class Project:
         pseudo = self.pseudo(name)
         return (pseudo[0], "pseudo-labelled") if pseudo is not None else (None, "no mask yet")
 
-    def export_masks(self, out: Path) -> tuple[dict[str, int], dict[str, int]]:
-        """Write ``<name>.tif`` to ``out`` for every image that has a mask (see ``current_mask``); returns the
-        counts written and skipped, by source. InputError when ``out`` is inside the project or nothing has a mask."""
+    def _record_sources(self, images_dir: Path, labels_dir: Path | None) -> None:
+        sources = {"images": str(Path(images_dir).resolve())}
+        if labels_dir is not None:
+            sources["labels"] = str(Path(labels_dir).resolve())
+        with self._connection(write=True) as con:
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_SOURCES_KEY, json.dumps(sources)))
+
+    def source_folders(self) -> dict[str, Path]:
+        """The folders the project was created from ({"images": ..., "labels": ...}; {} for a project made
+        otherwise, or when the record is unreadable: it only ever adds protection)."""
+        try:
+            sources = json.loads(self._meta(_SOURCES_KEY) or "{}")
+        except json.JSONDecodeError:
+            return {}
+        if not isinstance(sources, dict):
+            return {}
+        return {key: Path(value) for key, value in sources.items() if key in ("images", "labels")
+                and isinstance(value, str) and value}
+
+    def original_name(self, name: str) -> str:
+        """The name the user gave image ``name`` (its file stem, or the name passed to ``add_image``) where the
+        project had to change it (spaces, punctuation, a name taken); ``name`` otherwise. InputError for a
+        recorded name that no file could have had (a path: edited by hand)."""
+        original = self._meta(f"{_ORIGINAL_NAME_KEY}{name}")
+        if original is None:
+            return name
+        if original in (".", "..") or "/" in original or "\0" in original:
+            raise InputError(f"the project manifest {self.db_path} records the original name {original!r} for image "
+                             f"{name!r}: a path, not a file name (edited by hand?); it is never used as a path: "
+                             "restore the manifest from a backup")
+        return original
+
+    def export_names(self, names: list[str]) -> dict[str, str]:
+        """The file stem each image is exported under: the user's name (``original_name``), or the project name
+        where the user's name cannot be a file name here or two would be one file on a case-insensitive file
+        system (the images whose name was kept claim theirs first)."""
+        preferred = {name: self.original_name(name) for name in names}
+        taken: set[str] = set()
+        chosen: dict[str, str] = {}
+        for name in sorted(names, key=lambda n: preferred[n] != n):  # stable sort: the order of ``names`` stays
+            stem = preferred[name]
+            if not is_plain_name(stem) or stem.casefold() in taken:
+                logger.warning("%s: exported as %s.tif, not under its original name %r (%s)", name, name, stem,
+                               "taken" if is_plain_name(stem) else "not a file name here")
+                stem = name
+            taken.add(stem.casefold())
+            chosen[name] = stem
+        return {name: chosen[name] for name in names}
+
+    def export_masks(self, out: Path, overwrite: bool = False) -> tuple[dict[str, int], dict[str, int]]:
+        """Write ``<name>.tif`` to ``out`` for every image that has a mask (see ``current_mask``), under the user's
+        names (``export_names``); returns the counts written and skipped, by source. InputError, before anything is
+        written, when ``out`` is inside the project, nothing has a mask, or (unless ``overwrite``) a mask would
+        replace or mix with files in ``out`` or ``out`` is a folder the project was created from (core.safety)."""
         if not self.names():
             raise InputError(f"project {self.folder} has no images: nothing to export")
         out = Path(out)
@@ -634,16 +709,26 @@ class Project:
             if target == inside or (sub and target.is_relative_to(inside)):
                 raise InputError(f"the export folder {out} is inside the project's own files; choose another "
                                  "folder")
+        names = [record.name for record in self.records()]  # every row is checked before anything is written
         written: dict[str, int] = {}
         skipped: dict[str, int] = {}
-        for name in self.names():
+        with_mask = []
+        for name in names:  # first pass: what will be written (the masks are read again when written)
             mask, source = self.current_mask(name)
             counts = skipped if mask is None else written
             counts[source] = counts.get(source, 0) + 1
             if mask is not None:
-                write_mask(out / f"{name}.tif", mask)
+                with_mask.append(name)
         if not written:
             raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
+        stems = self.export_names(names)
+        targets = {name: out / f"{stems[name]}.tif" for name in with_mask}
+        sources = self.source_folders()
+        refuse_unsafe_outputs(out, list(targets.values()), overwrite=overwrite, option="--out folder", originals={
+            "images the project was created from": sources.get("images"),
+            "labels the project was created from": sources.get("labels")})
+        for name in with_mask:
+            write_mask(targets[name], self.current_mask(name)[0])
         return written, skipped
 
     def save_label(self, name: str, mask: np.ndarray) -> None:
