@@ -5,13 +5,17 @@ model ran 3.8x faster than torch with bf16 autocast; a whole 2048 x 2048 image, 
 (2.9-3.5 megapixels/s against 1.8-2.2 in the same runs; benchmarks/predict_speed.md), with the same masks.
 
 Converting a model traces it (about 8 s); the converted model is cached as OpenVINO IR under the user's cache folder,
-keyed by a hash of the weights, so later loads of the same model read it back.
+keyed by a hash of the weights, so later loads of the same model read it back. The cache is data, not trusted: an
+entry is used only when its files hash to what was recorded when they were written (``<key>.sha256``, written last);
+a tampered, torn or foreign entry is converted again, and a cache folder that cannot be written is skipped with a
+warning (the prediction goes on).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .io import one_line
 from .networks import TimeUNet
 
 log = logging.getLogger(__name__)
@@ -32,9 +37,74 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def cache_dir() -> Path | None:
+    """Where converted models are cached; None when there is no home folder to put it in (no cache then)."""
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory could be determined
+        log.warning("no cache folder for the converted OpenVINO model (no home folder); it is converted each time")
+        return None
     return Path(base) / "napari-diffseg" / "openvino"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _entry_files(xml: Path) -> tuple[Path, Path]:
+    return xml, xml.with_suffix(".bin")
+
+
+def _digest_record(xml: Path) -> Path:
+    return xml.with_suffix(".sha256")
+
+
+def read_cached(core, xml: Path):
+    """The cached model at ``xml`` when its files hash to the recorded digests, else None (a damaged or tampered
+    entry is reported and converted again)."""
+    try:
+        if not xml.is_file():
+            return None
+        recorded = json.loads(_digest_record(xml).read_text())
+        actual = {path.name: _file_digest(path) for path in _entry_files(xml)}
+        if recorded != actual:
+            log.warning("the cached OpenVINO model %s does not match its recorded hash (changed since it was "
+                        "written); converting the model again", xml)
+            return None
+        return core.read_model(str(xml))
+    except Exception as error:  # unreadable, no record, not JSON, not a model: convert again
+        log.warning("ignoring the cached OpenVINO model %s (%s); converting the model again", xml,
+                    one_line(error))
+        return None
+
+
+def write_cached(ov, model, xml: Path) -> None:
+    """Cache ``model`` at ``xml``: the IR under temporary names, renamed into place, then the digest record last
+    (an entry without a matching record is never used). A cache that cannot be written is skipped with a
+    warning."""
+    temporary = xml.with_name(f".{xml.stem}.{os.getpid()}.tmp.xml")
+    record = xml.with_name(f".{xml.stem}.{os.getpid()}.tmp.sha256")
+    try:
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(temporary), compress_to_fp16=False)  # the weights as trained
+        digests = {final.name: _file_digest(written) for final, written in zip(_entry_files(xml),
+                                                                                _entry_files(temporary))}
+        for final, written in zip(_entry_files(xml), _entry_files(temporary)):
+            os.replace(written, final)
+        record.write_text(json.dumps(digests))
+        os.replace(record, _digest_record(xml))
+    except Exception as error:  # a read-only or full cache folder, a file in its way: predict without it
+        log.warning("could not cache the converted OpenVINO model in %s (%s); it is converted again next time",
+                    xml.parent, one_line(error))
+        for leftover in (*_entry_files(temporary), record):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def _weights_key(unet: TimeUNet) -> str:
@@ -58,20 +128,11 @@ class CompiledUNet(nn.Module):
         self.spatial_dims = unet.spatial_dims
         core = ov.Core()
         path = None if cache is None else Path(cache) / f"{_weights_key(unet)}.xml"
-        model = None
-        if path is not None and path.is_file():
-            try:
-                model = core.read_model(str(path))
-            except Exception as error:  # a damaged cache entry: convert again
-                log.warning("ignoring the cached OpenVINO model %s (%s)", path, error)
+        model = None if path is None else read_cached(core, path)
         if model is None:
             model = self._convert(ov, unet)
             if path is not None:
-                try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    ov.save_model(model, str(path), compress_to_fp16=False)  # the weights as trained
-                except OSError as error:  # a read-only home: convert again next time
-                    log.info("could not cache the OpenVINO model in %s (%s)", path.parent, error)
+                write_cached(ov, model, path)
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": int(threads),
                                                           "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
 
