@@ -1,8 +1,9 @@
 """Out-of-core prediction: images larger than memory are read block by block (TIFF memory-mapped or through
-tifffile's zarr view, zarr arrays as they are) and their masks written block by block to a zarr array, then copied
-tile by tile into a tiled TIFF. Each block is predicted with a halo of context around it that is cropped away, so
-block borders do not show; intensities are normalised with ranges taken from a regular subsample of the whole
-image, so every block sees the same mapping. Memory is bounded by a block, not by the image.
+tifffile's zarr view, zarr arrays as they are, PNG and JPEG decoded once) and their masks written block by block
+to a zarr array, then copied tile by tile into a tiled TIFF. Each block is predicted with a halo of context around
+it that is cropped away, so block borders do not show; intensities are normalised with ranges taken from a regular
+subsample of the whole image, so every block sees the same mapping. Memory is bounded by a block, not by the image
+(a PNG or JPEG adds its decoded pixels).
 
 A finished zarr output carries ``attrs["diffseg"]["complete"] = True``, written last: an output without it was
 interrupted (cancelled, killed) and is not claimed complete; the TIFF is written under a temporary name and renamed
@@ -22,7 +23,7 @@ import shutil
 import numpy as np
 
 from .errors import InputError
-from .io import ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, spatial_shape
+from .io import ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -34,6 +35,7 @@ HALO_3D = (16, 64, 64)
 RANGE_SAMPLES = 4_000_000  # pixels of the regular subsample that the intensity ranges are taken from
 TIFF_TILE = 512
 COMPLETE_ATTR = "diffseg"
+DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")  # formats without random access: decoded whole, then cut into blocks
 OVERVIEW_PIXELS = 4096 * 4096  # an overview of a large image (what the viewer holds in memory) has at most this many
 
 
@@ -73,11 +75,15 @@ def output_zarr(target: Path) -> Path:
 
 def open_lazy(path: Path):
     """A lazily read array of an image on disk: a zarr array (a ``.zarr`` folder), a memory-mapped TIFF (uncompressed,
-    contiguous) or tifffile's zarr view of any other TIFF (read strip by strip or tile by tile)."""
+    contiguous) or tifffile's zarr view of any other TIFF (read strip by strip or tile by tile). A PNG or JPEG has no
+    random access: it is decoded once (its pixels, as stored, in memory) and then cut into blocks like the others, so
+    that what a prediction holds beyond the pixels is bounded by a block, as for a TIFF."""
     import tifffile
     import zarr
 
     path = Path(path)
+    if path.suffix.lower() in DECODED_SUFFIXES:
+        return read_image(path)
     if path.is_dir():
         try:
             found = zarr.open(str(path), mode="r")
@@ -111,8 +117,17 @@ class _ShapeOnly:
 
 
 def pixel_count(path: Path) -> int:
-    """Spatial pixels of a TIFF or zarr image, from its header; 0 for other files or what cannot be read."""
+    """Spatial pixels of a TIFF, PNG, JPEG or zarr image, from its header; 0 for what cannot be read."""
     path = Path(path)
+    if path.suffix.lower() in DECODED_SUFFIXES:
+        try:
+            from PIL import Image
+
+            with Image.open(path) as image:  # reads the header only
+                width, height = image.size
+            return int(width) * int(height)
+        except Exception:  # not an image: reading it says why
+            return 0
     if not (path.is_dir() or path.suffix.lower() in (".tif", ".tiff")):
         return 0
     try:
