@@ -6,7 +6,8 @@ drives the engine's generators (training events, project rounds, prediction tile
 bars and logs, and maps errors to exit codes. A user mistake (``DiffsegError``, a bad option, an unusable path)
 ends with one line ``diffseg: error: <message>`` on stderr and exit code 2; an unexpected failure prints one line
 plus a hint to rerun with ``--debug`` (which shows the traceback) and exits 1; Ctrl-C exits 130 (training saves
-``last.pt`` first and says how to resume). Torch is imported lazily so ``diffseg --help`` is instant.
+``last.pt`` first and says how to resume), and SIGTERM / SIGHUP do the same with exit 143 / 129 (``_signals``).
+Torch is imported lazily so ``diffseg --help`` is instant.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from napari_diffseg.cli._common import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_ERROR, PROG  # noqa: F401
 from napari_diffseg.cli._output import _logging, _TrainDisplay  # noqa: F401 (_TrainDisplay: tests drive it)
 from napari_diffseg.cli._parser import _UsageError, build_parser
+from napari_diffseg.cli._signals import signals_as_interrupt, stop_description
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.io import one_line
 
@@ -31,7 +33,8 @@ _ANSWERING_COMMANDS = frozenset({"_cmd_eval", "_cmd_info", "_cmd_project_status"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 unexpected failure, 2 user mistake, 130 Ctrl-C)."""
+    """Run the command line; returns the exit code (0 ok, 1 unexpected failure, 2 user mistake, 130 Ctrl-C,
+    143 SIGTERM, 129 SIGHUP)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -45,15 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # project status) still print their answer
     silent = args.quiet and args.handler.__name__ not in _ANSWERING_COMMANDS
     with _logging(args.quiet, args.verbose), contextlib.redirect_stdout(StringIO()) if silent \
-            else contextlib.nullcontext():
+            else contextlib.nullcontext(), signals_as_interrupt() as stop:
         try:
-            return args.handler(args, argv)
+            return stop.exit_code(args.handler(args, argv))
         except DiffsegError as error:
             _error(str(error))
             return EXIT_USER_ERROR
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+        except KeyboardInterrupt as interrupt:
+            print(f"{PROG}: {stop_description(interrupt)}", file=sys.stderr)
+            return stop.exit_code(EXIT_INTERRUPTED)
         except OSError as error:  # permissions, full disk, ...: fixable by the user
             if args.debug:
                 raise

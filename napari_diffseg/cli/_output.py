@@ -15,6 +15,7 @@ from napari_diffseg.core.events import FitReport
 from napari_diffseg.core.io import format_duration
 
 from napari_diffseg.cli._common import PACKAGE_LOGGER, PROG, log
+from napari_diffseg.cli._signals import stop_description
 
 
 class _Formatter(logging.Formatter):
@@ -120,7 +121,8 @@ class _TrainOutcome:
 
 def _run_training(events, quiet: bool, out: Path | None, resume_command: str) -> _TrainOutcome | None:
     """Drive a training generator (``core.training.train`` or ``core.rounds.train_round``) with the progress
-    display and log lines; None when Ctrl-C stopped it (the message with ``resume_command`` is printed)."""
+    display and log lines; None when Ctrl-C, SIGTERM or SIGHUP stopped it (the message with ``resume_command`` is
+    printed)."""
     from napari_diffseg.core import training
     from napari_diffseg.core.checkpoint import LAST
     from napari_diffseg.core.rounds import RoundStarted
@@ -148,14 +150,15 @@ def _run_training(events, quiet: bool, out: Path | None, resume_command: str) ->
                              event.step, len(event.names), event.directory, mean)
                 elif isinstance(event, training.Done):
                     outcome.done = event
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM / SIGHUP (cli._signals)
         # the generator is closed (by contextlib.closing or by the exception passing through it): last.pt is saved
         display.close()
+        how = stop_description(interrupt)
         if out is not None and (out / LAST).is_file():
-            print(f"{PROG}: interrupted at step {display.step}; {out / LAST} is saved. Resume with:\n"
+            print(f"{PROG}: {how} at step {display.step}; {out / LAST} is saved. Resume with:\n"
                   f"  {resume_command}", file=sys.stderr)
         else:
-            print(f"{PROG}: interrupted before the first step; nothing saved", file=sys.stderr)
+            print(f"{PROG}: {how} before the first step; nothing saved", file=sys.stderr)
         return None
     finally:
         display.close()
