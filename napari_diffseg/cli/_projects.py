@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 import shlex
 
-from napari_diffseg.core.errors import ModelError
+from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import format_duration
 
 from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, _limits, _open_project, _text_table,
@@ -47,18 +47,20 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
     device = devices.select_device(config.runtime.device)  # an unavailable device fails before the round changes
     devices.configure_threads(config.runtime.threads)
-    if args.next_round:  # what napari's 'Next round' button does: a new round, then train it warm-started
-        project.next_round()
-    round_ = project.current_round
-    round_dir = project.checkpoints_dir(round_)
+    # --next-round is napari's 'Next round' button: a new round, trained warm-started. train_round starts it once
+    # the project's training lock is held, and takes it back when the run is refused or fails before its first step
+    round_ = project.current_round + (1 if args.next_round else 0)
+    round_dir = project.checkpoints_dir(round_, create=False)
     _check_round_folder(round_dir, round_, args.resume)
     log.info("training round %d of %s: the %s on %s, %s", round_, project.folder, config.method.describe(), device,
              _limits(config))
 
-    events = rounds.train_round(project, config, warm_start=True, resume=args.resume)
+    events = rounds.train_round(project, config, warm_start=True, resume=args.resume, next_round=args.next_round)
     outcome = _run_training(events, args.quiet, round_dir, _resume_command(argv, drop_flags=("--next-round",)))
     if outcome is None:
         return EXIT_INTERRUPTED
+    if outcome.started is not None:  # the round train_round trained
+        round_, round_dir = outcome.started.round, outcome.started.out_dir
     _print_trained(round_dir, outcome, config.method.labels_only, device, prefix=f"round {round_}: ")
     _print_review_next(project, round_, outcome, args.project)
     return EXIT_OK
@@ -104,6 +106,9 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if outcome is None:
         return EXIT_INTERRUPTED
     done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
+    if done["steps"] == (before["steps"] if before else 0):
+        raise InputError(f"the time budget ({args.budget:g} s) ended before the first pretraining step: nothing was "
+                         "learned; give a larger --budget")
     print(f"teacher pretrained for {format_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
     print(f"next:     diffseg project train {shlex.quote(str(args.project))} (round 1 co-trains from this teacher)")
     return EXIT_OK

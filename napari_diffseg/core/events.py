@@ -3,6 +3,8 @@ torch, so that the GUI and the CLI can name them without importing the engine.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -118,3 +120,22 @@ class RoundStarted(TrainingEvent):
     labelled: int
     unlabelled: int
     note: str = ""
+
+
+def require_a_step(events: Iterator[TrainingEvent], budget_seconds: float | None) -> Iterator[TrainingEvent]:
+    """Pass a run's events through, raising InputError when the run reaches its end (the final save, or Done)
+    without an optimisation step (the budget ended first): its model would be an untrained network passing for a
+    trained one. Raised before the final pass, so an earlier model and the project's pseudo-labels stay as they
+    were. Not for a resumed run (its steps were made before). Closing this generator closes the run."""
+    from .errors import InputError
+
+    stepped = False
+    with contextlib.closing(events):
+        for event in events:
+            stepped = stepped or isinstance(event, Progress)
+            ending = isinstance(event, Done) or (isinstance(event, StageProgress) and event.stage == Stage.SAVING)
+            if ending and not stepped:
+                budget = f"the time budget ({budget_seconds:g} s)" if budget_seconds else "the budget"
+                raise InputError(f"{budget} ended before the first training step: nothing was learned and no "
+                                 "trained model was written; give a larger --budget")
+            yield event

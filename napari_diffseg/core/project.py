@@ -217,12 +217,13 @@ class Project:
             raise InputError(f"cannot create a project in {folder}: the folder is not empty; "
                              "choose a new or empty folder")
         config_json = _config_to_json(config or {})
+        existed = folder.exists()
+        # the database is built beside its final name and moved into place, so a crash during creation never
+        # leaves a half-initialised project.sqlite behind
+        tmp = folder / f".{DB_NAME}.tmp-{os.getpid()}-{threading.get_ident()}"
         try:
             for sub in (IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
                 (folder / sub).mkdir(parents=True, exist_ok=True)
-            # build the database beside its final name and move it into place, so a crash during creation never
-            # leaves a half-initialised project.sqlite behind
-            tmp = folder / f".{DB_NAME}.tmp-{os.getpid()}-{threading.get_ident()}"
             tmp.unlink(missing_ok=True)
             con = sqlite3.connect(tmp, isolation_level=None)
             try:
@@ -240,8 +241,13 @@ class Project:
             finally:
                 con.close()
             os.replace(tmp, folder / DB_NAME)
-        except (OSError, sqlite3.Error) as exc:
-            raise DiffsegError(f"cannot create a project in {folder}: {exc}") from exc
+        except BaseException as exc:  # a failed create leaves nothing behind that would block the retry
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            _remove_new_project(folder, existed)
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise DiffsegError(f"cannot create a project in {folder}: {exc}") from exc
+            raise
         logger.info("created project %s", folder)
         return cls(folder)
 
@@ -508,6 +514,16 @@ class Project:
             con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(new),))
         logger.info("project %s: round %d", self.folder, new)
         return new
+
+    def undo_next_round(self, round_number: int) -> None:
+        """Take back :meth:`next_round` when round ``round_number`` was started but nothing was trained in it (the
+        command failed or was stopped before its first step): the current round goes back to the one before. Does
+        nothing when another run has moved the round on since."""
+        with self._connection(write=True) as con:
+            con.execute("UPDATE meta SET value = ? WHERE key = 'current_round' AND value = ?",
+                        (str(int(round_number) - 1), str(int(round_number))))
+        logger.info("project %s: back to round %d (nothing was trained in round %d)", self.folder,
+                    int(round_number) - 1, int(round_number))
 
     # ------------------------------------------------------------------ images
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 import logging
 from pathlib import Path
+import shutil
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from .errors import InputError, ModelError
 from .project import CHECKPOINTS_DIR, ImageStatus, Project
 from .teacher import NetworkConfig
 from .events import Progress, PseudoLabelsReady, RoundStarted, TrainingEvent  # noqa: F401 (re-exported)
+from .events import require_a_step
 from .training import TrainConfig, pretrain, pretraining_info, train
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,8 @@ def pretrain_project(project: Project, config: TrainConfig) -> Iterator[Training
     data = training_data_from_arrays([project.image(r.name) for r in records], {}, [r.name for r in records],
                                      project.num_classes, require_labels=False)
     folder = pretrain_dir(project)
-    folder.mkdir(parents=True, exist_ok=True)
     with project.training_lock("pretraining the teacher"):
+        folder.mkdir(parents=True, exist_ok=True)
         yield from pretrain(data, config, folder)
 
 
@@ -136,18 +138,48 @@ class ProjectSink:
 
 
 def train_round(project: Project, config: TrainConfig, warm_start: bool = True,
-                resume: bool = False) -> Iterator[TrainingEvent]:
+                resume: bool = False, next_round: bool = False) -> Iterator[TrainingEvent]:
     """Train the project's current round, yielding :class:`RoundStarted` and then the events of ``train``.
 
     ``warm_start``: start from the last earlier round's ``last.pt`` when there is a compatible one.
     ``resume``: continue a stopped run of this round from its ``last.pt`` (optimisers, step and clock included);
     without one, the round starts normally.
+    ``next_round``: start the next round first (napari's Next round), once the training lock is held; when the
+    run fails or is stopped before its first step, the round is taken back, so a refused or failed run leaves the
+    project as it was.
     """
     if config.network.num_classes != project.num_classes:
         raise InputError(f"the training settings have {config.network.num_classes} classes but the project has "
                          f"{project.num_classes}")
-    with project.training_lock(f"training round {project.current_round}"):
-        yield from _train_round(project, config, warm_start, resume)
+    round_ = project.current_round + (1 if next_round else 0)
+    with project.training_lock(f"training round {round_}"):
+        if not next_round:
+            yield from _train_round(project, config, warm_start, resume)
+            return
+        yield from _train_next_round(project, config, warm_start)
+
+
+def _train_next_round(project: Project, config: TrainConfig, warm_start: bool) -> Iterator[TrainingEvent]:
+    """``_train_round`` of a new round, taken back (round number and its new folders) when no step was made."""
+    new_round = project.current_round + 1
+    new_folders = [folder for folder in (project.checkpoints_dir(new_round, create=False),
+                                         project.pseudo_dir(new_round)) if not folder.exists()]
+    project.next_round()
+    stepped = False
+    events = _train_round(project, config, warm_start, resume=False)
+    try:
+        for event in events:
+            stepped = stepped or isinstance(event, Progress)
+            yield event
+    except BaseException:
+        events.close()  # the run's own clean-up first (last.pt, losses)
+        if not stepped:
+            project.undo_next_round(new_round)
+            for folder in new_folders:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        events.close()
 
 
 def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume: bool) -> Iterator[TrainingEvent]:
@@ -158,7 +190,6 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
     warm, note = (None, "resuming the stopped run of this round") if resumed else (None, "training from scratch")
     if warm_start and not resumed:
         warm, note = _warm_start_dir(project, data, config, round_)
-    project.update_config({TRAIN_CONFIG_KEY: config.to_dict()})
     log.info("round %d: %s (%d labelled, %d unlabelled)", round_, note, len(data.labelled_indices),
              len(data.unlabelled_indices))
     yield RoundStarted(round_, out_dir, warm, resumed, len(data.labelled_indices), len(data.unlabelled_indices), note)
@@ -171,9 +202,15 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
         pending.clear()
 
     events = train(data, config, out_dir, resume=resumed, warm_start=warm, sink=ProjectSink(project, round_))
+    if not resumed:
+        events = require_a_step(events, config.schedule.budget_seconds)
+    settings_stored = False
     try:
         for event in events:
             if isinstance(event, Progress):
+                if not settings_stored:  # a run that fails before its first step leaves the settings as they were
+                    project.update_config({TRAIN_CONFIG_KEY: config.to_dict()})
+                    settings_stored = True
                 pending.append(event)
                 if len(pending) >= LOSS_LOG_EVERY:
                     flush()
