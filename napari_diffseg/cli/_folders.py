@@ -21,8 +21,9 @@ from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resu
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, distributed, training
+    from napari_diffseg.core import device as devices, distributed, locks, training
     from napari_diffseg.core.checkpoint import CARD, LAST
+    from napari_diffseg.core.events import require_a_step
 
     config = _train_config(args, args.num_classes)
     ranks = distributed.torchrun_ranks()  # started by torchrun: one data-parallel rank of several
@@ -33,14 +34,23 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     device = devices.select_device(distributed.device_for(ranks, wanted) if ranks else wanted)
     devices.configure_threads(config.runtime.threads)
     out = Path(args.out)
+    new_folder = not out.exists()
     _check_model_folder(out, args)
-    data = _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes)
-    _describe_training(data, config, device, out)
-    with _process_group(ranks, device):
-        events = training.train(data, config, out, resume=args.resume,
-                                warm_start=Path(args.warm_start) if args.warm_start else None, ranks=ranks)
-        outcome = _run_training(events, args.quiet or (ranks is not None and not ranks.main), out,
-                                _resume_command(argv, drop_options=("--warm-start",)))
+    # one run per model folder (rank 0 of a data-parallel run holds it for all); a folder made for a run that fails
+    # before writing anything is removed again
+    writes = ranks is None or ranks.main
+    with locks.model_folder_lock(out, new_folder) if writes else contextlib.nullcontext():
+        if writes and not args.resume and (out / LAST).exists():
+            log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
+        data = _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes)
+        _describe_training(data, config, device, out)
+        with _process_group(ranks, device):
+            events = training.train(data, config, out, resume=args.resume,
+                                    warm_start=Path(args.warm_start) if args.warm_start else None, ranks=ranks)
+            if not args.resume:
+                events = require_a_step(events, config.schedule.budget_seconds)
+            outcome = _run_training(events, args.quiet or (ranks is not None and not ranks.main), out,
+                                    _resume_command(argv, drop_options=("--warm-start",)))
     if ranks is not None and not ranks.main:
         return EXIT_OK if outcome is not None else EXIT_INTERRUPTED  # rank 0 reports and writes
     if outcome is None:
@@ -55,7 +65,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
     """Refuse a model folder that cannot work, before minutes of training: a file, the images or labels folder,
-    not writable, nothing to resume; warn when a model there will be replaced."""
+    not writable, nothing to resume."""
     from napari_diffseg.core.checkpoint import LAST
 
     if out.exists() and not out.is_dir():
@@ -68,8 +78,6 @@ def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
         _refuse_foreign_model_files(out)
     if args.resume and not (out / LAST).is_file():
         raise ModelError(f"{out / LAST}: nothing to resume (no last.pt); start without --resume")
-    if not args.resume and (out / LAST).exists():
-        log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
 
 
 def _refuse_foreign_model_files(out: Path) -> None:
