@@ -63,6 +63,21 @@ class TrainingData:
                              "can only learn 'nothing here'")
         if self.labels and all(np.all(label > 0) for label in self.labels.values()):
             raise InputError("every labelled image is foreground everywhere: paint the background as 0 somewhere")
+        self._check_not_constant()
+
+    def _check_not_constant(self) -> None:
+        """A constant image (every pixel the same value) shows the network nothing: a warning naming it, an error
+        when every labelled image is constant (the model could only learn noise)."""
+        constant = {index for index, image in enumerate(self.images) if float(image.max()) == float(image.min())}
+        if not constant:
+            return
+        if self.labels and set(self.labels) <= constant:
+            raise InputError(f"every labelled image is constant (all pixels one value: "
+                             f"{', '.join(self.names[i] for i in sorted(self.labels)[:5])}): there is nothing to "
+                             "learn from; check the export of the images (bit depth, scaling)")
+        names = [self.names[index] for index in sorted(constant)]
+        logger.warning("%d image(s) are constant (all pixels one value) and teach the network nothing: %s",
+                       len(names), ", ".join(names[:10]) + (" ..." if len(names) > 10 else ""))
 
     @property
     def labelled_indices(self) -> list[int]:

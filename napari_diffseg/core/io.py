@@ -92,7 +92,13 @@ def list_images(folder: Path) -> list[Path]:
         raise InputError(f"folder not found: {folder}; check the path")
     if not folder.is_dir():
         raise InputError(f"{folder} is a file, not a folder; give the folder that contains the images")
-    files = sorted(p for p in folder.iterdir() if is_image_file(p))
+    entries = sorted(folder.iterdir())
+    broken = [p.name for p in entries if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_SUFFIXES
+              and not p.name.startswith(".")]
+    if broken:  # skipping them would drop images (or labels) from the run without a word
+        raise InputError(f"{len(broken)} link(s) in {folder} point to no file: {', '.join(broken[:5])}"
+                         f"{' ...' if len(broken) > 5 else ''}; fix or remove them")
+    files = [p for p in entries if is_image_file(p)]
     if not files:
         raise InputError(
             f"no images in {folder}: put .tif, .tiff, .png, .jpg or .jpeg files in it (hidden files are skipped)"
@@ -156,10 +162,20 @@ def _read_raw(path: Path, *, for_mask: bool = False) -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, name: str | os.PathLike | None) -> None:
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+    """InputError for NaN or infinite pixels, and for values beyond float32 (computations run in float32: they
+    would become infinite there)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(
             f"{_label(name)}image contains {bad} NaN or infinite pixel(s); replace them (e.g. by 0) and try again"
+        )
+    largest = float(np.abs(array).max()) if array.dtype.itemsize > 4 and array.size else 0.0
+    if largest > float(np.finfo(np.float32).max):
+        raise InputError(
+            f"{_label(name)}image has values up to {largest:.3g}, beyond the 32-bit floats it is computed in; "
+            "rescale it (e.g. to 0..1 or 0..65535) and try again"
         )
 
 
