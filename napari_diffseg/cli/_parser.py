@@ -52,6 +52,15 @@ def _setting(name: str, why: str = ""):
 
 
 _positive_int = _int_at_least(1)
+
+
+def _draws(text: str) -> int:
+    """--draws: 1 to the most draws a run's uncertainty may take (LIMITS), not a count that runs for days."""
+    value = _positive_int(text)
+    most = int(LIMITS["uncertainty_draws"].maximum)
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
+    return value
 _class_count = _setting("num_classes", " classes (background + one)")
 
 
@@ -188,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
     predict.add_argument("--uncertainty", action="store_true",
                          help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")
-    predict.add_argument("--draws", type=_positive_int, default=4, metavar="N",
-                         help="stochastic draws for the uncertainty (default 4)")
+    predict.add_argument("--draws", type=_draws, default=4, metavar="N",
+                         help="stochastic draws for the uncertainty, 1 to 64 (default 4)")
     predict.add_argument("--sampling-steps", type=_positive_int, default=1, metavar="N",
                          help="diffusion sampling steps per tile (default 1: one deterministic step)")
     predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",

@@ -97,16 +97,27 @@ def default_threads(spare_core: bool = True) -> int:
     return max(1, (os.cpu_count() or 1) - (1 if spare_core else 0))
 
 
+def available_cores() -> int:
+    """The machine's CPU cores (logical ones, as ``os.cpu_count`` counts them): the most threads worth running."""
+    return max(1, os.cpu_count() or 1)
+
+
 def configure_threads(n: int | None = None, spare_core: bool = True) -> int:
     """Set torch's intra-op thread count to ``n`` (default: :func:`default_threads`) and return it.
 
-    Leaving one core free keeps the napari GUI responsive while a worker trains.
+    Leaving one core free keeps the napari GUI responsive while a worker trains. More threads than the machine has
+    cores (:func:`available_cores`) are clamped to that with a warning: they only slow a run down, and tens of
+    thousands make OpenMP abort the process.
     """
     if n is None:
         n = default_threads(spare_core)
     elif int(n) != n or n < 1:
         raise DiffsegError(f"number of threads must be a whole number >= 1, got {n!r}")
     n = int(n)
+    cores = available_cores()
+    if n > cores:
+        logger.warning("%d threads asked for, but this machine has %d CPU core(s): using %d", n, cores, cores)
+        n = cores
     torch.set_num_threads(n)
     logger.debug("torch intra-op threads set to %d", n)
     return n
