@@ -14,14 +14,20 @@ settings (``core.training.TrainConfig``) are built on first use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 import logging
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+import uuid
 import weakref
 
 from psygnal import Signal
 
-from napari_diffseg.core.project import Project
+from napari_diffseg.core.errors import DiffsegError, InputError
+from napari_diffseg.core.io import LAST
+from napari_diffseg.core.project import DB_NAME, Project
 
 if TYPE_CHECKING:
     from napari_diffseg.core.config import TrainConfig
@@ -32,6 +38,64 @@ log = logging.getLogger(__name__)
 # the default of the Train panel's "pretrain the teacher while I label": off, because stage 1 before co-training
 # gained nothing in 3 minutes and cost GlaS 2-3 Dice points after 15 (benchmarks/quality/ABLATIONS.md)
 PRETRAIN_IN_BACKGROUND = False
+
+
+UNFINISHED_RUN_KEY = "gui_unfinished_run"  # in the project's config: {"round": k} from the start of a run in napari
+# until it ends with Done; what stays there after a Stop, a close or a killed napari makes stopped_run offer a resume
+
+
+def folder_writable(folder: Path) -> bool:
+    """Whether this process can write in the project ``folder``: a real probe (a hidden file created and removed, and
+    the manifest opened for writing without changing it), because permission bits say nothing for root or on a
+    read-only mount. Tests replace this function to force a read-only project."""
+    probe = Path(folder) / f".diffseg-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(probe, "x", encoding="utf-8"):
+            pass
+        probe.unlink()
+        with open(Path(folder) / DB_NAME, "r+b"):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class StoppedRun:
+    """A training run of the project's current round that was stopped or killed before it finished: its
+    ``last.pt`` can be resumed (optimisers, step and clock)."""
+
+    round: int
+    step: int  # the last step whose losses were logged (0 when none were)
+    checkpoint: Path
+
+
+def stopped_run(project: Project | None) -> StoppedRun | None:
+    """The current round's run that napari started and that did not finish (stopped, closed, killed, crashed),
+    when its ``last.pt`` is there to resume from. The engine writes the same files for a finished and a stopped run
+    (last.pt, best.pt, the card), so the start and the end of each run are noted in the project
+    (:func:`note_unfinished_run`)."""
+    if project is None:
+        return None
+    try:
+        round_ = project.current_round
+        noted = project.config.get(UNFINISHED_RUN_KEY) or {}
+        last = project.checkpoints_dir(round_, create=False) / LAST
+        if noted.get("round") != round_ or not last.is_file():
+            return None
+        steps = [entry.step for entry in project.loss_history(round_number=round_)]
+    except (OSError, DiffsegError):
+        return None
+    return StoppedRun(round_, max(steps, default=0), last)
+
+
+def note_unfinished_run(project: Project, round_: int | None) -> None:
+    """Note that a run of ``round_`` started (None: that it finished). A project that cannot be written trains
+    nothing, so a failed note is only logged."""
+    try:
+        project.update_config({UNFINISHED_RUN_KEY: None if round_ is None else {"round": int(round_)}})
+    except DiffsegError as error:
+        log.warning("could not note the training run in the project: %s", error)
 
 
 class Status(str, Enum):
@@ -59,6 +123,7 @@ class DiffsegState:
 
     def __init__(self) -> None:
         self.project: Project | None = None
+        self.read_only = False  # the open project's folder cannot be written: look, predict and export elsewhere
         self._config: TrainConfig | None = None
         self.status = Status.IDLE
         self.round = 0
@@ -76,6 +141,7 @@ class DiffsegState:
         if self.busy:
             raise RuntimeError("cannot change the project while training runs")
         self.project = project
+        self.read_only = project is not None and not folder_writable(project.folder)
         stored = None if project is None else project.config.get("train")
         if stored:
             self._use_stored_config(dict(stored))
@@ -124,6 +190,12 @@ class DiffsegState:
     @property
     def busy(self) -> bool:
         return self.status in (Status.RUNNING, Status.STOPPING)
+
+    def require_writable(self, action: str) -> None:
+        """InputError when the open project is read-only; ``action`` says what could not be done ("accept")."""
+        if self.project is not None and self.read_only:
+            raise InputError(f"cannot {action}: the project is open read-only (its folder is not writable); copy it "
+                             f"to a writable folder to change it: {self.project.folder}")
 
     def clear_failure(self) -> None:
         """Back to idle after a failed run once the user changed something (its error was shown already)."""

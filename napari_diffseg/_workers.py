@@ -28,6 +28,7 @@ import gc
 import importlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ import weakref
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import notifications
 
-from napari_diffseg._state import DiffsegState, Status
+from napari_diffseg._state import DiffsegState, Status, note_unfinished_run
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.events import Done, Progress, PseudoLabelsReady
 
@@ -65,13 +66,26 @@ class ClosingGeneratorWorker(GeneratorWorker):
 
 
 def error_message(error: BaseException) -> str:
-    """One line for the user: DiffsegError / WorkerFailure messages verbatim, other errors as 'Type: message'."""
+    """One line for the user, the reason first and a leading path moved to the end (napari cuts long notifications
+    at the end, so a message that starts with a long path would show only the path): DiffsegError / WorkerFailure
+    messages as written, other errors as 'Type: message'."""
     if isinstance(error, (DiffsegError, WorkerFailure)):
         text = str(error)
     else:
         text = f"{type(error).__name__}: {error}"
-    line = " ".join(text.split())
+    line = reason_first(" ".join(text.split()))
     return line or type(error).__name__
+
+
+_LEADING_PATH = re.compile(r"^(?P<path>(?:[A-Za-z]:)?[\\/][^\s:]+):\s+(?P<reason>\S.*)$")
+
+
+def reason_first(message: str) -> str:
+    """'/long/path/last.pt: nothing to resume' -> 'nothing to resume: /long/path/last.pt'; anything else as is."""
+    match = _LEADING_PATH.match(message)
+    if match is None:
+        return message
+    return f"{match['reason'].rstrip('.')}: {match['path']}"
 
 
 def notify_error(message: str) -> None:
@@ -250,7 +264,8 @@ PRETRAIN_STOP_TIMEOUT_S = 30.0  # Train waits this long at most for the pretrain
 def pretraining_wanted(state: DiffsegState) -> bool:
     """Background stage 1 helps only before round 1 has a model: later rounds warm-start from the last round."""
     project = state.project
-    return (state.pretrain_enabled and project is not None and not state.busy and project.current_round == 1
+    return (state.pretrain_enabled and project is not None and not state.busy and not state.read_only
+            and project.current_round == 1
             and project.latest_model_dir() is None and bool(project.names()))
 
 
@@ -320,6 +335,12 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     if project is None:
         notify_error("open or create a project first (Project panel)")
         return None
+    if state.read_only:
+        try:
+            state.require_writable("train")
+        except DiffsegError as error:
+            notify_error(error_message(error))
+        return None
     try:
         config = state.config
         if next_round:
@@ -339,6 +360,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
             state.losses.append((event.step, event.stage, dict(event.losses)))
         elif isinstance(event, Done):
             outcome["done"] = True
+            note_unfinished_run(project, None)  # nothing to resume in this round any more
         state.training_event.emit(event)
         if isinstance(event, PseudoLabelsReady):
             state.records_changed.emit()  # train_round stored them in the project before yielding
@@ -361,6 +383,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
 
         return rounds.train_round(project, config, warm_start=True, resume=resume)
 
+    note_unfinished_run(project, project.current_round)  # until Done: a stop, a close or a kill can be resumed
     state.set_status(Status.RUNNING)
     state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.runtime.threads)
     return state.worker
