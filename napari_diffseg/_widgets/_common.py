@@ -1,4 +1,5 @@
-"""Small Qt helpers shared by the panels: layer pickers, path rows, time formatting, safe error reporting."""
+"""Small Qt helpers shared by the panels: layer pickers, path rows, labels and rows that fit a narrow dock, the
+review keys wherever the focus is in a panel, safe error reporting."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import logging
 from typing import Any
 import weakref
 
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QCursor
-from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLineEdit,
-                            QPushButton, QSizePolicy, QWidget)
+from qtpy.QtCore import QPoint, QRect, QSize, Qt, QTimer
+from qtpy.QtGui import QCursor, QKeySequence, QShortcut
+from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLayout,
+                            QLineEdit, QPushButton, QSizePolicy, QWidget, QWidgetItem)
 
 from napari_diffseg._widgets._layers import NAME_KEY as PLUGIN_LAYER_KEY
 from napari_diffseg._workers import error_message, notify_error
@@ -21,6 +22,12 @@ from napari_diffseg.core.errors import DiffsegError
 log = logging.getLogger(__name__)
 
 NO_LAYER = "(none)"
+DOCK_WIDTH = 340  # every panel fits a dock this wide (a 1280 x 800 laptop screen) without a horizontal scrollbar
+
+# the Review panel's keys (viewer key bindings while it is on screen; in the panels through forward_review_keys)
+REVIEW_SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
+REVIEW_HANDLER_PREFIX = "diffseg_review_"  # the names of the bound handlers
+CANVAS_KEY = "Escape"  # in a panel: the keyboard goes back to the canvas (nothing is painted)
 
 
 @contextlib.contextmanager
@@ -235,3 +242,153 @@ class PathRow(QWidget):
 
     def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
         self.edit.setText(text)
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that shows a long text (a folder path) cut in the middle with an ellipsis instead of
+    widening its dock; the whole text is its tooltip."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None):
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.setMinimumWidth(1)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        self._full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        shown = self.fontMetrics().elidedText(self._full, Qt.ElideMiddle, max(1, self.width()))
+        super().setText(shown)
+
+
+class FlowLayout(QLayout):
+    """Widgets side by side while they fit, on the next line when they do not (buttons, check boxes and short
+    labels in a narrow dock): the minimum width is that of the widest widget, not of the whole row."""
+
+    def __init__(self, parent: QWidget | None = None, spacing: int = 6):
+        super().__init__(parent)
+        self._items: list[Any] = []
+        self._spacing = spacing
+        self.setContentsMargins(0, 0, 0, 0)
+
+    def addItem(self, item: Any) -> None:  # noqa: N802 - Qt naming
+        self._items.append(item)
+
+    def addWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt naming
+        self.addChildWidget(widget)
+        self.addItem(QWidgetItem(widget))
+
+    def count(self) -> int:
+        return len(self._items)
+
+    def itemAt(self, index: int) -> Any:  # noqa: N802 - Qt naming
+        return self._items[index] if 0 <= index < len(self._items) else None
+
+    def takeAt(self, index: int) -> Any:  # noqa: N802 - Qt naming
+        return self._items.pop(index) if 0 <= index < len(self._items) else None
+
+    def expandingDirections(self) -> Any:  # noqa: N802 - Qt naming
+        return Qt.Orientation(0)
+
+    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt naming
+        return True
+
+    def heightForWidth(self, width: int) -> int:  # noqa: N802 - Qt naming
+        return self._arrange(QRect(0, 0, width, 0), move=False)
+
+    def setGeometry(self, rect: QRect) -> None:  # noqa: N802 - Qt naming
+        super().setGeometry(rect)
+        self._arrange(rect, move=True)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+        visible = [item for item in self._items if not item.isEmpty()]
+        width = sum(item.sizeHint().width() for item in visible) + self._spacing * max(0, len(visible) - 1)
+        height = max((item.sizeHint().height() for item in visible), default=0)
+        # preferred: one line, but no wider than a laptop dock leaves for it (the dock opens at its panel's hint)
+        return QSize(max(min(width, DOCK_WIDTH - 60), self.minimumSize().width()), height)
+
+    def minimumSize(self) -> QSize:  # noqa: N802 - Qt naming
+        size = QSize()
+        for item in self._items:
+            if not item.isEmpty():
+                size = size.expandedTo(item.minimumSize())
+        return size
+
+    def _arrange(self, rect: QRect, move: bool) -> int:
+        x, y, line_height = rect.x(), rect.y(), 0
+        for item in self._items:
+            if item.isEmpty():
+                continue
+            hint = item.sizeHint()
+            width = min(hint.width(), rect.width())
+            if x > rect.x() and x + width > rect.right() + 1:
+                x, y, line_height = rect.x(), y + line_height + self._spacing, 0
+            if move:
+                item.setGeometry(QRect(QPoint(x, y), QSize(width, hint.height())))
+            x += width + self._spacing
+            line_height = max(line_height, hint.height())
+        return y + line_height - rect.y()
+
+
+def flow_row(*widgets: QWidget) -> QWidget:
+    """A row of widgets that wraps onto more lines in a narrow dock (FlowLayout)."""
+    row = QWidget()
+    layout = FlowLayout(row)
+    for widget in widgets:
+        layout.addWidget(widget)
+    row.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+    return row
+
+
+def real_viewer(viewer: Any) -> Any:
+    """The viewer behind napari's PublicOnlyProxy (plugins get the proxy)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def focus_canvas(viewer: Any) -> bool:
+    """Give the keyboard to the viewer's canvas without clicking it (a click paints in paint mode)."""
+    try:
+        canvas = real_viewer(viewer).window._qt_viewer.canvas.native
+    except (AttributeError, RuntimeError):
+        return False
+    canvas.setFocus(Qt.ShortcutFocusReason)
+    return True
+
+
+def forward_review_keys(panel: QWidget, viewer: Any) -> list[QShortcut]:
+    """The review keys (REVIEW_SHORTCUTS) work wherever the focus is inside ``panel`` (its list, buttons, check
+    boxes): a list would otherwise take letters as type-ahead search. Each key calls what the viewer has bound to
+    it while the Review panel is on screen, so the keys mean the same here and on the canvas. Text fields keep
+    their keys (they claim them before shortcuts). Escape gives the keyboard to the canvas."""
+    shortcuts = []
+    for key in REVIEW_SHORTCUTS:
+        shortcut = QShortcut(QKeySequence(key.replace("-", "+")), panel)
+        shortcut.setContext(Qt.WidgetWithChildrenShortcut)
+        shortcut.activated.connect(functools.partial(_call_review_key, weakref.ref(panel), viewer, key))
+        shortcuts.append(shortcut)
+    back = QShortcut(QKeySequence(CANVAS_KEY), panel)
+    back.setContext(Qt.WidgetWithChildrenShortcut)
+    back.activated.connect(functools.partial(focus_canvas, viewer))
+    shortcuts.append(back)
+    return shortcuts
+
+
+def _call_review_key(panel_ref: weakref.ref, viewer: Any, key: str) -> None:
+    from napari.utils.key_bindings import KeyBinding
+
+    if panel_ref() is None:
+        return
+    handler = real_viewer(viewer).keymap.get(KeyBinding.from_str(key))
+    if handler is not None and getattr(handler, "__name__", "").startswith(REVIEW_HANDLER_PREFIX):
+        handler(viewer)

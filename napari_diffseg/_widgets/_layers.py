@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.io import image_layout
 from napari_diffseg.core.project import Project
 
@@ -131,8 +132,21 @@ def _show_project_image(viewer: Any, project: Project, layer_name: str, name: st
             layer.visible = True
         return _spatial_shape(layer)
     image = project.image(name)
-    _upsert(viewer, "image", layer_name, image, name, **_image_kwargs(image, name))
-    return tuple(image.shape[: image_layout(image, name=name)[0]])
+    spatial = tuple(image.shape[: image_layout(image, name=name)[0]])
+    previous = None if layer is None else _spatial_shape(layer)
+    shown = _upsert(viewer, "image", layer_name, image, name, **_image_kwargs(image, name))
+    if previous != spatial:  # a smaller or larger image than the last one: fit it (the zoom is kept otherwise)
+        _fit_view(viewer, shown)
+    return spatial
+
+
+def _fit_view(viewer: Any, layer: Any) -> None:
+    """Fit the view to ``layer`` alone (the other, hidden, plugin layers may show an image of another size); all
+    layers when the viewer has more dimensions than the layer (napari 0.9 cannot fit to such a layer alone)."""
+    if layer.ndim == viewer.dims.ndim:
+        viewer.reset_view(layers=[layer])
+    else:
+        viewer.reset_view()
 
 
 def _spatial_shape(image_layer: Any) -> tuple[int, ...]:
@@ -154,10 +168,15 @@ def _set_visible(viewer: Any, names: tuple[str, ...], visible: bool) -> None:
 
 
 def _remember(project: Project, key: str, image_name: str | None) -> None:
+    """Store which image a set of layers shows, for the next opening; a convenience, so a project that cannot be
+    written (read-only folder, busy database) still shows the image."""
     gui = dict(project.config.get(GUI_KEY) or {})
     if gui.get(key) != image_name:
         gui[key] = image_name
-        project.update_config({GUI_KEY: gui})
+        try:
+            project.update_config({GUI_KEY: gui})
+        except DiffsegError as error:
+            log.debug("not remembering the %s image: %s", key, error)
 
 
 def create_annotate_layers(viewer: Any, project: Project, name: str) -> Iterator[None]:

@@ -1,6 +1,12 @@
-"""The Train panel's live loss plot: loss per step, one line per stage, painted with QPainter in a few
-milliseconds (a matplotlib redraw blocked the GUI thread for 50-300 ms on a busy 2-core machine; see
-benchmarks/gui_event_loop.md)."""
+"""The Train panel's live loss plot: each part of the loss (supervised, unlabelled, pseudo-label rounds, stage 1) as
+its own smoothed line with a legend, a dashed mark where co-training starts and where the unlabelled images join,
+and labelled axes; painted with QPainter in a few milliseconds (a matplotlib redraw blocked the GUI thread for
+50-300 ms on a busy 2-core machine; see benchmarks/gui_event_loop.md).
+
+One line for the total loss alarmed users: it is ~0.02 through the supervised warm-up, then jumps when the
+unlabelled part joins, and the rounds part (computed every few steps only) made it a saw-tooth. Parts drawn
+apart, smoothed, each over the steps that have it, show what each does.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +18,53 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
-PLOTTED_LOSS = ("total", "supervised", "reconstruction")  # the first one present is plotted
-STAGE_COLOURS = {"pretrain": "#ff9f40", "cotrain": "#4aa3ff", "supervised": "#49c56b"}
+# (legend name, loss keys: the first present in a step's losses is that part's value, colour)
+SERIES = (("supervised", ("supervised",), "#49c56b"),
+          ("unlabelled", ("unsupervised",), "#4aa3ff"),
+          ("rounds", ("rec",), "#ff9f40"),
+          ("stage 1 (no labels)", ("reconstruction",), "#c78bff"))
+SMOOTHING_STEPS = 20  # exponential moving average over about this many of a part's points
+UNLABELLED_WEIGHT = "unlabelled_weight"  # in the losses of a co-training step: 0 during the supervised warm-up
+PLOT_HELP = ("Loss parts, smoothed (log scale). Supervised (labelled images) should fall. Unlabelled joins after "
+             "the warm-up (dashed mark): it starts higher and falls more slowly, so the sum jumps there; that is "
+             "expected, not a failure. Rounds is the teacher rebuilding images, logged on the steps that run it.")
 
 
 def plotted_value(losses: dict[str, float]) -> float | None:
-    """The loss plotted for one step: 'total', else 'supervised', else 'reconstruction'."""
-    for key in PLOTTED_LOSS:
-        if key in losses:
-            return float(losses[key])
+    """The first part present in one step's losses (supervised, else unlabelled, ...); None when none is."""
+    for _, keys, _ in SERIES:
+        for key in keys:
+            if key in losses:
+                return float(losses[key])
     return None
+
+
+class _Series:
+    """One part's points and their running smoothing, grown as steps arrive."""
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.smoothed: list[float] = []
+        self._average: float | None = None
+        self._seen = 0
+        self._arrays = (np.empty(0), np.empty(0))
+
+    def add(self, step: float, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self._seen += 1
+        weight = max(2.0 / (SMOOTHING_STEPS + 1), 1.0 / self._seen)  # the first points are a plain mean
+        self._average = value if self._average is None else self._average + weight * (value - self._average)
+        self.steps.append(step)
+        self.smoothed.append(self._average)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, smoothed values) as arrays, extended by what arrived since the last call only."""
+        done = self._arrays[0].size
+        if done < len(self.steps):
+            self._arrays = (np.concatenate((self._arrays[0], np.asarray(self.steps[done:], float))),
+                            np.concatenate((self._arrays[1], np.asarray(self.smoothed[done:], float))))
+        return self._arrays
 
 
 def nice_ticks(low: float, high: float, log_scale: bool, most: int = 5, integer: bool = False) -> list[float]:
@@ -61,27 +104,26 @@ def _envelope(xs: np.ndarray, ys: np.ndarray, width: float) -> tuple[np.ndarray,
 
 
 class LossPlot(QWidget):
-    """Loss per step, one line per stage (log scale when all losses are positive), painted with QPainter in a few
-    milliseconds, where a matplotlib redraw held the GUI thread for 50-300 ms on a busy 2-core machine.
-    ``set_points`` is cheap; ``redraw`` schedules a repaint. Points are copied into numpy arrays incrementally
-    (the list only grows during a run), so a repaint costs the same after 100 or 100 000 steps."""
+    """The loss parts per step (SERIES), smoothed, log scale when all are positive. ``set_points`` takes the run's
+    list of ``(step, stage, losses)`` (the state's, which grows during a run) and is cheap; ``redraw`` schedules a
+    repaint. New points are folded in incrementally, so a repaint costs the same after 100 or 100 000 steps."""
 
-    MARGINS = (46, 8, 8, 22)  # left, top, right, bottom (pixels)
+    MARGINS = (50, 8, 8, 30)  # left, top, right, bottom (pixels)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.points: list[tuple[int, str, float]] = []
+        self.points: list[tuple[int, str, dict[str, float]]] = []
         self.draws = 0
         self._dirty = False
-        self._source: list | None = None  # the list the arrays were built from, and how much of it
-        self._steps = np.empty(0)
-        self._values = np.empty(0)
-        self._codes = np.empty(0, np.int64)
-        self._stages: dict[str, int] = {}
-        self.setFixedHeight(180)
+        self._source: list | None = None  # the list the series were built from, and how much of it
+        self._done = 0
+        self.series: dict[str, _Series] = {}
+        self.marks: dict[str, float] = {}  # label -> step: where co-training starts, where the unlabelled join
+        self._last_stage: str | None = None
+        self.setFixedHeight(190)
         self.setMinimumWidth(160)
 
-    def set_points(self, points: list[tuple[int, str, float]]) -> None:
+    def set_points(self, points: list[tuple[int, str, dict[str, float]]]) -> None:
         self.points = points
         self._dirty = True
 
@@ -94,19 +136,23 @@ class LossPlot(QWidget):
         self.draws += 1
         self.update()
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        done = self._steps.size
-        if self._source is not self.points or len(self.points) < done:
-            self._source, done = self.points, 0
-            self._steps, self._values, self._codes = np.empty(0), np.empty(0), np.empty(0, np.int64)
-            self._stages = {}
-        new = self.points[done:]
-        if new:
-            codes = [self._stages.setdefault(stage, len(self._stages)) for _, stage, _ in new]
-            self._steps = np.concatenate((self._steps, np.fromiter((p[0] for p in new), float, len(new))))
-            self._values = np.concatenate((self._values, np.fromiter((p[2] for p in new), float, len(new))))
-            self._codes = np.concatenate((self._codes, np.array(codes, np.int64)))
-        return self._steps, self._values, self._codes
+    def update_series(self) -> dict[str, _Series]:
+        """Fold the points not seen yet into the series and marks (from scratch for a new list)."""
+        if self._source is not self.points or len(self.points) < self._done:
+            self._source, self._done = self.points, 0
+            self.series, self.marks, self._last_stage = {}, {}, None
+        for step, stage, losses in self.points[self._done:]:
+            if stage == "cotrain" and self._last_stage == "pretrain":
+                self.marks.setdefault("co-training", float(step))
+            self._last_stage = stage
+            if losses.get(UNLABELLED_WEIGHT, 0.0) > 0:
+                self.marks.setdefault("unlabelled join", float(step))
+            for name, keys, _ in SERIES:
+                key = next((k for k in keys if k in losses), None)
+                if key is not None:
+                    self.series.setdefault(name, _Series()).add(float(step), float(losses[key]))
+        self._done = len(self.points)
+        return self.series
 
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         painter = QPainter(self)
@@ -127,17 +173,22 @@ class LossPlot(QWidget):
         area = QRectF(left, top, max(1, self.width() - left - right), max(1, self.height() - top - bottom))
         painter.setPen(QPen(text_colour, 1))
         painter.drawRect(area)
-        steps, values, codes = self._arrays()
-        finite = np.isfinite(values)
-        if not finite.any():
-            painter.drawText(area, Qt.AlignCenter, "loss per step")
+        series = {name: part for name, part in self.update_series().items() if part.steps}
+        if not series:
+            painter.drawText(area, Qt.AlignCenter, "loss parts per step")
             return
-        log_scale = bool(values[finite].min() > 0)
+        arrays = {name: part.arrays() for name, part in series.items()}
+        steps = {name: pair[0] for name, pair in arrays.items()}
+        values = {name: pair[1] for name, pair in arrays.items()}
+        every = np.concatenate(list(values.values()))
+        log_scale = bool(every.min() > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            ys = np.log10(values) if log_scale else values
-        x_low, x_high = float(steps[finite].min()), float(steps[finite].max())
+            ys = {name: (np.log10(v) if log_scale else v) for name, v in values.items()}
+        all_steps = np.concatenate(list(steps.values()))
+        x_low, x_high = float(all_steps.min()), float(all_steps.max())
         x_span = (x_high - x_low) or 1.0
-        y_low, y_high = float(ys[finite].min()), float(ys[finite].max())
+        all_ys = np.concatenate(list(ys.values()))
+        y_low, y_high = float(all_ys.min()), float(all_ys.max())
         pad = (y_high - y_low) * 0.05 or 0.5
         y_low, y_high = y_low - pad, y_high + pad
 
@@ -155,38 +206,51 @@ class LossPlot(QWidget):
             painter.setPen(QPen(grid, 1))
             painter.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
             painter.setPen(QPen(text_colour, 1))
-            painter.drawText(QRectF(0, y - metrics.height() / 2, left - 4, metrics.height()),
+            painter.drawText(QRectF(12, y - metrics.height() / 2, left - 16, metrics.height()),
                              Qt.AlignRight | Qt.AlignVCenter, f"{tick:g}")
         for tick in nice_ticks(x_low, x_high, False, integer=True):
-            painter.drawText(QRectF(to_x(tick) - 30, area.bottom() + 2, 60, bottom - 2),
+            painter.drawText(QRectF(to_x(tick) - 30, area.bottom() + 2, 60, metrics.height()),
                              Qt.AlignHCenter | Qt.AlignTop, f"{tick:g}")
-        painter.drawText(QRectF(0, area.bottom() + 2, left - 10, bottom - 2), Qt.AlignRight | Qt.AlignTop, "step")
+        painter.drawText(QRectF(area.left(), area.bottom() + 2 + metrics.height(), area.width(), metrics.height()),
+                         Qt.AlignHCenter | Qt.AlignTop, "training step")
+        painter.save()  # the y-axis title, written upwards along the left edge
+        painter.translate(2, area.center().y())
+        painter.rotate(-90)
+        painter.drawText(QRectF(-area.height() / 2, 0, area.height(), metrics.height()), Qt.AlignCenter,
+                         "loss (log scale)" if log_scale else "loss")
+        painter.restore()
 
-        stages = [stage for stage, code in self._stages.items() if np.any(finite & (codes == code))]
         painter.setClipRect(area)
-        for stage in stages:
-            chosen = finite & (codes == self._stages[stage])
-            xs, line_ys, dense = _envelope(to_x(steps[chosen]), to_y(ys[chosen]), area.width())
+        mark_pen = QPen(text_colour, 1, Qt.DashLine)
+        for label, step in self.marks.items():
+            x = to_x(step)
+            painter.setPen(mark_pen)
+            painter.drawLine(QPointF(x, area.top()), QPointF(x, area.bottom()))
+            painter.drawText(QRectF(x + 3, area.bottom() - metrics.height() - 2, metrics.horizontalAdvance(label) + 4,
+                                    metrics.height()), Qt.AlignLeft | Qt.AlignVCenter, label)
+        colours = {name: colour for name, _, colour in SERIES}
+        for name in series:
+            xs, line_ys, dense = _envelope(to_x(steps[name]), to_y(ys[name]), area.width())
             painter.setRenderHint(QPainter.Antialiasing, not dense)  # a dense zigzag rasterises far faster
-            painter.setPen(QPen(QColor(STAGE_COLOURS.get(stage, "#cccccc")), 1 if dense else 1.5))
+            painter.setPen(QPen(QColor(colours[name]), 1 if dense else 1.5))
             points = [QPointF(x, y) for x, y in zip(xs.tolist(), line_ys.tolist())]
             if len(points) == 1:
                 painter.drawEllipse(points[0], 2.0, 2.0)
             painter.drawPolyline(QPolygonF(points))
         painter.setClipping(False)
         painter.setRenderHint(QPainter.Antialiasing)
-        widest = max(metrics.horizontalAdvance(stage) for stage in stages)
+        widest = max(metrics.horizontalAdvance(name) for name in series)
         backdrop = QColor(self.palette().color(self.backgroundRole()))
         backdrop.setAlpha(200)
         painter.fillRect(QRectF(area.right() - widest - 30, area.top() + 1, widest + 29,
-                                metrics.height() * len(stages) + 4), backdrop)
+                                metrics.height() * len(series) + 4), backdrop)
         y = area.top() + 2
-        for stage in stages:  # legend, top right
-            width = metrics.horizontalAdvance(stage)
+        for name in series:  # legend, top right
+            width = metrics.horizontalAdvance(name)
             x = area.right() - width - 26
             middle = y + metrics.height() / 2
-            painter.setPen(QPen(QColor(STAGE_COLOURS.get(stage, "#cccccc")), 2))
+            painter.setPen(QPen(QColor(colours[name]), 2))
             painter.drawLine(QPointF(x, middle), QPointF(x + 14, middle))
             painter.setPen(QPen(text_colour, 1))
-            painter.drawText(QRectF(x + 18, y, width + 4, metrics.height()), Qt.AlignLeft | Qt.AlignVCenter, stage)
+            painter.drawText(QRectF(x + 18, y, width + 4, metrics.height()), Qt.AlignLeft | Qt.AlignVCenter, name)
             y += metrics.height()

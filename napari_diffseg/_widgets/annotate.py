@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 from napari.utils import notifications
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock, on_screen,
-                                            repaint_in_next_turn, user_errors, wrapping_label)
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, flow_row, follow_dock,
+                                            forward_review_keys, on_screen, repaint_in_next_turn, user_errors,
+                                            wrapping_label)
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
@@ -50,16 +51,11 @@ class AnnotatePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_combo)
-        opening = QHBoxLayout()
-        opening.addWidget(self.open_button)
-        opening.addWidget(self.next_unlabelled_button)
-        layout.addLayout(opening)
+        layout.addWidget(flow_row(self.open_button, self.next_unlabelled_button))
         layout.addWidget(self.current_label)
-        row = QHBoxLayout()
-        row.addWidget(self.save_button)
-        row.addWidget(self.clear_button)
-        layout.addLayout(row)
+        layout.addWidget(flow_row(self.save_button, self.clear_button))
         layout.addWidget(help_label)
+        self._shortcuts = forward_review_keys(self, viewer)  # the review keys, while Review is on screen elsewhere
 
         self._layer_steps = LayerSteps(self, state, lambda project: None)  # the layers wait, hidden, for a click
         self._dock: Any = None  # the dock followed for its tab coming to the front
@@ -133,8 +129,9 @@ class AnnotatePanel(QWidget):
             self.save_button.setEnabled(False)
             self.clear_button.setEnabled(False)
             return
-        self.current_label.setText(f"Labelling {name} ({project.record(name).status.value})")
-        self.save_button.setEnabled(True)
+        read_only = " · read-only project: cannot save" if self.state.read_only else ""
+        self.current_label.setText(f"Labelling {name} ({project.record(name).status.value}){read_only}")
+        self.save_button.setEnabled(not self.state.read_only)
         self.clear_button.setEnabled(True)
 
     # ------------------------------------------------------------------ actions
@@ -179,6 +176,7 @@ class AnnotatePanel(QWidget):
         layer = self.labels_layer()
         if project is None or name is None or layer is None:
             raise InputError("open an image for labelling first")
+        self.state.require_writable("save the mask")
         mask = np.asarray(layer.data).copy()
         project.save_label(name, mask)
         if not mask.any():

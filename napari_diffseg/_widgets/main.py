@@ -8,6 +8,7 @@ from typing import Any
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QWidget
 
 from napari_diffseg._state import state_for_viewer
+from napari_diffseg._widgets._closing import guard_closing
 from napari_diffseg._widgets.annotate import AnnotatePanel
 from napari_diffseg._widgets.predict import PredictPanel
 from napari_diffseg._widgets.project import ProjectPanel
@@ -24,7 +25,7 @@ class DiffsegWidget(QTabWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None):
         super().__init__(parent)
-        state = state_for_viewer(napari_viewer)
+        state = self.state = state_for_viewer(napari_viewer)
         self.panels: dict[str, QWidget] = {}
         for name, cls in PANEL_CLASSES.items():
             panel = cls(napari_viewer, state)
@@ -33,6 +34,10 @@ class DiffsegWidget(QTabWidget):
             scroll.setWidget(panel)
             self.addTab(scroll, name)
             self.panels[name] = panel
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(event)
+        guard_closing(self, self.state)  # closing this dock (or napari) during training asks first
 
     def show_panel(self, name: str) -> QWidget:
         """Bring a panel's tab to the front."""

@@ -30,7 +30,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLis
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import connect_until_destroyed, LayerCombo, PathRow, user_errors, wrapping_label
+from napari_diffseg._widgets._common import (LayerCombo, PathRow, connect_until_destroyed, forward_review_keys,
+                                            user_errors, wrapping_label)
 from napari_diffseg._workers import error_message, notify_error, start_job
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.io import (UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, refuse_overwriting_inputs,
@@ -244,6 +245,7 @@ class PredictPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
         layout.addWidget(self.results_list)
+        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
 
         connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.status_changed, self._on_project)

@@ -16,13 +16,14 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import notifications
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayout, QGroupBox,
                             QHeaderView, QProgressBar, QPushButton, QTableWidget, QTableWidgetItem,
                             QVBoxLayout, QWidget)
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import busy_cursor, connect_until_destroyed, LayerCombo, user_errors, wrapping_label
+from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_cursor, connect_until_destroyed, flow_row,
+                                            forward_review_keys, user_errors, wrapping_label)
 from napari_diffseg._workers import KEEP_THREADS, start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
 from napari_diffseg.core.io import image_layout, list_images
@@ -70,7 +71,11 @@ class ProjectPanel(QWidget):
         self.state = state
         self.import_worker = None
 
-        self.project_label = wrapping_label("No project open")
+        self.project_label = ElidedLabel("No project open")  # a long folder path is cut in the middle
+        self.read_only_label = wrapping_label("Read-only: this folder cannot be written. You can look at the "
+                                              "images, predict and export to another folder; to label, review or "
+                                              "train, copy the project to a writable folder.")
+        self.read_only_label.setVisible(False)
         self.new_button = QPushButton("New project…")
         self.open_button = QPushButton("Open project…")
         self.new_button.clicked.connect(self._choose_new)
@@ -78,7 +83,8 @@ class ProjectPanel(QWidget):
 
         self.layer_combo = LayerCombo(viewer, (Image,))
         self.labels_combo = LayerCombo(viewer, (Labels,), optional=True)
-        self.split_check = QCheckBox("one image per plane (stack of 2D images)")
+        self.split_check = QCheckBox("one image per plane")
+        self.split_check.setToolTip("The layer is a stack of 2D images: each plane becomes a project image")
         self.add_layer_button = QPushButton("Add layer")
         self.add_files_button = QPushButton("Add files…")
         self.add_folder_button = QPushButton("Add folder…")
@@ -102,11 +108,9 @@ class ProjectPanel(QWidget):
 
         project_box = QGroupBox("Project folder")
         project_layout = QVBoxLayout(project_box)
-        row = QHBoxLayout()
-        row.addWidget(self.new_button)
-        row.addWidget(self.open_button)
-        project_layout.addLayout(row)
+        project_layout.addWidget(flow_row(self.new_button, self.open_button))
         project_layout.addWidget(self.project_label)
+        project_layout.addWidget(self.read_only_label)
 
         add_box = QGroupBox("Add images")
         add_layout = QFormLayout(add_box)
@@ -114,10 +118,7 @@ class ProjectPanel(QWidget):
         add_layout.addRow("with labels", self.labels_combo)
         add_layout.addRow(self.split_check)
         add_layout.addRow(self.add_layer_button)
-        files_row = QHBoxLayout()
-        files_row.addWidget(self.add_files_button)
-        files_row.addWidget(self.add_folder_button)
-        add_layout.addRow(files_row)
+        add_layout.addRow(flow_row(self.add_files_button, self.add_folder_button))
         add_layout.addRow(self.import_progress)
 
         layout = QVBoxLayout(self)
@@ -127,6 +128,7 @@ class ProjectPanel(QWidget):
         layout.addWidget(self.table)
         hint = wrapping_label("Double-click an image to show it (Annotate for labelling, Review for pseudo-labels).")
         layout.addWidget(hint)
+        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
 
         # after the combos refreshed: pick the options for a newly opened layer (e.g. File > Open Sample)
         connect_until_destroyed(self, viewer.layers.events.inserted, self._guess_layer_options)
@@ -171,6 +173,9 @@ class ProjectPanel(QWidget):
         project = Project.open(Path(folder))
         _layers.remove_plugin_layers(self.viewer)
         self.state.set_project(project)
+        if self.state.read_only:  # said once, here; the panels keep a line about it
+            notifications.show_warning(f"opened read-only: the folder is not writable, so labelling, review and "
+                                       f"training are off (predicting still works): {project.folder}")
         with busy_cursor():
             restored = _layers.restore_layers(self.viewer, project)
         for kind, name in restored:
@@ -179,6 +184,7 @@ class ProjectPanel(QWidget):
 
     def _on_project_changed(self, project: Project | None) -> None:
         self.project_label.setText("No project open" if project is None else str(project.folder))
+        self.read_only_label.setVisible(project is not None and self.state.read_only)
         self._update_enabled()
         self.refresh()
 
@@ -186,7 +192,7 @@ class ProjectPanel(QWidget):
         has_project = self.state.project is not None
         importing = self.import_worker is not None
         for button in (self.add_layer_button, self.add_files_button, self.add_folder_button):
-            button.setEnabled(has_project and not importing)
+            button.setEnabled(has_project and not importing and not self.state.read_only)
         for button in (self.new_button, self.open_button):
             button.setEnabled(not self.state.busy)
 
@@ -253,6 +259,7 @@ class ProjectPanel(QWidget):
     def _require_project(self) -> Project:
         if self.state.project is None:
             raise InputError("create or open a project first")
+        self.state.require_writable("add images")
         return self.state.project
 
     def _start_import(self, project: Project, items: list[tuple[Any, str | None, np.ndarray | None]]) -> Any:

@@ -9,7 +9,10 @@ slices with the slider, edit any slice, accept the whole volume.
 
 Shortcuts (viewer key bindings, active while the panel is on screen, removed when it is hidden or closed): N next,
 Shift-N previous, A accept, R reject, T revert to the teacher. (P is napari's paint key for Labels layers, hence
-Shift-N for "previous".)
+Shift-N for "previous".) They work on the canvas and wherever the focus is in a DiffSeg panel (the queue list, a
+button); Escape in a panel gives the keyboard back to the canvas without painting.
+
+A read-only project can be browsed but not changed: Accept, Reject, Undo and Next round are off.
 """
 
 from __future__ import annotations
@@ -20,23 +23,26 @@ from typing import Any
 import weakref
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QVBoxLayout, QWidget)
 
 from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
 
-from napari_diffseg._state import DiffsegState, state_for_viewer
+from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock, on_screen,
-                                            repaint_in_next_turn, user_errors, wrapping_label)
+from napari_diffseg._widgets._closing import guard_closing
+from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, REVIEW_SHORTCUTS, LayerSteps, busy_cursor,
+                                            connect_until_destroyed, flow_row, focus_canvas, follow_dock,
+                                            forward_review_keys, on_screen, repaint_in_next_turn, user_errors,
+                                            wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
 log = logging.getLogger(__name__)
 
-SHORTCUTS = {"N": "next", "Shift-N": "previous", "A": "accept", "R": "reject", "T": "revert"}
+SHORTCUTS = REVIEW_SHORTCUTS
 EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
 
 
@@ -62,6 +68,8 @@ class ReviewPanel(QWidget):
         self._steps_image: str | None = None  # the image those steps end by showing
 
         self.counts_label = wrapping_label("")
+        self.read_only_label = wrapping_label("Read-only project: you can look, not accept or reject.")
+        self.read_only_label.setVisible(False)
         self.current_label = wrapping_label("")
         self.queue_list = QListWidget()
         self.queue_list.itemActivated.connect(lambda item: self.show_image(item.data(256)))
@@ -70,9 +78,11 @@ class ReviewPanel(QWidget):
         self.next_button = QPushButton("Next (N) ▶")
         self.accept_button = QPushButton("Accept (A)")
         self.reject_button = QPushButton("Reject (R)")
-        self.revert_button = QPushButton("Revert to teacher (T)")
-        self.undo_button = QPushButton("Undo last accept/reject")
-        self.undo_button.setToolTip("Send the image last accepted or rejected back to the queue, with its mask")
+        self.revert_button = QPushButton("Revert (T)")
+        self.revert_button.setToolTip("Put the teacher's pseudo-label back into the layer (your edits are dropped)")
+        self.undo_button = QPushButton("Undo")
+        self.undo_button.setToolTip("Undo the last accept or reject: the image goes back to the queue, with its mask "
+                                    "(until the next round starts)")
         self.show_pseudo = QCheckBox("pseudo-label")
         self.outline = QCheckBox("as outline")
         self.show_uncertainty = QCheckBox("uncertainty")
@@ -99,28 +109,32 @@ class ReviewPanel(QWidget):
         grid.addWidget(self.revert_button, 2, 0)
         grid.addWidget(self.undo_button, 2, 1)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.read_only_label)
         layout.addWidget(self.counts_label)
-        queue_title = QLabel("Queue, most doubtful first: score · image")
+        queue_title = wrapping_label("Queue, most doubtful first: score · image")
         queue_title.setToolTip(QUEUE_SCORE_HELP)
         self.queue_list.setToolTip(QUEUE_SCORE_HELP)
         layout.addWidget(queue_title)
         layout.addWidget(self.queue_list)
         layout.addWidget(self.current_label)
         layout.addLayout(grid)
-        view = QHBoxLayout()
-        view.addWidget(QLabel("show:"))
-        for box in (self.show_pseudo, self.outline, self.show_uncertainty):
-            view.addWidget(box)
-        layout.addLayout(view)
-        layout.addWidget(self.next_round_button)
-        hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices.")
+        layout.addWidget(flow_row(QLabel("show:"), self.show_pseudo, self.outline, self.show_uncertainty))
+        self.canvas_button = QPushButton(f"Keys to the canvas ({CANVAS_KEY[:3]})")
+        self.canvas_button.setToolTip("Give the keyboard to the image without clicking it (a click paints in paint "
+                                      "mode); the review keys also work here in the panel")
+        self.canvas_button.clicked.connect(lambda: focus_canvas(self.viewer))
+        layout.addWidget(flow_row(self.next_round_button, self.canvas_button))
+        hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices. "
+                              "Keys N, Shift-N, A, R, T work on the canvas and in this panel.")
         layout.addWidget(hint)
+        self._shortcuts = forward_review_keys(self, viewer)
 
         self._key_handlers: dict[str, Any] = {}
         self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, self._key_handlers))
         connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.records_changed, self.refresh)
-        connect_until_destroyed(self, state.status_changed, self._update_enabled)
+        connect_until_destroyed(self, state.status_changed, self._on_status)
+        connect_until_destroyed(self, state.round_changed, self._on_round)
         connect_until_destroyed(self, state.image_shown, self._on_image_shown)
         self.refresh()
 
@@ -137,6 +151,18 @@ class ReviewPanel(QWidget):
     def unbind_keys(self) -> None:
         """Remove the review keys (only ours: a key the user rebound since stays)."""
         _unbind_keys(self.viewer, self._key_handlers)
+
+    def _on_status(self, status: Status) -> None:
+        """A finished round: back to the top of the queue (its most doubtful image), unless the user is annotating
+        or the review layers are not there yet (the Review tab shows the top when it comes up)."""
+        self._update_enabled()
+        if (status == Status.DONE and self.queue and self.current_name() not in (None, self.queue[0])
+                and not self._annotating()):
+            self.show_image(self.queue[0])
+
+    def _on_round(self, *_: Any) -> None:
+        self._last_decision = None  # a decision of an earlier round is ground truth now: nothing to undo
+        self._update_enabled()
 
     def hideEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
         super().hideEvent(event)
@@ -201,6 +227,7 @@ class ReviewPanel(QWidget):
         """Follow the dock's visibility: coming to the Review tab shows the queue's first image if none is shown."""
         super().showEvent(event)
         self.bind_keys()
+        guard_closing(self, self.state)
         self._dock = follow_dock(self, self._dock, self._on_dock_visibility)
         self._on_dock_visibility(True)  # also coming to the Review tab of the "all panels" dock
 
@@ -240,13 +267,26 @@ class ReviewPanel(QWidget):
         self._update_enabled()
 
     def _update_enabled(self, *_: Any) -> None:
-        shown = self.current_name() is not None and self.state.project is not None
-        for button in (self.accept_button, self.reject_button, self.revert_button):
-            button.setEnabled(shown)
-        self.undo_button.setEnabled(self._last_decision is not None and self.state.project is not None)
+        project, writable = self.state.project, not self.state.read_only
+        shown = self.current_name() is not None and project is not None
+        for button in (self.accept_button, self.reject_button):
+            button.setEnabled(shown and writable)
+        self.revert_button.setEnabled(shown)
+        self.undo_button.setEnabled(self._can_undo())
         self.prev_button.setEnabled(bool(self.queue))
         self.next_button.setEnabled(bool(self.queue))
-        self.next_round_button.setEnabled(self.state.project is not None and not self.state.busy)
+        self.next_round_button.setEnabled(project is not None and writable and not self.state.busy)
+        self.read_only_label.setVisible(project is not None and not writable)
+
+    def _can_undo(self) -> bool:
+        """Whether Undo can act: the image last accepted or rejected still is, in this round (an earlier round's
+        decision is ground truth already), and the project can be written."""
+        project, name = self.state.project, self._last_decision
+        if project is None or name is None or self.state.read_only or name not in project.names():
+            return False
+        record = project.record(name)
+        return (record.status in (ImageStatus.ACCEPTED, ImageStatus.REJECTED)
+                and record.round == project.current_round)
 
     def _show_in_steps(self, name: str) -> None:
         """Show ``name`` as show_image does, but when the review layers do not exist yet (the first visit of the
@@ -350,6 +390,7 @@ class ReviewPanel(QWidget):
         project, name, layer = self.state.project, self.current_name(), self.pseudo_layer()
         if project is None or name is None or layer is None:
             raise InputError("nothing to accept: show a pseudo-label first")
+        self.state.require_writable("accept")
         project.accept(name, np.asarray(layer.data).copy())
         self.drafts.pop(name, None)
         self._last_decision = name
@@ -362,6 +403,7 @@ class ReviewPanel(QWidget):
         project, name = self.state.project, self.current_name()
         if project is None or name is None:
             raise InputError("nothing to reject: show a pseudo-label first")
+        self.state.require_writable("reject")
         project.reject(name)
         self.drafts.pop(name, None)
         self._last_decision = name
@@ -372,8 +414,8 @@ class ReviewPanel(QWidget):
     def undo(self) -> str | None:
         """Send the image last accepted or rejected back to the queue, with the accepted mask as its draft."""
         project, name = self.state.project, self._last_decision
-        if project is None or name is None:
-            raise InputError("nothing to undo")
+        if project is None or name is None or not self._can_undo():
+            raise InputError("nothing to undo: no accept or reject of this round to take back")
         mask = project.undo_review(name)
         self._last_decision = None
         if mask is not None:
@@ -414,7 +456,7 @@ def _key_handler(panel: ReviewPanel, action: str) -> Any:
         except RuntimeError:  # the panel's Qt object was deleted
             log.debug("review shortcut ignored: panel closed")
 
-    handler.__name__ = handler.__qualname__ = f"diffseg_review_{action}"
+    handler.__name__ = handler.__qualname__ = f"{REVIEW_HANDLER_PREFIX}{action}"
     return handler
 
 

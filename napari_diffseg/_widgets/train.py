@@ -6,6 +6,10 @@ Progress events only record the latest step and the new loss point; a timer appl
 progress bar and the loss plot at most twice a second, so fast training steps never flood the GUI event loop
 (every repaint of a widget recomposes the whole napari window, which costs ~10 ms or more without a GPU).
 The loss plot lives in ``_loss_plot``.
+
+The stage and status lines always say what is true now: after Done, Stop or a failure, and when a project is opened
+(a run of its current round that was stopped or killed is offered for resume: ``_state.stopped_run``). A read-only
+project cannot train (the panel says so; Start is off).
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar,
                             QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
-from napari_diffseg._state import DiffsegState, Status, state_for_viewer
-from napari_diffseg._widgets._common import connect_until_destroyed, user_errors, wrapping_label
-from napari_diffseg._widgets._loss_plot import LossPlot, plotted_value
+from napari_diffseg._state import DiffsegState, Status, state_for_viewer, stopped_run
+from napari_diffseg._widgets._closing import guard_closing
+from napari_diffseg._widgets._common import (connect_until_destroyed, flow_row, forward_review_keys, user_errors,
+                                            wrapping_label)
+from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
 from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
                                      start_pretraining, start_training, stop_pretraining, stop_training, torch_loaded)
 from napari_diffseg.core.config import LIMITS
@@ -36,6 +42,31 @@ STAGE_NAMES = {"pretrain": "1 · teacher pretraining (no labels)", "cotrain": "2
                "supervised": "supervised (labelled images only)", "starting": "starting (reading the images)",
                "pseudo_labels": "pseudo-labels for review (the clock is paused)",
                "saving": "writing the model (the clock is paused)"}
+
+
+ADVANCED_HELP = {  # the tooltip of each Advanced field (and of its label)
+    "rounds": "Pseudo-label rounds K: how often, in a co-training step, the teacher rebuilds the image from its own "
+              "mask and learns from the result (0 = never). More rounds: slower steps.",
+    "chained": "Each pseudo-label round starts from the previous round's mask instead of the teacher's first one.",
+    "width": "Base channels of the two U-Nets: wider learns more but trains slower and needs more memory. A new "
+             "width cannot warm-start from an earlier round (it trains from scratch).",
+    "patch": "Edge of the training patches in pixels (all axes); auto = 128 (2D) / 32x64x64 (3D). Larger patches see "
+             "more context per step; each step takes longer.",
+    "steps": "Stop after this many optimisation steps. With a step limit the time budget may be 'no time limit'; "
+             "otherwise the budget alone ends the round.",
+    "seed": "Random seed: the same seed, images, labels and settings train the same model.",
+    "device": "Where training runs: auto takes a GPU (CUDA, Apple MPS) when there is one, else the CPU.",
+}
+
+
+def budget_help() -> str:
+    """What the time budget means, with the default of the training settings (core.config.TrainConfig)."""
+    from napari_diffseg.core.config import TrainConfig
+
+    default = TrainConfig().schedule.budget_seconds
+    default_text = format_duration(default, clock=True) if default else "no time limit"
+    return (f"Time budget: the optimisation time of one round (default {default_text}). Writing pseudo-labels and "
+            "the model pauses the clock; the learning rate anneals over the budget, so the round ends with it.")
 
 
 def _range(setting: str) -> tuple[int, int]:
@@ -62,7 +93,10 @@ class TrainPanel(QWidget):
         self.budget.setSpecialValueText("no time limit")
         self.budget.setToolTip("Training time of one round; the run stops by itself after it and the learning rate "
                                "anneals over it. \"No time limit\" needs a step limit (Advanced).")
-        self.labels_only = QCheckBox("labelled images only (supervised baseline)")
+        self.budget_help = wrapping_label(budget_help())
+        self.labels_only = QCheckBox("labelled images only")
+        self.labels_only.setToolTip("The supervised baseline: the networks learn from the labelled images alone and "
+                                    "the unlabelled ones are not used (no pseudo-labels to review).")
 
         self.advanced_toggle = QToolButton()
         self.advanced_toggle.setText("Advanced")
@@ -72,16 +106,13 @@ class TrainPanel(QWidget):
         form = QFormLayout(self.advanced)
         self.rounds = QSpinBox()
         self.rounds.setRange(*_range("rounds"))
-        self.rounds.setToolTip("pseudo-label rounds K of the co-training (0 = none)")
         self.chained = QCheckBox("chained rounds")
         self.width = QSpinBox()
         self.width.setRange(*_range("base_channels"))
-        self.width.setToolTip("base channels of the U-Nets")
         self.patch = QSpinBox()
         self.patch.setRange(0, _range("patch_edge")[1])  # 0: auto
         self.patch.setSingleStep(16)
         self.patch.setSpecialValueText("auto")
-        self.patch.setToolTip("edge of the training patches in pixels (all axes); auto = 128 (2D) / 32x64x64 (3D)")
         self.max_steps = QSpinBox()
         self.max_steps.setRange(0, 10_000_000)  # 0: no step limit (else LIMITS["max_steps"], from 1)
         self.max_steps.setSpecialValueText("no step limit")
@@ -89,15 +120,22 @@ class TrainPanel(QWidget):
         self.seed.setRange(*_range("seed"))
         self.device = QComboBox()
         self.device.addItems(DEVICES)
-        self.resume = QCheckBox("resume the stopped run of this round")
-        form.addRow("pseudo-label rounds", self.rounds)
-        form.addRow(self.chained)
-        form.addRow("network width", self.width)
-        form.addRow("patch size", self.patch)
-        form.addRow("steps", self.max_steps)
-        form.addRow("seed", self.seed)
-        form.addRow("device", self.device)
-        form.addRow(self.resume)
+        self.resume = QCheckBox("resume the stopped run")
+        self.resume.setToolTip("Continue the stopped run of this round from its last.pt (its steps, clock and "
+                               "optimisers); untick to train the round from its start again.")
+        self.resume.setVisible(False)  # shown while the current round has a stopped run (_state.stopped_run)
+        for label, widget, key in (("pseudo-label rounds", self.rounds, "rounds"), (None, self.chained, "chained"),
+                                   ("network width", self.width, "width"), ("patch size", self.patch, "patch"),
+                                   ("steps", self.max_steps, "steps"), ("seed", self.seed, "seed"),
+                                   ("device", self.device, "device")):
+            widget.setToolTip(ADVANCED_HELP[key])
+            if label is None:
+                form.addRow(widget)
+            else:
+                title = QLabel(label)
+                title.setToolTip(ADVANCED_HELP[key])
+                form.addRow(title, widget)
+        form.addRow(wrapping_label("Hover over a field for what it does."))
         self.advanced.setVisible(False)
 
         self.torch_label = wrapping_label("")
@@ -108,21 +146,24 @@ class TrainPanel(QWidget):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
-        self.stage_label = QLabel("stage: -")
+        self.stage_label = wrapping_label("stage: -")
         self.step_label = QLabel("step: -")
         self.elapsed_label = QLabel("elapsed: -")
         self.remaining_label = QLabel("remaining: -")
         self.status_label = wrapping_label("")
         self.plot = LossPlot()
+        self.plot.set_points(state.losses)
+        self.plot_help = wrapping_label(PLOT_HELP)
         self.pretrain_check = QCheckBox("pretrain the teacher while I label")
         self.pretrain_check.setChecked(state.pretrain_enabled)
         self.pretrain_check.setToolTip("Stage 1 of the method needs no labels: it runs in the background (one "
                                        "thread, lowest priority) until you press Start; round 1 then co-trains "
                                        "from this teacher.")
-        self.pretrain_label = QLabel("")
+        self.pretrain_label = wrapping_label("")
 
         settings = QFormLayout()
         settings.addRow("time budget", self.budget)
+        settings.addRow(self.budget_help)
         settings.addRow(self.labels_only)
         settings.addRow(self.pretrain_check)
         settings.addRow(self.pretrain_label)
@@ -132,18 +173,18 @@ class TrainPanel(QWidget):
         layout.addWidget(self.advanced_toggle)
         layout.addWidget(self.advanced)
         layout.addWidget(self.torch_label)
+        layout.addWidget(self.resume)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        times = QHBoxLayout()
-        for label in (self.step_label, self.elapsed_label, self.remaining_label):
-            times.addWidget(label)
         layout.addWidget(self.stage_label)
-        layout.addLayout(times)
+        layout.addWidget(flow_row(self.step_label, self.elapsed_label, self.remaining_label))
         layout.addWidget(self.plot)
+        layout.addWidget(self.plot_help)
         layout.addWidget(self.status_label)
+        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
 
         self.budget.valueChanged.connect(lambda v: self._apply(budget_seconds=float(v) if v else None))
         self.labels_only.toggled.connect(lambda v: self._apply(labels_only=bool(v)))
@@ -176,6 +217,10 @@ class TrainPanel(QWidget):
         self._on_status(state.status)
 
     # ------------------------------------------------------------------ settings <-> state
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        super().showEvent(event)
+        guard_closing(self, self.state)
+
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.setVisible(shown)
         self.advanced_toggle.setText("Advanced ▾" if shown else "Advanced")
@@ -254,7 +299,7 @@ class TrainPanel(QWidget):
     # ------------------------------------------------------------------ run
     def start(self) -> Any:
         """Start training the current round; returns the worker (None when it cannot start)."""
-        if self.resume.isChecked():
+        if not self.resume.isHidden() and self.resume.isChecked():
             return start_training(self.state, resume=True)
         return start_training(self.state)
 
@@ -296,24 +341,50 @@ class TrainPanel(QWidget):
         if not self.state.busy:
             self._refresh_progress()  # the last steps of a stopped or failed run
             self._maybe_pretrain()  # e.g. after a failed first round
-        has_project = self.state.project is not None
-        self.start_button.setEnabled(has_project and not self.state.busy)
+        project, busy, read_only = self.state.project, self.state.busy, self.state.read_only
+        stopped = None if busy else stopped_run(project)
+        self.start_button.setEnabled(project is not None and not busy and not read_only)
         self.stop_button.setEnabled(status == Status.RUNNING)
-        for widget in (self.budget, self.labels_only, self.advanced):
-            widget.setEnabled(not self.state.busy)
-        text = {
-            Status.IDLE: "Ready." if has_project else "Open or create a project first (Project panel).",
-            Status.RUNNING: "Training…",
-            Status.STOPPING: "Stopping at the next step (saving last.pt)…",
-            Status.DONE: "Done: review the pseudo-labels (Review panel) or segment new images (Predict panel).",
-            Status.FAILED: f"Failed: {self.state.last_error}",
-        }[status]
-        if status == Status.IDLE and self.state.step:
-            text = f"Stopped at step {self.state.step}; last.pt saved. Start again, or tick 'resume' under Advanced."
-        self.status_label.setText(text)
+        for widget in (self.budget, self.labels_only, self.advanced, self.resume):
+            widget.setEnabled(not busy)
+        self.pretrain_check.setEnabled(not read_only)
+        if (stopped is not None) != (not self.resume.isHidden()):
+            self.resume.setChecked(stopped is not None)  # offered, and ticked, while there is a run to resume
+            self.resume.setVisible(stopped is not None)
+        if stopped is not None:  # (the status line says which; a check box's text never wraps)
+            self.resume.setToolTip(f"Continue round {stopped.round} from step {stopped.step} (its last.pt: steps, "
+                                   "clock and optimisers); untick to train the round from its start again.")
+        status_text, stage_text = self._describe(status, stopped)
+        self.status_label.setText(status_text)
+        if stage_text is not None:
+            self.stage_label.setText(f"stage: {stage_text}")
         if status == Status.RUNNING:
             self._reset_progress("starting")
         self._update_torch_label()
+
+    def _describe(self, status: Status, stopped: Any) -> tuple[str, str | None]:
+        """(status line, stage line or None to keep it) for a status: always what is true now."""
+        project, step = self.state.project, self.state.step
+        if status == Status.IDLE:
+            if project is None:
+                return "Open or create a project first (Project panel).", "-"
+            if self.state.read_only:
+                return ("Read-only project: training is off (its folder is not writable). Predict still works, "
+                        "with the output written elsewhere."), "-"
+            if stopped is not None:
+                return (f"Stopped at step {stopped.step} of round {stopped.round}; last.pt saved. Start resumes it "
+                        "(untick 'resume' to train the round from its start)."), f"stopped at step {stopped.step}"
+            if step:
+                return f"Stopped at step {step}.", f"stopped at step {step}"
+            return "Ready.", "-"
+        if status == Status.RUNNING:
+            return "Training…", None
+        if status == Status.STOPPING:
+            return "Stopping at the next step (saving last.pt)…", None
+        if status == Status.DONE:
+            return ("Done: review the pseudo-labels (Review panel) or segment new images (Predict panel).",
+                    f"finished at step {step}")
+        return f"Failed: {self.state.last_error}", (f"failed at step {step}" if step else "did not start")
 
     def _refresh_progress(self) -> None:
         """Show the latest progress (timer slot, and when the run ends): labels, bar and loss plot."""
@@ -334,7 +405,7 @@ class TrainPanel(QWidget):
         for label, text in ((self.step_label, "step: 0"), (self.elapsed_label, "elapsed: -"),
                             (self.remaining_label, "remaining: -")):
             label.setText(text)
-        self.plot.set_points([])
+        self.plot.set_points(self.state.losses)  # the new run's list (start_training makes a new one)
         self.plot.redraw()
 
     def _on_event(self, event: Any) -> None:
@@ -344,10 +415,7 @@ class TrainPanel(QWidget):
                                      f"{event.done}/{event.total}")
         elif isinstance(event, Progress):  # cheap: shown by the next _refresh_progress
             self._pending_progress = event
-            value = plotted_value(event.losses)
-            if value is not None:
-                self.plot.points.append((event.step, event.stage, value))
-                self.plot.set_points(self.plot.points)
+            self.plot.set_points(self.state.losses)  # the worker bridge appended the step's losses to it
         elif isinstance(event, RoundStarted):
             self._reset_progress("starting")
             self.status_label.setText(f"Round {event.round}: {event.note} ({event.labelled} labelled, "
