@@ -102,7 +102,8 @@ def _add_device_options(parser: argparse.ArgumentParser, default_threads: str = 
     parser.add_argument("--device", default="auto", metavar="DEVICE",
                         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--threads", type=_setting("threads"), default=None, metavar="N",
-                        help=f"CPU threads for torch (default: {default_threads}, or $DIFFSEG_THREADS)")
+                        help=f"CPU threads for torch, at most the machine's cores (default: {default_threads}, or "
+                             "$DIFFSEG_THREADS)")
     parser.add_argument("--no-bf16", action="store_true",
                         help="compute in float32 even where bfloat16 would be used (default: bf16 only where native)")
 
@@ -166,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on all images of IMAGES. An image is labelled when LABELS holds a file with the same "
                     "name stem (img_001.tif labels img_001.png); all other images are unlabelled and feed the "
                     "semi-supervised stages. MODEL_DIR receives best.pt (for predict), last.pt (for --resume), "
-                    "model_card.json, losses.csv and pseudo_labels/.",
+                    "model_card.json, losses.csv and pseudo_labels/. One run per MODEL_DIR: a second one is "
+                    "refused. Ctrl-C, SIGTERM (SLURM's time limit, timeout, docker stop) and SIGHUP stop the run "
+                    "after saving last.pt and best.pt and print the command that resumes it (exit 130, 143, 129).",
     )
     train.add_argument("images", metavar="IMAGES", help="folder of images (.tif, .tiff, .png, .jpg; 2D, RGB or 3D)")
     train.add_argument("--labels", required=True, metavar="LABELS",
@@ -279,7 +282,8 @@ def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
     start = train.add_mutually_exclusive_group()
     start.add_argument("--next-round", action="store_true",
                        help="start the next round first (accepted corrections become ground truth), warm-started "
-                            "from this one")
+                            "from this one; a run refused, failed or stopped before its first step leaves the "
+                            "round as it was")
     start.add_argument("--resume", action="store_true",
                        help="continue the stopped run of the current round (from its last.pt)")
     train.set_defaults(handler=_cmd_project_train)
