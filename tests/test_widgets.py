@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QWidget
 from napari_diffseg._sample_data import LABELS_NAME, SAMPLE_NAME, load_sample_pairs
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import repaint_in_next_turn
+from napari_diffseg._widgets._common import repaint_in_next_turn, short_name
 from napari_diffseg._widgets.annotate import AnnotatePanel
 from napari_diffseg._widgets.predict import OUTPUT_DISK, OUTPUT_LAYER, SOURCE_FOLDER, PredictPanel
 from napari_diffseg._widgets.project import ProjectPanel
@@ -851,7 +851,7 @@ def test_first_review_creates_its_layers_one_per_event_loop_turn(make_napari_vie
     qtbot.waitUntil(review.on_screen, timeout=5_000)
     review.state.set_project(project)  # the panel is on screen: it shows the queue's first image
     assert len(viewer.layers) == 0  # nothing added in the turn that set the project (or switched the tab)
-    qtbot.waitUntil(lambda: review.current_label.text().startswith(review.queue[0]), timeout=5_000)  # shown
+    qtbot.waitUntil(lambda: review.current_label.text().startswith(short_name(review.queue[0])), timeout=5_000)  # shown
     ticker.stop()
     assert review.current_name() == review.queue[0]
     assert len({turn for _, turn in inserted}) == 3  # three different turns
@@ -877,7 +877,7 @@ def test_review_layers_are_added_with_the_window_repaint_held_to_the_next_turn(m
     viewer.layers.events.inserted.connect(record)
     qtbot.waitUntil(review.on_screen, timeout=5_000)
     review.state.set_project(project)
-    qtbot.waitUntil(lambda: review.current_label.text().startswith(review.queue[0]), timeout=5_000)
+    qtbot.waitUntil(lambda: review.current_label.text().startswith(short_name(review.queue[0])), timeout=5_000)
     viewer.layers.events.inserted.disconnect(record)  # the viewer must not keep the window alive
     assert held_at_insert == [True, True, True]
     qtbot.waitUntil(window.updatesEnabled, timeout=2_000)  # released in the turn after the last step
@@ -967,7 +967,7 @@ def test_an_image_shown_while_the_review_layers_are_created_stays(make_napari_vi
     chosen = review.queue[1]
     review.show_image(chosen)
     qtbot.wait(500)
-    assert review.current_name() == chosen and review.current_label.text().startswith(chosen)
+    assert review.current_name() == chosen and review.current_label.text().startswith(short_name(chosen))
     np.testing.assert_array_equal(review.pseudo_layer().data, project.pseudo(chosen)[0])
     assert shown["error"] == []
 

@@ -244,6 +244,15 @@ class PathRow(QWidget):
         self.edit.setText(text)
 
 
+def short_name(name: str, most: int = 30) -> str:
+    """An image name for a line of text, cut in the middle when longer than ``most`` characters (a name without
+    spaces cannot wrap and would be cut at the dock's edge)."""
+    if len(name) <= most:
+        return name
+    keep = (most - 1) // 2
+    return f"{name[:keep]}…{name[-keep:]}"
+
+
 class ElidedLabel(QLabel):
     """A one-line label that shows a long text (a folder path) cut in the middle with an ellipsis instead of
     widening its dock; the whole text is its tooltip."""

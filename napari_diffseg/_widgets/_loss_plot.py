@@ -108,7 +108,7 @@ class LossPlot(QWidget):
     list of ``(step, stage, losses)`` (the state's, which grows during a run) and is cheap; ``redraw`` schedules a
     repaint. New points are folded in incrementally, so a repaint costs the same after 100 or 100 000 steps."""
 
-    MARGINS = (50, 8, 8, 30)  # left, top, right, bottom (pixels)
+    MARGINS = (50, 8, 8, 36)  # left, top, right, bottom (pixels): tick labels and an axis title at left, bottom
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -120,7 +120,7 @@ class LossPlot(QWidget):
         self.series: dict[str, _Series] = {}
         self.marks: dict[str, float] = {}  # label -> step: where co-training starts, where the unlabelled join
         self._last_stage: str | None = None
-        self.setFixedHeight(190)
+        self.setFixedHeight(196)
         self.setMinimumWidth(160)
 
     def set_points(self, points: list[tuple[int, str, dict[str, float]]]) -> None:
@@ -211,8 +211,8 @@ class LossPlot(QWidget):
         for tick in nice_ticks(x_low, x_high, False, integer=True):
             painter.drawText(QRectF(to_x(tick) - 30, area.bottom() + 2, 60, metrics.height()),
                              Qt.AlignHCenter | Qt.AlignTop, f"{tick:g}")
-        painter.drawText(QRectF(area.left(), area.bottom() + 2 + metrics.height(), area.width(), metrics.height()),
-                         Qt.AlignHCenter | Qt.AlignTop, "training step")
+        painter.drawText(QRectF(area.left(), self.height() - metrics.height() - 1, area.width(), metrics.height()),
+                         Qt.AlignHCenter | Qt.AlignBottom, "training step")
         painter.save()  # the y-axis title, written upwards along the left edge
         painter.translate(2, area.center().y())
         painter.rotate(-90)

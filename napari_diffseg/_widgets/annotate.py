@@ -16,8 +16,8 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, flow_row, follow_dock,
-                                            forward_review_keys, on_screen, repaint_in_next_turn, user_errors,
-                                            wrapping_label)
+                                            forward_review_keys, on_screen, repaint_in_next_turn, short_name,
+                                            user_errors, wrapping_label)
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 
@@ -130,7 +130,8 @@ class AnnotatePanel(QWidget):
             self.clear_button.setEnabled(False)
             return
         read_only = " · read-only project: cannot save" if self.state.read_only else ""
-        self.current_label.setText(f"Labelling {name} ({project.record(name).status.value}){read_only}")
+        status = project.record(name).status.value
+        self.current_label.setText(f"Labelling {short_name(name)} ({status}){read_only}")
         self.save_button.setEnabled(not self.state.read_only)
         self.clear_button.setEnabled(True)
 

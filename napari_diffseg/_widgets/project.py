@@ -103,6 +103,7 @@ class ProjectPanel(QWidget):
         for column in range(1, len(COLUMNS)):
             self.table.horizontalHeader().setSectionResizeMode(column, QHeaderView.ResizeToContents)
         self.table.verticalHeader().setVisible(False)
+        self.table.setTextElideMode(Qt.ElideMiddle)  # long image names keep their start and their end
         self.table.cellDoubleClicked.connect(self._show_row)
         self.counts_label = wrapping_label("")
 

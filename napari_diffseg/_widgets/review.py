@@ -23,6 +23,7 @@ from typing import Any
 import weakref
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QVBoxLayout, QWidget)
 
@@ -32,10 +33,10 @@ from napari.utils.key_bindings import KeyBinding
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._closing import guard_closing
-from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, REVIEW_SHORTCUTS, LayerSteps, busy_cursor,
-                                            connect_until_destroyed, flow_row, focus_canvas, follow_dock,
-                                            forward_review_keys, on_screen, repaint_in_next_turn, user_errors,
-                                            wrapping_label)
+from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, REVIEW_SHORTCUTS, LayerSteps,
+                                            busy_cursor, connect_until_destroyed, flow_row, focus_canvas, follow_dock,
+                                            forward_review_keys, on_screen, repaint_in_next_turn, short_name,
+                                            user_errors, wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
@@ -72,6 +73,8 @@ class ReviewPanel(QWidget):
         self.read_only_label.setVisible(False)
         self.current_label = wrapping_label("")
         self.queue_list = QListWidget()
+        self.queue_list.setTextElideMode(Qt.ElideMiddle)  # a long name keeps its score, start, end and edit mark
+        self.queue_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.queue_list.itemActivated.connect(lambda item: self.show_image(item.data(256)))
         self.queue_list.itemClicked.connect(lambda item: self.show_image(item.data(256)))
         self.prev_button = QPushButton("◀ Prev (Shift-N)")
@@ -259,7 +262,7 @@ class ReviewPanel(QWidget):
         else:
             record = project.record(name)
             position = f"{self.queue.index(name) + 1} of {len(self.queue)}" if name in self.queue else record.status.value
-            self.current_label.setText(f"{name}: {position}, pseudo-label of round "
+            self.current_label.setText(f"{short_name(name)}: {position}, pseudo-label of round "
                                        f"{(project.pseudo_rounds(name) or ['?'])[-1]}")
             for row in range(self.queue_list.count()):
                 if self.queue_list.item(row).data(256) == name:

@@ -135,7 +135,7 @@ class TrainPanel(QWidget):
                 title = QLabel(label)
                 title.setToolTip(ADVANCED_HELP[key])
                 form.addRow(title, widget)
-        form.addRow(wrapping_label("Hover over a field for what it does."))
+        form.addRow(QLabel("Hover over a field for what it does."))
         self.advanced.setVisible(False)
 
         self.torch_label = wrapping_label("")
@@ -163,13 +163,13 @@ class TrainPanel(QWidget):
 
         settings = QFormLayout()
         settings.addRow("time budget", self.budget)
-        settings.addRow(self.budget_help)
-        settings.addRow(self.labels_only)
-        settings.addRow(self.pretrain_check)
-        settings.addRow(self.pretrain_label)
+        options = QVBoxLayout()  # (wrapping labels get their height in a box layout; a form row clips them)
+        for widget in (self.budget_help, self.labels_only, self.pretrain_check, self.pretrain_label):
+            options.addWidget(widget)
         layout = QVBoxLayout(self)
         layout.addWidget(self.round_label)
         layout.addLayout(settings)
+        layout.addLayout(options)
         layout.addWidget(self.advanced_toggle)
         layout.addWidget(self.advanced)
         layout.addWidget(self.torch_label)
