@@ -149,6 +149,8 @@ def state_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple[str, str, l
          ["project", "train", project, *FAST, "--threads", HUGE_THREADS]),
         ("predict: --draws 100000 with --uncertainty", "error", ["predict", model, im, "--out", out("draws"),
                                                                  "--uncertainty", "--draws", "100000"]),
+        ("predict: --sampling-steps 100000 (a run that never ends)", "error",
+         ["predict", model, im, "--out", out("sampling"), "--sampling-steps", "100000"]),
     ]
 
 

@@ -335,7 +335,8 @@ def test_a_huge_thread_count_is_clamped_not_fatal(data, tmp_path):
     assert card["training"]["steps"] == 3
 
 
-def test_draws_beyond_the_limit_is_a_usage_error(data, tmp_path):
-    code, out, err = run_cli(["predict", tmp_path, data["images"], "--out", tmp_path / "o", "--uncertainty",
-                              "--draws", "100000"])
-    assert_one_line_error(code, err, "--draws")
+@pytest.mark.parametrize("option", [["--uncertainty", "--draws", "100000"], ["--sampling-steps", "100000"]])
+def test_pass_counts_beyond_their_limit_are_usage_errors(data, tmp_path, option):
+    """100000 draws or sampling steps per tile: a prediction that never ends, refused before the model loads."""
+    code, out, err = run_cli(["predict", tmp_path, data["images"], "--out", tmp_path / "o", *option])
+    assert_one_line_error(code, err, option[-2])

@@ -53,14 +53,19 @@ def _setting(name: str, why: str = ""):
 
 _positive_int = _int_at_least(1)
 
+# predict's counts of network passes per tile have a top, so no option value makes a run that never ends
+_MAX_DRAWS = int(LIMITS["uncertainty_draws"].maximum)  # as many as a training run's uncertainty may take
+_MAX_SAMPLING_STEPS = 1000  # the diffusion schedule's timesteps (teacher.NetworkConfig): more only repeat them
 
-def _draws(text: str) -> int:
-    """--draws: 1 to the most draws a run's uncertainty may take (LIMITS), not a count that runs for days."""
-    value = _positive_int(text)
-    most = int(LIMITS["uncertainty_draws"].maximum)
-    if value > most:
-        raise argparse.ArgumentTypeError(f"must be at most {most}, got {text}")
-    return value
+
+def _int_between(minimum: int, maximum: int):
+    """argparse type: a whole number in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        value = _int_at_least(minimum)(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
+        return value
+    return parse
 _class_count = _setting("num_classes", " classes (background + one)")
 
 
@@ -200,10 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
     predict.add_argument("--uncertainty", action="store_true",
                          help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")
-    predict.add_argument("--draws", type=_draws, default=4, metavar="N",
-                         help="stochastic draws for the uncertainty, 1 to 64 (default 4)")
-    predict.add_argument("--sampling-steps", type=_positive_int, default=1, metavar="N",
-                         help="diffusion sampling steps per tile (default 1: one deterministic step)")
+    predict.add_argument("--draws", type=_int_between(1, _MAX_DRAWS), default=4, metavar="N",
+                         help=f"stochastic draws for the uncertainty, 1 to {_MAX_DRAWS} (default 4)")
+    predict.add_argument("--sampling-steps", type=_int_between(1, _MAX_SAMPLING_STEPS), default=1, metavar="N",
+                         help=f"diffusion sampling steps per tile, 1 to {_MAX_SAMPLING_STEPS} (default 1: one "
+                              "deterministic step)")
     predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
                          help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
     predict.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
