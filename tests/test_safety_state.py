@@ -121,7 +121,8 @@ def test_lock_held_by_another_process_is_refused_and_freed_when_it_dies(tmp_path
 
 
 # ------------------------------------------------------------------------------- SIGTERM / SIGHUP like Ctrl-C
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), pytest.param(
+    getattr(signal, "SIGHUP", None), 129, marks=pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX"))])
 def test_signal_during_train_saves_both_models_and_says_how_to_resume(data, tmp_path, monkeypatch, signum, code):
     model = tmp_path / "model"
     signal_at_step(monkeypatch, signum, 2)
@@ -162,6 +163,7 @@ def test_a_real_sigterm_to_a_training_subprocess(data, tmp_path):
     assert stop.ok, stop
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX: no hang-up signal on Windows")
 def test_a_hang_up_ignored_by_nohup_stays_ignored():
     from napari_diffseg.cli._signals import signals_as_interrupt
 
@@ -199,6 +201,29 @@ def test_failed_next_round_takes_the_round_back(data, tmp_path, failure):
     assert_one_line_error(code, err, "before the first training step" if failure == "no step" else "no labelled")
     assert manifest_state(folder) == before  # round, settings and image rows as they were
     assert not (folder / "checkpoints" / "round_2").exists() and not (folder / "pseudo" / "round_2").exists()
+
+
+def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
+    from napari_diffseg.core import training
+
+    real_pretrain = training.pretrain
+
+    def pretrain_then_signal(*args, **kwargs):
+        for event in real_pretrain(*args, **kwargs):
+            yield event
+            if getattr(event, "step", 0) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    from napari_diffseg.core import rounds
+
+    monkeypatch.setattr(rounds, "pretrain", pretrain_then_signal)
+    code, out, err = run_cli(["project", "pretrain", project, "--budget", "60", "--width", "8", "--threads", "1"])
+    assert code == 143, err
+    assert "stopped by SIGTERM at step 2" in err
+    resume = err.strip().splitlines()[-1].split()
+    assert resume[:3] == ["diffseg", "project", "pretrain"] and "--resume" not in resume  # it has no --resume
+    assert cli.build_parser().parse_args(resume[1:])  # a command that runs
+    assert training.pretraining_info(project / "checkpoints" / "pretrain")["steps"] >= 2
 
 
 def test_failed_project_create_can_be_retried(data, tmp_path, monkeypatch):

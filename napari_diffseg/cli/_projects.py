@@ -11,7 +11,7 @@ import shlex
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.io import format_duration
 
-from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, _limits, _open_project, _text_table,
+from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, PROG, _limits, _open_project, _text_table,
                                         _train_config, log)
 from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resume_command, _run_training
 
@@ -102,7 +102,8 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     before = pretraining_info(folder)
     log.info("pretraining the teacher of %s without labels for %s%s", project.folder, format_duration(args.budget),
              f" (continuing {format_duration(before['seconds'])} done before)" if before else "")
-    outcome = _run_training(rounds.pretrain_project(project, config), args.quiet, folder, _resume_command(argv))
+    # pretraining always continues what was done before: the same command (it has no --resume) resumes it
+    outcome = _run_training(rounds.pretrain_project(project, config), args.quiet, folder, shlex.join([PROG, *argv]))
     if outcome is None:
         return EXIT_INTERRUPTED
     done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
