@@ -172,7 +172,8 @@ def _write_images(folder: Path, names: list[str]) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("names", [["a b.tif", "a_b.tif"], ["cell(1).tif", "cell_1.tif"], ["Cell.tif", "cell.png"]])
+@pytest.mark.parametrize("names", [["a b.tif", "a_b.tif"], ["cell(1).tif", "cell_1.tif"], ["Cell.tif", "cell.png"],
+                                   ["e\u0301.tif", "\u00e9.tif"]])  # é decomposed and composed: one name on macOS
 def test_two_names_that_would_collide_are_refused(tmp_path, names):
     images = _write_images(tmp_path / "images", names)
     code, text = run_cli(["-q", "project", "create", tmp_path / "project", "--images", images])
@@ -219,6 +220,15 @@ def test_an_original_name_edited_to_a_path_is_refused(user_data):
     with pytest.raises(InputError, match="a path, not a file name"):
         project.export_masks(user_data["root"] / "out")
     assert not list(user_data["root"].rglob("escaped*"))
+
+
+def test_a_round_number_edited_out_of_range_is_one_line(user_data):
+    """project status loops over the rounds down from the current one: 10**12 would never end."""
+    project = Project.create_from_folders(user_data["root"] / "project", user_data["images"], user_data["truth"])
+    with sqlite3.connect(project.db_path) as db:
+        db.execute("UPDATE meta SET value = '1000000000000' WHERE key = 'current_round'")
+    code, text = run_cli(["project", "status", project.folder])
+    assert_refused(code, text, "round number")
 
 
 @pytest.mark.parametrize("card", ["{oops", "[1, 2]", '{"data": [1, 2]}', '{"training": {"elapsed_seconds": "x"}}',

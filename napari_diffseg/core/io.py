@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -77,6 +78,12 @@ def name_stem(path: Path | str) -> str:
     if Path(path).suffix.lower() in TIFF_SUFFIXES and stem.lower().endswith(".ome"):
         stem = stem[: -len(".ome")]
     return stem
+
+
+def name_key(name: str) -> str:
+    """A name as a file system that ignores case (Windows, macOS) compares it: NFC (macOS stores one normal form),
+    case-folded; two names with one key are one file there."""
+    return unicodedata.normalize("NFC", str(name)).casefold()
 
 
 def is_image_file(path: Path) -> bool:
@@ -444,14 +451,14 @@ def _stem_index(paths: Iterable[Path], folder: Path) -> dict[str, Path]:
     folded: dict[str, Path] = {}  # a case-insensitive file system (Windows, macOS) sees one name for 'A' and 'a'
     for p in paths:
         stem = name_stem(p)
-        other = index.get(stem) or folded.get(stem.casefold())
+        other = index.get(stem) or folded.get(name_key(stem))
         if other is not None:
-            case = "" if name_stem(other) == stem else " (they differ only in case: one name on Windows and macOS)"
+            case = "" if name_stem(other) == stem else " (one name on Windows and macOS)"
             raise InputError(
                 f"two files in {folder} have the name stem '{stem}' ({other.name}, {p.name}){case}; "
                 "rename or remove one"
             )
-        index[stem] = folded[stem.casefold()] = p
+        index[stem] = folded[name_key(stem)] = p
     return index
 
 

@@ -52,6 +52,7 @@ from napari_diffseg.core.io import (
     UNCERTAINTY_SUFFIX,
     check_mask_matches,
     image_layout,
+    name_key,
     name_stem,
     normalise_mask,
     pair_images_with_labels,
@@ -76,6 +77,7 @@ _NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: h
 FIRST_ROUND = 1
 _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
+_MAX_ROUND = 100_000  # a round number beyond this was not counted by a project (edited by hand)
 _ORIGINAL_NAME_KEY = "original_name:"  # meta key prefix: the name the user gave an image the project had to change
 _SOURCES_KEY = "sources"  # meta key: the folders a project was created from (JSON), which export never writes into
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
@@ -501,10 +503,13 @@ class Project:
     def current_round(self) -> int:
         value = self._meta("current_round")
         try:
-            return FIRST_ROUND if value is None else int(value)
+            round_ = FIRST_ROUND if value is None else int(value)
         except ValueError:
+            round_ = None
+        if round_ is None or not FIRST_ROUND <= round_ <= _MAX_ROUND:  # a loop over the rounds must end
             raise InputError(f"the project manifest {self.db_path} has an unreadable round number {value!r} "
-                             "(edited by hand?); restore it from a backup") from None
+                             "(edited by hand?); restore it from a backup")
+        return round_
 
     def next_round(self) -> int:
         """Start the next round (e.g. after corrections were accepted); returns its number."""
@@ -701,11 +706,11 @@ class Project:
         chosen: dict[str, str] = {}
         for name in sorted(names, key=lambda n: preferred[n] != n):  # stable sort: the order of ``names`` stays
             stem = preferred[name]
-            if not is_plain_name(stem) or stem.casefold() in taken:
+            if not is_plain_name(stem) or name_key(stem) in taken:
                 logger.warning("%s: exported as %s.tif, not under its original name %r (%s)", name, name, stem,
                                "taken" if is_plain_name(stem) else "not a file name here")
                 stem = name
-            taken.add(stem.casefold())
+            taken.add(name_key(stem))
             chosen[name] = stem
         return {name: chosen[name] for name in names}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import zipfile
 
 from .errors import InputError
-from .io import SOFTWARE_TAG, TIFF_SUFFIXES, ZARR_SUFFIX, name_stem, refuse_overwriting_inputs
+from .io import SOFTWARE_TAG, TIFF_SUFFIXES, ZARR_SUFFIX, name_key, name_stem, refuse_overwriting_inputs
 
 CHECKPOINT_TAG = b"napari-diffseg"  # in the pickled payload of our checkpoints (core.checkpoint.FORMAT_TAG)
 
@@ -30,8 +30,7 @@ _FORBIDDEN_IN_NAMES = set('/\\:*?"<>|\0')
 def _stem_key(path: Path) -> str:
     """A name stem as a case-insensitive file system compares it (``.zarr`` folders included)."""
     path = Path(path)
-    stem = path.stem if path.suffix.lower() == ZARR_SUFFIX else name_stem(path)
-    return stem.casefold()
+    return name_key(path.stem if path.suffix.lower() == ZARR_SUFFIX else name_stem(path))
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
@@ -102,7 +101,7 @@ def refuse_unsafe_outputs(out: Path, outputs: Sequence[Path], *, overwrite: bool
                                                      "the run reads that file)")
     seen: dict[str, Path] = {}
     for output in outputs:
-        key = output.name.casefold()
+        key = name_key(output.name)
         if key in seen:
             raise InputError(f"two outputs of this run would both be {out / output.name} ({seen[key].name} and "
                              f"{output.name}, which a case-insensitive file system cannot tell apart); rename one "
@@ -121,9 +120,9 @@ def refuse_unsafe_outputs(out: Path, outputs: Sequence[Path], *, overwrite: bool
             raise InputError(_refusal(entry, output, option, holds[0] if holds else None))
     if holds is not None:
         what, folder = holds
-        where = "is" if folder.resolve() == out.resolve() else f"contains ({folder.name})"
-        raise InputError(f"{option.split()[0]} {out} {where} the folder of the {what}; use another {option} or "
-                         "--overwrite (nothing was written)")
+        where = "is the folder" if folder.resolve() == out.resolve() else f"contains {folder.name}, the folder"
+        raise InputError(f"{option.split()[0]} {out} {where} of the {what}; use another {option} or --overwrite "
+                         "(nothing was written)")
 
 
 def is_plain_name(name: object) -> bool:
@@ -152,7 +151,7 @@ def refuse_name_collisions(names: Iterable[tuple[str, Path]], what: str = "image
     would end as one name on a case-insensitive file system."""
     seen: dict[str, Path] = {}
     for key, source in names:
-        folded = key.casefold()
+        folded = name_key(key)
         if folded in seen:
             raise InputError(f"the {what} {seen[folded].name} and {Path(source).name} would both be named "
                              f"'{key}' (names that differ only in case, spaces or punctuation); rename one of them")
