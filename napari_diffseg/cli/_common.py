@@ -52,6 +52,10 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
         "batch_size": args.batch_size,
     }
     given = {key: value for key, value in given.items() if value is not None}
+    if getattr(args, "preset", None):
+        from napari_diffseg.core.config import PRESETS
+
+        given = {**PRESETS[args.preset], **given}
     return TrainConfig.from_stored(
         stored, exclude=_COMMAND_LINE_SETTINGS, **given,
         budget_seconds=args.budget, max_steps=args.steps, labels_only=args.labels_only,

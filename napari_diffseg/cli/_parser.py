@@ -124,6 +124,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         help="wall-time budget of the whole training (pretraining + co-training), default 300")
     parser.add_argument("--labels-only", action="store_true",
                         help="baseline: train the same network on the labelled images alone (same budget)")
+    parser.add_argument("--preset", choices=["paper"], default=None,
+                        help="paper: the method as arXiv 2504.01547 describes it (stage 1 on, twins from their own "
+                             "initialisation, a linear ramp, 3 rounds every step, cross pseudo supervision on noised "
+                             "forwards), to compare with the default's measured departures; options given win")
     parser.add_argument("--seed", type=_setting("seed"), default=0, metavar="N", help="random seed (default 0)")
     parser.add_argument("--steps", type=_setting("max_steps"), default=None, metavar="N",
                         help="also stop after N optimisation steps (reproducible runs)")
