@@ -25,9 +25,12 @@ SERIES = (("supervised", ("supervised",), "#49c56b"),
           ("stage 1 (no labels)", ("reconstruction",), "#c78bff"))
 SMOOTHING_STEPS = 20  # exponential moving average over about this many of a part's points
 UNLABELLED_WEIGHT = "unlabelled_weight"  # in the losses of a co-training step: 0 during the supervised warm-up
-PLOT_HELP = ("Loss parts, smoothed (log scale). Supervised (labelled images) should fall. Unlabelled joins after "
-             "the warm-up (dashed mark): it starts higher and falls more slowly, so the sum jumps there; that is "
-             "expected, not a failure. Rounds is the teacher rebuilding images, logged on the steps that run it.")
+PLOT_HELP = ("Loss parts, smoothed. Unlabelled joins after the warm-up (dashed mark) and starts higher than "
+             "supervised: the jump there is expected, not a failure.")
+PLOT_TOOLTIP = ("Supervised: the labelled images (should fall). Unlabelled: the twins learning from each other on the "
+                "unlabelled images, from the end of the warm-up (dashed mark); it starts higher and falls more "
+                "slowly. Rounds: the teacher rebuilding images from its own masks, logged on the steps that run it. "
+                "Stage 1: the teacher pretrained without labels.")
 
 
 def plotted_value(losses: dict[str, float]) -> float | None:
@@ -120,7 +123,8 @@ class LossPlot(QWidget):
         self.series: dict[str, _Series] = {}
         self.marks: dict[str, float] = {}  # label -> step: where co-training starts, where the unlabelled join
         self._last_stage: str | None = None
-        self.setFixedHeight(196)
+        self.setFixedHeight(170)
+        self.setToolTip(PLOT_TOOLTIP)
         self.setMinimumWidth(160)
 
     def set_points(self, points: list[tuple[int, str, dict[str, float]]]) -> None:

@@ -65,8 +65,8 @@ def budget_help() -> str:
 
     default = TrainConfig().schedule.budget_seconds
     default_text = format_duration(default, clock=True) if default else "no time limit"
-    return (f"Time budget: the optimisation time of one round (default {default_text}). Writing pseudo-labels and "
-            "the model pauses the clock; the learning rate anneals over the budget, so the round ends with it.")
+    return (f"Optimisation time per round (default {default_text}); writing pseudo-labels and the model does not "
+            "count.")
 
 
 def _range(setting: str) -> tuple[int, int]:
@@ -333,6 +333,7 @@ class TrainPanel(QWidget):
         else:
             text = ""
         self.pretrain_label.setText(text)
+        self.pretrain_label.setVisible(bool(text))  # an empty line would push the plot down
 
     def _on_round(self, round_: int) -> None:
         self.round_label.setText(f"Round {round_}" if round_ else "No project open")
