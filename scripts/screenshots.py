@@ -6,8 +6,11 @@ sample, training with a short budget, review of a pseudo-label with its uncertai
 prediction on a test image. After each step it saves the whole window, downscaled and palette-quantised to keep
 the committed PNGs small.
 
-    bash scripts/screenshots.sh                    # the same, under xvfb-run
-    python scripts/screenshots.py --budget 75 --out docs/screenshots
+    bash scripts/screenshots.sh                    # at 1280x800 and 1920x1080, under xvfb-run
+    python scripts/screenshots.py --budget 75 --size 1280x800 --out docs/screenshots/1280x800
+
+``--size`` is the window size (the X screen must be at least as large); the DiffSeg docks get the width a user
+would see there (DOCK_WIDTHS), and the PNGs keep the window's own pixels unless ``--width`` asks for less.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_IMAGE = "3b957237bc1e09740b58a414282393d3a91dde996b061e7061f4198fb03dab2e"
 
 log = logging.getLogger("screenshots")
+
+DOCK_WIDTHS = {1280: 340, 1920: 420}  # the DiffSeg dock's width per window width (the issue's laptop: 340 px)
 
 
 def pump(seconds: float = 0.0) -> None:
@@ -76,7 +81,7 @@ class Camera:
         pump(settle)  # let the canvas and the docks repaint
         array = self.viewer.screenshot(canvas_only=False, flash=False)
         image = PILImage.fromarray(np.asarray(array)[..., :3])
-        if image.width > self.width:
+        if self.width and image.width > self.width:
             image = image.resize((self.width, round(image.height * self.width / image.width)), PILImage.LANCZOS)
         if self.colours:
             image = image.quantize(colors=self.colours, method=PILImage.Quantize.MEDIANCUT,
@@ -127,14 +132,19 @@ def hide_layers(viewer: Any) -> None:
         layer.visible = False
 
 
-def run(budget: float, out_dir: Path, width: int, colours: int, project_dir: Path) -> list[Path]:
+def run(budget: float, out_dir: Path, width: int, colours: int, project_dir: Path,
+        size: tuple[int, int] = (1600, 1000)) -> list[Path]:
     import tifffile
 
     from napari_diffseg._sample_data import sample_data_dir
     from napari_diffseg._state import Status
     from napari_diffseg._widgets import _layers
 
-    viewer, panels, docks = open_viewer(show=True)
+    from qtpy.QtCore import Qt
+
+    viewer, panels, docks = open_viewer(show=True, size=size)
+    if size[0] in DOCK_WIDTHS:
+        viewer.window._qt_window.resizeDocks([docks["Project"]], [DOCK_WIDTHS[size[0]]], Qt.Horizontal)
     camera = Camera(viewer, out_dir, width, colours)
     project_panel, train, review, predict = (panels[n] for n in ("Project", "Train", "Review", "Predict"))
     state = project_panel.state
@@ -216,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=75.0, help="training time in seconds (default 75)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots", help="output folder")
-    parser.add_argument("--width", type=int, default=1200, help="downscale screenshots to this width (px)")
+    parser.add_argument("--size", default="1600x1000", help="window size WIDTHxHEIGHT (default 1600x1000)")
+    parser.add_argument("--width", type=int, default=0, help="downscale screenshots to this width (px; 0: keep)")
     parser.add_argument("--colours", type=int, default=256, help="palette size of the PNGs (0: full colour)")
     parser.add_argument("--keep-project", action="store_true", help="keep the temporary project folder")
     args = parser.parse_args(argv)
@@ -224,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     temp = Path(tempfile.mkdtemp(prefix="diffseg-screenshots-"))
     try:
-        saved = run(args.budget, args.out, args.width, args.colours, temp / "project")
+        size = tuple(int(value) for value in args.size.lower().split("x"))
+        saved = run(args.budget, args.out, args.width, args.colours, temp / "project", size=size)
     finally:
         if args.keep_project:
             log.info("project kept in %s", temp / "project")
