@@ -67,11 +67,13 @@ def signal_at_step(monkeypatch, signum: int, step: int) -> None:
     monkeypatch.setattr(cli._TrainDisplay, "progress", progress)
 
 
-def manifest_state(folder: Path) -> tuple:
-    """Everything a command could change in a project's manifest: meta rows and image rows."""
-    with sqlite3.connect(folder / "project.sqlite") as db:
-        return (sorted(db.execute("SELECT key, value FROM meta")),
-                sorted(db.execute("SELECT name, status, round FROM images")))
+def manifest_state(folder: Path) -> list[str]:
+    """The whole manifest as SQL (meta, images, losses; row order included)."""
+    db = sqlite3.connect(f"file:{folder / 'project.sqlite'}?mode=ro", uri=True)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
 
 
 # ------------------------------------------------------------------------------- portable one-trainer lock
@@ -328,10 +330,19 @@ def test_values_that_overflow_float32_are_refused(data, tmp_path):
     assert "RuntimeWarning" not in err
 
 
-def test_a_budget_that_allows_no_step_is_an_error(data, tmp_path):
-    code, out, err = run_cli(["train", data["images"], "--labels", data["labels"], "--out", tmp_path / "m",
-                              "--budget", "1e-9", "--width", "8", "--threads", "1"])
+def test_a_budget_that_allows_no_step_is_an_error_and_keeps_the_earlier_model(data, tmp_path, project):
+    no_step = ["--budget", "1e-9", "--width", "8", "--threads", "1"]
+    code, out, err = run_cli(["train", data["images"], "--labels", data["labels"], "--out", tmp_path / "m", *no_step])
     assert_one_line_error(code, err, "before the first training step")
+    assert not (tmp_path / "m").exists()  # no untrained model left to pass for a trained one
+    assert run_cli(train_argv(data, tmp_path / "m"))[0] == 0
+    best = (tmp_path / "m" / "best.pt").read_bytes()
+    code, out, err = run_cli(["train", data["images"], "--labels", data["labels"], "--out", tmp_path / "m", *no_step])
+    assert_one_line_error(code, err, "before the first training step")
+    assert (tmp_path / "m" / "best.pt").read_bytes() == best  # the trained model is not replaced by an untrained one
+    code, out, err = run_cli(["project", "pretrain", project, *no_step])
+    assert_one_line_error(code, err, "before the first pretraining step")
+    assert not (project / "checkpoints" / "pretrain").exists()
 
 
 @pytest.mark.parametrize("folder", ["images", "labels"])

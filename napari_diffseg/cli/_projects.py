@@ -7,8 +7,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 import shlex
+import shutil
 
-from napari_diffseg.core.errors import InputError, ModelError
+from napari_diffseg.core.errors import ModelError, UntrainedRunError
 from napari_diffseg.core.io import format_duration
 
 from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, PROG, _limits, _open_project, _text_table,
@@ -108,7 +109,9 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return EXIT_INTERRUPTED
     done = pretraining_info(folder) or {"seconds": 0.0, "steps": 0}
     if done["steps"] == (before["steps"] if before else 0):
-        raise InputError(f"the time budget ({args.budget:g} s) ended before the first pretraining step: nothing was "
+        if before is None:  # the folder was made for a pretraining that learned nothing
+            shutil.rmtree(folder, ignore_errors=True)
+        raise UntrainedRunError(f"the time budget ({args.budget:g} s) ended before the first pretraining step: nothing was "
                          "learned; give a larger --budget")
     print(f"teacher pretrained for {format_duration(done['seconds'])} in total ({done['steps']} steps) -> {folder}")
     print(f"next:     diffseg project train {shlex.quote(str(args.project))} (round 1 co-trains from this teacher)")

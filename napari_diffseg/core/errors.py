@@ -19,3 +19,8 @@ class DuplicateImageError(InputError):
     def __init__(self, message: str, existing: str):
         super().__init__(message)
         self.existing = existing
+
+
+class UntrainedRunError(InputError):
+    """A run that ended before its first optimisation step (the budget was too small): nothing was learned, and a
+    model folder made for it holds nothing worth keeping."""

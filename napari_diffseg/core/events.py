@@ -123,11 +123,11 @@ class RoundStarted(TrainingEvent):
 
 
 def require_a_step(events: Iterator[TrainingEvent], budget_seconds: float | None) -> Iterator[TrainingEvent]:
-    """Pass a run's events through, raising InputError when the run reaches its end (the final save, or Done)
+    """Pass a run's events through, raising UntrainedRunError when the run reaches its end (the final save, or Done)
     without an optimisation step (the budget ended first): its model would be an untrained network passing for a
     trained one. Raised before the final pass, so an earlier model and the project's pseudo-labels stay as they
     were. Not for a resumed run (its steps were made before). Closing this generator closes the run."""
-    from .errors import InputError
+    from .errors import UntrainedRunError
 
     stepped = False
     with contextlib.closing(events):
@@ -136,6 +136,6 @@ def require_a_step(events: Iterator[TrainingEvent], budget_seconds: float | None
             ending = isinstance(event, Done) or (isinstance(event, StageProgress) and event.stage == Stage.SAVING)
             if ending and not stepped:
                 budget = f"the time budget ({budget_seconds:g} s)" if budget_seconds else "the budget"
-                raise InputError(f"{budget} ended before the first training step: nothing was learned and no "
+                raise UntrainedRunError(f"{budget} ended before the first training step: nothing was learned and no "
                                  "trained model was written; give a larger --budget")
             yield event

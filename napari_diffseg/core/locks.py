@@ -18,11 +18,12 @@ from datetime import datetime, timezone
 import getpass
 import os
 from pathlib import Path
+import shutil
 import socket
 
 from filelock import FileLock, Timeout
 
-from .errors import DiffsegError, InputError
+from .errors import DiffsegError, InputError, UntrainedRunError
 
 LOCK_NAME = "training.lock"
 HOLDER_SUFFIX = ".holder"
@@ -75,7 +76,8 @@ def exclusive(lock_path: Path, activity: str, busy_message: Callable[[str], str]
 def model_folder_lock(folder: Path, created: bool = False) -> Iterator[None]:
     """One run writing the model folder ``folder`` (it must exist) at a time: DiffsegError when another run holds
     it. ``created``: the caller made the folder for this run; when the run fails before writing anything into it,
-    the folder is removed again, so a failed command leaves no empty folder behind."""
+    or ends without learning anything (UntrainedRunError), the folder is removed again, so a failed command leaves
+    no folder behind (a stopped run keeps its last.pt to resume)."""
     folder = Path(folder)
 
     def busy(holder: str) -> str:
@@ -85,6 +87,10 @@ def model_folder_lock(folder: Path, created: bool = False) -> Iterator[None]:
     try:
         with exclusive(folder / LOCK_NAME, f"training a model into {folder}", busy):
             yield
+    except UntrainedRunError:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     except BaseException:
         if created:
             _remove_if_unused(folder)

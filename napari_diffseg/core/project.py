@@ -516,7 +516,9 @@ class Project:
         with self._connection(write=True) as con:
             row = con.execute("SELECT value FROM meta WHERE key = 'current_round'").fetchone()
             new = (FIRST_ROUND if row is None else int(row[0])) + 1
-            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current_round', ?)", (str(new),))
+            # updated in place (not replaced), so that undo_next_round gives back the very same manifest
+            con.execute("INSERT INTO meta(key, value) VALUES ('current_round', ?) ON CONFLICT(key) DO UPDATE SET "
+                        "value = excluded.value", (str(new),))
         logger.info("project %s: round %d", self.folder, new)
         return new
 
