@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 
 from napari_diffseg.core import locks
-from napari_diffseg.core.checkpoint import BEST, LAST, load_checkpoint
+from napari_diffseg.core.checkpoint import LAST, load_checkpoint
 from napari_diffseg.core.model import SegmentationModel
 from napari_diffseg.core.project import Project
 from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
