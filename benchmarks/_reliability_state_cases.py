@@ -82,6 +82,8 @@ def state_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple[str, str, l
     tifffile.imwrite(next(iter(sorted(bad_shape_labels.iterdir()))), np.ones((20, 20), np.uint8))
     extra_labels = _copy(lab, root / "labels_plus_one_stray")  # the retry: the good labels and one stray file
     tifffile.imwrite(extra_labels / "stray.tif", np.ones((48, 48), np.uint8))
+    bitmap_label = _copy(lab, root / "labels_with_a_bitmap")  # a label saved as .bmp: its image would be unlabelled
+    (bitmap_label / f"{Path(unlabelled[0]).stem}.bmp").write_bytes(b"BM a bitmap label")
     a_file = root / "a_file.txt"
     a_file.write_text("x")
 
@@ -133,6 +135,10 @@ def state_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple[str, str, l
                                                                     "--out", out("link_image"), *FAST]),
         ("train: an image's label is a link to nowhere", "error", ["train", im, "--labels", linked_labels, "--out",
                                                                    out("link_label"), *FAST]),
+        ("train: an image's label saved as .bmp (named, not silently unlabelled)", "warn",
+         ["train", im, "--labels", bitmap_label, "--out", out("bitmap_label"), *FAST]),
+        ("project create: an image's label saved as .bmp (named)", "warn",
+         [*create, root / "bitmap_project", "--images", im, "--labels", bitmap_label]),
         ("project create: a link among the images points nowhere", "error",
          [*create, root / "linked_project", "--images", linked_images]),
         ("predict: a link among the inputs points nowhere", "error", ["predict", model, linked_images, "--out",

@@ -360,6 +360,17 @@ def test_a_link_to_nowhere_is_not_silently_dropped(data, tmp_path, folder):
     assert_one_line_error(code, err, "img_005.tif")
 
 
+def test_a_label_of_a_type_not_read_is_named(data, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in data["labels"].iterdir():
+        labels.joinpath(path.name).write_bytes(path.read_bytes())
+    (labels / "img_003.bmp").write_bytes(b"BM a bitmap label")  # img_003 would train as unlabelled without a word
+    code, out, err = run_cli(["train", data["images"], "--labels", labels, "--out", tmp_path / "m", *FAST])
+    assert code == 0, err
+    assert "warning" in err and "img_003.bmp" in err and "unlabelled" in err
+
+
 # ------------------------------------------------------------------------------- option values never kill
 def test_a_huge_thread_count_is_clamped_not_fatal(data, tmp_path):
     command = [sys.executable, "-m", "napari_diffseg.cli", *map(str, train_argv(data, tmp_path / "m")),

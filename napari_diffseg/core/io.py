@@ -492,4 +492,11 @@ def pair_images_with_labels(
             "%d label file(s) in %s have no image in %s and are ignored: %s",
             len(unmatched), labels_dir, images_dir, ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
         )
+    unread = sorted(p.name for p in labels_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in IMAGE_SUFFIXES and name_stem(p) in image_stems
+                    and name_stem(p) not in matched)
+    if unread:  # a label saved as .bmp or .npy: without a word its image would train as unlabelled
+        logger.warning("%d file(s) in %s are named like an image but are not a type read as labels (.tif, .tiff, "
+                       ".png, .jpg, .jpeg), so their images train as unlabelled: %s", len(unread), labels_dir,
+                       ", ".join(unread[:10]) + (" ..." if len(unread) > 10 else ""))
     return images, {stem: matched[stem] for stem in image_stems if stem in matched}
