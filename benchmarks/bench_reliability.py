@@ -1,9 +1,17 @@
-"""Reliability campaign: bad inputs to every command, kill -9 during accepts and during training; prints a
-markdown table of counts (inputs tried, clear errors, tracebacks, silent wrong results, kills survived, work lost)
-and writes benchmarks/reliability.md.
+"""Reliability campaign: bad and unusual inputs to every command, each run as a subprocess (``python -m
+napari_diffseg.cli``, so that a death by signal is seen), kill -9 during accepts and during training; prints a
+markdown report of counts and writes benchmarks/reliability.md.
 
-A bad input is handled clearly when the command exits with code 2 and one ``diffseg: error:`` line (argparse's
-usage error counts: it names the option), or, for a case marked "warn", finishes and prints a ``warning``.
+Cases: the original ones (``cases`` below), those of issue 25 part A (outputs that would destroy the user's files,
+names, data not trusted as paths or types, large PNGs: ``_reliability_safety_cases.py``) and, where the module is
+there, part B (state left by refused commands, unlearnable inputs, locks, signals: ``_reliability_state_cases.py``).
+
+Each case's outcome is one of: handled (expected "error": exit 2 and exactly one ``diffseg: error:`` line;
+"warn": exit 0 and a warning, or a clear exit-2 refusal; "ok": exit 0), data lost (a file that existed before the
+case changed or vanished, and the case did not ask for it: every file of the fixture tree is hashed before and after
+each case; a project manifest by its content, lock files not at all), silent wrong (exit 0 where an error was
+expected, or a result that a case's check finds wrong), exit 1, signal death, traceback, or unclear (any other exit,
+a refusal of a valid use, a timeout).
 Run: ``.venv/bin/python benchmarks/bench_reliability.py [--accept-kills 40] [--training-kills 6]``.
 """
 
@@ -12,10 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import hashlib
 import json
+import os
 from pathlib import Path
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +37,12 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, machine, versions  # noqa: E402
 from _faults import kill_during_accepts, kill_during_training  # noqa: E402
+from _reliability_safety_cases import safety_cases  # noqa: E402
+
+try:  # part B of issue 25, written alongside: counted when it is there
+    import _reliability_state_cases as _state  # noqa: E402
+except ImportError:
+    _state = None
 
 from napari_diffseg import cli  # noqa: E402
 from napari_diffseg.core.project import Project  # noqa: E402
@@ -195,14 +212,169 @@ def cases(root: Path, f: dict[str, Path]) -> list[tuple[str, str, list]]:
     ]
 
 
-def classify(expected: str, code: int, text: str) -> str:
-    if "Traceback" in text or (code not in (0, 2)):
-        return "traceback / unexpected"
+OUTCOMES = ("handled", "data lost", "silent wrong", "exit 1", "signal death", "traceback", "unclear")
+BAD_OUTCOMES = OUTCOMES[1:]
+CASE_TIMEOUT_S = 600
+_NOT_DATA = (".lock", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal")  # coordination files, not the user's data
+
+
+def run_subprocess(argv: list, env: dict[str, str], cwd: Path) -> tuple[int | None, str]:
+    """``python -m napari_diffseg.cli ARGV`` in a child process: (exit code, negative for a signal, None for a
+    timeout; stdout + stderr)."""
+    command = [sys.executable, "-m", "napari_diffseg.cli", *map(str, argv)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CASE_TIMEOUT_S, cwd=cwd,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+    except subprocess.TimeoutExpired as timeout:
+        return None, f"timed out after {CASE_TIMEOUT_S} s: {timeout.stderr or ''}"
+    return done.returncode, done.stdout + done.stderr
+
+
+class TreeHashes:
+    """Content hashes of every file under a folder, rehashed only where size, time or inode changed; a SQLite
+    manifest is hashed by its content (a write that changes nothing leaves the same hash), a link by its target."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._known: dict[str, tuple[tuple, str]] = {}
+
+    def snapshot(self) -> dict[str, str]:
+        hashes = {}
+        for folder, dirs, files in os.walk(self.root):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                path = os.path.join(folder, name)
+                if name.endswith(_NOT_DATA):
+                    continue
+                try:
+                    stat = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                key = (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_mode)
+                known = self._known.get(path)
+                if known is None or known[0] != key:
+                    known = (key, self._digest(Path(path)))
+                    self._known[path] = known
+                hashes[path] = known[1]
+        return hashes
+
+    @staticmethod
+    def _digest(path: Path) -> str:
+        if path.is_symlink():
+            return "link:" + os.readlink(path)
+        if path.suffix == ".sqlite":
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                    return hashlib.sha256("\n".join(sorted(db.iterdump())).encode()).hexdigest()  # rows as a set
+            except sqlite3.Error:
+                pass  # not a database (any more): its bytes
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _option_value(argv: list, option: str) -> Path | None:
+    argv = [str(a) for a in argv]
+    return Path(argv[argv.index(option) + 1]) if option in argv[:-1] else None
+
+
+def asked_to_change(argv: list, code: int | None) -> list[Path]:
+    """What a case may change: with --overwrite its --out / --csv; once it succeeded, its --out and, for
+    ``project train | pretrain``, the project."""
+    argv = [str(a) for a in argv]
+    allowed = []
+    if "--overwrite" in argv:
+        allowed += [_option_value(argv, "--out"), _option_value(argv, "--csv")]
+    if code == 0:
+        allowed.append(_option_value(argv, "--out"))
+        if argv[:2] in (["project", "train"], ["project", "pretrain"]) and len(argv) > 2:
+            allowed.append(Path(argv[2]))
+    return [Path(os.path.abspath(p)) for p in allowed if p is not None]
+
+
+def lost_files(before: dict[str, str], after: dict[str, str], allowed: list[Path]) -> list[str]:
+    lost = []
+    for path, digest in before.items():
+        if after.get(path) == digest:
+            continue
+        if any(Path(path) == a or Path(path).is_relative_to(a) for a in allowed):
+            continue
+        lost.append(path)
+    return lost
+
+
+def classify(expected: str, code: int | None, text: str, lost: list[str], wrong: str | None) -> str:
+    errors = [line for line in text.splitlines() if line.startswith("diffseg: error:")]
+    warned = "warning" in text.lower()
+    if "Traceback" in text:
+        return "traceback"
+    if code is not None and code < 0:
+        return "signal death"
+    if lost:
+        return "data lost"
+    if code == 1:
+        return "exit 1"
+    if wrong:
+        return "silent wrong"
+    clear_refusal = code == 2 and len(errors) == 1
     if expected == "error":
-        if code == 2 and "error:" in text:
-            return "clear error"
-        return "silently accepted" if code == 0 else "unclear"
-    return "clear warning" if code == 0 and "warning" in text.lower() else "no warning"
+        return "handled" if clear_refusal else "silent wrong" if code == 0 else "unclear"
+    if expected == "warn":
+        return "handled" if (code == 0 and warned) or clear_refusal else "silent wrong" if code == 0 else "unclear"
+    return "handled" if code == 0 else "unclear"  # "ok": a valid use must work
+
+
+def _first_line(text: str) -> str:
+    output = text.strip().splitlines()
+    return next((line for line in output if "error:" in line),
+                next((line for line in output if "warning" in line.lower()), output[-1] if output else ""))
+
+
+def run_cases(groups: dict[str, list[tuple]], root: Path) -> tuple[list[tuple], dict[str, dict[str, int]]]:
+    """Every case in a subprocess, the fixture tree hashed around it; rows (group, description, exit, outcome,
+    line) and counts per group."""
+    hashes = TreeHashes(root)
+    rows, counts = [], {}
+    env = {"XDG_CACHE_HOME": str(root / "cache")}
+    for group, group_cases in groups.items():
+        counts[group] = {outcome: 0 for outcome in OUTCOMES}
+        for case in group_cases:
+            description, expected, argv = case[:3]
+            options = case[3] if len(case) > 3 else {}
+            before = hashes.snapshot()
+            started = time.perf_counter()
+            case_env = {**env, **options.get("env", {})}
+            code, text = run_subprocess(argv, case_env, root)
+            seconds = time.perf_counter() - started
+            own_cache = [Path(case_env["XDG_CACHE_HOME"])]  # the converted-model cache is the program's own
+            lost = lost_files(before, hashes.snapshot(), asked_to_change(argv, code) + own_cache)
+            check = options.get("check")
+            wrong = check() if check is not None else None
+            outcome = classify(expected, code, text, lost, wrong)
+            counts[group][outcome] += 1
+            detail = (f"changed: {', '.join(lost[:3])}" if lost else wrong) if outcome in ("data lost",
+                                                                                            "silent wrong") else ""
+            line = detail or _first_line(text).strip()
+            rows.append((group, description, code, outcome, line[:160], seconds))
+            print(f"[{outcome}] {group}: {description} (exit {code}, {seconds:.1f} s) {line[:120]}", flush=True)
+    return rows, counts
+
+
+def signal_rows(root: Path, fixtures: dict[str, Path]) -> list[tuple]:
+    """Part B's stops of `diffseg train` by SIGTERM / SIGHUP, as rows (handled when exit code, last.pt, best.pt and
+    the resume message are all right)."""
+    if _state is None or not hasattr(_state, "signal_stops"):
+        return []
+    rows = []
+    for stop in _state.signal_stops(root, fixtures):
+        outcome = ("handled" if stop.ok else "traceback" if "Traceback" in stop.stderr
+                   else "signal death" if stop.exit_code is not None and stop.exit_code < 0 else "unclear")
+        line = (f"exit {stop.exit_code} (expected {stop.expected_exit_code}), last.pt {stop.last_loads}, best.pt "
+                f"{stop.best_loads}, resume message {stop.says_how_to_resume}, {stop.seconds_to_exit:.1f} s to exit")
+        rows.append(("part B", f"train stopped by {stop.signal_name}", stop.exit_code, outcome, line,
+                     stop.seconds_to_exit))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,18 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "reliability.md")
     args = parser.parse_args(argv)
     began = time.perf_counter()
-    rows, outcomes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fixtures = build_fixtures(root)
-        for description, expected, case_argv in cases(root, fixtures):
-            code, text = run_cli(case_argv)
-            outcome = classify(expected, code, text)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            output = text.strip().splitlines()
-            message = next((line for line in output if "error:" in line),
-                           next((line for line in output if "warning" in line.lower()), output[-1] if output else ""))
-            rows.append((description, code, outcome, message.strip()[:150]))
+        groups = {"original": cases(root, fixtures), "part A": safety_cases(root, fixtures)}
+        if _state is not None:
+            groups["part B"] = _state.state_cases(root, fixtures)
+        rows, counts = run_cases(groups, root)
+        for row in signal_rows(root, fixtures):
+            rows.append(row)
+            counts.setdefault(row[0], {outcome: 0 for outcome in OUTCOMES})[row[3]] += 1
 
         project = Project.create(root / "kill_project")
         for index, (image, _) in enumerate(make_blobs_dataset(6, shape=(48, 48), seed=2)):
@@ -236,19 +406,36 @@ def main(argv: list[str] | None = None) -> int:
                    "--patch-size", "32", "32", "--threads", "1"]
         training = kill_during_training(command, root / "killed_model", args.training_kills, seed=1,
                                         delay=(4.0, 40.0))
+        report = _report(args, rows, counts, accepts, training, time.perf_counter() - began, root)
+    print(report)
+    args.out.write_text(report)
+    bad = sum(counts[group][outcome] for group in counts for outcome in BAD_OUTCOMES)
+    return 0 if bad == 0 and not (accepts.lost_accepts or accepts.torn_masks or training.broken_models) else 1
 
-    bad = len(rows) - outcomes.get("clear error", 0) - outcomes.get("clear warning", 0)
+
+def _report(args, rows, counts, accepts, training, seconds: float, root: Path) -> str:
+    groups = list(counts)
+    total = {outcome: sum(counts[g][outcome] for g in groups) for outcome in OUTCOMES}
+    new = sum(sum(counts[g].values()) for g in groups if g != "original")
     lines = [
         "# Reliability campaign", "",
         f"`python benchmarks/bench_reliability.py --accept-kills {args.accept_kills} --training-kills "
-        f"{args.training_kills}` ({time.perf_counter() - began:.0f} s).", "",
+        f"{args.training_kills}` ({seconds:.0f} s).", "",
         f"- Machine: {machine()}", f"- Versions: {versions()}", "",
+        "Every case runs as a subprocess; every file of the fixture tree is hashed before and after it. Outcomes: "
+        "handled (exit 2 and one `diffseg: error:` line, a warning where one is expected, exit 0 for a valid use), "
+        "data lost (a file that was there changed or vanished and the case did not ask for it), silent wrong "
+        "(exit 0 where an error was expected, or a check of the result failed), exit 1, signal death, traceback, "
+        "unclear (another exit, a refused valid use, a timeout).", "",
         "## Counts", "",
-        "| what | count |", "|---|---|",
-        f"| bad inputs tried | {len(rows)} |",
-        f"| clear errors (exit 2, one `diffseg: error:` line) | {outcomes.get('clear error', 0)} |",
-        f"| clear warnings where the input is usable | {outcomes.get('clear warning', 0)} |",
-        f"| tracebacks, unclear errors, silently accepted | {bad} |",
+        "| outcome | " + " | ".join(groups) + " | all |", "|---" * (len(groups) + 2) + "|",
+        *[f"| {outcome} | " + " | ".join(str(counts[g][outcome]) for g in groups) + f" | {total[outcome]} |"
+          for outcome in OUTCOMES],
+        "| cases | " + " | ".join(str(sum(counts[g].values())) for g in groups) + f" | {sum(total.values())} |",
+        "",
+        f"New cases of issue 25 (part A: outputs, names, data as paths or types, large PNGs; part B: state, "
+        f"unlearnable inputs, locks, signals, option values): {new}.", "",
+        "| kills | count |", "|---|---|",
         f"| kill -9 during accepts | {accepts.kills} (accepts confirmed before the kills: "
         f"{accepts.confirmed_accepts}) |",
         f"| accepted masks lost / torn / temporary files left | {accepts.lost_accepts} / {accepts.torn_masks} / "
@@ -257,15 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         f"(a loadable last.pt left after {training.checkpoints_left}, a best.pt after {training.models_left}: "
         "it is written when a run ends) |",
         f"| model folders left broken | {training.broken_models} |", "",
-        "## Every bad input", "",
-        "| input | exit | outcome | first error / warning line |", "|---|---|---|---|",
-        *[f"| {d} | {c} | {o} | {m.replace('|', '/')} |" for d, c, o, m in rows],
+        "## Every case", "",
+        "| group | input | exit | outcome | first error / warning line (or what was wrong) |", "|---|---|---|---|---|",
+        *[f"| {g} | {d} | {c} | {o} | {m.replace('|', '/')} |" for g, d, c, o, m, _ in rows],
     ]
     lines = [line.replace(str(root), "$TMP") for line in lines]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    args.out.write_text(report)
-    return 0 if bad == 0 and not (accepts.lost_accepts or accepts.torn_masks or training.broken_models) else 1
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
