@@ -228,6 +228,25 @@ def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
     assert training.pretraining_info(project / "checkpoints" / "pretrain")["steps"] >= 2
 
 
+def test_next_round_stopped_before_its_first_step_is_taken_back(project, monkeypatch):
+    from napari_diffseg.core import rounds
+
+    assert run_cli(["-q", "project", "train", project, *FAST])[0] == 0
+    before = manifest_state(project)
+    real = rounds.project_training_data
+
+    def read_then_signal(*args, **kwargs):  # the round has started; the data are being read
+        data = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return data
+
+    monkeypatch.setattr(rounds, "project_training_data", read_then_signal)
+    code, out, err = run_cli(["project", "train", project, "--next-round", *FAST])
+    assert code == 143 and "stopped by SIGTERM before the first step; nothing saved" in err, err
+    assert manifest_state(project) == before
+    assert not (project / "checkpoints" / "round_2").exists()
+
+
 def test_failed_project_create_can_be_retried(data, tmp_path, monkeypatch):
     from napari_diffseg.core import project as project_module
 
