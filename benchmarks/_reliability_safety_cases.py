@@ -21,6 +21,7 @@ import sqlite3
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+import torch
 
 from napari_diffseg import cli
 from napari_diffseg.core import openvino_backend
@@ -206,6 +207,13 @@ def safety_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple]:
         cards[key] = _copy(model, root / f"model_card_{key}")
         (cards[key] / "model_card.json").write_text(text)
 
+    huge_networks = {}
+    for key, value in {"base_channels": 10**6, "depth": 40, "num_classes": "2"}.items():
+        huge_networks[key] = _copy(model, root / f"model_network_{key}")
+        payload = torch.load(huge_networks[key] / "best.pt", weights_only=True)
+        payload["network"][key] = value
+        torch.save(payload, huge_networks[key] / "best.pt")
+
     # 9: large PNG / JPEG
     tiles = -(-LARGE_EDGE // first.shape[0])
     big = np.tile(first, (tiles, tiles))[:LARGE_EDGE, :LARGE_EDGE]
@@ -301,6 +309,11 @@ def safety_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple]:
         ("info: model card empty", "error", ["info", cards["empty"]]),
         ("info: model card binary garbage", "error", ["info", cards["binary"]]),
         ("predict: model card not JSON", "error", [*predict[:1], cards["predict"], im, "--out", out("card")]),
+        ("predict: best.pt edited to a network width of 10**6", "error",
+         [*predict[:1], huge_networks["base_channels"], im, "--out", out("huge_width")]),
+        ("predict: best.pt edited to a network depth of 40", "error",
+         [*predict[:1], huge_networks["depth"], im, "--out", out("huge_depth")]),
+        ("info: best.pt edited to num_classes '2' (text)", "error", ["info", huge_networks["num_classes"]]),
         # 9: large inputs block by block whatever their format
         ("predict a 4200 x 4200 PNG (block by block)", "ok", [*predict, large / "big.png", "--out", out("big_png"),
                                                              "--threads", "1"],

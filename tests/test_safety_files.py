@@ -240,6 +240,19 @@ def test_a_malformed_model_card_is_one_line(trained, tmp_path, card):
     assert_refused(code, text, "model_card.json")
 
 
+@pytest.mark.parametrize(("key", "value"), [("base_channels", 10**6), ("depth", 40), ("num_classes", "2")])
+def test_a_checkpoint_network_edited_out_of_range_is_refused_before_it_is_built(trained, tmp_path, key, value):
+    import torch
+
+    model = Path(shutil.copytree(trained["model"], tmp_path / "model"))
+    payload = torch.load(model / "best.pt", weights_only=True)
+    payload["network"][key] = value
+    torch.save(payload, model / "best.pt")
+    code, text = run_cli(["predict", model, trained["images"], "--out", tmp_path / "out"])
+    assert_refused(code, text, key)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("settings", ['{"num_classes": "abc"}', '{"num_classes": 1}'])
 def test_malformed_project_settings_are_one_line(user_data, settings):
     project = Project.create_from_folders(user_data["root"] / "project", user_data["images"], user_data["truth"])

@@ -61,6 +61,7 @@ class SegmentationModel:
             raise ModelError(f"{model_dir}: model folder not found")
         saved = ModelCheckpoint.load(model_dir / BEST)
         threshold, working_scale = saved.threshold, saved.working_scale
+        _check_network_settings(saved.network, model_dir / BEST)
         try:
             network = DiffusionTwin(NetworkConfig(**saved.network))
             network.mask_path.load_state_dict(saved.mask_path)
@@ -117,6 +118,21 @@ class SegmentationModel:
 
     def predict(self, image: np.ndarray, **options) -> Prediction:
         return run_to_completion(self.iter_predict(image, **options))
+
+
+def _check_network_settings(settings: dict, path: Path) -> None:
+    """ModelError unless a checkpoint's architecture is one napari-diffseg can have written: read from a file, it
+    is data, and a width of 10**6 would build a network that fills the memory before its weights fail to load."""
+    from .config import LIMITS
+
+    bounds = {"spatial_dims": (2, 3), "image_channels": (1, 3), "num_classes": (2, LIMITS["num_classes"].maximum),
+              "base_channels": (1, LIMITS["base_channels"].maximum), "depth": (1, LIMITS["depth"].maximum),
+              "timesteps": (1, 100_000)}
+    for key, value in settings.items():
+        low, high = bounds.get(key, (None, None))
+        if low is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise ModelError(f"{path}: the network's {key} is {value!r}, not what napari-diffseg writes "
+                             f"({low}..{high:g}); the checkpoint is damaged or foreign: train again")
 
 
 def _compile(network: DiffusionTwin, backend: str, device: torch.device, bf16: bool) -> str:
