@@ -153,8 +153,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 def _add_overwrite_option(parser: argparse.ArgumentParser, policy: str) -> None:
     """--overwrite: the one way to let a command replace files it did not create in this run (core.safety)."""
     parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace existing files; without it nothing is written when an output would replace "
-                             f"or mix with existing files ({policy})")
+                        help=f"replace existing files; without it, nothing is written when {policy}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "give the same data and options, the budget counts the time already spent")
     start.add_argument("--warm-start", metavar="OTHER_MODEL_DIR", default=None,
                        help="initialise the networks from OTHER_MODEL_DIR/last.pt and skip pretraining")
-    _add_overwrite_option(train, "a model of an earlier diffseg run in MODEL_DIR is replaced (with a warning); "
-                                 "best.pt, last.pt, model_card.json, losses.csv or pseudo_labels/ of anyone else "
-                                 "are refused unless --overwrite")
+    _add_overwrite_option(train, "MODEL_DIR holds a best.pt, last.pt, model_card.json, losses.csv or "
+                                 "pseudo_labels/ that diffseg did not write (a model of an earlier diffseg run is "
+                                 "replaced, with a warning)")
     train.set_defaults(handler=_cmd_train)
 
     predict = commands.add_parser(
@@ -223,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what runs the network: openvino (CPU only, 'napari-diffseg[openvino]'; several times "
                               "faster there), torch, or auto (default: openvino on a CPU where it is installed)")
     _add_device_options(predict, default_threads="every core")
-    _add_overwrite_option(predict, "refused unless --overwrite: OUTPUT holding a file with the name stem of a mask "
-                                   "(any extension or case: a ground-truth a.png for the mask a.tif; masks of an "
-                                   "earlier predict into OUTPUT too, the message says so), and OUTPUT being or "
-                                   "containing the folder of INPUT; never allowed: a mask over an input image")
+    _add_overwrite_option(predict, "OUTPUT holds a file with a mask's name stem (any extension or case, e.g. a "
+                                   "ground-truth a.png for the mask a.tif; also the masks of an earlier predict "
+                                   "into OUTPUT, which the message names), or OUTPUT is or contains the folder of "
+                                   "INPUT. A mask is never written over an input image")
     predict.set_defaults(handler=_cmd_predict)
 
     evaluate = commands.add_parser(
@@ -238,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("pred", metavar="PRED", help="folder of predicted masks")
     evaluate.add_argument("masks", metavar="MASKS", help="folder of ground-truth masks")
     evaluate.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
-    _add_overwrite_option(evaluate, "an existing FILE (or one with its name stem) is refused unless --overwrite; "
-                                    "a mask the command reads, always")
+    _add_overwrite_option(evaluate, "FILE, or a file with its name stem, exists. A mask the command reads is "
+                                    "never replaced")
     evaluate.set_defaults(handler=_cmd_eval)
 
     info = commands.add_parser("info", parents=[common], help="show what a model folder holds",
@@ -333,10 +332,10 @@ def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
     )
     export.add_argument("project", metavar="DIR", help="project folder")
     export.add_argument("--out", required=True, metavar="FOLDER", help="folder for the masks")
-    _add_overwrite_option(export, "refused unless --overwrite: FOLDER holding a file with the name stem of a mask "
-                                  "(any extension or case; masks of an earlier export too, the message says so), "
-                                  "and FOLDER being or containing the folder the project's images or labels came "
-                                  "from; a name in the manifest that is not a plain file name is always refused")
+    _add_overwrite_option(export, "FOLDER holds a file with a mask's name stem (any extension or case; also the "
+                                  "masks of an earlier export, which the message names), or FOLDER is or contains "
+                                  "the folder the project's images or labels came from. A name in the manifest that "
+                                  "is not a plain file name is always refused")
     export.set_defaults(handler=_cmd_project_export)
 
 
