@@ -61,7 +61,7 @@ from napari_diffseg.core.io import (
     write_mask,
     write_tiff_atomic,
 )
-from napari_diffseg.core.safety import is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
+from napari_diffseg.core.safety import child_path, is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -745,7 +745,7 @@ class Project:
         if not written:
             raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
         stems = self.export_names(names)
-        targets = {name: out / f"{stems[name]}.tif" for name in with_mask}
+        targets = {name: child_path(out, stems[name], ".tif", what="export name") for name in with_mask}
         sources = self.source_folders()
         refuse_unsafe_outputs(out, list(targets.values()), overwrite=overwrite, option="--out folder", originals={
             "images the project was created from": sources.get("images"),
