@@ -21,7 +21,6 @@ import time
 from typing import Any
 import weakref
 
-from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import QApplication, QDockWidget, QMessageBox, QWidget
 
 from napari.utils import notifications
@@ -66,26 +65,25 @@ def stop_and_wait(state: DiffsegState, timeout_s: float = STOP_TIMEOUT_S) -> boo
     return state.worker is None
 
 
-class WindowCloseGuard(QObject):
-    """Event filter on napari's main window: a close during training asks first (see the module's docstring)."""
+class WindowCloseGuard:
+    """napari's main window asks before a close during training (see the module's docstring). It wraps the window's
+    closeEvent rather than filtering its events: an event filter in Python would run for every event the window
+    gets, each call waiting for the GIL that training holds."""
 
     def __init__(self, window: QWidget, state: DiffsegState):
-        super().__init__(window)
         self.window = window
         self.state = state
         self.close_when_done = False
-        window.installEventFilter(self)
+        self._close_event = window.closeEvent  # napari's
+        window.closeEvent = self.close_event  # PyQt calls an instance's own attribute for a virtual method
         state.status_changed.connect(self._maybe_close)
-        self.destroyed.connect(functools.partial(_disconnect, state, self._maybe_close))
+        window.destroyed.connect(functools.partial(_disconnect, state, self._maybe_close))
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt naming
-        state = getattr(self, "state", None)  # None while Python tears the guard down before Qt does
-        if (state is not None and event.type() == QEvent.Type.Close and watched is self.window and state.busy
-                and self._cancellable()):
-            if not self.may_close():
-                event.ignore()
-                return True
-        return False
+    def close_event(self, event: Any) -> None:
+        if self.state.busy and self._cancellable() and not self.may_close():
+            event.ignore()
+            return
+        self._close_event(event)
 
     def _cancellable(self) -> bool:
         """napari's own close (Viewer.close) hides its viewer widget before the window's close event."""

@@ -10,10 +10,10 @@ import logging
 from typing import Any
 import weakref
 
-from qtpy.QtCore import QPoint, QRect, QSize, Qt, QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QCursor, QKeySequence, QShortcut
-from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QHBoxLayout, QLabel, QLayout,
-                            QLineEdit, QPushButton, QSizePolicy, QWidget, QWidgetItem)
+from qtpy.QtWidgets import (QApplication, QComboBox, QDockWidget, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
+                            QLineEdit, QPushButton, QSizePolicy, QWidget)
 
 from napari_diffseg._widgets._layers import NAME_KEY as PLUGIN_LAYER_KEY
 from napari_diffseg._workers import error_message, notify_error
@@ -281,83 +281,20 @@ class ElidedLabel(QLabel):
         super().setText(shown)
 
 
-class FlowLayout(QLayout):
-    """Widgets side by side while they fit, on the next line when they do not (buttons, check boxes and short
-    labels in a narrow dock): the minimum width is that of the widest widget, not of the whole row."""
-
-    def __init__(self, parent: QWidget | None = None, spacing: int = 6):
-        super().__init__(parent)
-        self._items: list[Any] = []
-        self._spacing = spacing
-        self.setContentsMargins(0, 0, 0, 0)
-
-    def addItem(self, item: Any) -> None:  # noqa: N802 - Qt naming
-        self._items.append(item)
-
-    def addWidget(self, widget: QWidget) -> None:  # noqa: N802 - Qt naming
-        self.addChildWidget(widget)
-        self.addItem(QWidgetItem(widget))
-
-    def count(self) -> int:
-        return len(self._items)
-
-    def itemAt(self, index: int) -> Any:  # noqa: N802 - Qt naming
-        return self._items[index] if 0 <= index < len(self._items) else None
-
-    def takeAt(self, index: int) -> Any:  # noqa: N802 - Qt naming
-        return self._items.pop(index) if 0 <= index < len(self._items) else None
-
-    def expandingDirections(self) -> Any:  # noqa: N802 - Qt naming
-        return Qt.Orientation(0)
-
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt naming
-        return True
-
-    def heightForWidth(self, width: int) -> int:  # noqa: N802 - Qt naming
-        return self._arrange(QRect(0, 0, width, 0), move=False)
-
-    def setGeometry(self, rect: QRect) -> None:  # noqa: N802 - Qt naming
-        super().setGeometry(rect)
-        self._arrange(rect, move=True)
-
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt naming
-        visible = [item for item in self._items if not item.isEmpty()]
-        width = sum(item.sizeHint().width() for item in visible) + self._spacing * max(0, len(visible) - 1)
-        height = max((item.sizeHint().height() for item in visible), default=0)
-        # preferred: one line, but no wider than a laptop dock leaves for it (the dock opens at its panel's hint)
-        return QSize(max(min(width, DOCK_WIDTH - 60), self.minimumSize().width()), height)
-
-    def minimumSize(self) -> QSize:  # noqa: N802 - Qt naming
-        size = QSize()
-        for item in self._items:
-            if not item.isEmpty():
-                size = size.expandedTo(item.minimumSize())
-        return size
-
-    def _arrange(self, rect: QRect, move: bool) -> int:
-        x, y, line_height = rect.x(), rect.y(), 0
-        for item in self._items:
-            if item.isEmpty():
-                continue
-            hint = item.sizeHint()
-            width = min(hint.width(), rect.width())
-            if x > rect.x() and x + width > rect.right() + 1:
-                x, y, line_height = rect.x(), y + line_height + self._spacing, 0
-            if move:
-                item.setGeometry(QRect(QPoint(x, y), QSize(width, hint.height())))
-            x += width + self._spacing
-            line_height = max(line_height, hint.height())
-        return y + line_height - rect.y()
-
-
-def flow_row(*widgets: QWidget) -> QWidget:
-    """A row of widgets that wraps onto more lines in a narrow dock (FlowLayout)."""
-    row = QWidget()
-    layout = FlowLayout(row)
-    for widget in widgets:
-        layout.addWidget(widget)
-    row.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
-    return row
+def widget_grid(*widgets: QWidget, columns: int | None = None) -> QWidget:
+    """Widgets in rows of ``columns`` (default: all in one row), each column as wide as the others. Laid out by
+    Qt's own QGridLayout: a layout written in Python is called back for every layout pass, each call waiting for
+    the GIL that training holds, which stretched the first Review visit's stalls from ~190 to ~450 ms
+    (benchmarks/gui_event_loop.md)."""
+    grid = QWidget()
+    layout = QGridLayout(grid)
+    layout.setContentsMargins(0, 0, 0, 0)
+    columns = columns or len(widgets)
+    for index, widget in enumerate(widgets):
+        layout.addWidget(widget, index // columns, index % columns)
+    for column in range(columns):
+        layout.setColumnStretch(column, 1)
+    return grid
 
 
 def real_viewer(viewer: Any) -> Any:

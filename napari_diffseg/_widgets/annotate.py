@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, flow_row, follow_dock,
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, widget_grid, follow_dock,
                                             forward_review_keys, on_screen, repaint_in_next_turn, short_name,
                                             user_errors, wrapping_label)
 from napari_diffseg.core.errors import InputError
@@ -51,9 +51,9 @@ class AnnotatePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image_combo)
-        layout.addWidget(flow_row(self.open_button, self.next_unlabelled_button))
+        layout.addWidget(widget_grid(self.open_button, self.next_unlabelled_button))
         layout.addWidget(self.current_label)
-        layout.addWidget(flow_row(self.save_button, self.clear_button))
+        layout.addWidget(widget_grid(self.save_button, self.clear_button))
         layout.addWidget(help_label)
         self._shortcuts = forward_review_keys(self, viewer)  # the review keys, while Review is on screen elsewhere
 

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayo
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_cursor, connect_until_destroyed, flow_row,
+from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_cursor, connect_until_destroyed, widget_grid,
                                             forward_review_keys, user_errors, wrapping_label)
 from napari_diffseg._workers import KEEP_THREADS, start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
@@ -109,7 +109,7 @@ class ProjectPanel(QWidget):
 
         project_box = QGroupBox("Project folder")
         project_layout = QVBoxLayout(project_box)
-        project_layout.addWidget(flow_row(self.new_button, self.open_button))
+        project_layout.addWidget(widget_grid(self.new_button, self.open_button))
         project_layout.addWidget(self.project_label)
         project_layout.addWidget(self.read_only_label)
 
@@ -119,7 +119,7 @@ class ProjectPanel(QWidget):
         add_layout.addRow("with labels", self.labels_combo)
         add_layout.addRow(self.split_check)
         add_layout.addRow(self.add_layer_button)
-        add_layout.addRow(flow_row(self.add_files_button, self.add_folder_button))
+        add_layout.addRow(widget_grid(self.add_files_button, self.add_folder_button))
         add_layout.addRow(self.import_progress)
 
         layout = QVBoxLayout(self)

@@ -34,7 +34,7 @@ from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._closing import guard_closing
 from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, REVIEW_SHORTCUTS, LayerSteps,
-                                            busy_cursor, connect_until_destroyed, flow_row, focus_canvas, follow_dock,
+                                            busy_cursor, connect_until_destroyed, widget_grid, focus_canvas, follow_dock,
                                             forward_review_keys, on_screen, repaint_in_next_turn, short_name,
                                             user_errors, wrapping_label)
 from napari_diffseg._workers import start_training
@@ -87,11 +87,13 @@ class ReviewPanel(QWidget):
         self.undo_button.setToolTip("Undo the last accept or reject: the image goes back to the queue, with its mask "
                                     "(until the next round starts)")
         self.show_pseudo = QCheckBox("pseudo-label")
-        self.outline = QCheckBox("as outline")
+        self.outline = QCheckBox("outline")
         self.show_uncertainty = QCheckBox("uncertainty")
         for box in (self.show_pseudo, self.outline, self.show_uncertainty):
             box.setChecked(True)
             box.toggled.connect(lambda _checked: self.apply_view_options())
+        self.show_pseudo.setToolTip("Show the pseudo-label layer")
+        self.outline.setToolTip("Draw the pseudo-label as an outline (the image under it stays readable)")
         self.show_uncertainty.setToolTip("Orange where the twins disagree or are unsure; transparent where sure")
         self.next_round_button = QPushButton("Next round")
         self.next_round_button.setToolTip("Accepted corrections join the ground truth; training warm-starts from "
@@ -121,12 +123,12 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.queue_list)
         layout.addWidget(self.current_label)
         layout.addLayout(grid)
-        layout.addWidget(flow_row(QLabel("show:"), self.show_pseudo, self.outline, self.show_uncertainty))
+        layout.addWidget(widget_grid(self.show_pseudo, self.outline, self.show_uncertainty))
         self.canvas_button = QPushButton(f"Keys to the canvas ({CANVAS_KEY[:3]})")
         self.canvas_button.setToolTip("Give the keyboard to the image without clicking it (a click paints in paint "
                                       "mode); the review keys also work here in the panel")
         self.canvas_button.clicked.connect(lambda: focus_canvas(self.viewer))
-        layout.addWidget(flow_row(self.next_round_button, self.canvas_button))
+        layout.addWidget(widget_grid(self.next_round_button, self.canvas_button))
         hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices. "
                               "Keys N, Shift-N, A, R, T work on the canvas and in this panel.")
         layout.addWidget(hint)

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
 
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer, stopped_run
 from napari_diffseg._widgets._closing import guard_closing
-from napari_diffseg._widgets._common import (connect_until_destroyed, flow_row, forward_review_keys, user_errors,
+from napari_diffseg._widgets._common import (connect_until_destroyed, widget_grid, forward_review_keys, user_errors,
                                             wrapping_label)
 from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
 from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
@@ -180,7 +180,7 @@ class TrainPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.stage_label)
-        layout.addWidget(flow_row(self.step_label, self.elapsed_label, self.remaining_label))
+        layout.addWidget(widget_grid(self.step_label, self.elapsed_label, self.remaining_label, columns=2))
         layout.addWidget(self.plot)
         layout.addWidget(self.plot_help)
         layout.addWidget(self.status_label)
