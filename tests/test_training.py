@@ -432,7 +432,10 @@ def test_training_data_errors():
         TrainingData([image, image], {0: np.zeros((16, 16), np.int64)}, ["a", "b"])
     with pytest.raises(InputError, match="foreground everywhere"):
         TrainingData([image], {0: np.ones((16, 16), np.int64)}, ["a"])
-    TrainingData([image, image], {0: np.zeros((16, 16), np.int64), 1: np.eye(16, dtype=np.int64)}, ["a", "b"])
+    with pytest.raises(InputError, match="every labelled image is constant"):
+        TrainingData([image, image], {0: np.zeros((16, 16), np.int64), 1: np.eye(16, dtype=np.int64)}, ["a", "b"])
+    ramp = np.linspace(0, 1, 256, dtype=np.float32).reshape(1, 16, 16)  # something to learn from
+    TrainingData([ramp, image], {0: np.zeros((16, 16), np.int64), 1: np.eye(16, dtype=np.int64)}, ["a", "b"])
 
 
 def test_a_new_run_keeps_the_previous_model_until_it_has_its_own(tmp_path, data):
