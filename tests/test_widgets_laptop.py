@@ -345,5 +345,5 @@ def test_view_fits_a_new_image_undo_only_when_it_can_act_and_review_restarts_at_
     review.show_image(queue[2])  # mid-run the user looks at another image ...
     state.set_status(Status.RUNNING)
     state.set_status(Status.DONE)  # ... the round ends: Review goes back to the most doubtful one
-    assert review.current_name() == review.queue[0]
+    qtbot.waitUntil(lambda: review.current_name() == review.queue[0], timeout=5_000)
     assert shown["error"] == []

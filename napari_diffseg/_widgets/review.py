@@ -23,7 +23,7 @@ from typing import Any
 import weakref
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QVBoxLayout, QWidget)
 
@@ -67,6 +67,8 @@ class ReviewPanel(QWidget):
         self._dock: QDockWidget | None = None
         self._layer_steps = LayerSteps(self, state, self._after_layer_steps)  # creating the review layers
         self._steps_image: str | None = None  # the image those steps end by showing
+        self._top_after_round = QTimer(self, singleShot=True, interval=LayerSteps.STEP_INTERVAL_MS)
+        self._top_after_round.timeout.connect(self._show_top_after_round)
 
         self.counts_label = wrapping_label("")
         self.read_only_label = wrapping_label("Read-only project: you can look, not accept or reject.")
@@ -158,10 +160,14 @@ class ReviewPanel(QWidget):
         _unbind_keys(self.viewer, self._key_handlers)
 
     def _on_status(self, status: Status) -> None:
+        self._update_enabled()
+        if status == Status.DONE:  # in a turn of its own: the end of a run refreshes every panel in this one
+            self._top_after_round.start()
+
+    def _show_top_after_round(self) -> None:
         """A finished round: back to the top of the queue (its most doubtful image), unless the user is annotating
         or the review layers are not there yet (the Review tab shows the top when it comes up)."""
-        self._update_enabled()
-        if (status == Status.DONE and self.queue and self.current_name() not in (None, self.queue[0])
+        if (self.state.status == Status.DONE and self.queue and self.current_name() not in (None, self.queue[0])
                 and not self._annotating()):
             self.show_image(self.queue[0])
 
