@@ -67,6 +67,11 @@ def signal_at_step(monkeypatch, signum: int, step: int) -> None:
     monkeypatch.setattr(cli._TrainDisplay, "progress", progress)
 
 
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 def manifest_state(folder: Path) -> list[str]:
     """The whole manifest as SQL (meta, images, losses; row order included)."""
     db = sqlite3.connect(f"file:{folder / 'project.sqlite'}?mode=ro", uri=True)
@@ -349,16 +354,23 @@ def test_values_that_overflow_float32_are_refused(data, tmp_path):
     assert "RuntimeWarning" not in err
 
 
-def test_a_budget_that_allows_no_step_is_an_error_and_keeps_the_earlier_model(data, tmp_path, project):
+def test_a_budget_that_allows_no_step_is_an_error_and_changes_nothing(data, tmp_path, project):
     no_step = ["--budget", "1e-9", "--width", "8", "--threads", "1"]
     code, out, err = run_cli(["train", data["images"], "--labels", data["labels"], "--out", tmp_path / "m", *no_step])
     assert_one_line_error(code, err, "before the first training step")
     assert not (tmp_path / "m").exists()  # no untrained model left to pass for a trained one
     assert run_cli(train_argv(data, tmp_path / "m"))[0] == 0
     best = (tmp_path / "m" / "best.pt").read_bytes()
+    before = folder_state(tmp_path / "m")
     code, out, err = run_cli(["train", data["images"], "--labels", data["labels"], "--out", tmp_path / "m", *no_step])
     assert_one_line_error(code, err, "before the first training step")
-    assert (tmp_path / "m" / "best.pt").read_bytes() == best  # the trained model is not replaced by an untrained one
+    assert folder_state(tmp_path / "m") == before  # best.pt, last.pt, losses.csv, pseudo-labels: as they were
+    round_1 = project / "checkpoints" / "round_1"
+    assert run_cli(["-q", "project", "train", project, *FAST])[0] == 0
+    before = folder_state(round_1)
+    code, out, err = run_cli(["project", "train", project, *no_step])  # the same round again, learning nothing
+    assert_one_line_error(code, err, "before the first training step")
+    assert folder_state(round_1) == before
     code, out, err = run_cli(["project", "pretrain", project, *no_step])
     assert_one_line_error(code, err, "before the first pretraining step")
     assert not (project / "checkpoints" / "pretrain").exists()

@@ -21,7 +21,7 @@ from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resu
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, distributed, locks, training
+    from napari_diffseg.core import device as devices, distributed, locks, rollback, training
     from napari_diffseg.core.checkpoint import CARD, LAST
     from napari_diffseg.core.events import require_a_step
 
@@ -37,9 +37,10 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     new_folder = not out.exists()
     _check_model_folder(out, args)
     # one run per model folder (rank 0 of a data-parallel run holds it for all); a folder made for a run that fails
-    # before writing anything is removed again
+    # before writing anything is removed again, and one that held a model is put back when the run learns nothing
     writes = ranks is None or ranks.main
-    with locks.model_folder_lock(out, new_folder) if writes else contextlib.nullcontext():
+    with locks.model_folder_lock(out, new_folder) if writes else contextlib.nullcontext(), \
+            rollback.restored_if_untrained(out) if writes and not args.resume else contextlib.nullcontext():
         if writes and not args.resume and (out / LAST).exists():
             log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
         data = _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes)

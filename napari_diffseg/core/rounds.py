@@ -24,6 +24,7 @@ Like ``train``, ``train_round`` is a generator: close it to cancel (the wrapped 
 from __future__ import annotations
 
 from collections.abc import Iterator
+import contextlib
 from dataclasses import asdict
 import logging
 from pathlib import Path
@@ -31,6 +32,7 @@ import shutil
 
 import numpy as np
 
+from . import rollback
 from .checkpoint import LAST, read_model_card
 from .data import TrainingData, training_data_from_arrays
 from .errors import InputError, ModelError
@@ -194,6 +196,19 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
              len(data.unlabelled_indices))
     yield RoundStarted(round_, out_dir, warm, resumed, len(data.labelled_indices), len(data.unlabelled_indices), note)
 
+    # a retrained round whose run learns nothing gets its folder back as it was (core.rollback)
+    kept = rollback.restored_if_untrained(out_dir) if not resumed else contextlib.nullcontext()
+    events = train(data, config, out_dir, resume=resumed, warm_start=warm, sink=ProjectSink(project, round_))
+    if not resumed:
+        events = require_a_step(events, config.schedule.budget_seconds)
+    with kept:
+        yield from _logged(events, project, round_, config)
+
+
+def _logged(events: Iterator[TrainingEvent], project: Project, round_: int,
+            config: TrainConfig) -> Iterator[TrainingEvent]:
+    """The run's events, its losses logged to the project in batches and its settings stored after its first
+    step (a run that fails before it leaves the settings as they were)."""
     pending: list[Progress] = []
 
     def flush() -> None:
@@ -201,9 +216,6 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
             project.log_losses(round_, progress.stage, progress.step, progress.losses)
         pending.clear()
 
-    events = train(data, config, out_dir, resume=resumed, warm_start=warm, sink=ProjectSink(project, round_))
-    if not resumed:
-        events = require_a_step(events, config.schedule.budget_seconds)
     settings_stored = False
     try:
         for event in events:
