@@ -185,6 +185,12 @@ def _user() -> str:
         return "unknown"
 
 
+def _is_path_like(name: str) -> bool:
+    """A name that no file could have (a path): never recorded as an image's original name, and refused when
+    found recorded (the manifest was edited)."""
+    return name in (".", "..") or "/" in name or "\0" in name
+
+
 def sanitise_name(raw: str) -> str:
     """A file-system-safe image name: letters and digits of any script (NFC), ``.``, ``_``, ``-``; never empty,
     hidden or reserved. The project records the user's name where this changed it (see ``Project.export_names``)."""
@@ -575,7 +581,7 @@ class Project:
                             (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
-                if str(raw_name) != unique:  # the user's name, which exports give back (export_names)
+                if str(raw_name) != unique and not _is_path_like(str(raw_name)):  # given back by exports
                     con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                 (f"{_ORIGINAL_NAME_KEY}{unique}", str(raw_name)))
         logger.info("added image %s %s %s", unique, array.shape, array.dtype)
@@ -693,7 +699,7 @@ class Project:
         original = self._meta(f"{_ORIGINAL_NAME_KEY}{name}")
         if original is None:
             return name
-        if original in (".", "..") or "/" in original or "\0" in original:
+        if _is_path_like(original):
             raise InputError(f"the project manifest {self.db_path} records the original name {original!r} for image "
                              f"{name!r}: a path, not a file name (edited by hand?); it is never used as a path: "
                              "restore the manifest from a backup")
