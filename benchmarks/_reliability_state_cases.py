@@ -24,6 +24,7 @@ import time
 import numpy as np
 import tifffile
 
+from napari_diffseg import cli
 from napari_diffseg.core import locks
 from napari_diffseg.core.checkpoint import LAST, load_checkpoint
 from napari_diffseg.core.model import SegmentationModel
@@ -65,6 +66,9 @@ def state_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple[str, str, l
     _held.enter_context(locks.model_folder_lock(busy_model))
     project = _project(root, "project", im, lab)
     unlabelled_project = _project(root, "unlabelled_project", im, None)
+    trained_project = _project(root, "trained_project", im, lab)
+    assert cli.main(["-q", "project", "train", str(trained_project), *FAST]) == 0
+    rerun_model = _copy(model, root / "rerun_model")  # an earlier model that a run learning nothing must not touch
 
     wide = _copy(im, root / "float64_images")  # a float64 image beyond float32: inf once cast
     tifffile.imwrite(wide / "img_000.tif", np.full((48, 48), 1e300) * np.linspace(0.5, 1, 48))
@@ -110,6 +114,11 @@ def state_cases(root: Path, fixtures: dict[str, Path]) -> list[tuple[str, str, l
           "1"]),
         ("project train --next-round on a project without labels (round unchanged)", "error",
          ["project", "train", unlabelled_project, "--next-round", *FAST]),
+        ("train --out an earlier model's folder, budget allows no step (folder unchanged)", "error",
+         ["train", im, "--labels", lab, "--out", rerun_model, "--budget", NO_STEP_BUDGET, "--width", "8",
+          "--threads", "1"]),
+        ("project train the same round again, budget allows no step (round folder unchanged)", "error",
+         ["project", "train", trained_project, "--budget", NO_STEP_BUDGET, "--width", "8", "--threads", "1"]),
         ("project train --resume with nothing to resume", "error", ["project", "train", project, "--resume",
                                                                     *FAST]),
         ("project create with a label of the wrong shape (nothing left behind)", "error",
