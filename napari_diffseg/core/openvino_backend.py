@@ -69,6 +69,9 @@ def read_cached(core, xml: Path):
     try:
         if not xml.is_file():
             return None
+        if not _digest_record(xml).is_file():  # written before entries had a record: converted and recorded anew
+            log.info("the cached OpenVINO model %s has no recorded hash; converting the model again", xml)
+            return None
         recorded = json.loads(_digest_record(xml).read_text())
         actual = {path.name: _file_digest(path) for path in _entry_files(xml)}
         if recorded != actual:
