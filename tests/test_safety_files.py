@@ -240,6 +240,18 @@ def test_a_malformed_model_card_is_one_line(trained, tmp_path, card):
     assert_refused(code, text, "model_card.json")
 
 
+def test_a_layer_named_like_a_path_is_exported_under_its_project_name(tmp_path):
+    project = Project.create(tmp_path / "project")
+    image, _ = make_blobs_dataset(1, shape=(48, 48), seed=5)[0]
+    record = project.add_image(image, name="../x")
+    mask = np.zeros((48, 48), np.uint8)
+    mask[4:20, 4:20] = 1
+    project.save_label(record.name, mask)
+    project.export_masks(tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{record.name}.tif"]
+    assert not (tmp_path / "x.tif").exists()
+
+
 @pytest.mark.parametrize(("key", "value"), [("base_channels", 10**6), ("depth", 40), ("num_classes", "2")])
 def test_a_checkpoint_network_edited_out_of_range_is_refused_before_it_is_built(trained, tmp_path, key, value):
     import torch
