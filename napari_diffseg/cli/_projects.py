@@ -68,14 +68,12 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _check_round_folder(round_dir: Path, round_: int, resume: bool) -> None:
-    """Nothing to resume is an error; a model about to be replaced is a warning."""
+    """Nothing to resume is an error (a model about to be replaced is train_round's warning, once it holds the
+    project: a refused run says nothing but why)."""
     from napari_diffseg.core.checkpoint import LAST
 
     if resume and not (round_dir / LAST).is_file():
         raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
-    if not resume and (round_dir / LAST).exists():
-        log.warning("round %d already has a model in %s; it will be replaced (--next-round starts round %d "
-                    "from it instead, --resume continues it)", round_, round_dir, round_ + 1)
 
 
 def _print_review_next(project, round_: int, outcome, project_arg: str) -> None:

@@ -189,6 +189,9 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
     out_dir = project.checkpoints_dir(round_)
     data = project_training_data(project, config.network.num_classes)
     resumed = bool(resume and (out_dir / LAST).is_file())
+    if not resumed and (out_dir / LAST).exists():
+        log.warning("round %d already has a model in %s; it will be replaced (Next round starts round %d from it "
+                    "instead, resume continues it)", round_, out_dir, round_ + 1)
     warm, note = (None, "resuming the stopped run of this round") if resumed else (None, "training from scratch")
     if warm_start and not resumed:
         warm, note = _warm_start_dir(project, data, config, round_)
