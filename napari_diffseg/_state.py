@@ -120,6 +120,7 @@ class DiffsegState:
     error = Signal(str)  # one-line message of the last failure
     image_shown = Signal(str, str)  # ("annotate" | "review", image name): a panel's layers now show that image
     pretrain_changed = Signal(float)  # seconds the teacher has pretrained in the background (also on start/stop)
+    review_keys_bound = Signal(bool)  # the Review panel bound (True) or removed (False) its keys on the viewer
 
     def __init__(self) -> None:
         self.project: Project | None = None
@@ -134,6 +135,12 @@ class DiffsegState:
         self.pretrain_enabled = PRETRAIN_IN_BACKGROUND  # pretrain the teacher while the user labels
         self.pretrain_worker: Any = None
         self.pretrain_seconds = 0.0
+        self.review_keys_active = False  # whether the review keys are bound (the Review panel is on screen)
+
+    def set_review_keys_active(self, active: bool) -> None:
+        if active != self.review_keys_active:
+            self.review_keys_active = active
+            self.review_keys_bound.emit(active)
 
     # ------------------------------------------------------------------ project
     def set_project(self, project: Project | None) -> None:

@@ -98,6 +98,11 @@ def test_review_keys_work_wherever_the_focus_is_in_the_panels(make_napari_viewer
     review.queue_list.setFocus()
     review.canvas_button.click()  # the same as a button
     qtbot.waitUntil(lambda: QApplication.focusWidget() is canvas, timeout=5_000)
+
+    letters = predict._shortcuts[:-1]  # without the Review panel the letters are the widgets' own again
+    assert all(shortcut.isEnabled() for shortcut in letters)
+    viewer.window._wrapped_dock_widgets[f"Review ({PLUGIN})"].destroyOnClose()
+    qtbot.waitUntil(lambda: not any(shortcut.isEnabled() for shortcut in letters), timeout=5_000)
     assert shown["error"] == []
 
 

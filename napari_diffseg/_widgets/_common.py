@@ -312,22 +312,32 @@ def focus_canvas(viewer: Any) -> bool:
     return True
 
 
-def forward_review_keys(panel: QWidget, viewer: Any) -> list[QShortcut]:
+def forward_review_keys(panel: QWidget, viewer: Any, state: Any) -> list[QShortcut]:
     """The review keys (REVIEW_SHORTCUTS) work wherever the focus is inside ``panel`` (its list, buttons, check
     boxes): a list would otherwise take letters as type-ahead search. Each key calls what the viewer has bound to
-    it while the Review panel is on screen, so the keys mean the same here and on the canvas. Text fields keep
-    their keys (they claim them before shortcuts). Escape gives the keyboard to the canvas."""
-    shortcuts = []
+    it, and only while the Review panel has its keys bound (``state.review_keys_bound``; otherwise the panel's
+    widgets keep their letters), so the keys mean the same here and on the canvas. Text fields keep their keys
+    (they claim them before shortcuts). Escape gives the keyboard to the canvas."""
+    letters = []
     for key in REVIEW_SHORTCUTS:
         shortcut = QShortcut(QKeySequence(key.replace("-", "+")), panel)
         shortcut.setContext(Qt.WidgetWithChildrenShortcut)
+        shortcut.setEnabled(state.review_keys_active)
         shortcut.activated.connect(functools.partial(_call_review_key, weakref.ref(panel), viewer, key))
-        shortcuts.append(shortcut)
+        letters.append(shortcut)
+    connect_until_destroyed(panel, state.review_keys_bound,
+                            functools.partial(_enable_shortcuts, [weakref.ref(s) for s in letters]))
     back = QShortcut(QKeySequence(CANVAS_KEY), panel)
     back.setContext(Qt.WidgetWithChildrenShortcut)
     back.activated.connect(functools.partial(focus_canvas, viewer))
-    shortcuts.append(back)
-    return shortcuts
+    return [*letters, back]
+
+
+def _enable_shortcuts(shortcut_refs: list[weakref.ref], enabled: bool) -> None:
+    for ref in shortcut_refs:
+        shortcut = ref()
+        if shortcut is not None:
+            shortcut.setEnabled(enabled)
 
 
 def _call_review_key(panel_ref: weakref.ref, viewer: Any, key: str) -> None:

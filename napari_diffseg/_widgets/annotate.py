@@ -55,7 +55,7 @@ class AnnotatePanel(QWidget):
         layout.addWidget(self.current_label)
         layout.addWidget(widget_grid(self.save_button, self.clear_button))
         layout.addWidget(help_label)
-        self._shortcuts = forward_review_keys(self, viewer)  # the review keys, while Review is on screen elsewhere
+        self._shortcuts = forward_review_keys(self, viewer, state)  # the review keys work here too
 
         self._layer_steps = LayerSteps(self, state, lambda project: None)  # the layers wait, hidden, for a click
         self._dock: Any = None  # the dock followed for its tab coming to the front

@@ -245,7 +245,7 @@ class PredictPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
         layout.addWidget(self.results_list)
-        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
+        self._shortcuts = forward_review_keys(self, viewer, state)  # the review keys work here too
 
         connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.status_changed, self._on_project)

@@ -129,7 +129,7 @@ class ProjectPanel(QWidget):
         layout.addWidget(self.table)
         hint = wrapping_label("Double-click an image to show it (Annotate for labelling, Review for pseudo-labels).")
         layout.addWidget(hint)
-        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
+        self._shortcuts = forward_review_keys(self, viewer, state)  # the review keys work here too
 
         # after the combos refreshed: pick the options for a newly opened layer (e.g. File > Open Sample)
         connect_until_destroyed(self, viewer.layers.events.inserted, self._guess_layer_options)

@@ -134,10 +134,10 @@ class ReviewPanel(QWidget):
         hint = wrapping_label("Edit the pseudo-label layer with the Labels tools, then Accept. 3D: scroll the slices. "
                               "Keys N, Shift-N, A, R, T work on the canvas and in this panel.")
         layout.addWidget(hint)
-        self._shortcuts = forward_review_keys(self, viewer)
+        self._shortcuts = forward_review_keys(self, viewer, state)
 
         self._key_handlers: dict[str, Any] = {}
-        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, self._key_handlers))
+        self.destroyed.connect(functools.partial(_unbind_keys, self.viewer, self._key_handlers, state))
         connect_until_destroyed(self, state.project_changed, self._on_project)
         connect_until_destroyed(self, state.records_changed, self.refresh)
         connect_until_destroyed(self, state.status_changed, self._on_status)
@@ -154,10 +154,11 @@ class ReviewPanel(QWidget):
             handler = _key_handler(self, action)
             self.viewer.bind_key(key, handler, overwrite=True)
             self._key_handlers[key] = handler
+        self.state.set_review_keys_active(True)  # the panels forward them too
 
     def unbind_keys(self) -> None:
         """Remove the review keys (only ours: a key the user rebound since stays)."""
-        _unbind_keys(self.viewer, self._key_handlers)
+        _unbind_keys(self.viewer, self._key_handlers, self.state)
 
     def _on_status(self, status: Status) -> None:
         self._update_enabled()
@@ -471,7 +472,9 @@ def _key_handler(panel: ReviewPanel, action: str) -> Any:
     return handler
 
 
-def _unbind_keys(viewer: Any, handlers: dict[str, Any], *_: Any) -> None:
+def _unbind_keys(viewer: Any, handlers: dict[str, Any], state: DiffsegState, *_: Any) -> None:
+    if handlers:
+        state.set_review_keys_active(False)
     for key, handler in list(handlers.items()):
         try:
             if viewer.keymap.get(KeyBinding.from_str(key)) is handler:

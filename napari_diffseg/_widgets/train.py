@@ -184,7 +184,7 @@ class TrainPanel(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.plot_help)
         layout.addWidget(self.status_label)
-        self._shortcuts = forward_review_keys(self, viewer)  # the review keys work here too
+        self._shortcuts = forward_review_keys(self, viewer, state)  # the review keys work here too
 
         self.budget.valueChanged.connect(lambda v: self._apply(budget_seconds=float(v) if v else None))
         self.labels_only.toggled.connect(lambda v: self._apply(labels_only=bool(v)))
