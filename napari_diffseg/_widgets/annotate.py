@@ -15,9 +15,9 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, widget_grid, follow_dock,
+from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_until_destroyed, follow_dock,
                                             forward_review_keys, on_screen, repaint_in_next_turn, short_name,
-                                            user_errors, wrapping_label)
+                                            user_errors, widget_grid, wrapping_label)
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus
 

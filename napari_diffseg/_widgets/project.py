@@ -22,8 +22,8 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QFormLayo
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
-from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_cursor, connect_until_destroyed, widget_grid,
-                                            forward_review_keys, user_errors, wrapping_label)
+from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_cursor, connect_until_destroyed,
+                                            forward_review_keys, user_errors, widget_grid, wrapping_label)
 from napari_diffseg._workers import KEEP_THREADS, start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
 from napari_diffseg.core.io import image_layout, list_images

@@ -34,9 +34,9 @@ from napari_diffseg._state import DiffsegState, Status, state_for_viewer
 from napari_diffseg._widgets import _layers
 from napari_diffseg._widgets._closing import guard_closing
 from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, REVIEW_SHORTCUTS, LayerSteps,
-                                            busy_cursor, connect_until_destroyed, widget_grid, focus_canvas, follow_dock,
+                                            busy_cursor, connect_until_destroyed, focus_canvas, follow_dock,
                                             forward_review_keys, on_screen, repaint_in_next_turn, short_name,
-                                            user_errors, wrapping_label)
+                                            user_errors, widget_grid, wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.project import ImageStatus

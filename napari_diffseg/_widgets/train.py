@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxL
 
 from napari_diffseg._state import DiffsegState, Status, state_for_viewer, stopped_run
 from napari_diffseg._widgets._closing import guard_closing
-from napari_diffseg._widgets._common import (connect_until_destroyed, widget_grid, forward_review_keys, user_errors,
+from napari_diffseg._widgets._common import (connect_until_destroyed, forward_review_keys, user_errors, widget_grid,
                                             wrapping_label)
 from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
 from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
