@@ -1,5 +1,7 @@
 """The evented state shared by the napari panels of one viewer: the open project, the training settings, and the
-status of the training run (idle / running / stopping / done / failed, round, step, losses).
+status of the training run (idle / running / stopping / done / failed, round, step, losses), whether the project is
+open read-only (:func:`folder_writable`, a real write probe), and the run of the current round that was stopped or
+killed before it finished (:func:`stopped_run`, from a note kept in the project while a run goes on).
 
 Panels receive the state in their constructors and talk to each other only through its signals (psygnal, which
 ships with napari; no Qt needed here). Signals are emitted on the GUI thread: the worker bridge
