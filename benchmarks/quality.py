@@ -1,26 +1,32 @@
-"""Quality benchmark: does the semi-supervised default beat labels-only and the random forest? (issue: quality)
+"""Quality protocol: does the semi-supervised default beat labels-only, the random forest and how far is it from
+the ceiling? (issue: make the unlabelled images pay)
 
-For each dataset of ../shared/data, K labelled images (the first K of split.json's ``train``, the rest of
-``train`` unlabelled), scored on ``test``:
-- DiffSeg: what ``diffseg train POOL --labels LABELS --out M --budget B --seed S`` then ``diffseg predict M TEST``
-  do with the default settings (the same functions: ``_common.train_model`` / ``score_model``);
-- labels only: the same with ``--labels-only`` (the same network, augmentation, working scale, schedule and
-  threshold rule, trained on the K images alone);
-- random forest: the suite's pixel classifier (``_common.random_forest_scores``) on the same K images.
-Budgets are optimisation seconds (B = 180 s 2D, 360 s 3D by default); the two trainings of one dataset and seed run
-side by side in two worker processes with the default thread count (cores - 1), so both see the same load. Each run
-also reports its steps, steps per second, the seconds spent outside the budget (pseudo-labels, checkpoints, final
-model) and, for DiffSeg, how well the image-level uncertainty of its pseudo-labels ranks them: the Spearman
-correlation between the score that orders the review queue and the true Dice of each pseudo-label (negative =
-the queue shows bad masks first).
+For each dataset (glas, ph2, dsb2018, la_mri_3d from ../shared/data_large: the developer sets with every remaining
+public image in the unlabelled pool; isbi2012_em from ../shared/data), K labelled images from fixed subsets of the
+pool (subset 0 = the first K of split.json's ``train``, subsets 1, 2 ... = fixed random draws from the whole pool,
+``quality_stats.labelled_subset``), the rest of the pool unlabelled, and per (K, subset) several seeds:
+- DiffSeg: what ``diffseg train POOL --labels LABELS`` then ``diffseg predict`` do with the default settings
+  (``_common.train_model`` / ``SegmentationModel``), plus any ``--variant`` arms (ablations);
+- labels only: the same with ``--labels-only`` on the same subset and seed (paired);
+- paper (``--paper-too``): the method as the paper describes it (``--preset paper``);
+- random forest: the suite's pixel classifier on the same K images (one forest per seed);
+- ceiling (``--ceiling``): labels-only with the whole pool labelled, same budget, one per seed.
+Two scores per run, both reported: the collection (every unlabelled image of the pool: what a plugin user gets)
+and the test images (new stacks); mean per-image Dice, pooled Dice and HD95.
 
-    python benchmarks/quality.py                                    # K = 2, 3 seeds, all datasets (~1 h)
-    python benchmarks/quality.py --labelled 1 2 5 --datasets glas   # more label counts
-    python benchmarks/quality.py --variant "no pretraining" '{"pretrain_fraction": 0}' --datasets glas ph2
-    python benchmarks/quality.py --variant pretrained '{}' --pretrain-seconds 180 --default-too  # stage 1 first
-    python benchmarks/quality.py --from-json benchmarks/quality/results.json   # re-render the report
+Budgets are CPU seconds of the training process (``budget_clock="cpu"``, one torch thread per run: machine load
+cannot move them; the product's own budget stays wall time); each run records its steps, wall seconds and CPU
+seconds. Differences are paired (same dataset, K, subset, seed) and reported as the mean with a bootstrap 95 %
+confidence interval (``quality_stats.bootstrap_ci``).
 
-Prints the markdown tables and writes benchmarks/quality/RESULTS.md (or ``--out``) and results.json.
+    python benchmarks/quality.py --datasets glas --labelled 1 2 --part glas_3min       # one part (~1 h)
+    python benchmarks/quality.py --datasets glas ph2 --labelled 2 --budget-2d 900 --seeds 0 --part long
+    python benchmarks/quality.py --datasets glas --subsets 0 --seeds 0 --budget-2d 90 \\
+        --variant "no cutmix" '{"cutmix": false}' --part screen_cutmix              # a cheap screen
+    python benchmarks/quality.py --merge benchmarks/quality/results_*.json           # one report of all parts
+
+Each part writes benchmarks/quality/results_<part>.json (after every finished job) and RESULTS_<part>.md;
+``--merge`` writes RESULTS.md from the parts given.
 """
 
 from __future__ import annotations
@@ -36,147 +42,161 @@ import time
 
 import numpy as np
 
-from _common import (DEFAULT_DATA, load_average, load_split, machine, random_forest_scores, score_model, train_model,
-                     versions)
+from _common import (REPO, load_average, load_split, machine, rf_features, score_masks, train_model, versions,
+                     RF_MAX_PIXELS, RF_PIXELS_PER_IMAGE, RF_TREES)
+from quality_stats import bootstrap_ci, labelled_subset, paired_differences
 
 BENCH_DIR = Path(__file__).resolve().parent
-DATASETS = ("glas", "ph2", "isbi2012_em", "la_mri_3d", "dsb2018")
+DATA = REPO.parent / "shared" / "data"
+DATA_LARGE = REPO.parent / "shared" / "data_large"
+DATASETS = ("glas", "ph2", "dsb2018", "isbi2012_em", "la_mri_3d")
 THREE_D = ("la_mri_3d",)
-BAR_DATASETS = ("glas", "ph2", "isbi2012_em", "la_mri_3d")  # +3 points over both baselines
-BAR_MARGIN, DSB_TOLERANCE = 0.03, 0.01
+DEFAULT_ARM, LABELS_ONLY, PAPER, CEILING, FOREST = "DiffSeg", "labels only", "paper", "ceiling", "random forest"
+PAIR_ON = ("dataset", "n", "subset", "seed")
 
 
-def pseudo_label_ranking(model_dir: Path, train_pairs, labelled: int, scores: dict[str, float]) -> dict:
-    """True Dice of each final pseudo-label against the ground truth, and its Spearman correlation with the
-    image-level uncertainty score that orders the review queue."""
-    from scipy.stats import spearmanr
-    from napari_diffseg.core.io import read_mask
-    from napari_diffseg.core.metrics import dice
-
-    from napari_diffseg.core.io import read_image
-    from napari_diffseg.core.io import UNCERTAINTY_SUFFIX
-
-    truth = {name: mask for _, mask, name in train_pairs[labelled:]}
-    folder = model_dir / "pseudo_labels"
-    masks = {name: read_mask(folder / f"{name}.tif") for name in scores}
-    dices = {name: dice(masks[name], truth[name]) for name in scores}
-    names = sorted(dices)
-
-    def rank_correlation(values: dict[str, float]) -> float:
-        if len(names) < 3 or len({values[n] for n in names}) < 2:
-            return float("nan")
-        return float(spearmanr([values[n] for n in names], [dices[n] for n in names]).statistic)
-
-    # other image-level scores from what the pseudo-label pass writes (entropy map of the twins' mean + mask),
-    # reported beside the queue's score to compare them
-    alternatives: dict[str, dict[str, float]] = {"mean entropy": {}, "entropy per foreground pixel": {},
-                                                 "foreground fraction": {}, "expected Dice error": {}}
-    # two classes: the normalised entropy h(p) gives back the confidence max(p, 1 - p) of the twins' mean
-    confidence = np.linspace(0.5, 1.0, 2001)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        binary_entropy = np.nan_to_num(-(confidence * np.log2(confidence)
-                                         + (1 - confidence) * np.log2(1 - confidence)))
-    for name in names:
-        entropy = np.asarray(read_image(folder / f"{name}{UNCERTAINTY_SUFFIX}.tif"), np.float64)
-        foreground = masks[name] > 0
-        alternatives["mean entropy"][name] = float(entropy.mean())
-        alternatives["entropy per foreground pixel"][name] = float(entropy.sum() / (foreground.sum() + 1.0))
-        alternatives["foreground fraction"][name] = float(foreground.mean())
-        # the Dice the mask would score if the twins' mean probabilities were the truth: 1 - E[Dice] as a score
-        sure = np.interp(entropy, binary_entropy[::-1], confidence[::-1])
-        probability = np.where(foreground, sure, 1 - sure)
-        overlap = float((probability * foreground).sum())
-        denominator = float(probability.sum() + foreground.sum())
-        alternatives["expected Dice error"][name] = 0.0 if denominator < 1e-6 else 1 - 2 * overlap / denominator
-    return {"pseudo_dice": dices, "uncertainty": scores, "spearman": rank_correlation(scores),
-            "alternative_spearman": {key: rank_correlation(values) for key, values in alternatives.items()},
-            "mean_pseudo_dice": float(np.mean(list(dices.values()))) if dices else float("nan")}
+def dataset_root(dataset: str) -> Path:
+    large = DATA_LARGE / dataset
+    return large if large.is_dir() else DATA / dataset
 
 
-def pretrain_teacher(train_pairs, config, out_dir: Path) -> dict:
-    """Stage 1 alone on every train image, no label (as ``diffseg project pretrain`` and the Train panel's background
-    pretraining run it while the user labels), for ``config``'s budget; outside the co-training budget."""
-    from napari_diffseg.core.data import training_data_from_arrays
-    from napari_diffseg.core.device import configure_threads
-    from napari_diffseg.core.training import pretrain, pretraining_info
+# ------------------------------------------------------------------------------------------------ jobs
+def _predict_all(model_dir: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.model import SegmentationModel
 
-    configure_threads(config.runtime.threads)
-    data = training_data_from_arrays([p[0] for p in train_pairs], {}, [p[2] for p in train_pairs],
-                                     config.network.num_classes, require_labels=False)
-    for _ in pretrain(data, config, out_dir):
-        pass
-    info = pretraining_info(out_dir)
-    return {"pretrain_seconds_done": info["seconds"], "pretrain_steps": info["steps"]}
+    model = SegmentationModel.load(Path(model_dir), bf16=devices.bf16_supported("cpu"))
+    return [model.predict(image).mask for image in images]
+
+
+def _scores(prefix: str, predictions: list[np.ndarray], truth: list[np.ndarray]) -> dict:
+    if not predictions:
+        return {}
+    scored = score_masks(predictions, truth)
+    return {f"{prefix}_{key}": scored[key] for key in ("mean_dice", "pooled_dice", "mean_hd95", "dice")}
 
 
 def job_train(params: dict) -> dict:
-    """One training + test scoring, as ``diffseg train`` / ``diffseg predict`` do with default settings."""
-    from napari_diffseg.core.training import TrainConfig
+    """One training and its scores on the collection and the test images, as ``diffseg train`` / ``predict`` do."""
+    import time as clock
 
-    train_pairs, test_pairs = load_split(Path(params["root"]))
-    n = params["n"]
-    config = TrainConfig(budget_seconds=params["budget"], labels_only=params["labels_only"], seed=params["seed"],
-                         **params["overrides"])
-    began = time.perf_counter()
+    from napari_diffseg.core.config import TrainConfig
+
+    pool, test = load_split(Path(params["root"]))
+    labelled = params["labelled"]
+    config = TrainConfig.from_preset(params.get("preset"), budget_seconds=params["budget"],
+                                     budget_clock="cpu", threads=1, labels_only=params["labels_only"],
+                                     seed=params["seed"], **params["overrides"])
+    wall, cpu = clock.perf_counter(), clock.process_time()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
-        warm_start, pretrained = None, {}
-        if params.get("pretrain_seconds"):
-            warm_start = out / "pretrain"
-            pretrained = pretrain_teacher(train_pairs, config.replace(budget_seconds=params["pretrain_seconds"]),
-                                          warm_start)
-            out = out / "model"
-        trained = train_model(train_pairs, list(range(n)), config, out, warm_start=warm_start)
+        trained = train_model(pool, labelled, config, out)
+        cpu_seconds, wall_seconds = clock.process_time() - cpu, clock.perf_counter() - wall
         card = json.loads((out / "model_card.json").read_text())
-        result = {**params, **score_model(out, test_pairs), **trained,
-                  "optimisation_seconds": card["training"]["elapsed_seconds"],
-                  "overhead_seconds": card["training"]["overhead_seconds"],
-                  "working_scale": card.get("working_scale"), "patch_size": card.get("patch_size"),
-                  "threads": card["environment"]["threads"]}
-        if not params["labels_only"] and trained["mean_uncertainty"]:
-            result.update(pseudo_label_ranking(out, train_pairs, n, trained["mean_uncertainty"]))
-    result.update(pretrained)
-    result["wall_seconds"] = time.perf_counter() - began
+        collection = [i for i in range(len(pool)) if i not in set(labelled)] or list(range(len(pool)))
+        result = {key: value for key, value in params.items() if key != "root"}
+        result.update(
+            _scores("collection", _predict_all(out, [pool[i][0] for i in collection]), [pool[i][1] for i in collection]))
+        result.update(_scores("test", _predict_all(out, [p[0] for p in test]), [p[1] for p in test]))
+        result.update(steps=trained["steps"], optimisation_seconds=card["training"]["elapsed_seconds"],
+                      overhead_seconds=card["training"]["overhead_seconds"], cpu_seconds=cpu_seconds,
+                      wall_seconds=wall_seconds, working_scale=card.get("working_scale"),
+                      patch_size=card.get("patch_size"), collection_size=len(collection))
     result["steps_per_second"] = result["steps"] / max(1e-9, result["optimisation_seconds"])
     return result
 
 
 def job_forest(params: dict) -> dict:
-    return {**params, **random_forest_scores(Path(params["root"]), params["n"], params["seeds"])}
+    """Random forests (one per seed) on the subset's labelled pixels, scored on the collection and the test images
+    (each image's features computed once for every seed's forest)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    pool, test = load_split(Path(params["root"]))
+    labelled = params["labelled"]
+    per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // len(labelled)) // 2
+    began = time.perf_counter()
+    training = [(rf_features(pool[i][0]).reshape(pool[i][1].size, -1), pool[i][1].ravel() > 0) for i in labelled]
+    forests = []
+    for seed in params["seeds"]:
+        rng = np.random.default_rng(seed)
+        features, targets = [], []
+        for flat, truth in training:
+            for value in (True, False):
+                where = np.flatnonzero(truth == value)
+                take = rng.choice(where, min(per_class, len(where)), replace=False)
+                features.append(flat[take])
+                targets.append(truth[take])
+        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
+        forests.append(forest.fit(np.concatenate(features), np.concatenate(targets)))
+
+    def predict(image: np.ndarray, shape) -> list[np.ndarray]:
+        flat = rf_features(image).reshape(int(np.prod(shape)), -1)
+        masks = []
+        for forest in forests:
+            if True not in forest.classes_:
+                masks.append(np.zeros(shape, bool))
+            else:
+                column = list(forest.classes_).index(True)
+                masks.append(forest.predict_proba(flat)[:, column].reshape(shape) > 0.5)
+        return masks
+
+    collection = [i for i in range(len(pool)) if i not in set(labelled)]
+    collection_masks = [predict(pool[i][0], pool[i][1].shape) for i in collection]
+    test_masks = [predict(image, mask.shape) for image, mask, _ in test]
+    results = []
+    for number, seed in enumerate(params["seeds"]):
+        result = {key: value for key, value in params.items() if key not in ("root", "seeds")}
+        result.update(seed=seed, labels_only=False, steps=0, steps_per_second=math.nan)
+        result.update(_scores("collection", [m[number] for m in collection_masks], [pool[i][1] for i in collection]))
+        result.update(_scores("test", [m[number] for m in test_masks], [mask for _, mask, _ in test]))
+        results.append(result)
+    for result in results:
+        result["wall_seconds"] = (time.perf_counter() - began) / len(results)
+    return {"forest_runs": results}
 
 
 def run_job(job: tuple[str, dict]) -> dict:
     kind, params = job
-    return job_forest(params) if kind == "rf" else job_train(params)
+    return job_forest(params) if kind == "forest" else job_train(params)
 
 
 def plan(args) -> list[tuple[str, dict]]:
-    """Training jobs in pairs (DiffSeg and labels-only of one dataset/K/seed next to each other, so the two workers
-    run them side by side; with ``--default-too`` three arms share the two workers), then the forests. The report
-    tables show the variant and labels-only; the default arm is in results.json."""
-    jobs, forests = [], []
+    """Training jobs of one (dataset, K, subset, seed) next to each other (so the two workers run the paired arms
+    side by side), then the ceilings, then the forests."""
+    jobs, ceilings, forests = [], [], []
     for dataset in args.datasets:
-        root = str(Path(args.data_root) / dataset)
+        root = dataset_root(dataset)
+        pool_size = len(json.loads((root / "split.json").read_text())["train"])
         budget = args.budget_3d if dataset in THREE_D else args.budget_2d
+        common = {"dataset": dataset, "root": str(root), "budget": budget}
         for n in args.labelled:
-            forests.append(("rf", {"dataset": dataset, "root": root, "n": n, "seeds": list(args.seeds),
-                                   "method": "random forest"}))
+            for subset in args.subsets:
+                labelled = labelled_subset(pool_size, n, subset)
+                if not args.no_forest:
+                    forests.append(("forest", {**common, "n": n, "subset": subset, "labelled": labelled,
+                                               "seeds": list(args.seeds), "method": FOREST}))
+                for seed in args.seeds:
+                    arms = [] if args.no_default else [(DEFAULT_ARM, False, {}, None)]
+                    arms += [(name, False, overrides, None) for name, overrides in args.variants]
+                    if args.paper_too:
+                        arms.append((PAPER, False, {}, "paper"))
+                    if not args.no_labels_only:
+                        arms.append((LABELS_ONLY, True, {}, None))
+                    for method, labels_only, overrides, preset in arms:
+                        jobs.append(("train", {**common, "n": n, "subset": subset, "seed": seed,
+                                               "labelled": labelled, "labels_only": labels_only, "method": method,
+                                               "overrides": overrides, "preset": preset}))
+        if args.ceiling:
             for seed in args.seeds:
-                arms = [(args.variant_name, False, args.variant)]
-                if args.default_too:
-                    arms.append(("DiffSeg (default)", False, {}))
-                if not args.no_labels_only:
-                    arms.append(("labels only", True, args.variant_labels_only))
-                for method, labels_only, overrides in arms:
-                    pretraining = args.pretrain_seconds if method == args.variant_name else 0.0
-                    jobs.append(("train", {"dataset": dataset, "root": root, "n": n, "seed": seed, "budget": budget,
-                                           "labels_only": labels_only, "method": method, "overrides": overrides,
-                                           "pretrain_seconds": pretraining}))
-    return jobs + forests
+                ceilings.append(("train", {**common, "n": pool_size, "subset": 0, "seed": seed,
+                                           "labelled": list(range(pool_size)), "labels_only": True,
+                                           "method": CEILING, "overrides": {}, "preset": None}))
+    return jobs + ceilings + forests
 
 
+# ---------------------------------------------------------------------------------------------- report
 def _mean_sd(values) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return math.nan, math.nan
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
@@ -187,174 +207,180 @@ def _cell(values, digits=3) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def report(results: list[dict], meta: dict) -> str:
-    lines = ["# Quality benchmark: semi-supervised default vs labels-only vs random forest", "",
-             f"Generated by `{meta['command']}` on {meta['date']}; wall time {meta['wall_minutes']:.1f} min.", "",
-             f"- Machine: {meta['machine']}", f"- Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-             f"- Load average at start / end: {meta['load_start']} / {meta['load_end']}",
-             f"- Budgets: {meta['budget_2d']:.0f} s (2D), {meta['budget_3d']:.0f} s (3D) of optimisation per run; "
-             "the two trainings of one dataset and seed ran side by side (one torch thread each, the default "
-             "cores - 1). Seeds: " + ", ".join(map(str, meta["seeds"])) + ".",
-             f"- Variant: {meta['variant_name']} {json.dumps(meta['variant']) if meta['variant'] else '(defaults)'}"
-             + (f", after {meta['pretrain_seconds']:.0f} s of stage 1 outside the budget (its wall s include them)"
-                if meta.get("pretrain_seconds") else ""),
-             "", "Dice: mean over test images per run, then mean ± sd over seeds. HD95 in pixels (voxels), mean "
-             "over the test images where it is defined. Margins are DiffSeg minus the baseline, in Dice points.", ""]
-    trained = [r for r in results if "seed_results" not in r]
-    forests = [r for r in results if "seed_results" in r]
-    method = meta["variant_name"]
-    lines += ["| dataset | K | DiffSeg Dice | labels only | random forest | vs labels only | vs forest | "
-              "DiffSeg HD95 | labels-only HD95 | forest HD95 | bar |", "|" + "---|" * 11]
-    verdicts = []
-    for dataset in meta["datasets"]:
-        for n in meta["labelled"]:
-            ours = [r for r in trained if r["dataset"] == dataset and r["n"] == n and r["method"] == method]
-            base = [r for r in trained if r["dataset"] == dataset and r["n"] == n and r["labels_only"]]
-            forest = [s for r in forests if r["dataset"] == dataset and r["n"] == n for s in r["seed_results"]]
-            if not ours:
-                continue
-            d, b, f = (_mean_sd([r["mean_dice"] for r in rs])[0] for rs in (ours, base, forest))
-            vs_b, vs_f = 100 * (d - b), 100 * (d - f)
-            if n == 2 and dataset in BAR_DATASETS:
-                met = vs_b >= 100 * BAR_MARGIN and vs_f >= 100 * BAR_MARGIN
-                bar = "met" if met else "MISSED"
-            elif n == 2 and dataset == "dsb2018":
-                met = vs_b >= -100 * DSB_TOLERANCE and vs_f >= -100 * DSB_TOLERANCE
-                bar = "met" if met else "MISSED"
-            else:
-                bar = "(not part of the bar)"
-            if n == 2:
-                verdicts.append((dataset, bar))
-            lines.append(f"| {dataset} | {n} | {_cell([r['mean_dice'] for r in ours])} | "
-                         f"{_cell([r['mean_dice'] for r in base])} | {_cell([r['mean_dice'] for r in forest])} | "
-                         f"{vs_b:+.1f} | {vs_f:+.1f} | {_cell([r['mean_hd95'] for r in ours], 1)} | "
-                         f"{_cell([r['mean_hd95'] for r in base], 1)} | {_cell([r['mean_hd95'] for r in forest], 1)} | "
-                         f"{bar} |")
-    lines += ["", "## Steps, time outside the budget, working scale", "",
-              "| dataset | K | method | steps | steps/s | optimisation s | outside the budget s | wall s | "
-              "working scale | patch |", "|" + "---|" * 10]
-    for dataset in meta["datasets"]:
-        for n in meta["labelled"]:
-            for label, rows in ((method, [r for r in trained if r["dataset"] == dataset and r["n"] == n
-                                          and r["method"] == method]),
-                                ("labels only", [r for r in trained if r["dataset"] == dataset and r["n"] == n
-                                                 and r["labels_only"]])):
-                if not rows:
-                    continue
-                lines.append(f"| {dataset} | {n} | {label} | {_cell([r['steps'] for r in rows], 0)} | "
-                             f"{_cell([r['steps_per_second'] for r in rows], 2)} | "
-                             f"{_cell([r['optimisation_seconds'] for r in rows], 0)} | "
-                             f"{_cell([r['overhead_seconds'] for r in rows], 1)} | "
-                             f"{_cell([r['wall_seconds'] for r in rows], 0)} | {rows[0]['working_scale']} | "
-                             f"{'x'.join(map(str, rows[0]['patch_size'] or []))} |")
-    ratios = []
-    for dataset in meta["datasets"]:
-        for n in meta["labelled"]:
-            ours = [r["steps_per_second"] for r in trained if r["dataset"] == dataset and r["n"] == n
-                    and r["method"] == method]
-            base = [r["steps_per_second"] for r in trained if r["dataset"] == dataset and r["n"] == n
-                    and r["labels_only"]]
-            if ours and base:
-                ratios.append(f"{dataset} K={n}: {np.mean(ours) / np.mean(base):.2f}")
-    lines += ["", "Steps per second of DiffSeg / labels only (one DiffSeg step trains two mask pathways, and every "
-              "4th step one pseudo-label round through the image pathway): " + "; ".join(ratios) + ".", ""]
-    lines += ["## Does the uncertainty point at bad pseudo-labels?", "",
-              "Spearman correlation, over the unlabelled train images, between the image-level uncertainty score "
-              "that orders the review queue and the true Dice of the final pseudo-label (negative = most uncertain "
-              "are the worst; the bar asks <= -0.4 on at least 3 of the 5 sets).", "",
-              "| dataset | K | Spearman (mean ± sd over seeds) | mean pseudo-label Dice |", "|---|---|---|---|"]
-    passing = 0
-    for dataset in meta["datasets"]:
-        for n in meta["labelled"]:
-            rows = [r for r in trained if r["dataset"] == dataset and r["n"] == n and r["method"] == method
-                    and "spearman" in r]
+def _ci_cell(differences) -> str:
+    mean, low, high = bootstrap_ci(differences)
+    if math.isnan(mean):
+        return "n/a"
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] (n={len(differences)})"
+
+
+def comparison(results: list[dict], dataset: str, n: int, ours: str, baseline: str, score: str):
+    """Paired differences of ``score`` between two arms in one setting."""
+    mine = [r for r in results if r["dataset"] == dataset and r["n"] == n and r["method"] == ours]
+    theirs = [r for r in results if r["dataset"] == dataset and r["n"] == n and r["method"] == baseline]
+    return paired_differences(mine, theirs, score, PAIR_ON)
+
+
+def settings_of(results: list[dict]) -> list[tuple[str, int]]:
+    seen = []
+    for dataset in DATASETS:
+        for n in sorted({r["n"] for r in results if r["dataset"] == dataset and r["method"] != CEILING}):
+            seen.append((dataset, n))
+    return seen
+
+
+def report(results: list[dict], metas: list[dict]) -> str:
+    lines = ["# Quality protocol: DiffSeg vs labels-only, the random forest and the ceiling", ""]
+    for meta in metas:
+        lines.append(f"- `{meta['command']}` on {meta['date']} ({meta['wall_minutes']:.0f} min wall, load "
+                     f"{meta['load_start']} -> {meta.get('load_end')}); {meta['machine']}; git {meta['versions'].get('git')}")
+    lines += ["", "Budgets are CPU seconds of the training process (one torch thread). Collection = every "
+              "unlabelled image of the pool (what a plugin user gets); test = the held-apart test images. Dice is the "
+              "mean over images per run, then mean ± sd over runs (subsets x seeds); differences are paired per "
+              "(subset, seed), in Dice points, with a bootstrap 95 % CI of the mean.", ""]
+    arms = [a for a in dict.fromkeys(r["method"] for r in results) if a != CEILING]
+    lines += ["| dataset | K | arm | runs | collection Dice | collection pooled | collection HD95 | test Dice | "
+              "test pooled | test HD95 | steps | steps/s | CPU s | wall s |", "|" + "---|" * 14]
+    for dataset, n in settings_of(results):
+        for arm in arms:
+            rows = [r for r in results if r["dataset"] == dataset and r["n"] == n and r["method"] == arm]
             if rows:
-                rho = _mean_sd([r["spearman"] for r in rows])[0]
-                passing += int(n == 2 and rho <= -0.4)
-                lines.append(f"| {dataset} | {n} | {_cell([r['spearman'] for r in rows], 2)} | "
-                             f"{_cell([r['mean_pseudo_dice'] for r in rows])} |")
-    lines += ["", f"Sets with Spearman <= -0.4 at K = 2: {passing}.", ""]
-    alternative_rows = [r for r in trained if r["method"] == method and r.get("alternative_spearman")]
-    if alternative_rows:
-        keys = list(alternative_rows[0]["alternative_spearman"])
-        lines += ["Other image-level scores, for comparison (Spearman with the true pseudo-label Dice, from the "
-                  "entropy map and mask that the pseudo-label pass writes):", "",
-                  "| dataset | K | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-        for dataset in meta["datasets"]:
-            for n in meta["labelled"]:
-                rows = [r for r in alternative_rows if r["dataset"] == dataset and r["n"] == n]
-                if rows:
-                    lines.append(f"| {dataset} | {n} | " + " | ".join(
-                        _cell([r["alternative_spearman"][key] for r in rows], 2) for key in keys) + " |")
-        lines.append("")
-    if verdicts:
-        lines += ["## The bar at K = 2", ""] + [f"- {dataset}: {bar}" for dataset, bar in verdicts] + [""]
-    return "\n".join(lines)
+                lines.append(f"| {dataset} | {n} | {arm} | {len(rows)} | {_cell([r.get('collection_mean_dice') for r in rows])} | "
+                             f"{_cell([r.get('collection_pooled_dice') for r in rows])} | "
+                             f"{_cell([r.get('collection_mean_hd95') for r in rows], 1)} | "
+                             f"{_cell([r.get('test_mean_dice') for r in rows])} | "
+                             f"{_cell([r.get('test_pooled_dice') for r in rows])} | "
+                             f"{_cell([r.get('test_mean_hd95') for r in rows], 1)} | "
+                             f"{_cell([r['steps'] for r in rows], 0)} | "
+                             f"{_cell([r['steps_per_second'] for r in rows], 2)} | "
+                             f"{_cell([r.get('cpu_seconds') for r in rows], 0)} | "
+                             f"{_cell([r['wall_seconds'] for r in rows], 0)} |")
+    ceilings = [r for r in results if r["method"] == CEILING]
+    if ceilings:
+        lines += ["", "Ceiling (labels-only with the whole pool labelled, same budget; its collection score is on "
+                  "images it was trained on):", "", "| dataset | runs | collection Dice | test Dice |", "|---|---|---|---|"]
+        for dataset in DATASETS:
+            rows = [r for r in ceilings if r["dataset"] == dataset]
+            if rows:
+                lines.append(f"| {dataset} | {len(rows)} | {_cell([r.get('collection_mean_dice') for r in rows])} | "
+                             f"{_cell([r.get('test_mean_dice') for r in rows])} |")
+    others = [a for a in arms if a not in (LABELS_ONLY, FOREST)]
+    lines += ["", "## Paired differences (Dice points, mean [95 % CI])", "",
+              "| dataset | K | arm | vs labels only: collection | vs labels only: test | vs forest: collection | "
+              "vs forest: test | steps/s ratio to labels only |", "|" + "---|" * 8]
+    for dataset, n in settings_of(results):
+        for arm in others:
+            cells = [_ci_cell(comparison(results, dataset, n, arm, baseline, score))
+                     for baseline in (LABELS_ONLY, FOREST) for score in ("collection_mean_dice", "test_mean_dice")]
+            speed = [r["steps_per_second"] for r in results if r["dataset"] == dataset and r["n"] == n]
+            ours = [r["steps_per_second"] for r in results if r["dataset"] == dataset and r["n"] == n and r["method"] == arm]
+            base = [r["steps_per_second"] for r in results if r["dataset"] == dataset and r["n"] == n
+                    and r["method"] == LABELS_ONLY]
+            ratio = f"{np.mean(ours) / np.mean(base):.2f}" if ours and base and speed else "n/a"
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {dataset} | {n} | {arm} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "## The bar (quality issue)", ""] + bar_lines(results)
+    return "\n".join(lines) + "\n"
+
+
+def bar_lines(results: list[dict]) -> list[str]:
+    """The issue's bar, as far as the results given reach (a part that did not run is said to be missing)."""
+    lines = []
+    main = [(d, n) for d in ("glas", "ph2", "dsb2018") for n in (1, 2)]
+    lower_bounds, means, test_ok = [], [], []
+    for dataset, n in main:
+        collection = comparison(results, dataset, n, DEFAULT_ARM, LABELS_ONLY, "collection_mean_dice")
+        test = comparison(results, dataset, n, DEFAULT_ARM, LABELS_ONLY, "test_mean_dice")
+        if not collection:
+            lines.append(f"- {dataset} K={n} (3 minutes): not in these results")
+            continue
+        mean, low, _ = bootstrap_ci(collection)
+        _, test_low, _ = bootstrap_ci(test)
+        lower_bounds.append(low)
+        means.append(mean)
+        test_ok.append(test_low > -0.01)
+        lines.append(f"- {dataset} K={n}: collection {_ci_cell(collection)} (CI lower bound > 0: "
+                     f"{'yes' if low > 0 else 'NO'}); test {_ci_cell(test)} (lower bound > -1: "
+                     f"{'yes' if test_low > -0.01 else 'NO'})")
+    if means:
+        lines.append(f"- collection: CI lower bound > 0 in {sum(low > 0 for low in lower_bounds)} of {len(means)} "
+                     f"settings (bar: 5 of 6), mean {100 * np.mean(means):+.1f} points (bar: >= +3); test lower bound "
+                     f"> -1 in {sum(test_ok)} of {len(test_ok)} (bar: all)")
+    for dataset in ("isbi2012_em", "la_mri_3d"):
+        for n in sorted({r["n"] for r in results if r["dataset"] == dataset and r["method"] == DEFAULT_ARM}):
+            diffs = comparison(results, dataset, n, DEFAULT_ARM, LABELS_ONLY, "test_mean_dice")
+            _, _, high = bootstrap_ci(diffs)
+            lines.append(f"- {dataset} K={n}: vs labels only (test) {_ci_cell(diffs)} (no worse: CI upper bound > 0: "
+                         f"{'yes' if high > 0 else 'NO'})")
+    for dataset, n in settings_of(results):
+        forest = comparison(results, dataset, n, DEFAULT_ARM, FOREST, "test_mean_dice")
+        if forest:
+            need = -1.0 if dataset == "dsb2018" else 3.0
+            mean = 100 * float(np.mean(forest))
+            lines.append(f"- {dataset} K={n}: vs forest (test) {mean:+.1f} (bar: {need:+.0f}): "
+                         f"{'met' if mean >= need else 'MISSED'}")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _flatten(result: dict) -> list[dict]:
+    return result["forest_runs"] if "forest_runs" in result else [result]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--labelled", nargs="+", type=int, default=[2])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budget-2d", type=float, default=180.0)
-    parser.add_argument("--budget-3d", type=float, default=360.0)
+    parser.add_argument("--datasets", nargs="+", default=["glas", "ph2", "dsb2018"], choices=DATASETS)
+    parser.add_argument("--labelled", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--subsets", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--budget-2d", type=float, default=180.0, help="CPU seconds per 2D training (default 180)")
+    parser.add_argument("--budget-3d", type=float, default=360.0, help="CPU seconds per 3D training (default 360)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--data-root", default=str(DEFAULT_DATA))
-    parser.add_argument("--variant", nargs=2, metavar=("NAME", "JSON"), default=None,
-                        help="TrainConfig overrides for the DiffSeg runs (an ablation); default: the defaults")
-    parser.add_argument("--labels-only-too", action="store_true",
-                        help="apply the variant's overrides to the labels-only runs as well")
-    parser.add_argument("--pretrain-seconds", type=float, default=0.0,
-                        help="the variant's teacher first pretrains this long without labels (stage 1, outside the "
-                             "budget, as the Train panel does in the background while the user labels)")
-    parser.add_argument("--default-too", action="store_true",
-                        help="also run the default settings as a third arm, side by side (for an ablation)")
-    parser.add_argument("--no-forest", action="store_true", help="skip the random forest")
-    parser.add_argument("--no-labels-only", action="store_true", help="skip the labels-only runs (ablations)")
+    parser.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "JSON"),
+                        help="one more DiffSeg arm with these TrainConfig overrides (repeatable)")
+    parser.add_argument("--no-default", action="store_true", help="skip the default DiffSeg arm")
+    parser.add_argument("--paper-too", action="store_true", help="also run the paper preset as an arm")
+    parser.add_argument("--ceiling", action="store_true", help="also run the ceiling (whole pool labelled)")
+    parser.add_argument("--no-forest", action="store_true")
+    parser.add_argument("--no-labels-only", action="store_true")
+    parser.add_argument("--part", default="run", help="name of this part: results_<part>.json, RESULTS_<part>.md")
     parser.add_argument("--out", default=str(BENCH_DIR / "quality"))
-    parser.add_argument("--from-json", default=None, help="re-render the report from a results.json")
+    parser.add_argument("--merge", nargs="+", default=None, help="parts' results_*.json to merge into RESULTS.md")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
-        text = report(saved["results"], saved["meta"])
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        results, metas = [], []
+        for path in args.merge:
+            saved = json.loads(Path(path).read_text())
+            if "metas" not in saved and not isinstance(saved.get("meta"), dict):
+                continue
+            results += saved["results"]
+            metas += saved.get("metas", [saved["meta"]])
+        text = report(results, metas)
         print(text)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "RESULTS.md").write_text(text + "\n")
+        (out / "RESULTS.md").write_text(text)
         return 0
-    args.variant_name, args.variant = ("DiffSeg", {}) if args.variant is None else (args.variant[0],
-                                                                                    json.loads(args.variant[1]))
-    args.variant_labels_only = args.variant if args.labels_only_too else {}
+    args.variants = [(name, json.loads(overrides)) for name, overrides in args.variant]
     jobs = plan(args)
-    if args.no_forest:
-        jobs = [job for job in jobs if job[0] != "rf"]
     meta = {"command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-            "versions": versions(), "load_start": [round(v, 2) for v in load_average()],
-            "budget_2d": args.budget_2d, "budget_3d": args.budget_3d, "seeds": args.seeds,
-            "datasets": args.datasets, "labelled": args.labelled, "variant_name": args.variant_name,
-            "variant": args.variant, "pretrain_seconds": args.pretrain_seconds, "default_too": args.default_too}
+            "versions": versions(), "load_start": [round(v, 2) for v in load_average()], "part": args.part}
     began = time.perf_counter()
-    results = []
-    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for result in pool.map(run_job, jobs):
-            results.append(result)
-            if "seed_results" in result:
-                print(f"[{(time.perf_counter() - began) / 60:5.1f} min] forest {result['dataset']} K={result['n']}: "
-                      + ", ".join(f"{s['mean_dice']:.3f}" for s in result["seed_results"]), flush=True)
-            else:
-                print(f"[{(time.perf_counter() - began) / 60:5.1f} min] {result['method']} {result['dataset']} "
-                      f"K={result['n']} seed {result['seed']}: Dice {result['mean_dice']:.3f}, {result['steps']} "
-                      f"steps, {result['overhead_seconds']:.0f} s outside the budget"
-                      + (f", Spearman {result['spearman']:+.2f}" if "spearman" in result else ""), flush=True)
-            meta.update(wall_minutes=(time.perf_counter() - began) / 60,
-                        load_end=[round(v, 2) for v in load_average()])
-            (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    text = report(results, meta)
+            for run in _flatten(result):
+                results.append(run)
+                print(f"[{(time.perf_counter() - began) / 60:5.1f} min] {run['method']} {run['dataset']} K={run['n']} "
+                      f"subset {run['subset']} seed {run['seed']}: collection {run.get('collection_mean_dice', math.nan):.3f}, "
+                      f"test {run.get('test_mean_dice', math.nan):.3f}, {run['steps']} steps", flush=True)
+            meta.update(wall_minutes=(time.perf_counter() - began) / 60, load_end=[round(v, 2) for v in load_average()])
+            (out / f"results_{args.part}.json").write_text(
+                json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    text = report(results, [meta])
     print(text)
-    (out / "RESULTS.md").write_text(text + "\n")
+    (out / f"RESULTS_{args.part}.md").write_text(text)
     return 0
 
 

@@ -139,7 +139,7 @@ def test_the_paper_preset_and_its_overrides():
     assert paper.method.pretrain_fraction == PRESETS["paper"]["pretrain_fraction"] > 0
     assert paper.runtime.seed == 3
     assert TrainConfig.from_preset("paper", rounds=1).method.rounds == 1
-    assert TrainConfig.from_preset(None).method.targets == Targets.AVERAGE
+    assert TrainConfig.from_preset(None).method.targets == Targets.NOISED  # the default, as measured
     with pytest.raises(InputError, match="unknown preset"):
         TrainConfig.from_preset("fancy")
 
@@ -201,7 +201,13 @@ def test_copy_paste_puts_ground_truth_inside_the_box_and_keeps_the_pseudo_label_
     assert torch.all(hard[~inside] == 0)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"copy_paste": True}, {"cutmix": False}, {"targets": "noised"}])
+AVERAGE_TARGETS = {"targets": "average"}
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, AVERAGE_TARGETS, {**AVERAGE_TARGETS, "cutmix": True}, {**AVERAGE_TARGETS, "copy_paste": True},
+    {**AVERAGE_TARGETS, "targets_from": "mean"}, {**AVERAGE_TARGETS, "warmup_twins": "both", "student_channels": 8},
+    {**AVERAGE_TARGETS, "student": "average"}, {**AVERAGE_TARGETS, "student": "average", "copy_paste": True}])
 def test_cotraining_runs_the_chosen_unlabelled_term(tmp_path, overrides):
     from napari_diffseg.core.data import training_data_from_arrays
     from napari_diffseg.core.synthetic import make_blobs_dataset
@@ -213,7 +219,10 @@ def test_cotraining_runs_the_chosen_unlabelled_term(tmp_path, overrides):
     config = TrainConfig(budget_seconds=None, max_steps=6, base_channels=4, depth=2, patch_size=(16, 16),
                          batch_size=4, threads=1, supervised_warmup=0.3, unlabelled_ramp=0.1, **overrides)
     losses = [e.losses for e in train(data, config, tmp_path) if isinstance(e, Progress)]
-    assert [set(step) for step in losses[:2]] == [{"supervised"}] * 2  # the teacher alone through the warm-up
+    if config.method.warmup_twins == "copy":
+        assert [set(step) for step in losses[:2]] == [{"supervised"}] * 2  # the teacher alone through the warm-up
+    else:
+        assert all("cps" not in step for step in losses[:2])  # both twins on labels alone through the warm-up
     unlabelled = [step for step in losses if step.get("unlabelled_weight", 0) > 0]
     assert unlabelled and all("cps" in step for step in unlabelled)
     weak_to_strong = config.method.targets == Targets.AVERAGE

@@ -75,7 +75,7 @@ def _rank(rank: int, port: int, folder: str) -> None:
         training.TrainingRun.__init__ = recording_init
         report = {}
         for resume, steps in ((False, 4), (True, 7)):
-            config = tiny_train_config(max_steps=steps, seed=5)
+            config = tiny_train_config(max_steps=steps, seed=5, student="network")  # both networks data-parallel
             events = list(training.train(_data(), config, folder / "model", resume=resume, ranks=ranks))
             run = runs[-1]
             weights = torch.cat([p.detach().reshape(-1) for m in (run.teacher, run.student) for p in m.parameters()])

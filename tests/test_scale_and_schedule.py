@@ -116,7 +116,9 @@ def test_learning_rate_anneals_to_zero_at_the_end_of_the_budget(tmp_path, labels
     pairs = make_blobs_dataset(3, shape=(40, 40), seed=1)
     data = TrainingData([to_channels_first(image) for image, _ in pairs], {0: pairs[0][1].astype(np.int64)},
                         ["a", "b", "c"])
-    config = tiny_train_config(max_steps=12, labels_only=labels_only, pretrain_fraction=0.25)
+    # co-training with a second network as the student, so that both optimisers' rates are checked
+    config = tiny_train_config(max_steps=12, labels_only=labels_only, pretrain_fraction=0.25,
+                               **({} if labels_only else {"student": "network"}))
     list(train(data, config, tmp_path))
     last = torch.load(tmp_path / LAST, map_location="cpu", weights_only=True)
     rate = last["teacher_optimiser"]["param_groups"][0]["lr"]
@@ -151,7 +153,7 @@ def test_copy_warm_up_trains_the_teacher_alone_then_copies_it_into_the_student(t
     # 8 steps, no pretraining, warm-up half of it: steps 1-5 train the teacher alone (the unlabelled weight is still
     # 0 at the step that starts at the half), step 6 copies it, then CPS;
     # a learning rate so small that the copy is still visible at the end
-    config = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="copy",
+    config = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="copy", student="network",
                                lr_cotrain=1e-9)
     events = list(train(data, config, tmp_path))
     losses = [e.losses for e in events if type(e).__name__ == "Progress"]
@@ -161,7 +163,7 @@ def test_copy_warm_up_trains_the_teacher_alone_then_copies_it_into_the_student(t
     assert last["student_pending_copy"] is False
     mask_path = [k for k in last["teacher"] if k.startswith("mask_path.") and k.endswith("weight")]  # not BN stats
     assert all(torch.allclose(last["student"][k].float(), last["teacher"][k].float(), atol=1e-5) for k in mask_path)
-    both = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="both",
+    both = tiny_train_config(max_steps=8, pretrain_fraction=0.0, supervised_warmup=0.5, warmup_twins="both", student="network",
                              lr_cotrain=1e-9)
     list(train(data, both, tmp_path / "both"))
     other = torch.load(tmp_path / "both" / LAST, map_location="cpu", weights_only=True)

@@ -81,6 +81,20 @@ class Targets(StrEnum):
     NOISED = "noised"  # the other twin's argmax on this step's noised forward (the paper's cross pseudo supervision)
 
 
+class Student(StrEnum):
+    """What the twin student is."""
+
+    NETWORK = "network"  # a second network with its own optimiser (the paper's twin)
+    AVERAGE = "average"  # the teacher's running weight average (Mean Teacher): no second network to train
+
+
+class TargetsFrom(StrEnum):
+    """Whose running average makes a twin's unlabelled targets (targets "average")."""
+
+    OTHER = "other"  # the other twin's (cross pseudo supervision)
+    MEAN = "mean"  # the mean of both twins' probabilities (one ensemble target for both)
+
+
 class BudgetClock(StrEnum):
     """What the time budget counts."""
 
@@ -105,13 +119,15 @@ class MethodSettings:
     rounds_every: int = 4
     chained_rounds: bool = False
     lambda_d: float = 1.0
-    supervised_warmup: float = 0.2
-    unlabelled_ramp: float = 0.2
+    supervised_warmup: float = 0.5
+    unlabelled_ramp: float = 0.5
     warmup_twins: WarmupTwins = WarmupTwins.COPY
+    student: Student = Student.NETWORK
     loss: Loss = Loss.DICE
-    cutmix: bool = True  # unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
+    cutmix: bool = False  # unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
     copy_paste: bool = False  # labelled content pasted into unlabelled patches (BCP), instead of CutMix
-    targets: Targets = Targets.AVERAGE
+    targets: Targets = Targets.NOISED
+    targets_from: TargetsFrom = TargetsFrom.OTHER
     average_decay: float = 0.99  # of the running weight averages that make the targets (targets "average")
     confidence: float = 0.9  # unlabelled pixels whose target probability is lower are left out (0: none)
     strong_augment: float = 1.5  # strength of the strong view the unlabelled loss is taken on (0: the weak view)
@@ -171,7 +187,8 @@ class RuntimeSettings:
 # step, cross pseudo supervision on the noised forwards, soft Dice): ``--preset paper``, to compare the product's
 # departures with the original. The product's budget, patches, scale, augmentation and schedule stay.
 PRESETS: dict[str, dict] = {
-    "paper": {"pretrain_fraction": 0.25, "warmup_twins": "both", "supervised_warmup": 0.0, "unlabelled_ramp": 1.0,
+    "paper": {"pretrain_fraction": 0.25, "student": "network", "warmup_twins": "both", "supervised_warmup": 0.0,
+              "unlabelled_ramp": 1.0, "copy_paste": False,
               "rounds": 3, "rounds_every": 1, "targets": "noised", "confidence": 0.0, "strong_augment": 0.0,
               "cutmix": False, "loss": "dice", "unlabelled_loss": "dice"},
 }
@@ -180,7 +197,7 @@ SECTIONS = {"method": MethodSettings, "network": NetworkSettings, "schedule": Sc
             "runtime": RuntimeSettings}
 SECTION_OF = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}  # setting -> section
 _CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule,
-            "targets": Targets, "unlabelled_loss": Loss, "budget_clock": BudgetClock}
+            "targets": Targets, "targets_from": TargetsFrom, "student": Student, "unlabelled_loss": Loss, "budget_clock": BudgetClock}
 
 
 @dataclass(init=False)
@@ -263,6 +280,9 @@ class TrainConfig:
             raise InputError("pretrain_fraction must be in [0, 1)")
         if not 0 <= method.supervised_warmup < 1:
             raise InputError(f"supervised_warmup must be in [0, 1), got {method.supervised_warmup}")
+        if method.student == Student.AVERAGE and method.targets != Targets.AVERAGE:
+            raise InputError("student 'average' (the teacher's running weight average) makes its targets from that "
+                             "average: it needs targets 'average'")
         if method.warmup_twins == WarmupTwins.COPY and network.student_channels not in (None, network.base_channels):
             raise InputError("warmup_twins 'copy' copies the teacher into the student: it needs a student of the "
                              f"teacher's width ({network.base_channels}), got student_channels "

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from . import device as devices, distributed
-from .config import BudgetClock, LrSchedule, Targets, TrainConfig, Twin, WarmupTwins
+from .config import BudgetClock, LrSchedule, Student, Targets, TargetsFrom, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
-from .consistency import WeightAverage, confident_targets, paste_labelled, strong_view
+from .consistency import WeightAverage, confident_targets, masked_segmentation_loss, paste_labelled, strong_view
 from .data import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
 from .errors import InputError, ModelError
 from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
@@ -44,7 +44,7 @@ from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised
                       run_to_completion, tiled_probabilities)
 from .scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
 from .teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss, pretraining_loss,
-                      supervised_loss, swap_in_pairs)
+                      segmentation_loss, supervised_loss, swap_in_pairs)
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class TrainingRun:
             self.teacher = DiffusionTwin(self.network_config).to(self.device, memory_format=self.memory_format)
             student_config = replace(self.network_config,
                                      base_channels=config.network.student_channels or self.network_config.base_channels)
-            self.student = (None if config.method.labels_only
+            self.student = (None if config.method.labels_only or config.method.student == Student.AVERAGE
                             else DiffusionTwin(student_config).to(self.device, memory_format=self.memory_format))
         self.patch_size = effective_patch_size(config.schedule.patch_size, self.scaled, self.teacher.size_multiple)
         self.batch_size = config.schedule.batch_size or (8 if data.spatial_dims == 2 else 2)
@@ -208,6 +208,8 @@ class TrainingRun:
         if self.student is not None and config.method.targets == Targets.AVERAGE:
             self.averages = {"teacher": WeightAverage(self.teacher, config.method.average_decay),
                              "student": WeightAverage(self.student, config.method.average_decay)}
+        elif not config.method.labels_only and config.method.student == Student.AVERAGE:
+            self.averages = {"teacher": WeightAverage(self.teacher, config.method.average_decay)}
         self.step = 0
         # "copy": the student starts as a copy of the teacher's mask pathway at the end of the warm-up
         self.student_pending_copy = self.student is not None and config.method.warmup_twins == WarmupTwins.COPY
@@ -380,6 +382,9 @@ class TrainingRun:
         labels = devices.to_device(labels, self.device)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             return self._supervised_step(labelled, labels)
+        if self.config.method.student == Student.AVERAGE:
+            return (self._mean_teacher_step(labelled, labels, unlabelled_indices, half, ramp) if unlabelled_indices
+                    else self._supervised_step(labelled, labels))
         if self.student_pending_copy:
             self._start_student_as_copy(fraction)
         return self._cotraining_step(labelled, labels, unlabelled_indices, half, ramp)
@@ -443,12 +448,15 @@ class TrainingRun:
 
     def _update_averages(self) -> None:
         for name, average in self.averages.items():
-            average.update(self.teacher if name == "teacher" else self.student)
+            average.update(self._twin_network(name))
+
+    def _twin_network(self, name: str) -> DiffusionTwin:
+        return self.teacher if name == "teacher" else self.student
 
     def reset_averages(self) -> None:
         """Restart the running averages from the live weights (after weights were loaded)."""
         for name, average in self.averages.items():
-            average.reset(self.teacher if name == "teacher" else self.student)
+            average.reset(self._twin_network(name))
 
     def _weak_to_strong_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
                              half: int, ramp: float) -> dict[str, float]:
@@ -460,6 +468,8 @@ class TrainingRun:
         with self._autocast():
             teacher_says = self.averages["teacher"].probabilities(self._to_device(weak))
             student_says = self.averages["student"].probabilities(self._to_device(weak))
+        if method.targets_from == TargetsFrom.MEAN:
+            teacher_says = student_says = (teacher_says + student_says) / 2
         for_student = confident_targets(teacher_says, method.confidence)
         for_teacher = confident_targets(student_says, method.confidence)
         views = [self._to_device(strong_view(weak, self.generator, method.strong_augment)) for _ in range(2)]
@@ -488,6 +498,38 @@ class TrainingRun:
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         self._update_averages()
         return {**losses.parts, "unlabelled_weight": ramp}
+
+    def _mean_teacher_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
+                           half: int, ramp: float) -> dict[str, float]:
+        """Stage 2 with the student as the teacher's running average (Mean Teacher): one network trains, on
+        labelled patches and on its strong view of unlabelled ones, whose targets are the confident pixels of the
+        average at t = 0 on the weak view; no second network and no rounds (a step costs about what a labels-only
+        step costs)."""
+        method = self.config.method
+        weak = self.sampler.image_batch(half, unlabelled_indices)
+        with self._autocast():
+            says = self.averages["teacher"].probabilities(self._to_device(weak))
+        hard, valid = confident_targets(says, method.confidence)
+        view = self._to_device(strong_view(weak, self.generator, method.strong_augment))
+        labelled_view = self._augmented(labelled)
+        if method.copy_paste:
+            (view,), ((hard, valid),) = paste_labelled(
+                [view], [labelled_view], labels, ((hard, valid),),
+                devices.to_device(cutmix_boxes(weak.shape[0], tuple(weak.shape[2:]), self.generator), self.device))
+        elif method.cutmix:
+            boxes = devices.to_device(cutmix_boxes(weak.shape[0] // 2, tuple(weak.shape[2:]), self.generator),
+                                      self.device)
+            view, hard, valid = (swap_in_pairs(x, boxes) for x in (view, hard, valid))
+        n_l = labelled.shape[0]
+        with self._autocast():
+            logits = self.teacher.random_mask_logits(torch.cat([labelled_view, view]), self.generator)
+            supervised = segmentation_loss(logits[:n_l], labels, method.loss)
+            unlabelled = masked_segmentation_loss(logits[n_l:], hard, valid, method.unlabelled_loss)
+            total = supervised + ramp * unlabelled
+        self._optimise(total, [self.teacher_optimiser], [self.teacher])
+        self._update_averages()
+        return {"supervised": float(supervised.detach()), "cps": float(unlabelled.detach()),
+                "confident": float(valid.mean()), "unlabelled_weight": ramp}
 
     def advance(self, clock: _Clock, fraction: float) -> dict[str, float]:
         """One optimisation step at budget ``fraction``, counted and logged; returns its losses."""
@@ -522,6 +564,8 @@ class TrainingRun:
 
     def twins(self) -> dict[str, DiffusionTwin]:
         """The trained networks (the student only once it exists as more than a fresh or pending copy)."""
+        if self.config.method.student == Student.AVERAGE and self.averages and self.stage == COTRAIN:
+            return {"teacher": self.teacher, "student": self.averages["teacher"].twin}
         if self.student is None or self.student_pending_copy:
             return {"teacher": self.teacher}
         return {"teacher": self.teacher, "student": self.student}
