@@ -458,6 +458,24 @@ class TrainingRun:
         for name, average in self.averages.items():
             average.reset(self._twin_network(name))
 
+    def _strong_views(self, weak: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor, targets: list):
+        """Per target (one per learning twin): a strong view of the unlabelled patches and an augmented view of the
+        labelled ones, with the unlabelled patches and their targets mixed alike (copy-paste of labelled content,
+        or CutMix in pairs). Returns (labelled views, unlabelled views, targets)."""
+        method = self.config.method
+        views = [self._to_device(strong_view(weak, self.generator, method.strong_augment)) for _ in targets]
+        labelled_views = [self._augmented(labelled) for _ in targets]
+        if method.copy_paste:
+            boxes = cutmix_boxes(weak.shape[0], tuple(weak.shape[2:]), self.generator)
+            views, targets = paste_labelled(views, labelled_views, labels, tuple(targets),
+                                            devices.to_device(boxes, self.device))
+        elif method.cutmix:
+            boxes = devices.to_device(cutmix_boxes(weak.shape[0] // 2, tuple(weak.shape[2:]), self.generator),
+                                      self.device)
+            views = [swap_in_pairs(view, boxes) for view in views]
+            targets = [tuple(swap_in_pairs(x, boxes) for x in pair) for pair in targets]
+        return labelled_views, views, list(targets)
+
     def _weak_to_strong_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
                              half: int, ramp: float) -> dict[str, float]:
         """Stage 2 with targets "average": each twin learns, on its own strong view of the unlabelled patches, the
@@ -472,18 +490,8 @@ class TrainingRun:
             teacher_says = student_says = (teacher_says + student_says) / 2
         for_student = confident_targets(teacher_says, method.confidence)
         for_teacher = confident_targets(student_says, method.confidence)
-        views = [self._to_device(strong_view(weak, self.generator, method.strong_augment)) for _ in range(2)]
-        labelled_views = [self._augmented(labelled), self._augmented(labelled)]
-        if method.copy_paste:
-            views, (for_student, for_teacher) = paste_labelled(
-                views, labelled_views, labels, (for_student, for_teacher),
-                devices.to_device(cutmix_boxes(weak.shape[0], tuple(weak.shape[2:]), self.generator), self.device))
-        elif method.cutmix:
-            boxes = devices.to_device(cutmix_boxes(weak.shape[0] // 2, tuple(weak.shape[2:]), self.generator),
-                                      self.device)
-            mix = lambda x: swap_in_pairs(x, boxes)  # noqa: E731
-            views = [mix(view) for view in views]
-            for_student, for_teacher = (tuple(mix(x) for x in pair) for pair in (for_student, for_teacher))
+        labelled_views, views, (for_student, for_teacher) = self._strong_views(weak, labelled, labels,
+                                                                             [for_student, for_teacher])
         teacher_view = torch.cat([labelled_views[0], views[0]])
         student_view = torch.cat([labelled_views[1], views[1]])
         n_l = labelled.shape[0]
@@ -510,16 +518,7 @@ class TrainingRun:
         with self._autocast():
             says = self.averages["teacher"].probabilities(self._to_device(weak))
         hard, valid = confident_targets(says, method.confidence)
-        view = self._to_device(strong_view(weak, self.generator, method.strong_augment))
-        labelled_view = self._augmented(labelled)
-        if method.copy_paste:
-            (view,), ((hard, valid),) = paste_labelled(
-                [view], [labelled_view], labels, ((hard, valid),),
-                devices.to_device(cutmix_boxes(weak.shape[0], tuple(weak.shape[2:]), self.generator), self.device))
-        elif method.cutmix:
-            boxes = devices.to_device(cutmix_boxes(weak.shape[0] // 2, tuple(weak.shape[2:]), self.generator),
-                                      self.device)
-            view, hard, valid = (swap_in_pairs(x, boxes) for x in (view, hard, valid))
+        (labelled_view,), (view,), ((hard, valid),) = self._strong_views(weak, labelled, labels, [(hard, valid)])
         n_l = labelled.shape[0]
         with self._autocast():
             logits = self.teacher.random_mask_logits(torch.cat([labelled_view, view]), self.generator)
