@@ -209,8 +209,8 @@ class TrainConfig:
     unique across the sections), or both (the names override the sections). Stored (project settings, model cards)
     as one flat dict of settings by name (``to_dict`` / ``from_dict``), the format of every earlier version.
 
-    Departures from the paper-scale settings of shared/METHOD.md, measured at equal optimisation time (README,
-    "How it works"): one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step, Adam
+    Departures from the paper-scale settings of shared/METHOD.md, measured at equal optimisation time
+    (docs/how-it-works.md): one pseudo-label round (K = 1) every 4th co-training step instead of K = 3 every step, Adam
     3e-3 in co-training, a supervised warm-up through the first half of co-training (the teacher alone; the student
     then starts as its copy), labelled + unlabelled halves of one batch per network, a working scale chosen from the
     labelled objects, intensity/colour augmentation (each twin sees its own perturbed view of a patch), a poly

@@ -1,8 +1,8 @@
 """Weak-to-strong targets for the unlabelled term of co-training: a running average (EMA) of each twin's mask
 pathway, its deterministic t = 0 prediction on the weak view of an unlabelled patch as the target, a confidence
 filter, the strong view (stronger intensity/colour perturbation and blur) the loss is taken on, and the masked
-loss. These are the departures from the paper's cross pseudo supervision that README "How it works" measures
-(FixMatch / UniMatch / Mean Teacher ideas inside the paper's teacher-student frame).
+loss; BCP copy-paste. Options of co-training (FixMatch / UniMatch / Mean Teacher / BCP ideas inside the paper's
+teacher-student frame), measured against the default in docs/how-it-works.md and benchmarks/quality/ABLATIONS.md.
 """
 
 from __future__ import annotations
