@@ -9,6 +9,7 @@ from napari_diffseg import __version__
 from napari_diffseg.core.config import LIMITS
 
 from napari_diffseg.cli._common import PROG
+from napari_diffseg.cli._export import _cmd_export
 from napari_diffseg.cli._folders import _cmd_eval, _cmd_info, _cmd_predict, _cmd_train
 from napari_diffseg.cli._projects import (_cmd_project_create, _cmd_project_export, _cmd_project_pretrain,
                                           _cmd_project_status, _cmd_project_train)
@@ -245,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Print the model card summary of MODEL_DIR.")
     info.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
     info.set_defaults(handler=_cmd_info)
+
+    export = commands.add_parser(
+        "export", parents=[common], help="write a model folder as a bioimage.io model package (.zip)",
+        description="Write the model in MODEL_DIR as a bioimage.io model package (format 0.5): the mask pathway as "
+                    "TorchScript with its threshold and working scale, the percentile normalisation as the spec's "
+                    "preprocessing, a test input and output, a cover, the citation and the licence. Needs "
+                    "'napari-diffseg[export]'. Test the package with 'bioimageio test MODEL.zip'.",
+    )
+    export.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
+    export.add_argument("--out", required=True, metavar="MODEL.zip", help="the package to write")
+    export.add_argument("--sample", default=None, metavar="IMAGE",
+                        help="an image of the kind the model segments, for the test input, output and cover "
+                             "(default: a synthetic image)")
+    export.add_argument("--name", default=None, help="the model's name in the package (default: the folder name)")
+    export.add_argument("--author", action="append", default=None, metavar="NAME",
+                        help="an author of the model (repeat for several; default: the user name)")
+    export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX",
+                        help="licence of the model weights, an SPDX identifier (default CC-BY-4.0)")
+    _add_overwrite_option(export, "MODEL.zip exists")
+    export.set_defaults(handler=_cmd_export)
     _add_project_commands(commands, common)
     return parser
 

@@ -1,0 +1,19 @@
+"""``diffseg export``: a model folder as a bioimage.io model package (core.bioimageio_export)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_diffseg.cli._common import EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.bioimageio_export import export_bioimageio
+
+    out = export_bioimageio(Path(args.model), Path(args.out), sample=Path(args.sample) if args.sample else None,
+                            name=args.name, authors=args.author or None, license=args.license,
+                            overwrite=args.overwrite)
+    print(f"bioimage.io model package: {out}")
+    return EXIT_OK
