@@ -153,7 +153,8 @@ def test_predict_large_tiff_and_zarr_block_by_block(trained, tmp_path, monkeypat
         assert code == 0, err
         assert large.is_complete(tmp_path / "pred" / f"{stem}.zarr")
         mask = tifffile.imread(tmp_path / "pred" / f"{stem}.tif")
-        np.testing.assert_array_equal(mask, np.asarray(zarr.open_array(str(tmp_path / "pred" / f"{stem}.zarr"))))
+        level0 = large.output_zarr(tmp_path / "pred" / f"{stem}.tif")  # in the OME-Zarr labels <stem>.zarr
+        np.testing.assert_array_equal(mask, np.asarray(zarr.open_array(str(level0))))
         assert mask.shape == image.shape and mask.dtype == np.uint8
         assert "without an uncertainty map" in err and "Traceback" not in err
 

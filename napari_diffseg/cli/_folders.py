@@ -145,6 +145,8 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     device = devices.select_device(args.device)
     threads = devices.configure_threads(args.threads, spare_core=False)  # no GUI to keep responsive
     inputs = _prediction_inputs(Path(args.input))
+    if args.level and not all(path.is_dir() for path in inputs):
+        raise InputError(f"--level {args.level} applies to OME-Zarr images; {args.input} is not one")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the masks")
@@ -216,7 +218,8 @@ def _load_model(args: argparse.Namespace, device):
 
 def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> None:
     """Predict one image file into ``target`` (and its uncertainty map): in memory, or block by block for a zarr
-    array or an image over core.large.LARGE_IMAGE_PIXELS (then also a zarr copy beside the TIFF)."""
+    array, an OME-Zarr image (at ``--level``) or an image over core.large.LARGE_IMAGE_PIXELS (then also OME-Zarr
+    labels beside the TIFF)."""
     from napari_diffseg.core import io, large
 
     tile = tuple(args.tile) if args.tile else None
@@ -229,9 +232,11 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
             from napari_diffseg.core.large_cluster import predict_large_on_cluster
 
             run_blocks = lambda zarr_path: predict_large_on_cluster(  # noqa: E731
-                Path(args.model), path, zarr_path, args.dask_scheduler, tile, bf16=False if args.no_bf16 else None)
-        _drive(large.predict_file(model, path, target, tile, run_blocks), args.quiet, "block")
-        log.info("%s: block by block into %s and %s", path.name, target.with_suffix(large.ZARR_SUFFIX), target)
+                Path(args.model), path, zarr_path, args.dask_scheduler, tile, bf16=False if args.no_bf16 else None,
+                level=args.level)
+        _drive(large.predict_file(model, path, target, tile, run_blocks, level=args.level), args.quiet, "block")
+        log.info("%s: block by block into %s (OME-Zarr labels) and %s", path.name, large.output_folder(target),
+                 target)
         return
     prediction = _drive(model.iter_predict(io.read_image(path), uncertainty=args.uncertainty, draws=args.draws,
                                            sampling_steps=args.sampling_steps, tile=tile, name=path.name),

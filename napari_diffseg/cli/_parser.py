@@ -199,13 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict", parents=[common], help="segment images with a trained model",
-        description="Segment INPUT (an image file, a folder of images or a .zarr array) with the model in "
-                    "MODEL_DIR. OUTPUT receives <stem>.tif, a uint8 mask (0 = background, class ids otherwise), and "
-                    "with --uncertainty <stem>_uncertainty.tif (float32 in [0, 1]). Images over 16 megapixels and "
-                    "zarr arrays are predicted block by block into <stem>.zarr, then copied into <stem>.tif.",
+        description="Segment INPUT (an image file, a folder of images, a .zarr array or an OME-Zarr image) with "
+                    "the model in MODEL_DIR. OUTPUT receives <stem>.tif, a uint8 mask (0 = background, class ids "
+                    "otherwise), and with --uncertainty <stem>_uncertainty.tif (float32 in [0, 1]). Images over 16 "
+                    "megapixels and zarr inputs are predicted block by block into <stem>.zarr, OME-Zarr labels "
+                    "(NGFF multiscales, image-label colours; napari-ome-zarr, Fiji/MoBIE open it), then copied into "
+                    "<stem>.tif.",
     )
     predict.add_argument("model", metavar="MODEL_DIR", help="model folder written by 'diffseg train'")
-    predict.add_argument("input", metavar="INPUT", help="image file, folder of images or .zarr array")
+    predict.add_argument("input", metavar="INPUT", help="image file, folder of images, .zarr array or OME-Zarr image")
+    predict.add_argument("--level", type=_int_between(0, 63), default=0, metavar="N",
+                         help="resolution level of an OME-Zarr input: 0 full resolution (default), 1 the next "
+                              "(usually half), ...; the masks have that level's size")
     predict.add_argument("--out", required=True, metavar="OUTPUT", help="folder for the masks")
     predict.add_argument("--uncertainty", action="store_true",
                          help="also write per-pixel uncertainty maps (normalised entropy of stochastic draws)")

@@ -73,9 +73,9 @@ def describe_kind(spatial_dims: int, channels: int) -> str:
 
 
 def name_stem(path: Path | str) -> str:
-    """File name without its suffix, also without '.ome' for OME-TIFFs ('a.ome.tif' -> 'a')."""
+    """File name without its suffix, also without '.ome' for OME-TIFF and OME-Zarr ('a.ome.tif', 'a.ome.zarr': 'a')."""
     stem = Path(path).stem
-    if Path(path).suffix.lower() in TIFF_SUFFIXES and stem.lower().endswith(".ome"):
+    if Path(path).suffix.lower() in (*TIFF_SUFFIXES, ZARR_SUFFIX) and stem.lower().endswith(".ome"):
         stem = stem[: -len(".ome")]
     return stem
 

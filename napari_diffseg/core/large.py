@@ -8,6 +8,14 @@ subsample of the whole image, so every block sees the same mapping. Memory is bo
 A finished zarr output carries ``attrs["diffseg"]["complete"] = True``, written last: an output without it was
 interrupted (cancelled, killed) and is not claimed complete; the TIFF is written under a temporary name and renamed
 once whole.
+
+OME-Zarr (NGFF): an input may be an OME-Zarr image, read at any resolution level of its multiscales (level 0, full
+resolution, by default; its axes t, c, z, y, x become the layout the models take: z, y, x and channels last). The
+mask of :func:`predict_file` is itself an OME-Zarr labels group, ``<stem>.zarr`` = ``{"labels": ["diffseg"]}`` with
+the label image ``diffseg/0, 1, ...`` (level 0 written block by block, halved levels copied from it block by block),
+its multiscales and image-label metadata (colours, class names) written with ome-zarr-py (extra ``[ome-zarr]``;
+without it the levels are written and the metadata left out, with a warning), so NGFF readers (napari-ome-zarr,
+ome-zarr-py, Fiji/MoBIE) open it. The group has the layout of an image's ``labels/`` folder.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 import itertools
+import logging
 import mmap
 import os
 from pathlib import Path
 import shutil
+import warnings
 
 import numpy as np
 
@@ -26,6 +36,8 @@ from .errors import InputError
 from .io import ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
+
+log = logging.getLogger(__name__)
 
 LARGE_IMAGE_PIXELS = 4096 * 4096  # images with more spatial pixels than this are predicted block by block
 BLOCK_2D = (2048, 2048)
@@ -37,6 +49,12 @@ TIFF_TILE = 512
 COMPLETE_ATTR = "diffseg"
 DECODED_SUFFIXES = (".png", ".jpg", ".jpeg")  # formats without random access: decoded whole, then cut into blocks
 OVERVIEW_PIXELS = 4096 * 4096  # an overview of a large image (what the viewer holds in memory) has at most this many
+LABELS_NAME = "diffseg"  # the label image in a mask's OME-Zarr labels group: <stem>.zarr/diffseg/0, 1, ...
+PYRAMID_TOP = 1024  # the mask's pyramid is halved (y, x) until its smallest level is at most this wide and high
+PYRAMID_LEVELS = 12  # at most this many levels
+# image-label colours (RGBA) of the class ids 1, 2, ... (0, background, is transparent); repeated for more classes
+LABEL_COLOURS = ((255, 191, 0, 255), (0, 170, 255, 255), (230, 60, 160, 255), (60, 200, 90, 255),
+                 (150, 90, 255, 255), (255, 110, 60, 255))
 
 
 @dataclass
@@ -68,20 +86,140 @@ def overview_of_region(array, region: tuple[slice, ...], step: int) -> tuple[tup
     return target, np.asarray(array[sampled])
 
 
-def output_zarr(target: Path) -> Path:
-    """The zarr mask that :func:`predict_file` writes block by block before the TIFF ``target``."""
+def output_folder(target: Path) -> Path:
+    """The OME-Zarr labels group (a folder) that :func:`predict_file` writes beside the TIFF ``target``."""
     return Path(target).with_suffix(ZARR_SUFFIX)
 
 
-def open_lazy(path: Path):
-    """A lazily read array of an image on disk: a zarr array (a ``.zarr`` folder), a memory-mapped TIFF (uncompressed,
-    contiguous) or tifffile's zarr view of any other TIFF (read strip by strip or tile by tile). A PNG or JPEG has no
-    random access: it is decoded once (its pixels, as stored, in memory) and then cut into blocks like the others, so
-    that what a prediction holds beyond the pixels is bounded by a block, as for a TIFF."""
+def output_zarr(target: Path) -> Path:
+    """The zarr array of the mask (full resolution, level 0 of the OME-Zarr labels in :func:`output_folder`) that
+    :func:`predict_file` writes block by block before the TIFF ``target``."""
+    return output_folder(target) / LABELS_NAME / "0"
+
+
+def _ngff_attrs(group) -> dict:
+    """The OME-NGFF attributes of a zarr group: under "ome" (NGFF 0.5, zarr v3) or at the top (0.4 and older)."""
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else attrs
+
+
+def _ngff_multiscale(group, path: Path) -> dict | None:
+    """The first multiscales entry of an OME-Zarr image group (None for a group that is not one); a
+    bioformats2raw layout is entered at its first image ("0")."""
+    import zarr
+
+    attrs = _ngff_attrs(group)
+    if "multiscales" not in attrs and "bioformats2raw.layout" in attrs and isinstance(group.get("0"), zarr.Group):
+        return _ngff_multiscale(group["0"], path)
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        return None
+    try:
+        entry = dict(multiscales[0])
+        entry["datasets"] = [dict(d) for d in entry["datasets"]]
+        entry["_group"] = group
+        return entry
+    except (TypeError, KeyError, IndexError):
+        raise InputError(f"{path}: malformed OME-Zarr multiscales metadata") from None
+
+
+def _axis_names(entry: dict, ndim: int) -> list[tuple[str, str]]:
+    """(name, type) of each axis of an NGFF multiscales entry (NGFF 0.3 gives names only; 0.1/0.2 none: t c z y x)."""
+    axes = entry.get("axes") or ["t", "c", "z", "y", "x"][-ndim:]
+    named = []
+    for axis in axes:
+        name = str(axis.get("name", "") if isinstance(axis, dict) else axis).lower()
+        kind = str(axis.get("type", "") if isinstance(axis, dict) else "").lower()
+        kind = kind or {"t": "time", "c": "channel"}.get(name, "space")
+        named.append((name, kind))
+    return named
+
+
+class NgffView:
+    """One resolution level of an OME-Zarr image in the layout of the models: time (one point) and channel or z
+    axes of size 1 dropped, several channels moved last; read lazily (indexing reads only the region).
+    ``scale``, ``translation``: the level's physical pixel size and offset along the kept spatial axes (from its
+    coordinate transformations; None where it has none)."""
+
+    def __init__(self, array, axes: list[tuple[str, str]], path: Path, scale: tuple[float, ...] | None = None,
+                 translation: tuple[float, ...] | None = None):
+        if len(axes) != array.ndim:
+            raise InputError(f"{path}: OME-Zarr metadata names {len(axes)} axes for an array with {array.ndim}")
+        self.array, self.path = array, path
+        self._fixed: dict[int, int] = {}  # source axis -> the index taken there
+        self._channel: int | None = None
+        space = [i for i, (_, kind) in enumerate(axes) if kind not in ("time", "channel")]
+        for i, (name, kind) in enumerate(axes):
+            size = int(array.shape[i])
+            if kind == "time" or (kind != "channel" and i not in space):
+                if size != 1:
+                    raise InputError(f"{path}: {size} points along the '{name}' axis; napari-diffseg segments one "
+                                     "image: save one time point (or one position) as its own OME-Zarr")
+                self._fixed[i] = 0
+            elif kind == "channel":
+                if size == 1:
+                    self._fixed[i] = 0
+                else:
+                    self._channel = i
+        kept_space = [i for i in space if not (array.shape[i] == 1 and len(space) > 2)]
+        self._fixed.update({i: 0 for i in space if i not in kept_space})
+        self._space = kept_space
+        self.shape = tuple(int(array.shape[i]) for i in kept_space) + (
+            (int(array.shape[self._channel]),) if self._channel is not None else ())
+        self.ndim, self.dtype = len(self.shape), array.dtype
+        self.scale = None if scale is None else tuple(float(scale[i]) for i in kept_space)
+        self.translation = None if translation is None else tuple(float(translation[i]) for i in kept_space)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        index = tuple(index) + (slice(None),) * (self.ndim - len(index))
+        spatial, channel = index[:len(self._space)], index[len(self._space):]
+        source: list = []
+        taken = iter(spatial)
+        for i in range(self.array.ndim):
+            source.append(self._fixed[i] if i in self._fixed else slice(None) if i == self._channel else next(taken))
+        part = np.asarray(self.array[tuple(source)])
+        if self._channel is not None:
+            position = sum(1 for i in range(self._channel) if not isinstance(source[i], int))
+            part = np.moveaxis(part, position, -1)[..., channel[0] if channel else slice(None)]
+        return part
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[tuple(slice(None) for _ in self._space)]
+        return data if dtype is None else data.astype(dtype)
+
+
+def open_ngff(group, path: Path, level: int = 0):
+    """Resolution ``level`` of the OME-Zarr image ``group`` (an :class:`NgffView`); None when the group has no
+    NGFF multiscales metadata."""
+    entry = _ngff_multiscale(group, path)
+    if entry is None:
+        return None
+    datasets = entry["datasets"]
+    if not 0 <= level < len(datasets):
+        shapes = ", ".join(f"{i}: {tuple(entry['_group'][d['path']].shape)}" for i, d in enumerate(datasets))
+        raise InputError(f"{path}: no resolution level {level}; this OME-Zarr image has levels {shapes}")
+    array = entry["_group"][str(datasets[level]["path"])]
+    transforms = {t.get("type"): t.get(t.get("type")) for t in datasets[level].get("coordinateTransformations", [])
+                  if isinstance(t, dict)}
+    scale, translation = (v if isinstance(v, list) and len(v) == array.ndim else None
+                          for v in (transforms.get("scale"), transforms.get("translation")))
+    return NgffView(array, _axis_names(entry, array.ndim), path, scale, translation)
+
+
+def open_lazy(path: Path, level: int = 0):
+    """A lazily read array of an image on disk: a zarr array (a ``.zarr`` folder), resolution ``level`` of an
+    OME-Zarr image (0: full resolution), a memory-mapped TIFF (uncompressed, contiguous) or tifffile's zarr view of
+    any other TIFF (read strip by strip or tile by tile). A PNG or JPEG has no random access: it is decoded once (its
+    pixels, as stored, in memory) and then cut into blocks like the others, so that what a prediction holds beyond
+    the pixels is bounded by a block, as for a TIFF. ``level`` > 0 needs an OME-Zarr image."""
     import tifffile
     import zarr
 
     path = Path(path)
+    if level and not path.is_dir():
+        raise InputError(f"{path}: a resolution level (--level {level}) can be chosen only for an OME-Zarr image")
     if path.suffix.lower() in DECODED_SUFFIXES:
         return read_image(path)
     if path.is_dir():
@@ -90,10 +228,18 @@ def open_lazy(path: Path):
         except Exception as error:  # zarr raises several types for a folder that is not a zarr store
             raise InputError(f"{path}: not a zarr array ({type(error).__name__}: {error})") from None
         if isinstance(found, zarr.Group):
+            view = open_ngff(found, path, level)
+            if view is not None:
+                return view
+            if level:
+                raise InputError(f"{path}: not an OME-Zarr image (no multiscales metadata), so it has no "
+                                 f"resolution level {level}")
             arrays = sorted(found.array_keys())
             if not arrays:
                 raise InputError(f"{path}: a zarr group without arrays")
-            found = found[arrays[0]]  # OME-Zarr: "0" is full resolution
+            found = found[arrays[0]]
+        elif level:
+            raise InputError(f"{path}: a plain zarr array has one resolution level, not {level}")
         return found
     try:
         return tifffile.memmap(str(path), mode="r")
@@ -183,7 +329,8 @@ def create_output(out_path: Path, plan: BlockPlan):
     if out_path.exists():
         shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
     return zarr.open_array(str(out_path), mode="w", shape=plan.shape, dtype=np.uint8,
-                           chunks=tuple(min(b, n) for b, n in zip(plan.block, plan.shape)))
+                           chunks=tuple(min(b, n) for b, n in zip(plan.block, plan.shape)),
+                           dimension_names=("z", "y", "x")[-len(plan.shape):])
 
 
 def predict_block(model: SegmentationModel, image, out, plan: BlockPlan, corner: tuple[int, ...], name: str = "image",
@@ -223,18 +370,91 @@ def predict_large(model: SegmentationModel, image, out_path: Path, name: str = "
 
 
 def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tuple[int, ...] | None = None,
-                 run_blocks: Callable[[Path], Generator[BlockProgress, None, Path]] | None = None,
+                 run_blocks: Callable[[Path], Generator[BlockProgress, None, Path]] | None = None, level: int = 0,
                  ) -> Generator[BlockProgress, None, Path]:
-    """A large image file (or zarr array) block by block into ``target`` with suffix .zarr, then copied into the
-    tiled TIFF ``target``; yields block progress, returns ``target``. ``run_blocks(zarr_path)``: another runner of
-    the blocks (a dask cluster's, core/large_cluster.py); default: this process."""
+    """A large image file (zarr array, or ``level`` of an OME-Zarr image) block by block into the OME-Zarr labels
+    ``target`` with suffix .zarr (level 0 at :func:`output_zarr`), then copied into the tiled TIFF ``target``;
+    yields block progress, returns ``target``. ``run_blocks(zarr_path)``: another runner of the blocks (a dask
+    cluster's, core/large_cluster.py); default: this process."""
     source, target = Path(source), Path(target)
     zarr_path = output_zarr(target)
+    image = open_lazy(source, level)
+    prepare_labels_group(output_folder(target))
     if run_blocks is None:
-        yield from predict_large(model, open_lazy(source), zarr_path, name=source.name, tile=tile)
+        yield from predict_large(model, image, zarr_path, name=source.name, tile=tile)
     else:
         yield from run_blocks(zarr_path)
+    write_ngff_labels(output_folder(target), model.config.num_classes, getattr(image, "scale", None),
+                      getattr(image, "translation", None))
     return zarr_to_tiff(zarr_path, target)
+
+
+def prepare_labels_group(folder: Path) -> None:
+    """An empty OME-Zarr labels group at ``folder`` with the (empty) group of the label image LABELS_NAME; an
+    earlier output there is replaced."""
+    import zarr
+
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    zarr.open_group(str(folder), mode="w").create_group(LABELS_NAME)
+
+
+def _halve(level, group, name: str):
+    """The next pyramid level of ``level`` (every 2nd pixel along y and x: nearest neighbour, class ids stay class
+    ids), written chunk by chunk into ``group[name]``; reads at most 4 chunks' worth of ``level`` at a time."""
+    shape = tuple(level.shape[:-2]) + tuple(-(-int(n) // 2) for n in level.shape[-2:])
+    chunks = tuple(min(int(c), n) for c, n in zip(level.chunks, shape))
+    out = group.create_array(name, shape=shape, chunks=chunks, dtype=np.uint8, overwrite=True,
+                             dimension_names=("z", "y", "x")[-len(shape):])
+    for corner in block_corners(shape, chunks):
+        region = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, chunks, shape))
+        read = region[:-2] + tuple(slice(2 * r.start, 2 * r.stop, 2) for r in region[-2:])
+        out[region] = np.asarray(level[read])
+    return out
+
+
+def write_ngff_labels(folder: Path, num_classes: int, scale: tuple[float, ...] | None = None,
+                      translation: tuple[float, ...] | None = None) -> list[str]:
+    """Complete the OME-Zarr labels at ``folder`` whose level 0 (``LABELS_NAME/0``) is written: the halved levels
+    down to PYRAMID_TOP pixels, then the NGFF multiscales and image-label metadata (colours and class names of the
+    ``num_classes`` class ids) through ome-zarr-py. ``scale``, ``translation``: the physical pixel size and offset
+    of level 0 (those of the input's level, so the labels overlay it; default 1 and none). A halved level takes
+    every 2nd pixel, starting at the first, so its offset is level 0's. Returns the level paths."""
+    import zarr
+
+    root = zarr.open_group(str(folder), mode="r+")
+    group = root[LABELS_NAME]
+    level, paths = group["0"], ["0"]
+    while max(level.shape[-2:]) > PYRAMID_TOP and len(paths) < PYRAMID_LEVELS:
+        level = _halve(level, group, str(len(paths)))
+        paths.append(str(len(paths)))
+    try:
+        with warnings.catch_warnings():  # ome-zarr-py 0.18 warns about its own deprecated default Scaler on import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from ome_zarr.format import CurrentFormat
+            from ome_zarr.writer import add_metadata, write_label_metadata, write_multiscales_metadata
+    except ImportError:
+        log.warning("%s: written without OME-Zarr metadata (NGFF readers will not recognise it): install "
+                    "'napari-diffseg[ome-zarr]' for OME-Zarr labels", Path(folder).name)
+        return paths
+    dims = level.ndim
+    base = [float(s) for s in scale] if scale is not None and len(scale) == dims else [1.0] * dims
+    offset = ([{"type": "translation", "translation": [float(t) for t in translation]}]
+              if translation is not None and len(translation) == dims and any(translation) else [])
+    datasets = [{"path": path, "coordinateTransformations": [{"type": "scale", "scale": [
+        b * (2 ** k if axis >= dims - 2 else 1) for axis, b in enumerate(base)]}] + offset}
+        for k, path in enumerate(paths)]
+    write_multiscales_metadata(group, datasets, axes=["z", "y", "x"][-dims:], name=LABELS_NAME)
+    colours = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] + [
+        {"label-value": k, "rgba": list(LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)])} for k in range(1, num_classes)]
+    names = ["background"] + (["foreground"] if num_classes == 2 else [f"class {k}" for k in range(1, num_classes)])
+    properties = [{"label-value": k, "class": name} for k, name in enumerate(names)]
+    write_label_metadata(root, LABELS_NAME, colors=colours, properties=properties)
+    # NGFF 0.5 wants the version on every group; ome-zarr-py writes it on the label image, not on its labels group
+    # (an image's root carries it there): without it ome-zarr-models refuses the group
+    add_metadata(root, {"version": CurrentFormat().version})
+    return paths
 
 
 def release_mapped_pages(image) -> None:
@@ -246,13 +466,16 @@ def release_mapped_pages(image) -> None:
 
 
 def is_complete(path: Path) -> bool:
-    """Whether a zarr output of :func:`predict_large` was written to its end."""
+    """Whether a zarr output of :func:`predict_large` was written to its end (``path``: the array, or the OME-Zarr
+    labels folder of :func:`predict_file` that holds it)."""
     import zarr
 
-    try:
-        return bool(zarr.open_array(str(path), mode="r").attrs.get(COMPLETE_ATTR, {}).get("complete"))
-    except Exception:  # missing or not a zarr array
-        return False
+    for candidate in (Path(path), Path(path) / LABELS_NAME / "0"):
+        try:
+            return bool(zarr.open_array(str(candidate), mode="r").attrs.get(COMPLETE_ATTR, {}).get("complete"))
+        except Exception:  # missing or not a zarr array
+            continue
+    return False
 
 
 def zarr_to_tiff(source: Path, target: Path, tile: int = TIFF_TILE) -> Path:

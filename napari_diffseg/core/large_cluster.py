@@ -28,32 +28,32 @@ def _worker_model(model_dir: str, bf16: bool | None) -> SegmentationModel:
 
 
 def _block_task(model_dir: str, source: str, out_path: str, plan, corner: tuple[int, ...], name: str,
-                tile: tuple[int, ...] | None, bf16: bool | None) -> tuple[slice, ...]:
+                tile: tuple[int, ...] | None, bf16: bool | None, level: int = 0) -> tuple[slice, ...]:
     import zarr
 
     model = _worker_model(model_dir, bf16)
-    return predict_block(model, open_lazy(Path(source)), zarr.open_array(out_path, mode="r+"), plan, corner, name,
-                         tile)
+    return predict_block(model, open_lazy(Path(source), level), zarr.open_array(out_path, mode="r+"), plan, corner,
+                         name, tile)
 
 
 def predict_large_on_cluster(model_dir: Path, source: Path, out_path: Path, scheduler: str,
-                             tile: tuple[int, ...] | None = None, bf16: bool | None = None,
+                             tile: tuple[int, ...] | None = None, bf16: bool | None = None, level: int = 0,
                              ) -> Generator[BlockProgress, None, Path]:
     """Predict ``source`` block by block on the dask cluster at ``scheduler`` (an address such as
     tcp://host:8786, or a ``distributed.Client``); yields progress as blocks finish. Closing the generator cancels
     the blocks not yet run and leaves the output without the completion mark. ``bf16``: the workers' precision
-    (None: bf16 where their device has it natively)."""
+    (None: bf16 where their device has it natively); ``level``: the resolution level of an OME-Zarr input."""
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise InputError("--dask-scheduler needs the 'distributed' package: pip install 'napari-diffseg[cluster]'") \
             from None
     local_model = SegmentationModel.load(Path(model_dir))  # validates the model and plans with its layout
-    plan = plan_blocks(local_model, open_lazy(Path(source)), Path(source).name)
+    plan = plan_blocks(local_model, open_lazy(Path(source), level), Path(source).name)
     out = create_output(out_path, plan)
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     futures = [client.submit(_block_task, str(model_dir), str(source), str(out_path), plan, corner,
-                             Path(source).name, tile, bf16, pure=False) for corner in plan.corners()]
+                             Path(source).name, tile, bf16, level, pure=False) for corner in plan.corners()]
     try:
         for done, future in enumerate(as_completed(futures), start=1):
             region = future.result()  # re-raises a block's error here
