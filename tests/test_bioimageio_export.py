@@ -1,8 +1,8 @@
 """bioimage.io export (core/bioimageio_export.py, ``diffseg export``): a tiny model trained on synthetic blobs is
 exported, bioimageio.core's test_model passes offline (sockets refused: the package is self-contained), and a
 prediction through bioimageio.core agrees with ``diffseg predict`` on >= 99.9 % of the pixels of a sample image;
-the TorchScript module matches SegmentationModel for the working scale, odd sizes, RGB and 3D; user mistakes are
-one-line errors."""
+the TorchScript module matches SegmentationModel for the working scale, tiles, odd sizes, RGB and 3D; user mistakes
+are one-line errors."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_export_validates_offline_and_agrees_with_predict(trained, tmp_path, off
     assert summary.status == "passed", summary.format()
 
     # bioimageio.core (its own preprocessing, the TorchScript weights) against `diffseg predict`
-    image = make_blobs_dataset(1, (200, 176), seed=11)[0][0]
+    image = make_blobs_dataset(1, (720, 660), seed=11)[0][0]  # 2 x 2 tiles of napari-diffseg's 512-px tiles
     images = tmp_path / "images"
     images.mkdir()
     write_tiff_atomic(images / "new.tif", image)
@@ -142,9 +142,9 @@ def test_module_matches_the_model(tmp_path, kind):
     ModelCheckpoint(
         {"spatial_dims": spatial_dims, "image_channels": channels, "num_classes": classes, "base_channels": 4,
          "depth": 2, "timesteps": 1000},
-        net.mask_path.state_dict(), 0.5, 0.75 if kind == "3d" else 1.0).save(tmp_path / BEST)
+        net.mask_path.state_dict(), 0.5, 0.75 if kind == "rgb" else 1.0).save(tmp_path / BEST)
     model = SegmentationModel.load(tmp_path, backend="torch")
-    shape = (20, 37, 41) if spatial_dims == 3 else (61, 70)
+    shape = (72, 37, 41) if spatial_dims == 3 else (61, 70)  # 3D: two tiles of 64 along z
     image = make_blobs_dataset(1, shape, rgb=channels == 3, ndim=spatial_dims, seed=2)[0][0]
     expected = model.predict(image).mask
     module = scripted_module(model)

@@ -9,9 +9,11 @@ without napari-diffseg:
   ``core.io.to_channels_first``. What the spec cannot express: napari-diffseg falls back to the channel's min / max
   where the two percentiles coincide (a sparse image); the package documentation says so.
 - inside the TorchScript module: the working scale (shrink by area averaging, probabilities back to full
-  resolution by linear interpolation, as ``SegmentationModel``), reflect padding to the network's size multiple,
-  the network at t = 0 on concat(empty mask, image in [-1, 1]), softmax and the model's threshold
-  (``probabilities_to_mask``). The spec has no resampling step, so the working scale lives in the model.
+  resolution by linear interpolation, as ``SegmentationModel``), napari-diffseg's overlapping tiles with Gaussian
+  blending (reflect padding where the image is smaller than a tile), the network at t = 0 on concat(empty mask,
+  image in [-1, 1]), softmax and the model's threshold (``probabilities_to_mask``). The spec has no resampling
+  step, so the working scale lives in the model; the tiles live there too, so a whole image run by a bioimage.io
+  tool gives ``diffseg predict``'s mask.
 
 The dependency (bioimageio.spec) is the optional ``[export]`` extra; bioimageio.core tests the package.
 """
@@ -32,6 +34,12 @@ import torch.nn.functional as F
 from .errors import DiffsegError, InputError
 from .io import PERCENTILES, describe_kind, one_line, read_image, to_channels_first
 from .networks import TimeUNet
+from .model import PREDICT_TILE_2D
+from .predict import DEFAULT_TILE_3D
+from .tiling import MAX_TILE_GROWTH
+
+TILE_OVERLAP = 0.125  # core.predict.tiled_probabilities' default overlap
+GAUSSIAN_SIGMA = 0.125  # core.tiling.gaussian_weight's default sigma_scale
 
 PAPER_DOI = "10.48550/arXiv.2504.01547"
 PAPER_URL = "https://arxiv.org/abs/2504.01547"
@@ -59,7 +67,7 @@ def _round_half_even(value: float) -> int:
 
 class ExportedMaskPathway(nn.Module):
     """image (B, C, *spatial) in [0, 1] -> uint8 class ids (B, 1, *spatial): what ``SegmentationModel.predict``
-    computes for an image that fits one tile, in one scriptable module."""
+    computes (torch backend, one deterministic step, its tiles and Gaussian blending), in one scriptable module."""
 
     def __init__(self, unet: TimeUNet, num_classes: int, threshold: float, working_scale: float):
         super().__init__()
@@ -75,6 +83,11 @@ class ExportedMaskPathway(nn.Module):
         self.threshold = float(threshold)
         self.working_scale = float(working_scale)
         self.upsample_mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        # napari-diffseg's torch tiles (core.model.PREDICT_TILE_2D, core.predict.DEFAULT_TILE_3D)
+        self.tile = list(PREDICT_TILE_2D["torch"] if self.spatial_dims == 2 else DEFAULT_TILE_3D)
+        self.growth = float(MAX_TILE_GROWTH if self.spatial_dims == 2 else 1.0)
+        self.overlap = float(TILE_OVERLAP)
+        self.sigma = float(GAUSSIAN_SIGMA)
         with torch.no_grad():  # t = 0 always: the time embedding is a constant per-channel bias
             bias = unet.time_mlp(timestep_embedding(torch.zeros(1, dtype=torch.long), unet.time_dim))
         self.register_buffer("time_bias", bias.reshape([1, -1] + [1] * self.spatial_dims).clone())
@@ -95,6 +108,63 @@ class ExportedMaskPathway(nn.Module):
             h = block(torch.cat([h, skip], dim=1))
         return self.head(h)
 
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of (B, C, *spatial) in [0, 1] in overlapping tiles blended with Gaussian weights,
+        tile for tile what ``core.predict.tiled_probabilities`` does."""
+        spatial: list[int] = [int(s) for s in x.shape[2:]]
+        growth = self.growth
+        tile: list[int] = []
+        starts: list[list[int]] = []
+        padded: list[int] = []
+        for axis in range(len(spatial)):
+            edge = max(self.multiple, (self.tile[axis] // self.multiple) * self.multiple)
+            overlap = int(edge * self.overlap)
+            fitted = _fit_tile(spatial[axis], edge, overlap, self.multiple, growth)
+            tile.append(fitted)
+            padded.append(max(spatial[axis], fitted))
+            starts.append(_tile_starts(padded[axis], fitted, overlap))
+        pad: list[int] = []
+        for axis in range(len(spatial) - 1, -1, -1):  # F.pad lists the last axis first
+            pad += [0, padded[axis] - spatial[axis]]
+        if sum(pad) > 0:
+            x = F.pad(x, pad, mode="reflect")
+        weight = self._gaussian(tile, x.device)
+        probs = torch.zeros([x.shape[0], self.num_classes] + padded, dtype=torch.float32, device=x.device)
+        weights = torch.zeros(padded, dtype=torch.float32, device=x.device)
+        if self.spatial_dims == 2:
+            for y in starts[0]:
+                for z in starts[1]:
+                    part = x[:, :, y:y + tile[0], z:z + tile[1]]
+                    probs[:, :, y:y + tile[0], z:z + tile[1]] += self._tile_probabilities(part) * weight
+                    weights[y:y + tile[0], z:z + tile[1]] += weight
+            return (probs / weights)[:, :, : spatial[0], : spatial[1]]
+        for a in starts[0]:
+            for b in starts[1]:
+                for c in starts[2]:
+                    part = x[:, :, a:a + tile[0], b:b + tile[1], c:c + tile[2]]
+                    probs[:, :, a:a + tile[0], b:b + tile[1], c:c + tile[2]] += self._tile_probabilities(part) * weight
+                    weights[a:a + tile[0], b:b + tile[1], c:c + tile[2]] += weight
+        return (probs / weights)[:, :, : spatial[0], : spatial[1], : spatial[2]]
+
+    def _tile_probabilities(self, part: torch.Tensor) -> torch.Tensor:
+        empty = torch.full([part.shape[0], self.num_classes] + [int(s) for s in part.shape[2:]], -1.0,
+                           dtype=part.dtype, device=part.device)
+        empty[:, 0] = 1.0
+        return torch.softmax(self._unet(torch.cat([empty, part * 2.0 - 1.0], dim=1)).float(), dim=1)
+
+    def _gaussian(self, tile: list[int], device: torch.device) -> torch.Tensor:
+        """core.tiling.gaussian_weight in torch."""
+        total = torch.zeros(tile, dtype=torch.float64, device=device)
+        for axis in range(len(tile)):
+            n = tile[axis]
+            grid = (torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2.0) / (self.sigma * n)
+            shape = [1] * len(tile)
+            shape[axis] = n
+            total = total + (grid * grid / 2.0).reshape(shape)
+        weight = torch.exp(-total)
+        weight = weight / weight.max()
+        return torch.clamp(weight, min=1e-3).float()
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.float()
         full: list[int] = [int(s) for s in x.shape[2:]]
@@ -103,20 +173,7 @@ class ExportedMaskPathway(nn.Module):
             scaled.append(max(1, _round_half_even(s * self.working_scale)))
         if scaled != full:
             x = F.interpolate(x, size=scaled, mode="area")
-        pad: list[int] = []
-        for s in scaled[::-1]:  # F.pad lists the last axis first
-            pad += [0, (self.multiple - s % self.multiple) % self.multiple]
-        if sum(pad) > 0:
-            x = F.pad(x, pad, mode="reflect")
-        empty = torch.full([x.shape[0], self.num_classes] + [int(s) for s in x.shape[2:]], -1.0, dtype=x.dtype,
-                           device=x.device)
-        empty[:, 0] = 1.0
-        logits = self._unet(torch.cat([empty, x * 2.0 - 1.0], dim=1))
-        if self.spatial_dims == 2:
-            logits = logits[:, :, : scaled[0], : scaled[1]]
-        else:
-            logits = logits[:, :, : scaled[0], : scaled[1], : scaled[2]]
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = self._probabilities(x)
         if scaled != full:
             probs = F.interpolate(probs, size=full, mode=self.upsample_mode, align_corners=False)
         foreground = 1.0 - probs[:, 0]
@@ -126,6 +183,30 @@ class ExportedMaskPathway(nn.Module):
             classes = probs[:, 1:].argmax(dim=1).to(torch.uint8) + 1
             mask = torch.where(foreground > self.threshold, classes, torch.zeros_like(classes))
         return mask.unsqueeze(1)
+
+
+def _tile_count(length: int, tile: int, min_overlap: int) -> int:
+    """core.tiling._tile_count, scriptable."""
+    if length <= tile:
+        return 1
+    step = max(1, tile - min_overlap)
+    return max(2, (length - min_overlap + step - 1) // step)
+
+
+def _fit_tile(length: int, tile: int, min_overlap: int, multiple: int, max_growth: float) -> int:
+    """core.tiling.fit_tile, scriptable."""
+    largest = max(tile, int(tile * max_growth) // multiple * multiple)
+    count = _tile_count(length, largest, min_overlap)
+    needed = (length + (count - 1) * min_overlap + count - 1) // count
+    return min(largest, (needed + multiple - 1) // multiple * multiple)
+
+
+def _tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
+    """core.tiling.tile_starts, scriptable."""
+    count = _tile_count(length, tile, min_overlap)
+    if count == 1:
+        return [0]
+    return [_round_half_even(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
 def scripted_module(model) -> torch.jit.ScriptModule:
@@ -196,6 +277,7 @@ def _documentation(model, name: str, size_min: int, sample_text: str) -> str:
     labelled = sum(1 for entry in data if isinstance(entry, dict) and entry.get("label_sha256"))
     config = model.config
     kind = describe_kind(config.spatial_dims, config.image_channels)
+    tile = " x ".join(str(t) for t in (PREDICT_TILE_2D["torch"] if config.spatial_dims == 2 else DEFAULT_TILE_3D))
     return f"""# {name}
 
 A napari-diffseg segmentation model ({kind} images, {config.num_classes} classes), exported for bioimage.io.
@@ -219,9 +301,9 @@ napari-diffseg trains a diffusion teacher and a co-trained student on a few labe
   image by area averaging, predicts, and brings the class probabilities back to full resolution by linear
   interpolation before the threshold ({model.threshold:.2f} on the foreground probability). Feed images at their
   native resolution.
-- napari-diffseg predicts large images in overlapping tiles of 512 px (at the working scale) blended with
-  Gaussian weights; a bioimage.io tool runs the whole image or its own tiles, so the masks agree except near the
-  seams of tiles.
+- napari-diffseg predicts in overlapping tiles of {tile} px (at the working scale) blended with Gaussian weights;
+  the TorchScript module does the same, so give it whole images. Where a bioimage.io tool cuts an image into its
+  own blocks, the masks can differ near the blocks' edges.
 
 ## Training
 - {len(data)} image(s), {labelled} labelled; {training.get('steps', '?')} steps.
