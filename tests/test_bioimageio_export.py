@@ -176,3 +176,33 @@ def test_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "bioimageio.spec", None)  # the [export] extra missing
     with pytest.raises(ExportError, match=r"napari-diffseg\[export\]"):
         export_bioimageio(trained["model"], tmp_path / "m.zip")
+
+
+# ------------------------------------------------------------------------------------------------- the panel
+def test_predict_panel_exports_in_a_worker_and_shows_errors_in_one_line(trained, make_napari_viewer, qtbot,
+                                                                        tmp_path, monkeypatch):
+    from napari.utils import notifications
+
+    from napari_diffseg._state import DiffsegState
+    from napari_diffseg._widgets.predict import PredictPanel
+
+    errors: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda message: errors.append(str(message)))
+    panel = PredictPanel(make_napari_viewer(), DiffsegState())
+    panel.model_row.setText(str(trained["model"]))
+    package = tmp_path / "panel.zip"
+    assert panel.export(package) is not None
+    assert not panel.export_button.isEnabled()
+    qtbot.waitUntil(lambda: panel.export_worker is None, timeout=60_000)
+    assert package.is_file() and zipfile.is_zipfile(package)
+    assert panel.status_label.text() == f"bioimage.io package written: {package}"
+    assert panel.export_button.isEnabled() and not errors
+
+    panel.export(package)  # exists: refused, one line, the package kept
+    qtbot.waitUntil(lambda: panel.export_worker is None, timeout=60_000)
+    assert len(errors) == 1 and "\n" not in errors[0] and "exists" in errors[0]
+    assert panel.status_label.text().startswith("Export failed: ")
+    assert zipfile.is_zipfile(package)
+
+    panel.model_row.setText("")
+    assert panel.export(package) is None and "choose a model folder" in errors[-1]

@@ -10,6 +10,10 @@ Image files over core.large.LARGE_IMAGE_PIXELS go to disk only, predicted block 
 TIFF, see core/large.py); the panel shows an overview that fills in as blocks are written (every n-th pixel, in
 memory), then full resolution read lazily from the files once the output is complete (_layers.LargeOverview).
 
+*Export for bioimage.io…* writes the chosen model as a bioimage.io model package in a worker
+(core.bioimageio_export, the same function as ``diffseg export``); a failure is one line in the status and a
+notification.
+
 A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
 plane. The work runs in a background worker; the layer data is snapshotted before it starts, and result layers
 are added on the GUI thread.
@@ -172,6 +176,15 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
         yield PredictResult(name, None, None, layer_name, path)
 
 
+def export_job(model_dir: Path, out: Path, overwrite: bool) -> Iterator[PredictStatus]:
+    """Write the model in ``model_dir`` as a bioimage.io package (core.bioimageio_export); runs in a worker."""
+    from napari_diffseg.core.bioimageio_export import export_bioimageio
+
+    yield PredictStatus(f"Exporting {model_dir.name} for bioimage.io…")
+    path = export_bioimageio(model_dir, out, overwrite=overwrite)
+    yield PredictStatus(f"bioimage.io package written: {path}")
+
+
 def _loading_message(device: Any) -> str:
     """The status while the model loads: on a CPU with OpenVINO a 2D model new to this computer is converted
     first (about 8-10 s, then cached), which would otherwise look like a stuck job."""
@@ -206,6 +219,11 @@ class PredictPanel(QWidget):
         self.model_row = PathRow("model folder (with best.pt)")
         self.latest_button = QPushButton("Use the project's latest model")
         self.latest_button.clicked.connect(self.use_latest_model)
+        self.export_worker = None
+        self.export_button = QPushButton("Export for bioimage.io…")
+        self.export_button.setToolTip("write the model as a bioimage.io model package (.zip) that bioimage.io tools "
+                                      "run (needs napari-diffseg[export]); see docs/cli.md, 'export'")
+        self.export_button.clicked.connect(lambda: self.export())
         self.source_combo = QComboBox()
         self.source_combo.addItems([SOURCE_LAYER, SOURCE_FILE, SOURCE_FOLDER])
         self.layer_combo = LayerCombo(viewer, (Image,))
@@ -230,6 +248,7 @@ class PredictPanel(QWidget):
         form = QFormLayout()
         form.addRow("model", self.model_row)
         form.addRow(self.latest_button)
+        form.addRow(self.export_button)
         form.addRow("source", self.source_combo)
         form.addRow("layer", self.layer_combo)
         form.addRow("path", self.source_row)
@@ -321,6 +340,38 @@ class PredictPanel(QWidget):
                                 on_errored=self._on_error, on_finished=self._on_finished)
         self.worker.aborted.connect(lambda: self.status_label.setText("Cancelled."))
         return self.worker
+
+    @user_errors
+    def export(self, out: Path | None = None, overwrite: bool = False) -> Any:
+        """Export the chosen model as a bioimage.io package to ``out`` (asked for with a file dialog when None, which
+        confirms replacing a file itself); returns the worker."""
+        if self.export_worker is not None:
+            raise InputError("an export is already running")
+        model_text = self.model_row.text()
+        if not model_text or not Path(model_text).is_dir():
+            raise InputError("choose a model folder to export (train first, or browse to a model)")
+        model_dir = Path(model_text)
+        if out is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            chosen, _ = QFileDialog.getSaveFileName(self, "bioimage.io model package",
+                                                    str(model_dir.parent / f"{model_dir.name}.zip"), "zip (*.zip)")
+            if not chosen:
+                return None
+            out, overwrite = Path(chosen), True
+        self.export_button.setEnabled(False)
+        self.export_worker = start_job(lambda: export_job(model_dir, Path(out), overwrite), self._on_event,
+                                       on_errored=self._on_export_error, on_finished=self._on_export_finished)
+        return self.export_worker
+
+    def _on_export_error(self, error: BaseException) -> None:
+        message = error_message(error)
+        self.status_label.setText(f"Export failed: {message}")
+        notify_error(message)
+
+    def _on_export_finished(self) -> None:
+        self.export_worker = None
+        self.export_button.setEnabled(True)
 
     def cancel(self) -> None:
         if self.worker is not None:
