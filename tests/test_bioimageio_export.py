@@ -163,6 +163,7 @@ def test_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch):
         (["--out", tmp_path / "model.tar"], ".zip"),
         (["--out", tmp_path / "missing" / "m.zip"], "not found"),
         (["--out", tmp_path / "m.zip", "--license", "NOT-A-LICENCE"], "SPDX"),
+        (["--out", tmp_path / "m.zip", "--name", "a/b"], "5 to 128 letters"),
     ]
     for extra, fragment in cases:
         code, _, err = run_cli(["export", trained["model"], *extra])

@@ -351,6 +351,8 @@ def export_bioimageio(model_dir: Path, out: Path, *, sample: Path | np.ndarray |
         raise ExportError(f"{out.parent}: folder not found")
     model = SegmentationModel.load(Path(model_dir), backend="torch")
     config = model.config
+    if name is not None and not _valid_name(name):
+        raise ExportError(f"name {name!r}: a bioimage.io name has 5 to 128 letters, digits, spaces and _+-() only")
     name = name or default_name(Path(model_dir))
     image = _sample_image(model, sample)
     raw = raw_to_tensor(image)
@@ -430,11 +432,17 @@ def _describe(spec, folder: Path, name: str, people: list[str], license: str, co
     )
 
 
+_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_+- ()")
+
+
+def _valid_name(name: str) -> bool:
+    return 5 <= len(name) <= 128 and set(name) <= _NAME_CHARACTERS
+
+
 def default_name(model_dir: Path) -> str:
     """The folder's name in the characters a bioimage.io name allows (letters, digits, _+- () and spaces; 5 to
     64 characters)."""
-    allowed = set(string.ascii_letters + string.digits + "_+- ()")
-    name = "".join(c if c in allowed else "-" for c in model_dir.resolve().name).strip()[:48]
+    name = "".join(c if c in _NAME_CHARACTERS else "-" for c in model_dir.resolve().name).strip()[:48]
     return name if len(name) >= 5 and name.strip("-_ ") else f"napari-diffseg {name}".strip()
 
 
