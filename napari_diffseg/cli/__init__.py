@@ -1,5 +1,6 @@
-"""The ``diffseg`` console command: ``train``, ``predict``, ``eval`` and ``info`` on folders of images, and
-``project create | train | status | export`` on the project store that the napari plugin shares.
+"""The ``diffseg`` console command: ``train``, ``predict``, ``eval``, ``info`` and ``export`` (a bioimage.io model
+package) on folders of images and models, and ``project create | train | status | export`` on the project store
+that the napari plugin shares.
 
 A thin argparse front end over ``napari_diffseg.core``: it parses options, reads files through ``core.io``,
 drives the engine's generators (training events, project rounds, prediction tile progress) with tqdm progress
