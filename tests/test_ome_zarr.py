@@ -150,3 +150,16 @@ def test_without_ome_zarr_py_the_levels_are_written_and_a_warning_says_why(tmp_p
     monkeypatch.setitem(sys.modules, "ome_zarr.writer", None)  # import fails
     assert large.write_ngff_labels(folder, 2) == ["0"]
     assert "napari-diffseg[ome-zarr]" in caplog.text
+
+
+def test_ngff_0_4_and_the_bioformats2raw_layout_are_read(raw, tmp_path):
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    write_image(raw, zarr.open_group(str(tmp_path / "v04.ome.zarr"), mode="w", zarr_format=2), axes=["y", "x"],
+                fmt=FormatV04(), scale_factors=[2])
+    assert large.open_lazy(tmp_path / "v04.ome.zarr", level=1).shape == (100, 85)
+    root = zarr.open_group(str(tmp_path / "b2r.ome.zarr"), mode="w")
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+    write_image(raw, root.create_group("0"), axes=["y", "x"], scale_factors=[2])
+    np.testing.assert_array_equal(np.asarray(large.open_lazy(tmp_path / "b2r.ome.zarr")), raw)
