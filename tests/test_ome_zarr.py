@@ -163,3 +163,18 @@ def test_ngff_0_4_and_the_bioformats2raw_layout_are_read(raw, tmp_path):
     root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
     write_image(raw, root.create_group("0"), axes=["y", "x"], scale_factors=[2])
     np.testing.assert_array_equal(np.asarray(large.open_lazy(tmp_path / "b2r.ome.zarr")), raw)
+
+
+def test_a_second_predict_names_the_labels_as_an_earlier_run_of_ours(model_dir, raw, tmp_path, monkeypatch):
+    from napari_diffseg.core import safety
+
+    monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
+    _write_ome_image(tmp_path / "cells.ome.zarr", raw, levels=1)
+    argv = ["predict", model_dir, tmp_path / "cells.ome.zarr", "--out", tmp_path / "pred"]
+    assert run_cli(argv)[0] == 0
+    assert safety.written_by_diffseg(tmp_path / "pred" / "cells.zarr")
+    assert not safety.written_by_diffseg(tmp_path / "cells.ome.zarr")  # the user's image is not ours
+    code, _, err = run_cli(argv)
+    assert_one_line_error(code, err, "(from an earlier diffseg run)")
+    assert run_cli([*argv, "--overwrite"])[0] == 0
+    assert large.is_complete(tmp_path / "pred" / "cells.zarr")

@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 
 from .errors import InputError
-from .io import ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
+from .io import SOFTWARE_TAG, ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -502,6 +502,7 @@ def zarr_to_tiff(source: Path, target: Path, tile: int = TIFF_TILE) -> Path:
     target = Path(target)
     partial = target.with_name(f".{target.name}.partial")
     tifffile.imwrite(partial, tiles(), shape=shape, dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="minisblack",
+                     software=SOFTWARE_TAG,  # core.safety tells our outputs by it
                      bigtiff=np.prod(shape) > 2**31)
     os.replace(partial, target)
     return target

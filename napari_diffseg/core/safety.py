@@ -60,9 +60,14 @@ def written_by_diffseg(path: Path) -> bool:
         if path.name == "model_card.json" and path.is_file():
             card = json.loads(path.read_text())
             return isinstance(card, dict) and {"config", "network"} <= card.keys()
-        if suffix == ZARR_SUFFIX and path.is_dir():
-            attrs = path / ".zattrs"
-            return attrs.is_file() and "diffseg" in json.loads(attrs.read_text())
+        if suffix == ZARR_SUFFIX and path.is_dir():  # our completion mark, on a zarr v2 or v3 array, or on level 0
+            # of the OME-Zarr labels of core.large.predict_file (<stem>.zarr/diffseg/0)
+            for meta in (path / ".zattrs", path / "zarr.json", path / "diffseg" / "0" / "zarr.json"):
+                if meta.is_file():
+                    attrs = json.loads(meta.read_text())
+                    if "diffseg" in (attrs.get("attributes") or {} if meta.name == "zarr.json" else attrs):
+                        return True
+            return False
         if path.is_dir():  # a folder we filled (pseudo_labels/): every file in it is ours
             return all(written_by_diffseg(entry) for entry in _existing_entries(path))
     except Exception:  # unreadable, foreign or corrupt: not ours
