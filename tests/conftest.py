@@ -41,3 +41,13 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the OpenVINO backend's tests last. After they convert models with OpenVINO's PyTorch frontend in the
+    test process, a later in-process training stopped by a real SIGTERM (tests/test_safety_state.py) crashed the
+    whole test process with SIGSEGV (reproduced with `pytest tests/test_openvino.py
+    tests/test_safety_state.py::test_sigterm_during_project_train_keeps_the_round_resumable`; each file alone
+    passes, and a `diffseg predict` with OpenVINO stopped by SIGTERM exits 143 cleanly in its own process). The
+    cause is not found; the CLI never converts and trains in one process."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_openvino.py"))

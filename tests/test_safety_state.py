@@ -62,7 +62,7 @@ def signal_at_step(monkeypatch, signum: int, step: int) -> None:
     def progress(self, event):
         original(self, event)
         if event.step == step:
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
 
     monkeypatch.setattr(cli._TrainDisplay, "progress", progress)
 
@@ -158,7 +158,7 @@ def test_sigterm_during_predict_exits_143_with_one_line(data, tmp_path, monkeypa
     assert code == 0, err
     from napari_diffseg.cli import _folders
 
-    monkeypatch.setattr(_folders, "_predict_file", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr(_folders, "_predict_file", lambda *args: signal.raise_signal(signal.SIGTERM))
     code, out, err = run_cli(["predict", tmp_path / "model", data["images"], "--out", tmp_path / "masks"])
     assert code == 143 and err.strip().splitlines()[-1] == "diffseg: stopped by SIGTERM", err
     assert "Traceback" not in err
@@ -177,7 +177,7 @@ def test_a_hang_up_ignored_by_nohup_stays_ignored():
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with signals_as_interrupt():
-            os.kill(os.getpid(), signal.SIGHUP)  # nothing raised: nohup's choice holds
+            signal.raise_signal(signal.SIGHUP)  # nothing raised: nohup's choice holds
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, previous)
@@ -221,7 +221,7 @@ def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
         for event in real_pretrain(*args, **kwargs):
             yield event
             if getattr(event, "step", 0) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
 
     from napari_diffseg.core import rounds
 
@@ -244,7 +244,7 @@ def test_next_round_stopped_before_its_first_step_is_taken_back(project, monkeyp
 
     def read_then_signal(*args, **kwargs):  # the round has started; the data are being read
         data = real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         return data
 
     monkeypatch.setattr(rounds, "project_training_data", read_then_signal)
@@ -271,7 +271,7 @@ def test_failed_project_create_can_be_retried(data, tmp_path, monkeypatch):
 
 def test_create_interrupted_leaves_nothing(data, tmp_path, monkeypatch):
     folder = tmp_path / "new"
-    monkeypatch.setattr(Project, "add_image", lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGTERM))
+    monkeypatch.setattr(Project, "add_image", lambda *args, **kwargs: signal.raise_signal(signal.SIGTERM))
     code, out, err = run_cli(["project", "create", folder, "--images", data["images"]])
     assert code == 143 and not folder.exists(), err
 
