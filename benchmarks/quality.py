@@ -211,6 +211,8 @@ def _ci_cell(differences) -> str:
     mean, low, high = bootstrap_ci(differences)
     if math.isnan(mean):
         return "n/a"
+    if math.isnan(low):
+        return f"{100 * mean:+.1f} (n={len(differences)}, no CI)"
     return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] (n={len(differences)})"
 
 
@@ -237,7 +239,9 @@ def report(results: list[dict], metas: list[dict]) -> str:
     lines += ["", "Budgets are CPU seconds of the training process (one torch thread). Collection = every "
               "unlabelled image of the pool (what a plugin user gets); test = the held-apart test images. Dice is the "
               "mean over images per run, then mean ± sd over runs (subsets x seeds); differences are paired per "
-              "(subset, seed), in Dice points, with a bootstrap 95 % CI of the mean.", ""]
+              "(subset, seed), in Dice points, with a bootstrap 95 % CI of the mean (with fewer than ~6 pairs the percentile "
+              "bootstrap cannot reach beyond the values seen: read those intervals as the range of the pairs, not as "
+              "a confidence statement; one pair has none).", ""]
     arms = [a for a in dict.fromkeys(r["method"] for r in results) if a != CEILING]
     lines += ["| dataset | K | arm | runs | collection Dice | collection pooled | collection HD95 | test Dice | "
               "test pooled | test HD95 | steps | steps/s | CPU s | wall s |", "|" + "---|" * 14]

@@ -25,13 +25,14 @@ def labelled_subset(pool_size: int, k: int, subset: int) -> list[int]:
 def bootstrap_ci(differences, level: float = 0.95, samples: int = BOOTSTRAP_SAMPLES,
                  seed: int = 0) -> tuple[float, float, float]:
     """(mean, lower, upper): the mean of paired ``differences`` and the percentile bootstrap interval of that mean
-    (resampling the pairs with replacement). NaNs are dropped; one value gives a zero-width interval."""
+    (resampling the pairs with replacement). NaNs are dropped; one value has no interval (NaN bounds). With few
+    pairs the percentile bootstrap cannot reach beyond the values seen, so it understates the uncertainty."""
     values = np.asarray([d for d in differences if d is not None and not math.isnan(d)], dtype=np.float64)
     if values.size == 0:
         return math.nan, math.nan, math.nan
     mean = float(values.mean())
     if values.size == 1:
-        return mean, mean, mean
+        return mean, math.nan, math.nan
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
     tail = (1 - level) / 2

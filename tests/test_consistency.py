@@ -175,7 +175,8 @@ def test_bootstrap_interval_of_paired_differences():
     assert lo_few <= m_few <= hi_few and lo_many <= m_many <= hi_many
     assert hi_many - lo_many < hi_few - lo_few
     assert lo_many > 0  # 200 pairs around +3 points: clearly positive
-    assert bootstrap_ci([float("nan"), 0.1])[0] == pytest.approx(0.1)
+    single = bootstrap_ci([float("nan"), 0.1])
+    assert single[0] == pytest.approx(0.1) and np.isnan(single[1]) and np.isnan(single[2])  # one pair: no interval
     ours = [{"dataset": "a", "seed": 0, "d": 0.8}, {"dataset": "a", "seed": 1, "d": 0.7}]
     base = [{"dataset": "a", "seed": 1, "d": 0.6}]
     assert paired_differences(ours, base, "d", ("dataset", "seed")) == pytest.approx([0.1])
