@@ -209,10 +209,26 @@ def rf_features(image: np.ndarray) -> np.ndarray:
     return features.astype(np.float32)  # what scikit-learn's trees use: half the memory of float64
 
 
+def fit_balanced_forest(labelled: list[tuple[np.ndarray, np.ndarray]], per_class: int, seed: int):
+    """A random forest on up to ``per_class`` foreground and as many background pixels of each labelled image
+    ((features (pixels, F), truth (pixels,) bool) pairs), drawn with ``seed``."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(seed)
+    features, targets = [], []
+    for flat, truth in labelled:
+        for value in (True, False):
+            where = np.flatnonzero(truth == value)
+            take = rng.choice(where, min(per_class, len(where)), replace=False)
+            features.append(flat[take])
+            targets.append(truth[take])
+    forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
+    return forest.fit(np.concatenate(features), np.concatenate(targets))
+
+
 def random_forest_scores(root: Path, n: int, seeds: tuple[int, ...] | list[int]) -> dict:
     """Random forests on the labelled images' pixels (a balanced subsample drawn per seed), each predicted on
     every test pixel; the features of the images are computed once for all seeds."""
-    from sklearn.ensemble import RandomForestClassifier
 
     train_pairs, test_pairs = load_split(Path(root))
     per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // n) // 2
@@ -222,17 +238,8 @@ def random_forest_scores(root: Path, n: int, seeds: tuple[int, ...] | list[int])
     feature_seconds = time.perf_counter() - began
     per_seed = []
     for seed in seeds:
-        rng = np.random.default_rng(seed)
         start = time.perf_counter()
-        features, targets = [], []
-        for flat, truth in labelled:
-            for value in (True, False):
-                where = np.flatnonzero(truth == value)
-                take = rng.choice(where, min(per_class, len(where)), replace=False)
-                features.append(flat[take])
-                targets.append(truth[take])
-        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
-        forest.fit(np.concatenate(features), np.concatenate(targets))
+        forest = fit_balanced_forest(labelled, per_class, seed)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
         foreground = list(forest.classes_).index(True) if True in forest.classes_ else None
@@ -243,7 +250,8 @@ def random_forest_scores(root: Path, n: int, seeds: tuple[int, ...] | list[int])
             else:
                 predictions.append(forest.predict_proba(flat)[:, foreground].reshape(mask.shape) > 0.5)
         result = score_masks(predictions, [mask for _, mask, _ in test_pairs])
-        result.update(seed=seed, fit_seconds=fit_seconds, pixels=int(sum(len(t) for t in targets)),
+        result.update(seed=seed, fit_seconds=fit_seconds, pixels=sum(min(per_class, int(t.sum())) + min(per_class, int((~t).sum()))
+                                                                 for _, t in labelled),
                       predict_seconds_per_image=(time.perf_counter() - start) / len(test_pairs))
         per_seed.append(result)
     return {"seed_results": per_seed, "feature_seconds": feature_seconds}

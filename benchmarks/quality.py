@@ -42,8 +42,8 @@ import time
 
 import numpy as np
 
-from _common import (REPO, load_average, load_split, machine, rf_features, score_masks, train_model, versions,
-                     RF_MAX_PIXELS, RF_PIXELS_PER_IMAGE, RF_TREES)
+from _common import (REPO, fit_balanced_forest, load_average, load_split, machine, rf_features, score_masks,
+                     train_model, versions, RF_MAX_PIXELS, RF_PIXELS_PER_IMAGE)
 from quality_stats import bootstrap_ci, labelled_subset, paired_differences
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -109,25 +109,12 @@ def job_train(params: dict) -> dict:
 def job_forest(params: dict) -> dict:
     """Random forests (one per seed) on the subset's labelled pixels, scored on the collection and the test images
     (each image's features computed once for every seed's forest)."""
-    from sklearn.ensemble import RandomForestClassifier
-
     pool, test = load_split(Path(params["root"]))
     labelled = params["labelled"]
     per_class = min(RF_PIXELS_PER_IMAGE, RF_MAX_PIXELS // len(labelled)) // 2
     began = time.perf_counter()
     training = [(rf_features(pool[i][0]).reshape(pool[i][1].size, -1), pool[i][1].ravel() > 0) for i in labelled]
-    forests = []
-    for seed in params["seeds"]:
-        rng = np.random.default_rng(seed)
-        features, targets = [], []
-        for flat, truth in training:
-            for value in (True, False):
-                where = np.flatnonzero(truth == value)
-                take = rng.choice(where, min(per_class, len(where)), replace=False)
-                features.append(flat[take])
-                targets.append(truth[take])
-        forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=1, random_state=seed)
-        forests.append(forest.fit(np.concatenate(features), np.concatenate(targets)))
+    forests = [fit_balanced_forest(training, per_class, seed) for seed in params["seeds"]]
 
     def predict(image: np.ndarray, shape) -> list[np.ndarray]:
         flat = rf_features(image).reshape(int(np.prod(shape)), -1)
