@@ -1,9 +1,9 @@
 """Helpers shared by the benchmark scripts: dataset splits, training and scoring through the engine the `diffseg`
 CLI uses, prediction timing, and a description of the machine.
 
-Training goes through ``core.data.training_data_from_arrays`` + ``core.training.train`` and prediction through
-``core.model.SegmentationModel`` (what ``diffseg train`` / ``diffseg predict`` call); scores through
-``core.metrics``. Nothing here imports torch at module level, so a parent process can import this module and
+Training goes through ``core.data.training_set.training_data_from_arrays`` + ``core.method.training.train`` and prediction through
+``core.prediction.model.SegmentationModel`` (what ``diffseg train`` / ``diffseg predict`` call); scores through
+``core.data.metrics``. Nothing here imports torch at module level, so a parent process can import this module and
 fork workers that each set their own torch thread count.
 """
 
@@ -34,7 +34,7 @@ RF_TREES = 50
 
 def load_split(root: Path) -> tuple[list[Pair], list[Pair]]:
     """(train, test) pairs of a dataset folder with images/, masks/ and split.json (train in labelling order)."""
-    from napari_diffseg.core.io import read_image, read_mask
+    from napari_diffseg.core.data.io import read_image, read_mask
 
     root = Path(root)
     split = json.loads((root / "split.json").read_text())
@@ -50,9 +50,9 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
     """Train on every image of ``train_pairs`` with the ground truth of the ``labelled`` indices (the others are
     the unlabelled pool), as ``diffseg train`` does; ``on_event`` sees every training event. Returns steps,
     seconds and the latest mean uncertainty of each unlabelled image (from the last ``PseudoLabelsReady``)."""
-    from napari_diffseg.core.data import training_data_from_arrays
+    from napari_diffseg.core.data.training_set import training_data_from_arrays
     from napari_diffseg.core.device import configure_threads
-    from napari_diffseg.core.training import Progress, PseudoLabelsReady, train
+    from napari_diffseg.core.method.training import Progress, PseudoLabelsReady, train
 
     configure_threads(config.runtime.threads)  # as the CLI does: the engine leaves the process's thread count alone
 
@@ -73,7 +73,7 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
 def score_masks(predictions: list[np.ndarray], truth: list[np.ndarray]) -> dict:
     """Per-image Dice and HD95 (pixels), their means (HD95 over images where both masks are non-empty) and the
     Dice pooled over all pixels."""
-    from napari_diffseg.core.metrics import dice, hd95
+    from napari_diffseg.core.data.metrics import dice, hd95
 
     dices = [dice(p, t) for p, t in zip(predictions, truth)]
     distances = [hd95(p, t) for p, t in zip(predictions, truth)]
@@ -88,7 +88,7 @@ def score_model(model_dir: Path, test_pairs: list[Pair], sampling_steps: int = 1
     """Predict the test images with the model folder's best.pt (bf16 as ``diffseg predict`` decides it unless
     given) and score them; also the prediction time per image."""
     from napari_diffseg.core import device as devices
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     bf16 = devices.bf16_supported("cpu") if bf16 is None else bf16
     model = SegmentationModel.load(Path(model_dir), bf16=bf16)
@@ -107,7 +107,7 @@ def train_and_score(root: str, n_labelled: int, labels_only: bool, budget: float
     split (one torch thread). ``sampling_steps``: score the same model with each number of sampling steps (the
     first is the headline result). ``keep_dir``: train there and keep the model folder (else a temporary one)."""
     import torch
-    from napari_diffseg.core.training import TrainConfig
+    from napari_diffseg.core.method.training import TrainConfig
 
     train_pairs, test_pairs = load_split(Path(root))
     config = TrainConfig(budget_seconds=budget, labels_only=labels_only, seed=seed, threads=1, **extra)
@@ -137,7 +137,7 @@ def mosaic(images: list[np.ndarray], size: int) -> np.ndarray:
 def time_prediction(model_dir: Path, image: np.ndarray, bf16: bool, repeats: int = 1,
                     tile: tuple[int, ...] | None = None) -> dict:
     """Seconds and megapixels per second of single-step prediction of ``image`` (after a warm-up on a crop)."""
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     model = SegmentationModel.load(Path(model_dir), bf16=bf16)
     model.predict(image[:256, :256], tile=tile)  # warm-up (oneDNN kernel selection)
@@ -202,7 +202,7 @@ def load_average() -> tuple[float, float, float]:
 def rf_features(image: np.ndarray) -> np.ndarray:
     """ilastik-like pixel features: intensity, edges and texture at several scales, per channel ((*spatial, F))."""
     from skimage.feature import multiscale_basic_features
-    from napari_diffseg.core.io import to_channels_first
+    from napari_diffseg.core.data.io import to_channels_first
 
     channels_last = np.moveaxis(to_channels_first(image), 0, -1)
     features = multiscale_basic_features(channels_last, intensity=True, edges=True, texture=True, channel_axis=-1)

@@ -13,14 +13,14 @@ import time
 
 import numpy as np
 
-from napari_diffseg.core.checkpoint import BEST, LAST, load_checkpoint
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.project import ImageStatus, Project
+from napari_diffseg.core.method.checkpoint import BEST, LAST, load_checkpoint
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.project.store import ImageStatus, Project
 
 ACCEPT_LOOP = """
 import sys
 import numpy as np
-from napari_diffseg.core.project import Project
+from napari_diffseg.core.project.store import Project
 project = Project.open(sys.argv[1])
 masks = [np.load(sys.argv[2]), np.load(sys.argv[3])]
 names = project.names()

@@ -24,12 +24,12 @@ import tifffile
 import torch
 
 from napari_diffseg import cli
-from napari_diffseg.core import openvino_backend
-from napari_diffseg.core.project import Project
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.prediction import openvino_backend
+from napari_diffseg.core.project.store import Project
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 
 FAST = ["--steps", "3", "--width", "8", "--patch-size", "32", "32", "--threads", "1"]
-LARGE_EDGE = 4200  # 17.6 megapixels: over core.large.LARGE_IMAGE_PIXELS, predicted block by block
+LARGE_EDGE = 4200  # 17.6 megapixels: over core.prediction.large.LARGE_IMAGE_PIXELS, predicted block by block
 
 
 def _quiet_cli(argv: list) -> int:

@@ -25,11 +25,11 @@ import numpy as np
 import tifffile
 
 from napari_diffseg import cli
-from napari_diffseg.core import locks
-from napari_diffseg.core.checkpoint import LAST, load_checkpoint
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.project import Project
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.project import locks
+from napari_diffseg.core.method.checkpoint import LAST, load_checkpoint
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.project.store import Project
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 
 FAST = ["--steps", "3", "--width", "8", "--patch-size", "32", "32", "--threads", "1"]
 HUGE_THREADS = "100000"

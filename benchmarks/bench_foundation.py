@@ -1,8 +1,8 @@
 """Foundation benchmark: semi-supervised (pretraining + co-training) vs labels-only at equal wall-time budget,
 time to first pseudo-labels, and 2D prediction throughput. Prints a markdown table (and writes it with --out).
 
-Uses the engine exactly as the `diffseg` CLI does (core.data.training_data_from_arrays, core.training.train,
-core.model.SegmentationModel), through the helpers in _common.py that benchmarks/suite.py shares. Each semi /
+Uses the engine exactly as the `diffseg` CLI does (core.data.training_set.training_data_from_arrays, core.method.training.train,
+core.prediction.model.SegmentationModel), through the helpers in _common.py that benchmarks/suite.py shares. Each semi /
 labels-only pair runs concurrently in two processes (one torch thread each) so both see the same machine load.
 
     python benchmarks/bench_foundation.py --budget 120 --labelled 1 2 5 --out benchmarks/foundation.md
@@ -24,8 +24,8 @@ from _common import DEFAULT_DATA, load_split, machine, mosaic, time_prediction, 
 def time_to_first_pseudo_labels(root: Path, n_labelled: int) -> dict:
     """All images of the dataset (train + test), the first n labelled, default settings; seconds until the first
     pseudo-labels of all unlabelled images are written."""
-    from napari_diffseg.core.data import training_data_from_arrays
-    from napari_diffseg.core.training import PseudoLabelsReady, TrainConfig, train
+    from napari_diffseg.core.data.training_set import training_data_from_arrays
+    from napari_diffseg.core.method.training import PseudoLabelsReady, TrainConfig, train
 
     train_pairs, test_pairs = load_split(root)
     pairs = train_pairs + test_pairs
@@ -45,9 +45,9 @@ def time_to_first_pseudo_labels(root: Path, n_labelled: int) -> dict:
 
 def prediction_speed(root: Path, budget: float, size: int = 2048, repeats: int = 2) -> list[dict]:
     """Megapixels per second of single-step prediction (with and without bf16) on a tiled mosaic."""
-    from napari_diffseg.core.data import training_data_from_arrays
+    from napari_diffseg.core.data.training_set import training_data_from_arrays
     from napari_diffseg.core.device import bf16_supported, configure_threads
-    from napari_diffseg.core.training import TrainConfig, train
+    from napari_diffseg.core.method.training import TrainConfig, train
 
     train_pairs, _ = load_split(root)
     data = training_data_from_arrays([p[0] for p in train_pairs[:4]], {0: train_pairs[0][1]},

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("napari's OpenGL canvas needs a real X display: run under xvfb-run, not offscreen")
 
     from napari_diffseg._state import Status
-    from napari_diffseg.core.events import PseudoLabelsReady  # not core.training: torch loads in the worker, as in a user session
+    from napari_diffseg.core.method.events import PseudoLabelsReady  # not core.method.training: torch loads in the worker, as in a user session
 
     slot_timer = SlotTimer() if args.profile else None
     load_before = uptime()

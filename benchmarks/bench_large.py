@@ -42,7 +42,7 @@ def timed(argv: list[str]) -> dict:
 
 
 def train_models(work: Path, budget: float) -> tuple[Path, Path]:
-    from napari_diffseg.core.synthetic import make_blobs_dataset
+    from napari_diffseg.core.data.synthetic import make_blobs_dataset
 
     model_2d, model_3d = work / "model_2d", work / "model_3d"
     if not (model_2d / "best.pt").exists():
@@ -83,7 +83,7 @@ def mosaic_2d(path: Path, size: int) -> Path:
 
 def volume_3d(path: Path, shape: tuple[int, int, int]) -> Path:
     """A uint16 volume of synthetic blobs, written a slab at a time."""
-    from napari_diffseg.core.synthetic import make_blobs_dataset
+    from napari_diffseg.core.data.synthetic import make_blobs_dataset
 
     if path.exists():
         return path
@@ -102,8 +102,9 @@ def volume_3d(path: Path, shape: tuple[int, int, int]) -> Path:
 PARTIAL_3D = """
 import sys
 from pathlib import Path
-from napari_diffseg.core import device, large
-from napari_diffseg.core.model import SegmentationModel
+from napari_diffseg.core import device
+from napari_diffseg.core.prediction import large
+from napari_diffseg.core.prediction.model import SegmentationModel
 device.configure_threads(None, spare_core=False)
 model = SegmentationModel.load(Path(sys.argv[1]), bf16=device.bf16_supported(device.select_device("cpu")),
                                backend="auto")  # as diffseg predict: OpenVINO where installed
@@ -120,9 +121,11 @@ def agreement(model_dir: Path, path: Path, work: Path) -> float:
     """Fraction of pixels where block-by-block prediction equals in-memory prediction of the same image."""
     import zarr
 
-    from napari_diffseg.core import device, large
-    from napari_diffseg.core.model import SegmentationModel
-    from napari_diffseg.core.predict import run_to_completion
+    from napari_diffseg.core import device
+
+    from napari_diffseg.core.prediction import large
+    from napari_diffseg.core.prediction.model import SegmentationModel
+    from napari_diffseg.core.prediction.predict import run_to_completion
 
     device.configure_threads(None, spare_core=False)
     model = SegmentationModel.load(model_dir, bf16=device.bf16_supported(device.select_device("cpu")),
@@ -143,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from napari_diffseg.core import openvino_backend
+    from napari_diffseg.core.prediction import openvino_backend
 
     backend = "OpenVINO (the [openvino] extra)" if openvino_backend.available() else "torch"
     lines = [f"{machine()}; load average {load_average()[0]:.1f} at the start; prediction backend {backend}", ""]
@@ -170,7 +173,7 @@ def main() -> None:
     blocks = re.findall(r"block (\d+) of (\d+)", run["tail"])
     done, total = blocks[-1] if blocks else ("?", "?")
     lines.append(f"| 3D {' x '.join(map(str, shape))} uint16 | {path.stat().st_size / 2**30:.2f} GiB | "
-                 f"`core.large.predict_large`, first {done} of {total} blocks, then cancelled | {run['peak_mb']:.0f} MB "
+                 f"`core.prediction.large.predict_large`, first {done} of {total} blocks, then cancelled | {run['peak_mb']:.0f} MB "
                  f"| {run['seconds']:.0f} s | |")
     print(lines[-1], flush=True)
     print_report(lines, args.out)

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from _common import load_average, machine, print_report
-from napari_diffseg.core import openvino_backend
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.networks import fold_batch_norm
-from napari_diffseg.core.predict import tiled_probabilities, run_to_completion
-from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig
+from napari_diffseg.core.prediction import openvino_backend
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.method.networks import fold_batch_norm
+from napari_diffseg.core.prediction.predict import tiled_probabilities, run_to_completion
+from napari_diffseg.core.method.teacher import DiffusionTwin, NetworkConfig
 
 
 def trained_like_network() -> DiffusionTwin:

@@ -45,8 +45,8 @@ except ImportError:
     _state = None
 
 from napari_diffseg import cli  # noqa: E402
-from napari_diffseg.core.project import Project  # noqa: E402
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset  # noqa: E402
+from napari_diffseg.core.project.store import Project  # noqa: E402
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset  # noqa: E402
 
 FAST = ["--steps", "3", "--width", "8", "--patch-size", "32", "32", "--threads", "1"]
 

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from napari_diffseg._state import Status
-    from napari_diffseg.core.io import read_image
-    from napari_diffseg.core.project import Project
+    from napari_diffseg.core.data.io import read_image
+    from napari_diffseg.core.project.store import Project
 
     load_before = uptime()
     began = time.monotonic()

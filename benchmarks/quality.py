@@ -63,7 +63,7 @@ def dataset_root(dataset: str) -> Path:
 # ------------------------------------------------------------------------------------------------ jobs
 def _predict_all(model_dir: Path, images: list[np.ndarray]) -> list[np.ndarray]:
     from napari_diffseg.core import device as devices
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     model = SegmentationModel.load(Path(model_dir), bf16=devices.bf16_supported("cpu"))
     return [model.predict(image).mask for image in images]
@@ -80,7 +80,7 @@ def job_train(params: dict) -> dict:
     """One training and its scores on the collection and the test images, as ``diffseg train`` / ``predict`` do."""
     import time as clock
 
-    from napari_diffseg.core.config import TrainConfig
+    from napari_diffseg.core.method.config import TrainConfig
 
     pool, test = load_split(Path(params["root"]))
     labelled = params["labelled"]

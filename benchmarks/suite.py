@@ -10,7 +10,7 @@ raw numbers in ``<out>/results.json``:
 - ablations (2 labelled; GlaS in the full mode, dsb2018 in the quick one): 25 % unsupervised pretraining, K
   pseudo-label rounds, chained rounds, network width, time budget (also for labels only), and single- vs multi-step
   sampling at prediction;
-- effort (same dataset): a simulated annotator on a project (core.project, core.rounds: the napari *Next round*
+- effort (same dataset): a simulated annotator on a project (core.project.store, core.project.rounds: the napari *Next round*
   button's path) who, after each round, corrects the first N pseudo-labels of the review queue (most uncertain
   first; their ground truth is accepted) vs N random ones; the next round warm-starts from the last;
 - speed: training step time and prediction throughput by patch / tile size and width, fp32 vs bf16.

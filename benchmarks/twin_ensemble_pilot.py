@@ -35,7 +35,7 @@ def runs(work: Path, dataset: str, seed: int, budget: float) -> dict[str, tuple[
 
 
 def train_job(params: tuple) -> tuple:
-    from napari_diffseg.core.training import TrainConfig
+    from napari_diffseg.core.method.training import TrainConfig
 
     root, seed, budget, labels_only, out = params
     train_pairs, _ = load_split(Path(root))
@@ -48,9 +48,9 @@ def mask_pathway_probabilities(model_dir: Path, twin: str | None, test_pairs) ->
     """Test-image probabilities of best.pt (twin None) or of one twin's mask pathway taken from last.pt, predicted
     exactly as ``diffseg predict`` does (SegmentationModel: working scale, tiles, bf16 where supported)."""
     from napari_diffseg.core import device as devices
-    from napari_diffseg.core.checkpoint import ModelCheckpoint, RunCheckpoint
-    from napari_diffseg.core.io import BEST
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.method.checkpoint import ModelCheckpoint, RunCheckpoint
+    from napari_diffseg.core.data.io import BEST
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     folder = model_dir
     if twin is not None:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--work", default=None, help="folder for the model folders (default: a temporary one)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    from napari_diffseg.core.predict import probabilities_to_mask
+    from napari_diffseg.core.prediction.predict import probabilities_to_mask
 
     work = Path(args.work or tempfile.mkdtemp())
     jobs = [(str(Path(args.data_root) / dataset), *run)

@@ -26,9 +26,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PROJECT_FILE = "project.sqlite"  # core.project.DB_NAME (tests/test_reader.py checks that they agree)
-MODEL_FILE = "best.pt"  # core.io.BEST
-CARD_FILE = "model_card.json"  # core.checkpoint.CARD (not imported: core.checkpoint imports torch)
+PROJECT_FILE = "project.sqlite"  # core.project.store.DB_NAME (tests/test_reader.py checks that they agree)
+MODEL_FILE = "best.pt"  # core.data.io.BEST
+CARD_FILE = "model_card.json"  # core.method.checkpoint.CARD (not imported: core.method.checkpoint imports torch)
 NULL_LAYERS = [(None,)]  # napari's sentinel: read without error, no layer to add
 MAIN_WIDGET = "DiffSeg (all panels)"  # the display name of the all-panels widget in napari.yaml
 
@@ -152,7 +152,7 @@ def model_summary(folder: Path) -> str:
         labelled = sum(1 for entry in data if isinstance(entry, dict) and entry.get("label_sha256"))
         training = card.get("training") or {}
         lines.append(f"trained on {len(data)} image(s), {labelled} labelled; {training.get('steps', '?')} steps")
-        from napari_diffseg.core.events import FitReport
+        from napari_diffseg.core.method.events import FitReport
 
         fit = FitReport.from_dict(card.get("metrics") or {})
         if fit is not None:

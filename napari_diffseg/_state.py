@@ -11,7 +11,7 @@ Per-viewer registry: napari creates dock widgets through npe2 with only the view
 :func:`state_for_viewer` finds or creates the one state of that viewer in a ``WeakKeyDictionary`` keyed by the
 viewer. That is a registry, not a global state: each viewer has its own state, and it goes away with its viewer
 (the state never holds a reference to the viewer). Importing this module does not import torch: the training
-settings (``core.training.TrainConfig``) are built on first use.
+settings (``core.method.training.TrainConfig``) are built on first use.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import weakref
 from psygnal import Signal
 
 from napari_diffseg.core.errors import DiffsegError, InputError
-from napari_diffseg.core.io import LAST
-from napari_diffseg.core.project import DB_NAME, Project
+from napari_diffseg.core.data.io import LAST
+from napari_diffseg.core.project.store import DB_NAME, Project
 
 if TYPE_CHECKING:
-    from napari_diffseg.core.config import TrainConfig
+    from napari_diffseg.core.method.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class DiffsegState:
     config_changed = Signal(object)  # TrainConfig
     status_changed = Signal(object)  # Status
     round_changed = Signal(int)
-    training_event = Signal(object)  # core.training.TrainingEvent (and core.rounds.RoundStarted)
+    training_event = Signal(object)  # core.method.training.TrainingEvent (and core.project.rounds.RoundStarted)
     records_changed = Signal()  # image statuses / pseudo-labels / labels in the project changed
     error = Signal(str)  # one-line message of the last failure
     image_shown = Signal(str, str)  # ("annotate" | "review", image name): a panel's layers now show that image
@@ -166,7 +166,7 @@ class DiffsegState:
         self.records_changed.emit()
 
     def _use_stored_config(self, stored: dict) -> None:
-        from napari_diffseg.core.config import TrainConfig
+        from napari_diffseg.core.method.config import TrainConfig
 
         self._config = TrainConfig.from_stored(stored)
 
@@ -180,7 +180,7 @@ class DiffsegState:
     def config(self) -> TrainConfig:
         """The training settings (the defaults until set, or until a project with stored settings is opened)."""
         if self._config is None:
-            from napari_diffseg.core.config import TrainConfig
+            from napari_diffseg.core.method.config import TrainConfig
 
             self._config = TrainConfig()
         return self._config

@@ -40,7 +40,7 @@ from napari.utils import notifications
 
 from napari_diffseg._state import DiffsegState, Status, note_unfinished_run
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.events import Done, Progress, PseudoLabelsReady
+from napari_diffseg.core.method.events import Done, Progress, PseudoLabelsReady
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def start_pretraining(state: DiffsegState) -> ClosingGeneratorWorker | None:
     def events():
         from qtpy.QtCore import QThread
 
-        from napari_diffseg.core import rounds
+        from napari_diffseg.core.project import rounds
 
         QThread.currentThread().setPriority(QThread.LowestPriority)
         yield from rounds.pretrain_project(project, config)
@@ -379,7 +379,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         state.records_changed.emit()
 
     def events() -> Iterator[Any]:
-        from napari_diffseg.core import rounds  # torch is imported here, in the worker thread
+        from napari_diffseg.core.project import rounds  # torch is imported here, in the worker thread
 
         return rounds.train_round(project, config, warm_start=True, resume=resume)
 

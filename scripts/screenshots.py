@@ -101,7 +101,7 @@ def correct_pseudo_label(layer: Any, name: str) -> int:
     from skimage.measure import label as connected
 
     from napari_diffseg._sample_data import sample_data_dir
-    from napari_diffseg.core.io import read_mask
+    from napari_diffseg.core.data.io import read_mask
 
     truth = read_mask(sample_data_dir() / "train" / "masks" / f"{name}.tif").astype(bool)
     current = np.asarray(layer.data) > 0

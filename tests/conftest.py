@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_diffseg.core.training import TrainConfig
+from napari_diffseg.core.method.training import TrainConfig
 
 
 def tiny_train_config(**changes) -> TrainConfig:

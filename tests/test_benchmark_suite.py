@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
 from suite_lib.jobs import run_job  # noqa: E402
@@ -103,7 +103,7 @@ def test_baselines_and_report_run_on_a_small_dataset(tmp_path, blobs_root):
 def test_the_simulated_annotator_works_through_a_project_as_next_round_does(tmp_path, blobs_root):
     """Round 1 of a project with one labelled image, then a round in which the annotator accepts the ground truth of
     the first two images of the review queue (most uncertain first) and Next round trains warm-started."""
-    from napari_diffseg.core.project import ImageStatus, Project
+    from napari_diffseg.core.project.store import ImageStatus, Project
 
     params = EffortParams("blobs", str(blobs_root), seed=0, start_n=1, budget=3.0, work_dir=str(tmp_path / "start"))
     start = run_job("effort_start", params, None)

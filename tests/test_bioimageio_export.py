@@ -1,4 +1,4 @@
-"""bioimage.io export (core/bioimageio_export.py, ``diffseg export``): a tiny model trained on synthetic blobs is
+"""bioimage.io export (core/prediction/bioimageio_export.py, ``diffseg export``): a tiny model trained on synthetic blobs is
 exported, bioimageio.core's test_model passes offline (sockets refused: the package is self-contained), and a
 prediction through bioimageio.core agrees with ``diffseg predict`` on >= 99.9 % of the pixels of a sample image;
 the TorchScript module matches SegmentationModel for the working scale, tiles, odd sizes, RGB and 3D; user mistakes
@@ -21,13 +21,13 @@ pytest.importorskip("bioimageio.spec")
 pytest.importorskip("bioimageio.core")
 
 from napari_diffseg import cli  # noqa: E402
-from napari_diffseg.core.bioimageio_export import (ExportError, export_bioimageio, raw_to_tensor,  # noqa: E402
+from napari_diffseg.core.prediction.bioimageio_export import (ExportError, export_bioimageio, raw_to_tensor,  # noqa: E402
                                                    scripted_module, spec_preprocess)
-from napari_diffseg.core.checkpoint import BEST, ModelCheckpoint  # noqa: E402
-from napari_diffseg.core.io import read_mask, write_tiff_atomic  # noqa: E402
-from napari_diffseg.core.model import SegmentationModel  # noqa: E402
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset  # noqa: E402
-from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig  # noqa: E402
+from napari_diffseg.core.method.checkpoint import BEST, ModelCheckpoint  # noqa: E402
+from napari_diffseg.core.data.io import read_mask, write_tiff_atomic  # noqa: E402
+from napari_diffseg.core.prediction.model import SegmentationModel  # noqa: E402
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset  # noqa: E402
+from napari_diffseg.core.method.teacher import DiffusionTwin, NetworkConfig  # noqa: E402
 
 FAST = ["--steps", "30", "--width", "8", "--patch-size", "32", "32"]
 AGREEMENT = 0.999

@@ -22,8 +22,8 @@ import pytest
 import tifffile
 
 from napari_diffseg import cli
-from napari_diffseg.core.io import write_mask, write_tiff_atomic
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.data.io import write_mask, write_tiff_atomic
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 
 FAST = ["--steps", "6", "--width", "8", "--patch-size", "32", "32"]
 SHAPE_2D = (48, 48)
@@ -139,7 +139,7 @@ def test_predict_large_tiff_and_zarr_block_by_block(trained, tmp_path, monkeypat
     """An image over the in-memory limit (lowered here) and a zarr array are predicted block by block into a
     complete zarr mask and a tiled TIFF of the same content."""
     import zarr
-    from napari_diffseg.core import large
+    from napari_diffseg.core.prediction import large
 
     monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
     image = tifffile.imread(trained["data"] / "images" / "img_004.tif")
@@ -228,7 +228,7 @@ def test_info_prints_model_card(trained):
 
 
 def test_unexpected_error_one_line_and_debug_reraises(trained, tmp_path, monkeypatch):
-    from napari_diffseg.core import metrics
+    from napari_diffseg.core.data import metrics
 
     def boom(pred_dir, mask_dir):
         raise RuntimeError("boom")

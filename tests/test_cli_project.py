@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffseg.core.io import write_mask
-from napari_diffseg.core.project import ImageStatus, Project
+from napari_diffseg.core.data.io import write_mask
+from napari_diffseg.core.project.store import ImageStatus, Project
 from test_cli import (N_IMAGES, N_LABELLED, SHAPE_2D, assert_one_line_error, dataset,  # noqa: F401 (fixture)
                       interrupt_training_at_step, run_cli)  # the CLI tests' helpers and synthetic dataset
 
@@ -253,7 +253,7 @@ def test_status_and_the_review_panel_data_do_not_need_torch(rounds):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom napari_diffseg.cli import main\nfrom napari_diffseg.core.project import Project\n"
+    code = ("import sys\nfrom napari_diffseg.cli import main\nfrom napari_diffseg.core.project.store import Project\n"
             f"assert main(['project', 'status', {str(rounds['project'])!r}]) == 0\n"
             f"project = Project.open({str(rounds['project'])!r})\n"
             "print(len(project.review_queue()), project.latest_model_dir() is not None, 'torch' in sys.modules)")

@@ -1,5 +1,5 @@
 """One set of bounds for the training settings: TrainConfig.validate, the CLI's option types and the Train panel's
-spin boxes all take them from core.config.LIMITS; these tests fail when one of the three drifts."""
+spin boxes all take them from core.method.config.LIMITS; these tests fail when one of the three drifts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from napari_diffseg import cli
 from napari_diffseg._state import DiffsegState
 from napari_diffseg._widgets.train import TrainPanel
-from napari_diffseg.core.config import LIMITS, TrainConfig
+from napari_diffseg.core.method.config import LIMITS, TrainConfig
 from napari_diffseg.core.errors import InputError
 
 # CLI option of `diffseg train` -> the setting it sets (patch_edge: each number of --patch-size)
@@ -84,14 +84,14 @@ def test_every_setting_is_checked(changes, message):
 
 
 def test_stored_settings_with_unknown_keys_are_named_not_dropped_silently(caplog):
-    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.config"):
+    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.method.config"):
         config = TrainConfig.from_dict({"rounds": 2, "teacher_momentum": 0.99})
     assert config.method.rounds == 2
     assert "ignoring unknown training settings: teacher_momentum" in caplog.text
 
 
 def test_settings_live_in_four_sections_and_are_set_by_name():
-    from napari_diffseg.core.config import SECTION_OF, NetworkSettings, Twin
+    from napari_diffseg.core.method.config import SECTION_OF, NetworkSettings, Twin
 
     config = TrainConfig(network=NetworkSettings(base_channels=8), seed=3, keep_twin="student")
     assert config.network.base_channels == 8 and config.runtime.seed == 3
@@ -119,13 +119,13 @@ def test_settings_are_stored_flat_by_name_and_read_back_flat_or_nested():
 
 def test_stored_settings_merge_under_the_given_ones_or_are_ignored_whole(caplog):
     stored = {"base_channels": 8, "rounds": 2, "seed": 9, "patch_size": [32, 32]}
-    with caplog.at_level(logging.INFO, logger="napari_diffseg.core.config"):
+    with caplog.at_level(logging.INFO, logger="napari_diffseg.core.method.config"):
         config = TrainConfig.from_stored(stored, exclude=frozenset({"seed"}), rounds=3)
     assert (config.network.base_channels, config.method.rounds, config.runtime.seed) == (8, 3, 0)
     assert config.schedule.patch_size == (32, 32)
     assert "kept from the project's stored settings: base_channels 8, patch_size (32, 32)" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.config"):
+    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.method.config"):
         config = TrainConfig.from_stored({**stored, "depth": 99}, rounds=3)  # edited by hand: out of bounds
     assert config == TrainConfig(rounds=3)  # none of the stored settings, not half of them
     assert "ignoring the project's stored training settings (depth must be a number in [1, 6]" in caplog.text

@@ -1,4 +1,4 @@
-"""The weak-to-strong pieces of co-training (core/consistency.py), the CPU-time budget clock, the paper preset,
+"""The weak-to-strong pieces of co-training (core/method/consistency.py), the CPU-time budget clock, the paper preset,
 and the quality protocol's statistics (benchmarks/quality_stats.py)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.config import PRESETS, Targets, TrainConfig
-from napari_diffseg.core.consistency import (WeightAverage, blur, confident_targets, masked_segmentation_loss,
+from napari_diffseg.core.method.config import PRESETS, Targets, TrainConfig
+from napari_diffseg.core.method.consistency import (WeightAverage, blur, confident_targets, masked_segmentation_loss,
                                              strong_view)
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss,
+from napari_diffseg.core.method.teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss,
                                          soft_dice_loss)
-from napari_diffseg.core.training import _Clock
+from napari_diffseg.core.method.training import _Clock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
 from quality_stats import bootstrap_ci, labelled_subset, paired_differences  # noqa: E402
@@ -183,7 +183,7 @@ def test_bootstrap_interval_of_paired_differences():
 
 
 def test_copy_paste_puts_ground_truth_inside_the_box_and_keeps_the_pseudo_label_outside():
-    from napari_diffseg.core.consistency import paste_labelled
+    from napari_diffseg.core.method.consistency import paste_labelled
 
     views = [torch.zeros(3, 1, 8, 8), torch.full((3, 1, 8, 8), 0.5)]
     labelled_views = [torch.ones(2, 1, 8, 8), torch.full((2, 1, 8, 8), 0.9)]
@@ -210,9 +210,9 @@ AVERAGE_TARGETS = {"targets": "average"}
     {**AVERAGE_TARGETS, "targets_from": "mean"}, {**AVERAGE_TARGETS, "warmup_twins": "both", "student_channels": 8},
     {**AVERAGE_TARGETS, "student": "average"}, {**AVERAGE_TARGETS, "student": "average", "copy_paste": True}])
 def test_cotraining_runs_the_chosen_unlabelled_term(tmp_path, overrides):
-    from napari_diffseg.core.data import training_data_from_arrays
-    from napari_diffseg.core.synthetic import make_blobs_dataset
-    from napari_diffseg.core.training import Progress, train
+    from napari_diffseg.core.data.training_set import training_data_from_arrays
+    from napari_diffseg.core.data.synthetic import make_blobs_dataset
+    from napari_diffseg.core.method.training import Progress, train
 
     pairs = make_blobs_dataset(5, shape=(32, 32), seed=0)
     data = training_data_from_arrays([p[0] for p in pairs], {0: pairs[0][1], 1: pairs[1][1]},

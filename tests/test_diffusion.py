@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.diffusion: the sigmoid schedule against the closed form of shared/METHOD.md,
+"""Tests for napari_diffseg.core.method.diffusion: the sigmoid schedule against the closed form of shared/METHOD.md,
 forward-process statistics, the exact x0 / eps inversions, the time embedding and the sampling timesteps."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from napari_diffseg.core.diffusion import (DiffusionSchedule, from_signed, sigmoid_alpha_bar, sigmoid_betas,
+from napari_diffseg.core.method.diffusion import (DiffusionSchedule, from_signed, sigmoid_alpha_bar, sigmoid_betas,
                                            timestep_embedding, to_signed)
 
 T = 1000

@@ -1,4 +1,4 @@
-"""Data-parallel training (core/distributed.py) with 2 CPU ranks over gloo, one thread each: averaged gradients equal
+"""Data-parallel training (core/method/distributed.py) with 2 CPU ranks over gloo, one thread each: averaged gradients equal
 the gradient of the whole batch in one process; a training run keeps identical weights on both ranks, only rank 0
 writes, and a resumed run continues; `torchrun ... diffseg train` runs end to end."""
 
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from napari_diffseg.core import distributed, training
-from napari_diffseg.core.data import training_data_from_arrays
-from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig, segmentation_loss
+from napari_diffseg.core.method import distributed, training
+from napari_diffseg.core.data.training_set import training_data_from_arrays
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
+from napari_diffseg.core.method.teacher import DiffusionTwin, NetworkConfig, segmentation_loss
 from conftest import tiny_train_config
 
 WORLD = 2

@@ -22,11 +22,11 @@ import time
 import numpy as np
 import pytest
 
-from napari_diffseg.core.checkpoint import LAST, load_checkpoint
-from napari_diffseg.core.model import SegmentationModel
+from napari_diffseg.core.method.checkpoint import LAST, load_checkpoint
+from napari_diffseg.core.prediction.model import SegmentationModel
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.project import ImageStatus, Project
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.project.store import ImageStatus, Project
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 
 from test_cli import dataset  # noqa: F401 (the CLI tests' synthetic dataset fixture)
 

@@ -31,7 +31,7 @@ def run_headless(code: str) -> subprocess.CompletedProcess:
 
 def test_core_imports_no_gui_package():
     result = run_headless(
-        "import napari_diffseg.core.training, napari_diffseg.core.rounds, napari_diffseg.core.model, "
+        "import napari_diffseg.core.method.training, napari_diffseg.core.project.rounds, napari_diffseg.core.prediction.model, "
         "napari_diffseg.cli\n"
         f"print(sorted(name for name in sys.modules if name.split('.')[0] in {GUI_PACKAGES!r}))")
     assert result.returncode == 0, result.stderr[-2000:]

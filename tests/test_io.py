@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.io: reading, layouts, normalisation, masks, pairing, atomic writes, bad input."""
+"""Tests for napari_diffseg.core.data.io: reading, layouts, normalisation, masks, pairing, atomic writes, bad input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffseg.core import io
+from napari_diffseg.core.data import io
 from napari_diffseg.core.errors import DiffsegError, InputError
-from napari_diffseg.core.io import (
+from napari_diffseg.core.data.io import (
     IMAGE_SUFFIXES,
     check_mask_matches,
     image_layout,
@@ -242,7 +242,7 @@ def test_pair_images_with_labels(tmp_path, caplog):
         (images / name).write_bytes(b"x")
     for name in ["a.tif", "c.tif", "orphan.tif"]:
         (labels / name).write_bytes(b"x")
-    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.io"):
+    with caplog.at_level(logging.WARNING, logger="napari_diffseg.core.data.io"):
         image_paths, pairs = pair_images_with_labels(images, labels)
     assert [p.name for p in image_paths] == ["a.tif", "b.png", "c.ome.tif"]
     assert pairs == {"a": labels / "a.tif", "c": labels / "c.tif"}

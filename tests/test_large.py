@@ -1,4 +1,4 @@
-"""Out-of-core prediction (core/large.py): block-by-block prediction from TIFF (memory-mapped and compressed) and
+"""Out-of-core prediction (core/prediction/large.py): block-by-block prediction from TIFF (memory-mapped and compressed) and
 zarr inputs into zarr, the completion mark, the tiled-TIFF copy, and agreement with in-memory prediction."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pytest
 import tifffile
 import zarr
 
-from napari_diffseg.core import large
+from napari_diffseg.core.prediction import large
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.predict import run_to_completion
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.prediction.predict import run_to_completion
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 from test_predict import fitted_model_dir
 
 BLOCK, HALO, TILE = (64, 64), (24, 24), (64, 64)
@@ -145,7 +145,7 @@ def test_blocks_run_on_a_dask_cluster_like_in_one_process(model_dir, model, raw,
     the one-process block-by-block result; the CLI's --dask-scheduler takes the same path."""
     from distributed import Client, LocalCluster
 
-    from napari_diffseg.core.large_cluster import predict_large_on_cluster
+    from napari_diffseg.core.prediction.large_cluster import predict_large_on_cluster
     from test_cli import run_cli
 
     monkeypatch.setattr(large, "BLOCK_2D", BLOCK)

@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.metrics against closed forms and a brute-force HD95."""
+"""Tests for napari_diffseg.core.data.metrics against closed forms and a brute-force HD95."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import cdist
 
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import write_mask
-from napari_diffseg.core.metrics import POOLED_NAME, dice, evaluate_folders, format_table, hd95, jaccard
+from napari_diffseg.core.data.io import write_mask
+from napari_diffseg.core.data.metrics import POOLED_NAME, dice, evaluate_folders, format_table, hd95, jaccard
 
 
 def _square(shape, top_left, side) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""OME-Zarr in and out (core/large.py, ``diffseg predict --level``): an OME-Zarr image is predicted at the level
+"""OME-Zarr in and out (core/prediction/large.py, ``diffseg predict --level``): an OME-Zarr image is predicted at the level
 the user chooses; the mask of the block-by-block path is OME-Zarr labels that ome-zarr-py's reader opens with the
 pixels of the TIFF of the same prediction, the NGFF metadata and the image-label colours."""
 
@@ -9,9 +9,9 @@ import pytest
 import tifffile
 import zarr
 
-from napari_diffseg.core import large
+from napari_diffseg.core.prediction import large
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 from test_cli import assert_one_line_error, run_cli
 from test_predict import fitted_model_dir
 
@@ -166,7 +166,7 @@ def test_ngff_0_4_and_the_bioformats2raw_layout_are_read(raw, tmp_path):
 
 
 def test_a_second_predict_names_the_labels_as_an_earlier_run_of_ours(model_dir, raw, tmp_path, monkeypatch):
-    from napari_diffseg.core import safety
+    from napari_diffseg.core.data import safety
 
     monkeypatch.setattr(large, "BLOCK_2D", BLOCK)
     _write_ome_image(tmp_path / "cells.ome.zarr", raw, levels=1)

@@ -1,4 +1,4 @@
-"""The optional OpenVINO backend (core/openvino_backend.py): the compiled U-Net computes what the torch module does,
+"""The optional OpenVINO backend (core/prediction/openvino_backend.py): the compiled U-Net computes what the torch module does,
 in 2D and 3D at any size; the converted model is cached by its weights; SegmentationModel and `diffseg predict`
 give the same masks with either backend."""
 
@@ -10,11 +10,11 @@ import pytest
 import tifffile
 import torch
 
-from napari_diffseg.core import openvino_backend
+from napari_diffseg.core.prediction import openvino_backend
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.networks import TimeUNet
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.method.networks import TimeUNet
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 from test_cli import run_cli
 from test_predict import fitted_model_dir
 

@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.predict and core.checkpoint: threshold sweep, mask conversion, entropy, tiled
+"""Tests for napari_diffseg.core.prediction.predict and core.method.checkpoint: threshold sweep, mask conversion, entropy, tiled
 prediction (tiled equals untiled, odd and small sizes, 3D, ensembles, multi-step sampling), and loading models."""
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.checkpoint import BEST, save_checkpoint
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.networks import fold_batch_norm
+from napari_diffseg.core.method.checkpoint import BEST, save_checkpoint
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.method.networks import fold_batch_norm
 from napari_diffseg.core.errors import InputError, ModelError
-from napari_diffseg.core.io import to_channels_first
-from napari_diffseg.core.metrics import THRESHOLDS, best_threshold, dice
-from napari_diffseg.core.predict import (TileProgress, normalised_entropy, probabilities_to_mask, run_to_completion,
+from napari_diffseg.core.data.io import to_channels_first
+from napari_diffseg.core.data.metrics import THRESHOLDS, best_threshold, dice
+from napari_diffseg.core.prediction.predict import (TileProgress, normalised_entropy, probabilities_to_mask, run_to_completion,
                                          sample_mask, tiled_probabilities)
-from napari_diffseg.core.tiling import gaussian_weight
-from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.teacher import DiffusionTwin, NetworkConfig, supervised_loss
+from napari_diffseg.core.prediction.tiling import gaussian_weight
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
+from napari_diffseg.core.method.teacher import DiffusionTwin, NetworkConfig, supervised_loss
 
 
 # ----- threshold sweep, masks, entropy -----
@@ -354,7 +354,7 @@ def test_padded_image_is_cropped_back_in_place(net2d):
 
 
 def test_a_tile_grows_a_little_when_that_saves_a_row_of_tiles():
-    from napari_diffseg.core.tiling import MAX_TILE_GROWTH, fit_tile, tile_starts
+    from napari_diffseg.core.prediction.tiling import MAX_TILE_GROWTH, fit_tile, tile_starts
 
     tile = fit_tile(2048, 1024, 128, 8)  # 2 tiles of 1088 (1.06x the pixels computed) instead of 3 of 768 (1.13x)
     assert tile == 1088 and tile_starts(2048, tile, 128) == [0, 960]

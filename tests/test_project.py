@@ -1,4 +1,4 @@
-"""Tests for the on-disk project store (napari_diffseg.core.project)."""
+"""Tests for the on-disk project store (napari_diffseg.core.project.store)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_diffseg.core import io as dio
-from napari_diffseg.core import project as project_module
+from napari_diffseg.core.data import io as dio
+from napari_diffseg.core.project import store as project_module
 from napari_diffseg.core.errors import DiffsegError, InputError
-from napari_diffseg.core.project import ImageStatus, Project, sanitise_name
+from napari_diffseg.core.project.store import ImageStatus, Project, sanitise_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -407,7 +407,7 @@ def test_accept_survives_hard_exit_right_after(project):
     np.save(project.folder.parent / "corrected.npy", corrected)
     child = _child(f"""
         import os, numpy as np
-        from napari_diffseg.core.project import Project
+        from napari_diffseg.core.project.store import Project
         p = Project.open({str(project.folder)!r})
         p.accept("img1", np.load({str(project.folder.parent / 'corrected.npy')!r}))
         print("accepted", flush=True)
@@ -428,7 +428,7 @@ def test_sigkill_during_accepts_loses_no_accepted_work(project):
     # after it returned; it is killed mid-stream, possibly in the middle of an accept
     child = _child(f"""
         import numpy as np
-        from napari_diffseg.core.project import Project
+        from napari_diffseg.core.project.store import Project
         p = Project.open({str(project.folder)!r})
         names = {names!r}
         for i in range(4000):
@@ -566,7 +566,7 @@ def test_undo_review_puts_the_image_back_in_the_queue(project):
 def test_a_failed_accept_keeps_the_earlier_ground_truth(project, monkeypatch, fault):
     """The manifest write failing (database locked, disk full) or the mask write failing leaves the painted
     label and the status exactly as they were: the file and the manifest never disagree."""
-    import napari_diffseg.core.project as project_module
+    import napari_diffseg.core.project.store as project_module
 
     names = _project_with_pseudo(project)
     painted = _mask(7)

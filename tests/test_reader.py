@@ -14,7 +14,7 @@ import tifffile
 
 from napari_diffseg import _reader
 from napari_diffseg._state import state_for_viewer
-from napari_diffseg.core.project import Project
+from napari_diffseg.core.project.store import Project
 
 SAMPLE = Path(__file__).resolve().parents[1] / "napari_diffseg" / "sample_data" / "train"
 
@@ -47,9 +47,9 @@ def _diffseg_widget(viewer):
 
 
 def test_marker_names_agree_with_the_engine():
-    from napari_diffseg.core.checkpoint import CARD
-    from napari_diffseg.core.io import BEST
-    from napari_diffseg.core.project import DB_NAME
+    from napari_diffseg.core.method.checkpoint import CARD
+    from napari_diffseg.core.data.io import BEST
+    from napari_diffseg.core.project.store import DB_NAME
 
     assert (_reader.PROJECT_FILE, _reader.MODEL_FILE, _reader.CARD_FILE) == (DB_NAME, BEST, CARD)
 

@@ -1,4 +1,4 @@
-"""Tests for the human-in-the-loop rounds on a project (napari_diffseg.core.rounds), with tiny networks."""
+"""Tests for the human-in-the-loop rounds on a project (napari_diffseg.core.project.rounds), with tiny networks."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import sys
 import numpy as np
 import pytest
 
-from napari_diffseg.core import rounds
-from napari_diffseg.core.checkpoint import BEST, LAST
+from napari_diffseg.core.project import rounds
+from napari_diffseg.core.method.checkpoint import BEST, LAST
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import read_image
-from napari_diffseg.core.project import ImageStatus, Project
-from napari_diffseg.core.rounds import (RoundStarted, previous_checkpoint_dir, project_training_data,
+from napari_diffseg.core.data.io import read_image
+from napari_diffseg.core.project.store import ImageStatus, Project
+from napari_diffseg.core.project.rounds import (RoundStarted, previous_checkpoint_dir, project_training_data,
                                         train_round)
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 from conftest import tiny_train_config
-from napari_diffseg.core.training import Done, Progress, PseudoLabelsReady, TrainConfig
+from napari_diffseg.core.method.training import Done, Progress, PseudoLabelsReady, TrainConfig
 
 N_IMAGES = 4
 
@@ -175,7 +175,7 @@ def test_one_trainer_per_project(project, pairs):
             list(train_round(project, config))
     events = list(train_round(project, config))  # free again
     assert type(events[-1]).__name__ == "Done"
-    script = ("import sys, time\nfrom napari_diffseg.core.project import Project\n"
+    script = ("import sys, time\nfrom napari_diffseg.core.project.store import Project\n"
               f"p = Project.open({str(project.folder)!r})\n"
               "with p.training_lock('pretraining in another process'):\n    print('held', flush=True)\n"
               "    time.sleep(30)\n")

@@ -18,10 +18,10 @@ import pytest
 import tifffile
 
 from napari_diffseg import cli
-from napari_diffseg.core import large, openvino_backend
+from napari_diffseg.core.prediction import large, openvino_backend
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.project import Project
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.project.store import Project
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 
 FAST = ["--steps", "3", "--width", "8", "--patch-size", "32", "32", "--threads", "1"]
 

@@ -21,10 +21,10 @@ import pytest
 import tifffile
 
 from napari_diffseg import cli
-from napari_diffseg.core import locks
+from napari_diffseg.core.project import locks
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.project import Project
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.project.store import Project
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 from test_cli import assert_one_line_error, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -111,7 +111,7 @@ def test_lock_on_paths_with_spaces_and_unicode(tmp_path, name):
 def test_lock_held_by_another_process_is_refused_and_freed_when_it_dies(tmp_path):
     folder = tmp_path / "модель model"
     folder.mkdir()
-    script = ("import sys, time\nfrom pathlib import Path\nfrom napari_diffseg.core import locks\n"
+    script = ("import sys, time\nfrom pathlib import Path\nfrom napari_diffseg.core.project import locks\n"
               f"with locks.model_folder_lock(Path({str(folder)!r})):\n    print('held', flush=True)\n"
               "    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -213,7 +213,7 @@ def test_failed_next_round_takes_the_round_back(data, tmp_path, failure):
 
 
 def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
-    from napari_diffseg.core import training
+    from napari_diffseg.core.method import training
 
     real_pretrain = training.pretrain
 
@@ -223,7 +223,7 @@ def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
             if getattr(event, "step", 0) == 2:
                 signal.raise_signal(signal.SIGTERM)
 
-    from napari_diffseg.core import rounds
+    from napari_diffseg.core.project import rounds
 
     monkeypatch.setattr(rounds, "pretrain", pretrain_then_signal)
     code, out, err = run_cli(["project", "pretrain", project, "--budget", "60", "--width", "8", "--threads", "1"])
@@ -236,7 +236,7 @@ def test_sigterm_during_pretrain_saves_the_teacher(project, monkeypatch):
 
 
 def test_next_round_stopped_before_its_first_step_is_taken_back(project, monkeypatch):
-    from napari_diffseg.core import rounds
+    from napari_diffseg.core.project import rounds
 
     assert run_cli(["-q", "project", "train", project, *FAST])[0] == 0
     before = manifest_state(project)
@@ -255,7 +255,7 @@ def test_next_round_stopped_before_its_first_step_is_taken_back(project, monkeyp
 
 
 def test_failed_project_create_can_be_retried(data, tmp_path, monkeypatch):
-    from napari_diffseg.core import project as project_module
+    from napari_diffseg.core.project import store as project_module
 
     folder = tmp_path / "new"
     real_connect = project_module.sqlite3.connect

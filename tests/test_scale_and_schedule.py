@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffseg.core.checkpoint import LAST, read_model_card
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.data import TrainingData, augment_intensity
+from napari_diffseg.core.method.checkpoint import LAST, read_model_card
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.data.training_set import TrainingData, augment_intensity
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import to_channels_first
-from napari_diffseg.core.scale import (MIN_SCALE, choose_working_scale, resize_image, resize_labels,
+from napari_diffseg.core.data.io import to_channels_first
+from napari_diffseg.core.data.scale import (MIN_SCALE, choose_working_scale, resize_image, resize_labels,
                                        resize_probabilities, scaled_shape)
-from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.training import PseudoLabelsReady, TrainConfig, _Clock, poly_factor, train
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
+from napari_diffseg.core.method.training import PseudoLabelsReady, TrainConfig, _Clock, poly_factor, train
 
 from conftest import tiny_train_config
 
@@ -131,7 +131,7 @@ def test_learning_rate_anneals_to_zero_at_the_end_of_the_budget(tmp_path, labels
 
 
 def test_unlabelled_weight_after_the_supervised_warm_up():
-    from napari_diffseg.core.training import TrainingRun
+    from napari_diffseg.core.method.training import TrainingRun
 
     weight = TrainingRun.unlabelled_weight
     run = type("RunSettings", (), {"config": TrainConfig(supervised_warmup=0.25, unlabelled_ramp=0.5)})()

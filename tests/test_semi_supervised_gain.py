@@ -28,11 +28,11 @@ STEPS = 120
 
 
 def _train_and_score(labels_only: bool, seed: int) -> float:
-    from napari_diffseg.core.model import SegmentationModel
-    from napari_diffseg.core.data import training_data_from_arrays
-    from napari_diffseg.core.metrics import dice
-    from napari_diffseg.core.synthetic import make_blobs_dataset
-    from napari_diffseg.core.training import TrainConfig, train
+    from napari_diffseg.core.prediction.model import SegmentationModel
+    from napari_diffseg.core.data.training_set import training_data_from_arrays
+    from napari_diffseg.core.data.metrics import dice
+    from napari_diffseg.core.data.synthetic import make_blobs_dataset
+    from napari_diffseg.core.method.training import TrainConfig, train
 
     pairs = make_blobs_dataset(16, shape=(64, 64), seed=seed, noise=0.4)
     test = make_blobs_dataset(8, shape=(64, 64), seed=1000 + seed, noise=0.4)

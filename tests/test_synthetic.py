@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.synthetic: shapes, dtypes, determinism, difficulty, and the written dataset."""
+"""Tests for napari_diffseg.core.data.synthetic: shapes, dtypes, determinism, difficulty, and the written dataset."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from napari_diffseg.core.io import image_layout, list_images, pair_images_with_labels, read_image, read_mask
-from napari_diffseg.core.metrics import dice
-from napari_diffseg.core.synthetic import make_blobs_dataset, write_dataset
+from napari_diffseg.core.data.io import image_layout, list_images, pair_images_with_labels, read_image, read_mask
+from napari_diffseg.core.data.metrics import dice
+from napari_diffseg.core.data.synthetic import make_blobs_dataset, write_dataset
 
 
 def test_grey_2d_shapes_dtypes_and_mask_values():

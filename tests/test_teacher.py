@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.networks and core.teacher: shapes of both pathways (2D grey, 2D RGB, 3D,
+"""Tests for napari_diffseg.core.method.networks and core.method.teacher: shapes of both pathways (2D grey, 2D RGB, 3D,
 multi-class), the soft Dice loss, the stage 1 cycle gradient, and the stop-gradients and pseudo-label rounds of
 the stage 2 co-training loss (shared/METHOD.md)."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_diffseg.core.networks import TimeUNet, count_parameters
-from napari_diffseg.core.data import cutmix_boxes
-from napari_diffseg.core.teacher import (DiffusionTwin, NetworkConfig, cotraining_loss, empty_mask,
+from napari_diffseg.core.method.networks import TimeUNet, count_parameters
+from napari_diffseg.core.data.training_set import cutmix_boxes
+from napari_diffseg.core.method.teacher import (DiffusionTwin, NetworkConfig, cotraining_loss, empty_mask,
                                          pretraining_loss, soft_dice_loss, supervised_loss, swap_in_pairs)
 
 

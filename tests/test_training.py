@@ -1,4 +1,4 @@
-"""Tests for napari_diffseg.core.training: the event stream of a run, the stage switch, the labels-only baseline,
+"""Tests for napari_diffseg.core.method.training: the event stream of a run, the stage switch, the labels-only baseline,
 pseudo-label files, reproducibility with fixed seeds, cancel and resume (identical to an uninterrupted run),
 warm start, and configuration errors. Tiny networks and step budgets (no wall-time dependence)."""
 
@@ -14,13 +14,13 @@ import pytest
 import tifffile
 import torch
 
-from napari_diffseg.core.checkpoint import BEST, CARD, LAST, RunCheckpoint, read_model_card
-from napari_diffseg.core.model import SegmentationModel
-from napari_diffseg.core.data import TrainingData
+from napari_diffseg.core.method.checkpoint import BEST, CARD, LAST, RunCheckpoint, read_model_card
+from napari_diffseg.core.prediction.model import SegmentationModel
+from napari_diffseg.core.data.training_set import TrainingData
 from napari_diffseg.core.errors import InputError, ModelError
-from napari_diffseg.core.io import to_channels_first
-from napari_diffseg.core.synthetic import make_blobs_dataset
-from napari_diffseg.core.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, PSEUDO_LABEL_STAGE,
+from napari_diffseg.core.data.io import to_channels_first
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
+from napari_diffseg.core.method.training import (COTRAIN, LOSSES_FILE, PRETRAIN, PSEUDO_LABEL_DIR, PSEUDO_LABEL_STAGE,
                                           SAVING_STAGE, SUPERVISED, CheckpointSaved, Done, FitReport, Progress,
                                           PseudoLabelsReady, StageProgress, TrainConfig, train)
 
@@ -383,7 +383,7 @@ def test_a_warm_start_without_a_trained_student_keeps_the_copy_warm_up(tmp_path,
     random one: co-training from either follows the default warm-up (the teacher trains alone, then the student
     starts as its copy) instead of training a random student from step 0 (which halved the steps of round 1 in
     the quality benchmark)."""
-    from napari_diffseg.core.training import pretrain
+    from napari_diffseg.core.method.training import pretrain
 
     config = make_config(max_steps=8, pretrain_fraction=0.0, warmup_twins="copy", supervised_warmup=0.5)
     earlier = tmp_path / "earlier"
@@ -457,7 +457,7 @@ def test_a_new_run_keeps_the_previous_model_until_it_has_its_own(tmp_path, data)
 
 
 def test_a_failed_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
-    from napari_diffseg.core import checkpoint
+    from napari_diffseg.core.method import checkpoint
 
     checkpoint.save_checkpoint(tmp_path / LAST, {"step": 1})
 
@@ -474,7 +474,7 @@ def test_a_failed_checkpoint_write_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_out_of_memory_says_what_to_lower(tmp_path, data, monkeypatch):
-    from napari_diffseg.core import training
+    from napari_diffseg.core.method import training
 
     def exhausted(self, clock):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
@@ -489,7 +489,7 @@ def test_a_last_checkpoint_of_an_earlier_version_still_loads(tmp_path):
     """Earlier versions stored the data fingerprints and the sampler's RNG state as JSON text inside last.pt."""
     import json
 
-    from napari_diffseg.core import checkpoint
+    from napari_diffseg.core.method import checkpoint
 
     fingerprints = [{"name": "a", "image_sha256": "x", "label_sha256": None}]
     numpy_state = np.random.default_rng(3).bit_generator.state

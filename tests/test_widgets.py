@@ -26,14 +26,14 @@ from napari_diffseg._widgets.predict import OUTPUT_DISK, OUTPUT_LAYER, SOURCE_FO
 from napari_diffseg._widgets.project import ProjectPanel
 from napari_diffseg._widgets.review import EDITED_MARK, SHORTCUTS, ReviewPanel
 from napari_diffseg._widgets.train import MIN_BUDGET_SECONDS, TrainPanel
-from napari_diffseg.core import rounds
-from napari_diffseg.core.checkpoint import BEST, LAST
-from napari_diffseg.core.io import read_image
-from napari_diffseg.core.project import ImageStatus, Project
-from napari_diffseg.core.rounds import RoundStarted
-from napari_diffseg.core.synthetic import make_blobs_dataset
+from napari_diffseg.core.project import rounds
+from napari_diffseg.core.method.checkpoint import BEST, LAST
+from napari_diffseg.core.data.io import read_image
+from napari_diffseg.core.project.store import ImageStatus, Project
+from napari_diffseg.core.project.rounds import RoundStarted
+from napari_diffseg.core.data.synthetic import make_blobs_dataset
 from conftest import tiny_train_config
-from napari_diffseg.core.training import TrainConfig
+from napari_diffseg.core.method.training import TrainConfig
 
 PLUGIN = "napari-diffseg"
 PANELS = {"Project": ProjectPanel, "Annotate": AnnotatePanel, "Train": TrainPanel, "Review": ReviewPanel,

@@ -23,11 +23,11 @@ from napari_diffseg._widgets._loss_plot import PLOT_HELP
 from napari_diffseg._widgets.predict import OUTPUT_DISK, OUTPUT_LAYER, SOURCE_LAYER
 from napari_diffseg._widgets.train import ADVANCED_HELP, STAGE_NAMES
 from napari_diffseg._workers import error_message
-from napari_diffseg.core.checkpoint import LAST
-from napari_diffseg.core.config import TrainConfig
+from napari_diffseg.core.method.checkpoint import LAST
+from napari_diffseg.core.method.config import TrainConfig
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import format_duration
-from napari_diffseg.core.project import ImageStatus, Project
+from napari_diffseg.core.data.io import format_duration
+from napari_diffseg.core.project.store import ImageStatus, Project
 from test_widgets import (PLUGIN, TRAIN_TIMEOUT_MS, _project_with_pseudo_labels, _small_project, open_panels,
                           tiny_config, wait_until_finished)
 

@@ -13,7 +13,7 @@ from suite_lib.plan import BaselineParams
 def _grey(image: np.ndarray) -> np.ndarray:
     """Grey float image; RGB(A) -> luminance."""
     from skimage.color import rgb2gray
-    from napari_diffseg.core.io import image_layout
+    from napari_diffseg.core.data.io import image_layout
 
     if image_layout(image)[1] == 3:
         return rgb2gray(image[..., :3])
@@ -27,7 +27,7 @@ def job_random_forest(params: BaselineParams, _dependency: dict | None) -> dict:
 def job_otsu(params: BaselineParams, _dependency: dict | None) -> dict:
     """Otsu threshold per test image; the polarity (foreground brighter or darker) that fits the labelled images."""
     from skimage.filters import threshold_otsu
-    from napari_diffseg.core.metrics import dice
+    from napari_diffseg.core.data.metrics import dice
 
     train_pairs, test_pairs = load_split(Path(params.root))
     brighter = darker = 0.0

@@ -1,5 +1,5 @@
 """The method's jobs, each run in a worker process: an accuracy or ablation training run, the simulated annotator
-(through a Project and core.rounds), and the speed runs; ``run_job`` dispatches by kind."""
+(through a Project and core.project.rounds), and the speed runs; ``run_job`` dispatches by kind."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def job_train(params: TrainParams, _dependency: dict | None) -> dict:
 
 
 def _train_project_round(project, config) -> dict:
-    """One round of ``project`` through core.rounds (what *Next round* and ``diffseg project train`` run)."""
-    from napari_diffseg.core import rounds
-    from napari_diffseg.core.events import Progress
+    """One round of ``project`` through core.project.rounds (what *Next round* and ``diffseg project train`` run)."""
+    from napari_diffseg.core.project import rounds
+    from napari_diffseg.core.method.events import Progress
 
     steps, began = 0, time.perf_counter()
     for event in rounds.train_round(project, config, warm_start=True):
@@ -33,15 +33,15 @@ def _train_project_round(project, config) -> dict:
 
 
 def _effort_config(params: EffortParams):
-    from napari_diffseg.core.config import TrainConfig
+    from napari_diffseg.core.method.config import TrainConfig
 
     return TrainConfig(budget_seconds=params.budget, seed=params.seed, threads=1)
 
 
 def job_effort_start(params: EffortParams, _dependency: dict | None) -> dict:
     """The project every strategy of one seed starts from: the train split in a Project (the product's store), the
-    first ``start_n`` images labelled, round 1 trained through core.rounds and scored on the test split."""
-    from napari_diffseg.core.project import Project
+    first ``start_n`` images labelled, round 1 trained through core.project.rounds and scored on the test split."""
+    from napari_diffseg.core.project.store import Project
 
     train_pairs, test_pairs = load_split(Path(params.root))
     project = Project.create(Path(params.work_dir) / "project")
@@ -59,8 +59,8 @@ def job_effort(params: EffortParams, start: dict) -> dict:
     """A simulated annotator on a copy of the start project, through the product's own path: each round it takes
     ``per_round`` images of the review queue (the most uncertain first, as the Review panel orders them), or random
     ones, or none; corrects their pseudo-labels to the ground truth and accepts them (Project.accept); then a Next
-    round trains warm-started (Project.next_round + core.rounds.train_round), scored on the test split."""
-    from napari_diffseg.core.project import Project
+    round trains warm-started (Project.next_round + core.project.rounds.train_round), scored on the test split."""
+    from napari_diffseg.core.project.store import Project
 
     train_pairs, test_pairs = load_split(Path(params.root))
     truth = {name: mask for _, mask, name in train_pairs}
@@ -99,7 +99,7 @@ def job_effort(params: EffortParams, start: dict) -> dict:
 def job_speed_train(params: SpeedTrainParams, _dependency: dict | None) -> dict:
     """Seconds per pretraining and per co-training step (batch 8) with the default thread count."""
     from napari_diffseg.core.device import configure_threads
-    from napari_diffseg.core.training import Progress, TrainConfig
+    from napari_diffseg.core.method.training import Progress, TrainConfig
 
     train_pairs, _ = load_split(Path(params.root))
     patch = params.patch

@@ -107,7 +107,7 @@ class DatasetShape:
 
 
 def dataset_shape(root: Path) -> DatasetShape:
-    from napari_diffseg.core.io import image_layout, read_image, spatial_shape
+    from napari_diffseg.core.data.io import image_layout, read_image, spatial_shape
 
     split = json.loads((root / "split.json").read_text())
     first = read_image(root / "images" / f"{split['train'][0]}.tif")

@@ -30,7 +30,7 @@ class EffortSection:
                        + (", or none (the same extra training without corrections)" if "none" in curves else "")
                        + "; then "
                        f"the next round trains for {s.effort_budget * self.meta['scale']:g} s warm-started from the last "
-                       f"(Next round's path: Project.next_round, core.rounds.train_round). Seeds {', '.join(map(str, s.effort_seeds))}; test-split Dice "
+                       f"(Next round's path: Project.next_round, core.project.rounds.train_round). Seeds {', '.join(map(str, s.effort_seeds))}; test-split Dice "
                        "(mean over seeds); round seconds = training incl. pseudo-labels.", "",
                        "| strategy | round | corrected images | Dice | HD95 | round seconds |", "|---|---|---|---|---|---|"]
         for strategy, seeds in curves.items():

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.io import image_layout
-from napari_diffseg.core.project import Project
+from napari_diffseg.core.data.io import image_layout
+from napari_diffseg.core.project.store import Project
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertaint
 
 
 class LargeOverview:
-    """What the viewer shows of a large image while it is segmented block by block (core/large.py): every
+    """What the viewer shows of a large image while it is segmented block by block (core/prediction/large.py): every
     ``step``-th pixel of the image and of the mask written so far, held in memory and scaled onto full-resolution
     coordinates in the reused Predict layers, refreshed at most every REFRESH_SECONDS; once the output is complete,
     multiscale layers whose full-resolution level reads the written zarr mask and the image file lazily (napari
@@ -354,7 +354,7 @@ class LargeOverview:
         """The output is complete: show it at full resolution where the view is zoomed in (read lazily)."""
         import zarr
 
-        from napari_diffseg.core.large import open_lazy  # torch is loaded by now: the worker predicted with it
+        from napari_diffseg.core.prediction.large import open_lazy  # torch is loaded by now: the worker predicted with it
 
         mask = zarr.open_array(str(self.zarr_path), mode="r")
         image = open_lazy(self.source)

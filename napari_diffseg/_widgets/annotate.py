@@ -19,7 +19,7 @@ from napari_diffseg._widgets._common import (LayerSteps, busy_cursor, connect_un
                                             forward_review_keys, on_screen, repaint_in_next_turn, short_name,
                                             user_errors, widget_grid, wrapping_label)
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.project import ImageStatus
+from napari_diffseg.core.project.store import ImageStatus
 
 log = logging.getLogger(__name__)
 

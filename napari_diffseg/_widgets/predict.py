@@ -6,12 +6,12 @@ An open layer's result is a "<layer> prediction" Labels layer beside it. Files a
 browsable list: the chosen result is shown with its own image in two plugin layers that are reused, so results
 never pile up without their images.
 
-Image files over core.large.LARGE_IMAGE_PIXELS go to disk only, predicted block by block (a zarr mask and a tiled
-TIFF, see core/large.py); the panel shows an overview that fills in as blocks are written (every n-th pixel, in
+Image files over core.prediction.large.LARGE_IMAGE_PIXELS go to disk only, predicted block by block (a zarr mask and a tiled
+TIFF, see core/prediction/large.py); the panel shows an overview that fills in as blocks are written (every n-th pixel, in
 memory), then full resolution read lazily from the files once the output is complete (_layers.LargeOverview).
 
 *Export for bioimage.io…* writes the chosen model as a bioimage.io model package in a worker
-(core.bioimageio_export, the same function as ``diffseg export``); a failure is one line in the status and a
+(core.prediction.bioimageio_export, the same function as ``diffseg export``); a failure is one line in the status and a
 notification.
 
 A 2D model applied to a 3D grey array (a volume or a stack of 2D images such as the sample) segments it plane by
@@ -38,9 +38,9 @@ from napari_diffseg._widgets._common import (LayerCombo, PathRow, connect_until_
                                             user_errors, wrapping_label)
 from napari_diffseg._workers import error_message, notify_error, start_job
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import (UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, refuse_overwriting_inputs,
+from napari_diffseg.core.data.io import (UNCERTAINTY_SUFFIX, list_images, name_stem, read_image, refuse_overwriting_inputs,
                                     write_mask, write_tiff_atomic)
-from napari_diffseg.core.project import sanitise_name
+from napari_diffseg.core.project.store import sanitise_name
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _overview_pieces(name: str, source: Path, target: Path):
     it reads the region back from the zarr mask and the image file)."""
     import zarr
 
-    from napari_diffseg.core import large
+    from napari_diffseg.core.prediction import large
 
     zarr_path = large.output_zarr(target)
     opened: dict = {}  # the mask and the image, opened when the first block is written (the zarr exists then)
@@ -119,10 +119,10 @@ def _overview_pieces(name: str, source: Path, target: Path):
 def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out_dir: Path | None,
                 uncertainty: bool) -> Iterator[PredictProgress | PredictResult]:
     """Segment each ``(name, array or path, source layer name)``; runs in a worker (imports torch here)."""
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.prediction.model import SegmentationModel
     from napari_diffseg.core.device import bf16_supported, select_device
 
-    from napari_diffseg.core import large
+    from napari_diffseg.core.prediction import large
 
     device = select_device("auto")
     yield PredictStatus(_loading_message(device))
@@ -177,8 +177,8 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
 
 
 def export_job(model_dir: Path, out: Path, overwrite: bool) -> Iterator[PredictStatus]:
-    """Write the model in ``model_dir`` as a bioimage.io package (core.bioimageio_export); runs in a worker."""
-    from napari_diffseg.core.bioimageio_export import export_bioimageio
+    """Write the model in ``model_dir`` as a bioimage.io package (core.prediction.bioimageio_export); runs in a worker."""
+    from napari_diffseg.core.prediction.bioimageio_export import export_bioimageio
 
     yield PredictStatus(f"Exporting {model_dir.name} for bioimage.io…")
     path = export_bioimageio(model_dir, out, overwrite=overwrite)
@@ -188,7 +188,7 @@ def export_job(model_dir: Path, out: Path, overwrite: bool) -> Iterator[PredictS
 def _loading_message(device: Any) -> str:
     """The status while the model loads: on a CPU with OpenVINO a 2D model new to this computer is converted
     first (about 8-10 s, then cached), which would otherwise look like a stuck job."""
-    from napari_diffseg.core import openvino_backend
+    from napari_diffseg.core.prediction import openvino_backend
 
     if device.type == "cpu" and openvino_backend.available():
         return ("Loading the model (a 2D model new to this computer is first converted for the fast CPU backend: "

@@ -26,8 +26,8 @@ from napari_diffseg._widgets._common import (ElidedLabel, LayerCombo, busy_curso
                                             forward_review_keys, user_errors, widget_grid, wrapping_label)
 from napari_diffseg._workers import KEEP_THREADS, start_job
 from napari_diffseg.core.errors import DuplicateImageError, InputError
-from napari_diffseg.core.io import image_layout, list_images
-from napari_diffseg.core.project import ImageRecord, ImageStatus, Project
+from napari_diffseg.core.data.io import image_layout, list_images
+from napari_diffseg.core.project.store import ImageRecord, ImageStatus, Project
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from napari_diffseg._widgets._common import (CANVAS_KEY, REVIEW_HANDLER_PREFIX, 
                                             user_errors, widget_grid, wrapping_label)
 from napari_diffseg._workers import start_training
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.project import ImageStatus
+from napari_diffseg.core.project.store import ImageStatus
 
 log = logging.getLogger(__name__)
 

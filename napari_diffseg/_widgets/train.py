@@ -28,10 +28,10 @@ from napari_diffseg._widgets._common import (connect_until_destroyed, forward_re
 from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
 from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
                                      start_pretraining, start_training, stop_pretraining, stop_training, torch_loaded)
-from napari_diffseg.core.config import LIMITS
+from napari_diffseg.core.method.config import LIMITS
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
-from napari_diffseg.core.io import format_duration
+from napari_diffseg.core.method.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
+from napari_diffseg.core.data.io import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ ADVANCED_HELP = {  # the tooltip of each Advanced field (and of its label)
 
 
 def budget_help() -> str:
-    """What the time budget means, with the default of the training settings (core.config.TrainConfig)."""
-    from napari_diffseg.core.config import TrainConfig
+    """What the time budget means, with the default of the training settings (core.method.config.TrainConfig)."""
+    from napari_diffseg.core.method.config import TrainConfig
 
     default = TrainConfig().schedule.budget_seconds
     default_text = format_duration(default, clock=True) if default else "no time limit"
@@ -70,7 +70,7 @@ def budget_help() -> str:
 
 
 def _range(setting: str) -> tuple[int, int]:
-    """A spin box range from the setting's bounds in core.config.LIMITS (the CLI checks the same bounds)."""
+    """A spin box range from the setting's bounds in core.method.config.LIMITS (the CLI checks the same bounds)."""
     bounds = LIMITS[setting]
     return int(bounds.minimum), int(bounds.maximum if bounds.maximum is not None else 2**31 - 1)
 
@@ -267,7 +267,7 @@ class TrainPanel(QWidget):
         names = [] if project is None else project.names()
         if not names:
             return 2
-        from napari_diffseg.core.io import image_layout
+        from napari_diffseg.core.data.io import image_layout
 
         return image_layout(project.image(names[0]))[0]
 

@@ -2,7 +2,7 @@
 package) on folders of images and models, and ``project create | train | status | export`` on the project store
 that the napari plugin shares.
 
-A thin argparse front end over ``napari_diffseg.core``: it parses options, reads files through ``core.io``,
+A thin argparse front end over ``napari_diffseg.core``: it parses options, reads files through ``core.data.io``,
 drives the engine's generators (training events, project rounds, prediction tile progress) with tqdm progress
 bars and logs, and maps errors to exit codes. A user mistake (``DiffsegError``, a bad option, an unusable path)
 ends with one line ``diffseg: error: <message>`` on stderr and exit code 2; an unexpected failure prints one line
@@ -23,7 +23,7 @@ from napari_diffseg.cli._output import _logging, _TrainDisplay  # noqa: F401 (_T
 from napari_diffseg.cli._parser import _UsageError, build_parser
 from napari_diffseg.cli._signals import signals_as_interrupt, stop_description
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.io import one_line
+from napari_diffseg.core.data.io import one_line
 
 
 def _error(message: str) -> None:

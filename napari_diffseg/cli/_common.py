@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import format_duration
+from napari_diffseg.core.data.io import format_duration
 
 PROG = "diffseg"
 EXIT_OK = 0
@@ -24,7 +24,7 @@ log = logging.getLogger("napari_diffseg.cli")
 
 def _read_training_data(images_dir: Path, labels_dir: Path, num_classes: int):
     """TrainingData from a folder of images and a folder of labels matched by name stem."""
-    from napari_diffseg.core.data import training_data_from_folders
+    from napari_diffseg.core.data.training_set import training_data_from_folders
 
     return training_data_from_folders(images_dir, labels_dir, num_classes)
 
@@ -40,7 +40,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     An option left out keeps its value from ``stored`` (a project's stored settings, except the
     ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
     """
-    from napari_diffseg.core.config import TrainConfig
+    from napari_diffseg.core.method.config import TrainConfig
 
     if stored is not None and not isinstance(stored, dict):  # read from the project's manifest: never trusted
         log.warning("ignoring the project's stored training settings (a JSON %s, not an object; edited by hand?)",
@@ -53,7 +53,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     }
     given = {key: value for key, value in given.items() if value is not None}
     if getattr(args, "preset", None):
-        from napari_diffseg.core.config import PRESETS
+        from napari_diffseg.core.method.config import PRESETS
 
         given = {**PRESETS[args.preset], **given}
     return TrainConfig.from_stored(
@@ -84,7 +84,7 @@ def _check_writable_folder(folder: Path) -> None:
 
 
 def _open_project(folder: str):
-    from napari_diffseg.core.project import Project
+    from napari_diffseg.core.project.store import Project
 
     return Project.open(Path(folder))
 

@@ -1,4 +1,4 @@
-"""``diffseg export``: a model folder as a bioimage.io model package (core.bioimageio_export)."""
+"""``diffseg export``: a model folder as a bioimage.io model package (core.prediction.bioimageio_export)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from napari_diffseg.cli._common import EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core.bioimageio_export import export_bioimageio
+    from napari_diffseg.core.prediction.bioimageio_export import export_bioimageio
 
     out = export_bioimageio(Path(args.model), Path(args.out), sample=Path(args.sample) if args.sample else None,
                             name=args.name, authors=args.author or None, license=args.license,

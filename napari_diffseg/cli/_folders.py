@@ -12,8 +12,8 @@ import sys
 import time
 
 from napari_diffseg.core.errors import DiffsegError, InputError, ModelError
-from napari_diffseg.core.events import FitReport
-from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, describe_kind, format_duration, one_line
+from napari_diffseg.core.method.events import FitReport
+from napari_diffseg.core.data.io import UNCERTAINTY_SUFFIX, describe_kind, format_duration, one_line
 
 from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR, PROG, _check_writable_folder,
                                         _limits, _read_training_data, _train_config, log)
@@ -21,9 +21,11 @@ from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resu
 
 
 def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, distributed, locks, rollback, training
-    from napari_diffseg.core.checkpoint import CARD, LAST
-    from napari_diffseg.core.events import require_a_step
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.method import distributed, rollback, training
+    from napari_diffseg.core.project import locks
+    from napari_diffseg.core.method.checkpoint import CARD, LAST
+    from napari_diffseg.core.method.events import require_a_step
 
     config = _train_config(args, args.num_classes)
     ranks = distributed.torchrun_ranks()  # started by torchrun: one data-parallel rank of several
@@ -67,7 +69,7 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
     """Refuse a model folder that cannot work, before minutes of training: a file, the images or labels folder,
     not writable, nothing to resume."""
-    from napari_diffseg.core.checkpoint import LAST
+    from napari_diffseg.core.method.checkpoint import LAST
 
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the model")
@@ -84,8 +86,9 @@ def _check_model_folder(out: Path, args: argparse.Namespace) -> None:
 def _refuse_foreign_model_files(out: Path) -> None:
     """Training replaces best.pt, last.pt, model_card.json, losses.csv and pseudo_labels/ in its folder: that is
     fine for a model of an earlier diffseg run (a warning says so), not for files of the user or of another tool."""
-    from napari_diffseg.core import safety, training
-    from napari_diffseg.core.checkpoint import BEST, CARD, LAST
+    from napari_diffseg.core.data import safety
+    from napari_diffseg.core.method import training
+    from napari_diffseg.core.method.checkpoint import BEST, CARD, LAST
 
     if safety.written_by_diffseg(out / BEST) or safety.written_by_diffseg(out / LAST):
         return  # an earlier run's model folder
@@ -109,7 +112,7 @@ def _describe_training(data, config, device, out: Path) -> None:
 @contextlib.contextmanager
 def _process_group(ranks, device):
     """Join the data-parallel process group for the block when torchrun started this process (else nothing)."""
-    from napari_diffseg.core import distributed
+    from napari_diffseg.core.method import distributed
 
     if ranks is None:
         yield
@@ -124,7 +127,8 @@ def _process_group(ranks, device):
 
 
 def _prediction_inputs(source: Path) -> list[Path]:
-    from napari_diffseg.core import io, large
+    from napari_diffseg.core.data import io
+    from napari_diffseg.core.prediction import large
 
     if not source.exists():
         raise InputError(f"input not found: {source}; give an image file or a folder of images")
@@ -140,7 +144,8 @@ def _prediction_inputs(source: Path) -> list[Path]:
 
 
 def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, io
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.data import io
 
     device = devices.select_device(args.device)
     threads = devices.configure_threads(args.threads, spare_core=False)  # no GUI to keep responsive
@@ -170,8 +175,8 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _refuse_unsafe_masks(source: Path, out: Path, targets: dict[Path, Path], args: argparse.Namespace) -> None:
     """Before the model loads: no mask, uncertainty map or zarr copy may replace an input, a file of the user or
-    one of an earlier run (without --overwrite), nor land in the folder of the input images (core.safety)."""
-    from napari_diffseg.core import safety
+    one of an earlier run (without --overwrite), nor land in the folder of the input images (core.data.safety)."""
+    from napari_diffseg.core.data import safety
 
     outputs = list(targets.values())
     if args.uncertainty:
@@ -205,7 +210,7 @@ def _predict_all(model, inputs: list[Path], targets: dict[Path, Path], args: arg
 
 def _load_model(args: argparse.Namespace, device):
     from napari_diffseg.core import device as devices
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     bf16 = False if args.no_bf16 else devices.bf16_supported(device)
     model = SegmentationModel.load(Path(args.model), device=device, bf16=bf16, backend=args.backend)
@@ -218,9 +223,10 @@ def _load_model(args: argparse.Namespace, device):
 
 def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> None:
     """Predict one image file into ``target`` (and its uncertainty map): in memory, or block by block for a zarr
-    array, an OME-Zarr image (at ``--level``) or an image over core.large.LARGE_IMAGE_PIXELS (then also OME-Zarr
+    array, an OME-Zarr image (at ``--level``) or an image over core.prediction.large.LARGE_IMAGE_PIXELS (then also OME-Zarr
     labels beside the TIFF)."""
-    from napari_diffseg.core import io, large
+    from napari_diffseg.core.data import io
+    from napari_diffseg.core.prediction import large
 
     tile = tuple(args.tile) if args.tile else None
     if path.is_dir() or large.pixel_count(path) > large.LARGE_IMAGE_PIXELS:
@@ -229,7 +235,7 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
                         path.name)
         run_blocks = None
         if args.dask_scheduler:
-            from napari_diffseg.core.large_cluster import predict_large_on_cluster
+            from napari_diffseg.core.prediction.large_cluster import predict_large_on_cluster
 
             run_blocks = lambda zarr_path: predict_large_on_cluster(  # noqa: E731
                 Path(args.model), path, zarr_path, args.dask_scheduler, tile, bf16=False if args.no_bf16 else None,
@@ -269,7 +275,7 @@ def _drive(steps, quiet: bool, unit: str):
 
 
 def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import metrics
+    from napari_diffseg.core.data import metrics
 
     if args.csv:
         _refuse_unsafe_table(Path(args.csv), Path(args.pred), Path(args.masks), args.overwrite)
@@ -288,7 +294,7 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _refuse_unsafe_table(path: Path, pred: Path, masks: Path, overwrite: bool) -> None:
     """--csv never replaces a mask the command reads; any other existing file only with --overwrite."""
-    from napari_diffseg.core import io, safety
+    from napari_diffseg.core.data import io, safety
 
     if path.is_dir():
         raise InputError(f"--csv {path} is a folder; give a file name for the table")
@@ -297,8 +303,8 @@ def _refuse_unsafe_table(path: Path, pred: Path, masks: Path, overwrite: bool) -
 
 
 def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core.checkpoint import CARD
-    from napari_diffseg.core.model import SegmentationModel
+    from napari_diffseg.core.method.checkpoint import CARD
+    from napari_diffseg.core.prediction.model import SegmentationModel
 
     model_dir = Path(args.model)
     model = SegmentationModel.load(model_dir)  # validates best.pt

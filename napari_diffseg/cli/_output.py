@@ -11,8 +11,8 @@ from pathlib import Path
 import shlex
 import sys
 
-from napari_diffseg.core.events import FitReport
-from napari_diffseg.core.io import format_duration
+from napari_diffseg.core.method.events import FitReport
+from napari_diffseg.core.data.io import format_duration
 
 from napari_diffseg.cli._common import PACKAGE_LOGGER, PROG, log
 from napari_diffseg.cli._signals import stop_description
@@ -120,12 +120,12 @@ class _TrainOutcome:
 
 
 def _run_training(events, quiet: bool, out: Path | None, resume_command: str) -> _TrainOutcome | None:
-    """Drive a training generator (``core.training.train`` or ``core.rounds.train_round``) with the progress
+    """Drive a training generator (``core.method.training.train`` or ``core.project.rounds.train_round``) with the progress
     display and log lines; None when Ctrl-C, SIGTERM or SIGHUP stopped it (the message with ``resume_command`` is
     printed)."""
-    from napari_diffseg.core import training
-    from napari_diffseg.core.checkpoint import LAST
-    from napari_diffseg.core.rounds import RoundStarted
+    from napari_diffseg.core.method import training
+    from napari_diffseg.core.method.checkpoint import LAST
+    from napari_diffseg.core.project.rounds import RoundStarted
 
     display = _TrainDisplay(quiet)
     outcome = _TrainOutcome()
@@ -168,7 +168,7 @@ def _run_training(events, quiet: bool, out: Path | None, resume_command: str) ->
 
 def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device, prefix: str = "") -> None:
     """The summary lines shared by ``train`` and ``project train``: steps and time, selected twin, model."""
-    from napari_diffseg.core.checkpoint import BEST, read_model_card
+    from napari_diffseg.core.method.checkpoint import BEST, read_model_card
 
     card = read_model_card(out)
     trained = card.get("training", {})

@@ -1,4 +1,4 @@
-"""The argument parser: option types (bounds from core.config.LIMITS), option groups and the sub-commands."""
+"""The argument parser: option types (bounds from core.method.config.LIMITS), option groups and the sub-commands."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import math
 
 from napari_diffseg import __version__
-from napari_diffseg.core.config import LIMITS
+from napari_diffseg.core.method.config import LIMITS
 
 from napari_diffseg.cli._common import PROG
 from napari_diffseg.cli._export import _cmd_export
@@ -40,7 +40,7 @@ def _int_at_least(minimum: int, why: str = ""):
 
 
 def _setting(name: str, why: str = ""):
-    """argparse type of a whole-number training setting, within its ``core.config.LIMITS`` (one source of truth
+    """argparse type of a whole-number training setting, within its ``core.method.config.LIMITS`` (one source of truth
     for the CLI, the Train panel and TrainConfig.validate)."""
     bounds = LIMITS[name]
 
@@ -152,7 +152,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_overwrite_option(parser: argparse.ArgumentParser, policy: str) -> None:
-    """--overwrite: the one way to let a command replace files it did not create in this run (core.safety)."""
+    """--overwrite: the one way to let a command replace files it did not create in this run (core.data.safety)."""
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace existing files; without it, nothing is written when {policy}")
 

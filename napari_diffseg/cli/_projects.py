@@ -10,7 +10,7 @@ import shlex
 import shutil
 
 from napari_diffseg.core.errors import ModelError, UntrainedRunError
-from napari_diffseg.core.io import format_duration
+from napari_diffseg.core.data.io import format_duration
 
 from napari_diffseg.cli._common import (EXIT_INTERRUPTED, EXIT_OK, PROG, _limits, _open_project, _text_table,
                                         _train_config, log)
@@ -18,8 +18,8 @@ from napari_diffseg.cli._output import _bar, _bar_logging, _print_trained, _resu
 
 
 def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import io
-    from napari_diffseg.core.project import Project
+    from napari_diffseg.core.data import io
+    from napari_diffseg.core.project.store import Project
 
     images_dir = Path(args.images)
     bar = _bar(args.quiet, total=len(io.list_images(images_dir)), unit="image", desc="add")
@@ -42,7 +42,8 @@ def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, rounds
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.project import rounds
 
     project = _open_project(args.project)
     config = _train_config(args, project.num_classes, project.config.get(rounds.TRAIN_CONFIG_KEY))
@@ -70,7 +71,7 @@ def _cmd_project_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _check_round_folder(round_dir: Path, round_: int, resume: bool) -> None:
     """Nothing to resume is an error (a model about to be replaced is train_round's warning, once it holds the
     project: a refused run says nothing but why)."""
-    from napari_diffseg.core.checkpoint import LAST
+    from napari_diffseg.core.method.checkpoint import LAST
 
     if resume and not (round_dir / LAST).is_file():
         raise ModelError(f"{round_dir / LAST}: nothing to resume in round {round_}; start without --resume")
@@ -88,8 +89,9 @@ def _print_review_next(project, round_: int, outcome, project_arg: str) -> None:
 
 
 def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core import device as devices, rounds
-    from napari_diffseg.core.training import pretraining_info
+    from napari_diffseg.core import device as devices
+    from napari_diffseg.core.project import rounds
+    from napari_diffseg.core.method.training import pretraining_info
 
     project = _open_project(args.project)
     for name in ("pretrain_fraction", "rounds", "rounds_every", "patch_size", "batch_size", "steps"):
@@ -117,7 +119,7 @@ def _cmd_project_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _cmd_project_status(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core.project import ImageStatus
+    from napari_diffseg.core.project.store import ImageStatus
 
     project = _open_project(args.project)
     counts = project.status_counts()

@@ -19,6 +19,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .diffusion import DiffusionSchedule, from_signed, to_signed
+from .consistency import masked_segmentation_loss
 from .networks import TimeUNet
 
 
@@ -225,7 +226,6 @@ def cotraining_loss(
     sup = terms["sup_student"] + terms["sup_teacher"]
     unsup = torch.zeros((), device=images.device)
     if unlabelled is not None and targets is not None:
-        from .consistency import masked_segmentation_loss
 
         def unlabelled_loss(logits, target):
             return masked_segmentation_loss(logits, target[0], target[1], targets.loss)

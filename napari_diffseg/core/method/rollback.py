@@ -17,7 +17,7 @@ from pathlib import Path
 import shutil
 
 from .checkpoint import LAST
-from .errors import UntrainedRunError
+from ..errors import UntrainedRunError
 from .training import LOSSES_FILE, PSEUDO_LABEL_DIR
 
 KEPT_DIR = ".before-this-run"

@@ -32,8 +32,8 @@ import warnings
 
 import numpy as np
 
-from .errors import InputError
-from .io import SOFTWARE_TAG, ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
+from ..errors import InputError
+from ..data.io import SOFTWARE_TAG, ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -256,7 +256,7 @@ def open_lazy(path: Path, level: int = 0):
 
 
 class _ShapeOnly:
-    """An object with only a shape, for the layout rules of core.io (no pixel is read)."""
+    """An object with only a shape, for the layout rules of core.data.io (no pixel is read)."""
 
     def __init__(self, shape: tuple[int, ...]):
         self.shape = tuple(shape)
@@ -375,7 +375,7 @@ def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tup
     """A large image file (zarr array, or ``level`` of an OME-Zarr image) block by block into the OME-Zarr labels
     ``target`` with suffix .zarr (level 0 at :func:`output_zarr`), then copied into the tiled TIFF ``target``;
     yields block progress, returns ``target``. ``run_blocks(zarr_path)``: another runner of the blocks (a dask
-    cluster's, core/large_cluster.py); default: this process."""
+    cluster's, core/prediction/large_cluster.py); default: this process."""
     source, target = Path(source), Path(target)
     zarr_path = output_zarr(target)
     image = open_lazy(source, level)
@@ -502,7 +502,7 @@ def zarr_to_tiff(source: Path, target: Path, tile: int = TIFF_TILE) -> Path:
     target = Path(target)
     partial = target.with_name(f".{target.name}.partial")
     tifffile.imwrite(partial, tiles(), shape=shape, dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="minisblack",
-                     software=SOFTWARE_TAG,  # core.safety tells our outputs by it
+                     software=SOFTWARE_TAG,  # core.data.safety tells our outputs by it
                      bigtiff=np.prod(shape) > 2**31)
     os.replace(partial, target)
     return target

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_diffseg.core.errors import InputError
-from napari_diffseg.core.io import UNCERTAINTY_SUFFIX, list_images, name_stem, read_mask
+from napari_diffseg.core.data.io import UNCERTAINTY_SUFFIX, list_images, name_stem, read_mask
 
 logger = logging.getLogger(__name__)
 

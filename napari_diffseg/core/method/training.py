@@ -29,20 +29,22 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from . import device as devices, distributed
+from .. import device as devices
+
+from . import distributed
 from .config import BudgetClock, LrSchedule, Student, Targets, TargetsFrom, TrainConfig, Twin, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
 from .consistency import WeightAverage, confident_targets, masked_segmentation_loss, paste_labelled, strong_view
-from .data import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
-from .errors import InputError, ModelError
-from .io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
-from .metrics import dice as dice_score
-from .device import autocast_context, memory_format_for
-from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised_entropy, probabilities_to_mask,
+from ..data.training_set import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
+from ..errors import InputError, ModelError
+from ..data.io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
+from ..data.metrics import dice as dice_score
+from ..device import autocast_context, memory_format_for
+from ..prediction.predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised_entropy, probabilities_to_mask,
                       run_to_completion, tiled_probabilities)
-from .scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
+from ..data.scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
 from .teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss, pretraining_loss,
                       segmentation_loss, supervised_loss, swap_in_pairs)
 
@@ -669,7 +671,7 @@ def train(
     ``warm_start``: a model folder of an earlier round whose last.pt initialises the twins (and, unless the config
     fixes one, gives the working scale); pretraining is then skipped (the teacher already learned from all images).
     ``sink``: where the pseudo-labels go, image by image (default: ``out_dir/pseudo_labels``).
-    ``ranks``: this process's place in a data-parallel run (core/distributed.py; the process group is joined);
+    ``ranks``: this process's place in a data-parallel run (core/method/distributed.py; the process group is joined);
     only rank 0 writes files, pseudo-labels and checkpoints, and its clock decides for all.
     """
     out_dir = Path(out_dir)

@@ -23,7 +23,7 @@ import socket
 
 from filelock import FileLock, Timeout
 
-from .errors import DiffsegError, InputError, UntrainedRunError
+from ..errors import DiffsegError, InputError, UntrainedRunError
 
 LOCK_NAME = "training.lock"
 HOLDER_SUFFIX = ".holder"

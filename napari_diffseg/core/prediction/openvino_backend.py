@@ -24,9 +24,9 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import InputError
-from .io import one_line
-from .networks import TimeUNet
+from ..errors import InputError
+from ..data.io import one_line
+from ..method.networks import TimeUNet
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "openvino")

@@ -1,5 +1,5 @@
 """Out-of-core prediction on a dask.distributed cluster (``diffseg predict --dask-scheduler ADDRESS``): the blocks of
-core/large.py become tasks; each worker process loads the model once (lazily, on its first block), reads its
+core/prediction/large.py become tasks; each worker process loads the model once (lazily, on its first block), reads its
 block's input with halo from the image file and writes the block's core into the shared zarr output. The input
 file, the model folder and the output must be on a file system every worker sees. The completion mark is written
 by the client after the last block. Needs the ``distributed`` package (extra ``[cluster]``).
@@ -11,7 +11,7 @@ from collections.abc import Generator
 import functools
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 from .large import BlockProgress, create_output, mark_complete, open_lazy, plan_blocks, predict_block
 from .model import SegmentationModel
 
@@ -20,7 +20,7 @@ from .model import SegmentationModel
 def _worker_model(model_dir: str, bf16: bool | None) -> SegmentationModel:
     """The model of ``model_dir`` in this worker process, loaded by its first block; ``bf16`` None: where the
     worker's device has it natively."""
-    from . import device as devices
+    from .. import device as devices
 
     device = devices.select_device("auto")
     return SegmentationModel.load(Path(model_dir), device=device,

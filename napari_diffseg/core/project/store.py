@@ -6,10 +6,10 @@ A project is a folder::
     labels/<name>.tif                       ground truth: painted labels and accepted corrections (uint8)
     pseudo/round_<k>/<name>.tif             the teacher's pseudo-label of round k (uint8)
     pseudo/round_<k>/<name>_uncertainty.tif its per-pixel uncertainty (float32)
-    checkpoints/round_<k>/                  model folders of round k (written by core.training / core.checkpoint)
+    checkpoints/round_<k>/                  model folders of round k (written by core.method.training / core.method.checkpoint)
     project.sqlite                          manifest: tables images, losses, meta (config JSON, current_round, schema)
 
-Durability: every pixel file is written atomically (temp file + ``os.replace``, see ``core.io``) *before* its
+Durability: every pixel file is written atomically (temp file + ``os.replace``, see ``core.data.io``) *before* its
 manifest row changes, and every manifest change is its own committed transaction. Killing the process at any moment
 therefore leaves either the old state or the new state of each image, never a row pointing at half a file, and an
 accepted correction is on disk the moment :meth:`Project.accept` returns.
@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_diffseg.core import locks
+from napari_diffseg.core.project import locks
 from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputError
-from napari_diffseg.core.io import (
+from napari_diffseg.core.data.io import (
     BEST,
     UNCERTAINTY_SUFFIX,
     check_mask_matches,
@@ -61,7 +61,7 @@ from napari_diffseg.core.io import (
     write_mask,
     write_tiff_atomic,
 )
-from napari_diffseg.core.safety import child_path, is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
+from napari_diffseg.core.data.safety import child_path, is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class Project:
     @contextlib.contextmanager
     def training_lock(self, activity: str) -> Iterator[None]:
         """Hold the project's training lock while ``activity`` runs: one trainer per project, across processes
-        (napari and the command line alike) and platforms (see ``core.locks``). DiffsegError naming the holder when
+        (napari and the command line alike) and platforms (see ``core.project.locks``). DiffsegError naming the holder when
         another run has it."""
         def busy(holder: str) -> str:
             return (f"project {self.folder} is busy: {holder}; wait for it to finish or stop it (one training per "
@@ -726,7 +726,7 @@ class Project:
         """Write ``<name>.tif`` to ``out`` for every image that has a mask (see ``current_mask``), under the user's
         names (``export_names``); returns the counts written and skipped, by source. InputError, before anything is
         written, when ``out`` is inside the project, nothing has a mask, or (unless ``overwrite``) a mask would
-        replace or mix with files in ``out`` or ``out`` is a folder the project was created from (core.safety)."""
+        replace or mix with files in ``out`` or ``out`` is a folder the project was created from (core.data.safety)."""
         if not self.names():
             raise InputError(f"project {self.folder} has no images: nothing to export")
         out = Path(out)

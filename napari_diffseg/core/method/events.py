@@ -1,4 +1,4 @@
-"""The events that training yields (``core.training.train``, ``core.rounds.train_round``), in a module without
+"""The events that training yields (``core.method.training.train``, ``core.project.rounds.train_round``), in a module without
 torch, so that the GUI and the CLI can name them without importing the engine."""
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def require_a_step(events: Iterator[TrainingEvent], budget_seconds: float | None
     without an optimisation step (the budget ended first): its model would be an untrained network passing for a
     trained one. Raised before the final pass, so an earlier model and the project's pseudo-labels stay as they
     were. Not for a resumed run (its steps were made before). Closing this generator closes the run."""
-    from .errors import UntrainedRunError
+    from ..errors import UntrainedRunError
 
     stepped = False
     with contextlib.closing(events):

@@ -1,7 +1,7 @@
 """Human-in-the-loop rounds on a project: training data from the project store, one training round with warm start
 and pseudo-label bookkeeping, and the review queue.
 
-``train_round`` wraps :func:`core.training.train` for a :class:`~napari_diffseg.core.project.Project`:
+``train_round`` wraps :func:`core.method.training.train` for a :class:`~napari_diffseg.core.project.store.Project`:
 
 - it trains into ``checkpoints/round_<k>`` of the current round ``k``;
 - it warm-starts from the most recent earlier round whose folder holds a ``last.pt`` made with the same network
@@ -32,15 +32,15 @@ import shutil
 
 import numpy as np
 
-from . import rollback
-from .checkpoint import LAST, read_model_card
-from .data import TrainingData, training_data_from_arrays
-from .errors import InputError, ModelError
-from .project import CHECKPOINTS_DIR, ImageStatus, Project
-from .teacher import NetworkConfig
-from .events import Progress, PseudoLabelsReady, RoundStarted, TrainingEvent  # noqa: F401 (re-exported)
-from .events import require_a_step
-from .training import TrainConfig, pretrain, pretraining_info, train
+from ..method import rollback
+from ..method.checkpoint import LAST, read_model_card
+from ..data.training_set import TrainingData, training_data_from_arrays
+from ..errors import InputError, ModelError
+from .store import CHECKPOINTS_DIR, ImageStatus, Project
+from ..method.teacher import NetworkConfig
+from ..method.events import Progress, PseudoLabelsReady, RoundStarted, TrainingEvent  # noqa: F401 (re-exported)
+from ..method.events import require_a_step
+from ..method.training import TrainConfig, pretrain, pretraining_info, train
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _train_round(project: Project, config: TrainConfig, warm_start: bool, resume
              len(data.unlabelled_indices))
     yield RoundStarted(round_, out_dir, warm, resumed, len(data.labelled_indices), len(data.unlabelled_indices), note)
 
-    # a retrained round whose run learns nothing gets its folder back as it was (core.rollback)
+    # a retrained round whose run learns nothing gets its folder back as it was (core.method.rollback)
     kept = rollback.restored_if_untrained(out_dir) if not resumed else contextlib.nullcontext()
     events = train(data, config, out_dir, resume=resumed, warm_start=warm, sink=ProjectSink(project, round_))
     if not resumed:

@@ -19,10 +19,10 @@ import json
 from pathlib import Path
 import zipfile
 
-from .errors import InputError
+from ..errors import InputError
 from .io import SOFTWARE_TAG, TIFF_SUFFIXES, ZARR_SUFFIX, name_key, name_stem, refuse_overwriting_inputs
 
-CHECKPOINT_TAG = b"napari-diffseg"  # in the pickled payload of our checkpoints (core.checkpoint.FORMAT_TAG)
+CHECKPOINT_TAG = b"napari-diffseg"  # in the pickled payload of our checkpoints (core.method.checkpoint.FORMAT_TAG)
 
 _FORBIDDEN_IN_NAMES = set('/\\:*?"<>|\0')
 
@@ -61,7 +61,7 @@ def written_by_diffseg(path: Path) -> bool:
             card = json.loads(path.read_text())
             return isinstance(card, dict) and {"config", "network"} <= card.keys()
         if suffix == ZARR_SUFFIX and path.is_dir():  # our completion mark, on a zarr v2 or v3 array, or on level 0
-            # of the OME-Zarr labels of core.large.predict_file (<stem>.zarr/diffseg/0)
+            # of the OME-Zarr labels of core.prediction.large.predict_file (<stem>.zarr/diffseg/0)
             for meta in (path / ".zattrs", path / "zarr.json", path / "diffseg" / "0" / "zarr.json"):
                 if meta.is_file():
                     attrs = json.loads(meta.read_text())

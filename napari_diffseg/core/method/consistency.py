@@ -11,9 +11,9 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .data import augment_intensity
-from .teacher import DiffusionTwin
+from ..data.training_set import augment_intensity
 
 
 class WeightAverage:
@@ -22,20 +22,20 @@ class WeightAverage:
     Used in eval mode to make targets; it is never trained and never saved (a resumed run restarts it from the
     live weights)."""
 
-    def __init__(self, twin: DiffusionTwin, decay: float):
+    def __init__(self, twin: nn.Module, decay: float):
         self.decay = decay
         self.twin = copy.deepcopy(twin).eval()
         for parameter in self.twin.parameters():
             parameter.requires_grad_(False)
         self.updates = 0
 
-    def reset(self, twin: DiffusionTwin) -> None:
+    def reset(self, twin: nn.Module) -> None:
         """Start again from ``twin``'s current weights (e.g. when the student starts as the teacher's copy)."""
         self.twin.mask_path.load_state_dict(twin.mask_path.state_dict())
         self.updates = 0
 
     @torch.no_grad()
-    def update(self, twin: DiffusionTwin) -> None:
+    def update(self, twin: nn.Module) -> None:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         averaged, live = self.twin.mask_path, twin.mask_path
         for mine, theirs in zip(averaged.parameters(), live.parameters()):

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 from .io import check_mask_matches, name_stem, normalise_mask, pair_images_with_labels, read_image, read_mask, to_channels_first
 
 logger = logging.getLogger(__name__)

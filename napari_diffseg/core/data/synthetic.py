@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_diffseg.core.io import write_mask, write_tiff_atomic
+from napari_diffseg.core.data.io import write_mask, write_tiff_atomic
 
 logger = logging.getLogger(__name__)
 

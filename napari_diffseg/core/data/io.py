@@ -31,7 +31,7 @@ BEST = "best.pt"  # ... and the model to predict with
 ZARR_SUFFIX = ".zarr"  # a zarr array (a folder); also the block-by-block mask of a large image, beside its TIFF
 UNCERTAINTY_SUFFIX = "_uncertainty"  # <stem>_uncertainty.tif: the uncertainty map written beside a mask
 TIFF_SUFFIXES = (".tif", ".tiff")
-SOFTWARE_TAG = "napari-diffseg"  # the TIFF Software tag of what we write: core.safety tells our files by it
+SOFTWARE_TAG = "napari-diffseg"  # the TIFF Software tag of what we write: core.data.safety tells our files by it
 MIN_AXIS = 8
 PERCENTILES = (1.0, 99.8)
 
@@ -252,7 +252,7 @@ def _planes(image: np.ndarray, name: str | os.PathLike | None) -> list[np.ndarra
 
 def intensity_ranges(image: np.ndarray, *, name: str | os.PathLike | None = None) -> list[tuple[float, float]]:
     """Per channel, the intensities that map to 0 and 1: percentiles (1, 99.8), or min / max where those coincide.
-    For a large image, pass a regular subsample (the ranges barely move; see core/large.py)."""
+    For a large image, pass a regular subsample (the ranges barely move; see core/prediction/large.py)."""
     ranges = []
     for plane in _planes(np.asarray(image), name):
         plane = plane.astype(np.float32, copy=False)

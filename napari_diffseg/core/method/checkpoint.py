@@ -16,8 +16,8 @@ import warnings
 
 import torch
 
-from .errors import InputError, ModelError
-from .io import BEST, LAST, atomic_write  # noqa: F401 (BEST and LAST: the model folder's file names)
+from ..errors import InputError, ModelError
+from ..data.io import BEST, LAST, atomic_write  # noqa: F401 (BEST and LAST: the model folder's file names)
 
 FORMAT_TAG = "napari-diffseg"
 FORMAT_VERSION = 1

@@ -9,8 +9,8 @@ from enum import StrEnum
 import logging
 import re
 
-from .errors import InputError
-from .io import one_line
+from ..errors import InputError
+from ..data.io import one_line
 
 logger = logging.getLogger(__name__)
 _DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

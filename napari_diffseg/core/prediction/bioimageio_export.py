@@ -6,7 +6,7 @@ without napari-diffseg:
 
 - preprocessing, as the spec expresses it: per channel, percentiles (1, 99.8) of the whole image map to 0 and 1
   (``scale_range``, the same linear percentile method as numpy), then ``clip`` to [0, 1], which is
-  ``core.io.to_channels_first``. What the spec cannot express: napari-diffseg falls back to the channel's min / max
+  ``core.data.io.to_channels_first``. What the spec cannot express: napari-diffseg falls back to the channel's min / max
   where the two percentiles coincide (a sparse image); the package documentation says so.
 - inside the TorchScript module: the working scale (shrink by area averaging, probabilities back to full
   resolution by linear interpolation, as ``SegmentationModel``), napari-diffseg's overlapping tiles with Gaussian
@@ -31,15 +31,15 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import DiffsegError, InputError
-from .io import PERCENTILES, describe_kind, one_line, read_image, to_channels_first
-from .networks import TimeUNet
+from ..errors import DiffsegError, InputError
+from ..data.io import PERCENTILES, describe_kind, one_line, read_image, to_channels_first
+from ..method.networks import TimeUNet
 from .model import PREDICT_TILE_2D
 from .predict import DEFAULT_TILE_3D
 from .tiling import MAX_TILE_GROWTH
 
-TILE_OVERLAP = 0.125  # core.predict.tiled_probabilities' default overlap
-GAUSSIAN_SIGMA = 0.125  # core.tiling.gaussian_weight's default sigma_scale
+TILE_OVERLAP = 0.125  # core.prediction.predict.tiled_probabilities' default overlap
+GAUSSIAN_SIGMA = 0.125  # core.prediction.tiling.gaussian_weight's default sigma_scale
 
 PAPER_DOI = "10.48550/arXiv.2504.01547"
 PAPER_URL = "https://arxiv.org/abs/2504.01547"
@@ -57,7 +57,7 @@ class ExportError(DiffsegError):
 
 # ----------------------------------------------------------------------------------------------- the module
 def _round_half_even(value: float) -> int:
-    """Python's round() (half to even), written out so TorchScript computes the same sizes as core.scale."""
+    """Python's round() (half to even), written out so TorchScript computes the same sizes as core.data.scale."""
     low = math.floor(value)
     rest = value - low
     if rest > 0.5 or (rest == 0.5 and low % 2 == 1):
@@ -71,7 +71,7 @@ class ExportedMaskPathway(nn.Module):
 
     def __init__(self, unet: TimeUNet, num_classes: int, threshold: float, working_scale: float):
         super().__init__()
-        from .diffusion import timestep_embedding
+        from ..method.diffusion import timestep_embedding
 
         self.encoder = unet.encoder
         self.decoder = unet.decoder
@@ -83,7 +83,7 @@ class ExportedMaskPathway(nn.Module):
         self.threshold = float(threshold)
         self.working_scale = float(working_scale)
         self.upsample_mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
-        # napari-diffseg's torch tiles (core.model.PREDICT_TILE_2D, core.predict.DEFAULT_TILE_3D)
+        # napari-diffseg's torch tiles (core.prediction.model.PREDICT_TILE_2D, core.prediction.predict.DEFAULT_TILE_3D)
         self.tile = list(PREDICT_TILE_2D["torch"] if self.spatial_dims == 2 else DEFAULT_TILE_3D)
         self.growth = float(MAX_TILE_GROWTH if self.spatial_dims == 2 else 1.0)
         self.overlap = float(TILE_OVERLAP)
@@ -110,7 +110,7 @@ class ExportedMaskPathway(nn.Module):
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of (B, C, *spatial) in [0, 1] in overlapping tiles blended with Gaussian weights,
-        tile for tile what ``core.predict.tiled_probabilities`` does."""
+        tile for tile what ``core.prediction.predict.tiled_probabilities`` does."""
         spatial: list[int] = [int(s) for s in x.shape[2:]]
         growth = self.growth
         tile: list[int] = []
@@ -153,7 +153,7 @@ class ExportedMaskPathway(nn.Module):
         return torch.softmax(self._unet(torch.cat([empty, part * 2.0 - 1.0], dim=1)).float(), dim=1)
 
     def _gaussian(self, tile: list[int], device: torch.device) -> torch.Tensor:
-        """core.tiling.gaussian_weight in torch."""
+        """core.prediction.tiling.gaussian_weight in torch."""
         total = torch.zeros(tile, dtype=torch.float64, device=device)
         for axis in range(len(tile)):
             n = tile[axis]
@@ -186,7 +186,7 @@ class ExportedMaskPathway(nn.Module):
 
 
 def _tile_count(length: int, tile: int, min_overlap: int) -> int:
-    """core.tiling._tile_count, scriptable."""
+    """core.prediction.tiling._tile_count, scriptable."""
     if length <= tile:
         return 1
     step = max(1, tile - min_overlap)
@@ -194,7 +194,7 @@ def _tile_count(length: int, tile: int, min_overlap: int) -> int:
 
 
 def _fit_tile(length: int, tile: int, min_overlap: int, multiple: int, max_growth: float) -> int:
-    """core.tiling.fit_tile, scriptable."""
+    """core.prediction.tiling.fit_tile, scriptable."""
     largest = max(tile, int(tile * max_growth) // multiple * multiple)
     count = _tile_count(length, largest, min_overlap)
     needed = (length + (count - 1) * min_overlap + count - 1) // count
@@ -202,7 +202,7 @@ def _fit_tile(length: int, tile: int, min_overlap: int, multiple: int, max_growt
 
 
 def _tile_starts(length: int, tile: int, min_overlap: int) -> list[int]:
-    """core.tiling.tile_starts, scriptable."""
+    """core.prediction.tiling.tile_starts, scriptable."""
     count = _tile_count(length, tile, min_overlap)
     if count == 1:
         return [0]
@@ -232,8 +232,8 @@ def spec_preprocess(image: np.ndarray) -> np.ndarray:
 
 def raw_to_tensor(image: np.ndarray) -> np.ndarray:
     """A raw channels-last image as read by napari-diffseg -> the package's input (1, C, *spatial) float32,
-    unscaled (alpha dropped, (Y, X, 1) squeezed, as ``core.io`` reads it)."""
-    from .io import _planes
+    unscaled (alpha dropped, (Y, X, 1) squeezed, as ``core.data.io`` reads it)."""
+    from ..data.io import _planes
 
     planes = _planes(np.asarray(image), None)
     return np.stack([p.astype(np.float32) for p in planes])[None]
@@ -242,7 +242,7 @@ def raw_to_tensor(image: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- the package
 def _sample_image(model, sample: Path | np.ndarray | None) -> np.ndarray:
     if sample is None:
-        from .synthetic import make_blobs_dataset
+        from ..data.synthetic import make_blobs_dataset
 
         spatial_dims, channels = model.config.spatial_dims, model.config.image_channels
         shape = (128, 128) if spatial_dims == 2 else (32, 64, 64)

@@ -16,8 +16,8 @@ import itertools
 import numpy as np
 import torch
 
-from .device import autocast_context, memory_format_for, to_device
-from .teacher import DiffusionTwin
+from ..device import autocast_context, memory_format_for, to_device
+from ..method.teacher import DiffusionTwin
 from .tiling import MAX_TILE_GROWTH, fit_tile, gaussian_weight, tile_starts
 
 DEFAULT_TILE_2D = (1024, 1024)

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import ModelCheckpoint, read_model_card
-from .errors import InputError, ModelError
-from .io import BEST, describe_kind, image_layout, to_channels_first
+from ..method.checkpoint import ModelCheckpoint, read_model_card
+from ..errors import InputError, ModelError
+from ..data.io import BEST, describe_kind, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
                       probabilities_to_mask, run_to_completion, tiled_probabilities)
-from .scale import resize_image, resize_probabilities, scaled_shape
-from .networks import fold_batch_norm
-from .teacher import DiffusionTwin, NetworkConfig
+from ..data.scale import resize_image, resize_probabilities, scaled_shape
+from ..method.networks import fold_batch_norm
+from ..method.teacher import DiffusionTwin, NetworkConfig
 
 
 # the default 2D tile of each backend, measured side by side on a 2048 x 2048 image (benchmarks/predict_speed.md):
@@ -40,7 +40,7 @@ class SegmentationModel:
     def __init__(self, network: DiffusionTwin, threshold: float, card: dict, device: torch.device | str = "cpu",
                  bf16: bool = False, working_scale: float = 1.0, backend: str = "torch"):
         self.network = network.to(device).eval()
-        self.backend = backend  # what runs the mask pathway: torch, or openvino (core/openvino_backend.py)
+        self.backend = backend  # what runs the mask pathway: torch, or openvino (core/prediction/openvino_backend.py)
         self.threshold = threshold
         self.working_scale = working_scale
         self.card = card
@@ -123,7 +123,7 @@ class SegmentationModel:
 def _check_network_settings(settings: dict, path: Path) -> None:
     """ModelError unless a checkpoint's architecture is one napari-diffseg can have written: read from a file, it
     is data, and a width of 10**6 would build a network that fills the memory before its weights fail to load."""
-    from .config import LIMITS
+    from ..method.config import LIMITS
 
     bounds = {"spatial_dims": (2, 3), "image_channels": (1, 3), "num_classes": (2, LIMITS["num_classes"].maximum),
               "base_channels": (1, LIMITS["base_channels"].maximum), "depth": (1, LIMITS["depth"].maximum),

@@ -1,0 +1,1 @@
+"""The method: diffusion teacher, twin student, consistency targets, training runs, checkpoints."""
