@@ -27,7 +27,9 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.method.checkpoint import CARD, LAST
     from napari_diffseg.core.method.events import require_a_step
 
-    config = _train_config(args, args.num_classes)
+    from napari_diffseg.cli import _objects
+
+    config = _train_config(args, _objects.num_classes_of(args))
     ranks = distributed.torchrun_ranks()  # started by torchrun: one data-parallel rank of several
     if ranks is not None and not ranks.main:
         logging.getLogger("napari_diffseg").setLevel(logging.WARNING)  # rank 0 tells the story
@@ -45,7 +47,8 @@ def _cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             rollback.restored_if_untrained(out) if writes and not args.resume else contextlib.nullcontext():
         if writes and not args.resume and (out / LAST).exists():
             log.warning("%s already holds a model; it will be replaced (use --resume to continue it instead)", out)
-        data = _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes)
+        data = (_objects.read_training_data(args) if args.objects
+                else _read_training_data(Path(args.images), Path(args.labels), config.network.num_classes))
         _describe_training(data, config, device, out)
         with _process_group(ranks, device):
             events = training.train(data, config, out, resume=args.resume,
@@ -228,8 +231,13 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
     from napari_diffseg.core.data import io
     from napari_diffseg.core.prediction import large
 
+    from napari_diffseg.cli import _objects
+
     tile = tuple(args.tile) if args.tile else None
+    objects = _objects.model_objects(model) is not None
     if path.is_dir() or large.pixel_count(path) > large.LARGE_IMAGE_PIXELS:
+        if objects:
+            _objects.refuse_large(path)
         if args.uncertainty:
             log.warning("%s: too large to hold in memory; predicted block by block, without an uncertainty map",
                         path.name)
@@ -247,7 +255,11 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
     prediction = _drive(model.iter_predict(io.read_image(path), uncertainty=args.uncertainty, draws=args.draws,
                                            sampling_steps=args.sampling_steps, tile=tile, name=path.name),
                         args.quiet, "tile")
-    io.write_mask(target, prediction.mask)
+    if objects:
+        count = _objects.write_prediction(target, prediction)
+        log.debug("%s: %s, %d object(s)", path.name, prediction.mask.shape, count)
+    else:
+        io.write_mask(target, prediction.mask)
     if args.uncertainty:
         io.write_tiff_atomic(target.with_name(f"{target.stem}{UNCERTAINTY_SUFFIX}.tif"),
                              prediction.uncertainty.astype("float32"))

@@ -11,6 +11,7 @@ from napari_diffseg.core.method.config import LIMITS
 from napari_diffseg.cli._common import PROG
 from napari_diffseg.cli._export import _cmd_export
 from napari_diffseg.cli._folders import _cmd_eval, _cmd_info, _cmd_predict, _cmd_train
+from napari_diffseg.cli._objects import _cmd_measure
 from napari_diffseg.cli._projects import (_cmd_project_create, _cmd_project_export, _cmd_project_pretrain,
                                           _cmd_project_status, _cmd_project_train)
 
@@ -186,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
     _add_training_options(train)
     _add_num_classes_option(train)
+    train.add_argument("--objects", action="store_true",
+                       help="objects mode: LABELS are instance masks (one id per object, e.g. uint16 TIFF; a mask "
+                            "with one value is split by connected components), trained as 3 classes (background, "
+                            "object interior, object boundary); predict then writes instance masks")
+    train.add_argument("--boundary-width", type=_int_between(1, 8), default=None, metavar="PX",
+                       help="objects mode: width of the boundary class inside each object's outline (default 1)")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue the interrupted or finished run in MODEL_DIR (from MODEL_DIR/last.pt); "
@@ -201,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", parents=[common], help="segment images with a trained model",
         description="Segment INPUT (an image file, a folder of images, a .zarr array or an OME-Zarr image) with "
                     "the model in MODEL_DIR. OUTPUT receives <stem>.tif, a uint8 mask (0 = background, class ids "
-                    "otherwise), and with --uncertainty <stem>_uncertainty.tif (float32 in [0, 1]). Images over 16 "
+                    "otherwise; for a model trained with --objects an instance mask, uint16 or uint32 beyond "
+                    "65,535 objects, decoded by a seeded watershed), and with --uncertainty <stem>_uncertainty.tif "
+                    "(float32 in [0, 1]). Images over 16 "
                     "megapixels and zarr inputs are predicted block by block into <stem>.zarr, OME-Zarr labels "
                     "(NGFF multiscales, image-label colours; napari-ome-zarr, Fiji/MoBIE open it), then copied into "
                     "<stem>.tif.",
@@ -246,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite_option(evaluate, "FILE, or a file with its name stem, exists. A mask the command reads is "
                                     "never replaced")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    measure = commands.add_parser(
+        "measure", parents=[common], help="per-object table (id, area/volume, centroid, mean intensity, bbox) as CSV",
+        description="Measure every object of the instance masks in MASKS (matched to the images of IMAGES by name "
+                    "stem; or two files): one CSV row per object with the image name, id, area (2D) or volume (3D) "
+                    "in pixels, centroid, mean intensity per channel and bounding box (min inclusive, max "
+                    "exclusive). A mask with one value is split into objects by connected components (a warning).",
+    )
+    measure.add_argument("images", metavar="IMAGES", help="image file or folder of images")
+    measure.add_argument("masks", metavar="MASKS", help="instance mask file or folder of instance masks")
+    measure.add_argument("--out", required=True, metavar="TABLE.csv", help="the CSV table to write")
+    _add_overwrite_option(measure, "TABLE.csv, or a file with its name stem, exists. An image or mask the command "
+                                   "reads is never replaced")
+    measure.set_defaults(handler=_cmd_measure)
 
     info = commands.add_parser("info", parents=[common], help="show what a model folder holds",
                                description="Print the model card summary of MODEL_DIR.")

@@ -32,6 +32,7 @@ class TrainingData:
     names: list[str]
     num_classes: int = 2
     require_labels: bool = True  # False: stage-1 pretraining, which needs no label
+    objects: dict | None = None  # objects mode: the labels are core.objects three-class targets (the model card says so)
     spatial_dims: int = field(init=False)
     channels: int = field(init=False)
 

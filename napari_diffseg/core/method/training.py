@@ -631,6 +631,7 @@ class TrainingRun:
                          "overhead_seconds": round(clock.overhead, 3)},
             "environment": {"torch": torch.__version__, "device": str(self.device), "threads": self.threads,
                             "bf16": self.bf16, "fp16": self.fp16},
+            **({"objects": self.data.objects} if getattr(self.data, "objects", None) else {}),  # core/objects
         })
 
     def pseudo_labels(self) -> Iterator[StageProgress | PseudoLabelsReady]:

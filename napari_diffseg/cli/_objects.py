@@ -1,0 +1,107 @@
+"""Objects mode on the command line (#28): ``train --objects`` (instance masks -> three-class targets),
+``predict`` of an objects model (instance masks out) and ``measure`` (the per-object table as CSV)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_diffseg.core.errors import InputError
+
+from napari_diffseg.cli._common import EXIT_OK, log
+
+
+def num_classes_of(args: argparse.Namespace) -> int:
+    """The number of classes a ``train`` run learns: 3 in objects mode (background, interior, boundary)."""
+    if not getattr(args, "objects", False):
+        if getattr(args, "boundary_width", None) is not None:
+            raise InputError("--boundary-width applies to objects mode; add --objects")
+        return args.num_classes
+    if args.num_classes not in (2, 3):  # 2 is the option's default
+        raise InputError(f"--objects trains 3 classes (background, object interior, object boundary); leave out "
+                         f"--num-classes {args.num_classes}")
+    return 3
+
+
+def read_training_data(args: argparse.Namespace):
+    """Objects-mode TrainingData from ``train``'s IMAGES and LABELS (instance masks)."""
+    from napari_diffseg.core.objects.files import objects_training_data_from_folders
+    from napari_diffseg.core.objects.targets import DEFAULT_BOUNDARY_WIDTH
+
+    width = args.boundary_width if args.boundary_width is not None else DEFAULT_BOUNDARY_WIDTH
+    data = objects_training_data_from_folders(Path(args.images), Path(args.labels), width)
+    log.info("objects mode: instance masks trained as background / interior / boundary (boundary %d px); "
+             "predict writes instance masks", width)
+    return data
+
+
+def model_objects(model) -> dict | None:
+    """The objects entry of a loaded model's card (None for a regions model)."""
+    from napari_diffseg.core.objects.files import card_objects
+
+    return card_objects(model.card)
+
+
+def write_prediction(target: Path, prediction) -> int:
+    """Decode a prediction's class probabilities into objects and write the instance mask; returns the count."""
+    from napari_diffseg.core.objects.decode import probabilities_to_instances
+    from napari_diffseg.core.objects.files import write_instances
+
+    instances = probabilities_to_instances(prediction.probabilities)
+    write_instances(target, instances)
+    return int(instances.max()) if instances.size else 0
+
+
+def refuse_large(path: Path) -> None:
+    """Objects mode has no block-by-block decoding yet: say so instead of writing objects cut at block borders."""
+    from napari_diffseg.core.prediction import large
+
+    raise InputError(f"{path.name}: objects mode is not built yet for block-by-block prediction (one id per object "
+                     f"across block borders); this image is over {large.LARGE_IMAGE_PIXELS / 1e6:g} megapixels or a "
+                     ".zarr: crop it into pieces under the limit, or use a regions model")
+
+
+def _measure_pairs(images: Path, masks: Path) -> list[tuple[str, Path, Path]]:
+    from napari_diffseg.core.data import io
+
+    if images.is_file() and masks.is_file():
+        return [(io.name_stem(images), images, masks)]
+    if images.is_file() or masks.is_file():
+        raise InputError("give IMAGES and MASKS as two files or as two folders")
+    image_paths, mask_paths = io.pair_images_with_labels(images, masks)
+    pairs = [(io.name_stem(path), path, mask_paths[io.name_stem(path)]) for path in image_paths
+             if io.name_stem(path) in mask_paths]
+    missing = len(image_paths) - len(pairs)
+    if missing:
+        log.warning("%d image(s) in %s have no mask in %s and are not measured", missing, images, masks)
+    return pairs
+
+
+def _cmd_measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from napari_diffseg.core.data import io, safety
+    from napari_diffseg.core.objects.files import read_instances
+    from napari_diffseg.core.objects.measure import object_table, write_table
+
+    images, masks, out = Path(args.images), Path(args.masks), Path(args.out)
+    for given, path in (("IMAGES", images), ("MASKS", masks)):
+        if not path.exists():
+            raise InputError(f"{given} {path} not found; give an image file or a folder of images")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name for the table (e.g. objects.csv)")
+    if out.suffix.lower() != ".csv":
+        raise InputError(f"--out {out}: the table is CSV; give a name ending in .csv")
+    pairs = _measure_pairs(images, masks)
+    reads = [path for _, image, mask in pairs for path in (image, mask)]
+    safety.refuse_unsafe_outputs(out.parent, [out], overwrite=args.overwrite, inputs=reads, option="--out file")
+    rows: list[dict] = []
+    for name, image_path, mask_path in pairs:
+        image = io.read_image(image_path)
+        instances = read_instances(mask_path)
+        io.check_mask_matches(image, instances, name)
+        found = object_table(instances, image, name=name)
+        log.info("%s: %d object(s)", name, len(found))
+        rows += found
+    write_table(rows, out)
+    print(f"measured {len(rows)} object(s) in {len(pairs)} image(s): {out}")
+    return EXIT_OK

@@ -1,0 +1,127 @@
+"""Objects mode through the command line (#28): ``train --objects`` on instance masks, ``predict`` writing
+instance masks (and refusing block-by-block images instead of cutting objects at block borders), ``measure``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_diffseg.core.data.io import write_tiff_atomic
+
+from test_cli import assert_one_line_error, run_cli
+
+FAST = ["--steps", "40", "--width", "8", "--patch-size", "32", "32", "--batch-size", "4"]
+
+
+def _touching_discs(seed: int, shape=(48, 48)) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of bright discs, pairs of them touching, and its uint16 instance mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(shape)
+    instances = np.zeros(shape, np.uint16)
+    next_id = 1
+    for cy, cx in ((12, 12), (12, 25), (34, 30)):
+        cy, cx = cy + int(rng.integers(-2, 3)), cx + int(rng.integers(-2, 3))
+        instances[((yy - cy) ** 2 + (xx - cx) ** 2 <= 36) & (instances == 0)] = next_id
+        next_id += 1
+    image = (40 + 150 * (instances > 0) + rng.normal(0, 8, shape)).clip(0, 255).astype(np.uint8)
+    return image, instances
+
+
+@pytest.fixture(scope="module")
+def objects_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("objects")
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
+    for index in range(4):
+        image, instances = _touching_discs(index)
+        write_tiff_atomic(folder / "images" / f"img_{index}.tif", image)
+        if index < 2:
+            tifffile.imwrite(folder / "labels" / f"img_{index}.tif", instances)  # uint16 ids, as dsb2018 ships
+    return folder
+
+
+@pytest.fixture(scope="module")
+def objects_model(objects_data, tmp_path_factory) -> dict:
+    model = tmp_path_factory.mktemp("objects_model") / "model"
+    code, out, err = run_cli(["train", objects_data / "images", "--labels", objects_data / "labels", "--out", model,
+                              "--objects", "--boundary-width", "2", "--seed", "1", *FAST])
+    return {"code": code, "out": out, "err": err, "model": model}
+
+
+def test_train_objects_records_the_mode_and_trains_three_classes(objects_model):
+    assert objects_model["code"] == 0, objects_model["err"]
+    card = json.loads((objects_model["model"] / "model_card.json").read_text())
+    assert card["objects"]["mode"] == "objects" and card["objects"]["boundary_width"] == 2
+    assert card["network"]["num_classes"] == 3 and card["config"]["num_classes"] == 3
+    assert "objects mode" in objects_model["err"]
+    pseudo = tifffile.imread(objects_model["model"] / "pseudo_labels" / "img_3.tif")
+    assert pseudo.max() <= 2  # pseudo-labels are the three classes the method trains on
+
+
+def test_predict_with_an_objects_model_writes_the_decoded_instances(objects_model, objects_data, tmp_path):
+    from napari_diffseg.core.objects.decode import probabilities_to_instances
+    from napari_diffseg.core.prediction.model import SegmentationModel
+
+    code, out, err = run_cli(["predict", objects_model["model"], objects_data / "images" / "img_3.tif",
+                              "--out", tmp_path / "pred", "--threads", "1", "--backend", "torch", "--no-bf16"])
+    assert code == 0, err
+    written = tifffile.imread(tmp_path / "pred" / "img_3.tif")
+    assert written.dtype == np.uint16
+    model = SegmentationModel.load(objects_model["model"])
+    prediction = model.predict(tifffile.imread(objects_data / "images" / "img_3.tif"))
+    np.testing.assert_array_equal(written, probabilities_to_instances(prediction.probabilities))
+    # a second predict into the same folder needs --overwrite (file safety as for masks)
+    code, out, err = run_cli(["predict", objects_model["model"], objects_data / "images" / "img_3.tif",
+                              "--out", tmp_path / "pred"])
+    assert_one_line_error(code, err, "earlier")
+
+
+def test_objects_model_refuses_block_by_block_images(objects_model, objects_data, tmp_path, monkeypatch):
+    from napari_diffseg.core.prediction import large
+
+    monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
+    code, out, err = run_cli(["predict", objects_model["model"], objects_data / "images" / "img_3.tif",
+                              "--out", tmp_path / "pred"])
+    assert code == 2 and "not built yet for block-by-block" in err
+    assert not (tmp_path / "pred" / "img_3.tif").exists() and not (tmp_path / "pred" / "img_3.zarr").exists()
+
+
+def test_objects_option_errors(objects_data, tmp_path):
+    base = ["train", objects_data / "images", "--labels", objects_data / "labels", "--out", tmp_path / "m", *FAST]
+    code, out, err = run_cli([*base, "--objects", "--num-classes", "4"])
+    assert_one_line_error(code, err, "--objects trains 3 classes")
+    code, out, err = run_cli([*base, "--boundary-width", "2"])
+    assert_one_line_error(code, err, "add --objects")
+    assert not (tmp_path / "m").exists()
+
+
+def test_measure_writes_the_object_table(objects_data, tmp_path):
+    table = tmp_path / "objects.csv"
+    code, out, err = run_cli(["measure", objects_data / "images", objects_data / "labels", "--out", table])
+    assert code == 0, err
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["image"], row["id"]) for row in rows] == [(f"img_{i}", str(k)) for i in range(2) for k in (1, 2, 3)]
+    image, instances = _touching_discs(0)
+    first = rows[0]
+    assert int(first["area"]) == int((instances == 1).sum())
+    assert float(first["mean_intensity"]) == pytest.approx(image[instances == 1].mean())
+    assert "2 image(s)" in err and "not measured" in err  # images without a mask are counted
+    code, out, err = run_cli(["measure", objects_data / "images", objects_data / "labels", "--out", table])
+    assert_one_line_error(code, err, "--overwrite")
+    code, out, err = run_cli(["measure", objects_data / "images", objects_data / "labels", "--out", table,
+                              "--overwrite"])
+    assert code == 0, err
+    # a table named like a mask it reads (img_0.tif) is refused without --overwrite; a mask name is never a table
+    code, out, err = run_cli(["measure", objects_data / "images", objects_data / "labels",
+                              "--out", objects_data / "labels" / "img_0.csv"])
+    assert_one_line_error(code, err, "img_0")
+    code, out, err = run_cli(["measure", objects_data / "images", objects_data / "labels",
+                              "--out", objects_data / "labels" / "img_0.tif", "--overwrite"])
+    assert_one_line_error(code, err, ".csv")
+    assert not (objects_data / "labels" / "img_0.csv").exists()
