@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 PRETRAIN_IN_BACKGROUND = False
 
 
-UNFINISHED_RUN_KEY = "gui_unfinished_run"  # in the project's config: {"round": k} from the start of a run in napari
-# until it ends with Done; what stays there after a Stop, a close or a killed napari makes stopped_run offer a resume
+UNFINISHED_RUN_KEY = "gui_unfinished_run"  # in the project's config: {"round": k} from the first step of a run in
+# napari until it ends with Done; what stays there after a Stop, a close or a killed napari makes stopped_run offer a
+# resume (a run refused or failed before its first step leaves it as it was)
 
 
 def folder_writable(folder: Path) -> bool:
@@ -92,8 +93,8 @@ def stopped_run(project: Project | None) -> StoppedRun | None:
 
 
 def note_unfinished_run(project: Project, round_: int | None) -> None:
-    """Note that a run of ``round_`` started (None: that it finished). A project that cannot be written trains
-    nothing, so a failed note is only logged."""
+    """Note that a run of ``round_`` made its first step (None: that it finished). A project that cannot be written
+    trains nothing, so a failed note is only logged."""
     try:
         project.update_config({UNFINISHED_RUN_KEY: None if round_ is None else {"round": int(round_)}})
     except DiffsegError as error:

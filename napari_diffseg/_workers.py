@@ -40,7 +40,7 @@ from napari.utils import notifications
 
 from napari_diffseg._state import DiffsegState, Status, note_unfinished_run
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.method.events import Done, Progress, PseudoLabelsReady
+from napari_diffseg.core.method.events import Done, Progress, PseudoLabelsReady, RoundStarted
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ def notify_error(message: str) -> None:
     """Show a one-line error in napari's notification area (and the log)."""
     log.error(message)
     notifications.show_error(message)
+
+
+def notify_collapse(fit) -> None:
+    """Warn that a finished run's masks of its own labelled images collapsed (``FitReport.collapse``)."""
+    message = (f"The model's masks of its labelled images are {fit.collapse}: the run failed to learn. Train again "
+               "with a longer budget, another seed or more labelled images.")
+    log.warning(message)
+    notifications.show_warning(message)
 
 
 _TORCH_IMPORT_LOCK = threading.Lock()
@@ -322,7 +330,8 @@ def stop_pretraining(state: DiffsegState, wait: bool = False) -> None:
 
 
 def start_training(state: DiffsegState, next_round: bool = False, resume: bool = False) -> ClosingGeneratorWorker | None:
-    """Train the current round of the state's project (after starting the next round, with ``next_round``).
+    """Train the current round of the state's project (with ``next_round``: the next round, which the engine begins
+    only once it holds the project's training lock and takes back when the run ends before its first step).
 
     Returns the worker, or None (with a notification) when training cannot start. A background pretraining is
     stopped first (its teacher saved), and round 1 co-trains from it.
@@ -343,8 +352,6 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         return None
     try:
         config = state.config
-        if next_round:
-            project.next_round()
     except DiffsegError as error:
         notify_error(error_message(error))
         return None
@@ -352,12 +359,20 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     state.step = 0
     state.losses = []
     state.last_error = ""
-    outcome = {"done": False}
+    outcome: dict[str, Any] = {"done": False, "round": None, "noted": False}
 
     def on_yielded(event: Any) -> None:
-        if isinstance(event, Progress):
+        if isinstance(event, RoundStarted):  # the lock is held and (with next_round) the new round begun
+            outcome["round"] = event.round
+            state.refresh_round()
+        elif isinstance(event, Progress):
             state.step = event.step
             state.losses.append((event.step, event.stage, dict(event.losses)))
+            if not outcome["noted"] and outcome["round"] is not None:
+                # from the first step until Done, a stop, a close or a kill leaves a run to resume; a run refused
+                # or failed before its first step changed nothing, so the note stays as it was
+                note_unfinished_run(project, outcome["round"])
+                outcome["noted"] = True
         elif isinstance(event, Done):
             outcome["done"] = True
             note_unfinished_run(project, None)  # nothing to resume in this round any more
@@ -374,6 +389,7 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
 
     def on_finished() -> None:
         state.worker = None
+        state.refresh_round()  # a Next round refused, failed or stopped before its first step was taken back
         if state.status in (Status.RUNNING, Status.STOPPING):
             state.set_status(Status.DONE if outcome["done"] else Status.IDLE)
         state.records_changed.emit()
@@ -381,9 +397,11 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     def events() -> Iterator[Any]:
         from napari_diffseg.core.project import rounds  # torch is imported here, in the worker thread
 
-        return rounds.train_round(project, config, warm_start=True, resume=resume)
+        # next_round: the engine begins the round once it holds the project's training lock, and takes it back
+        # when the run is refused, fails or stops before its first step (another process training this project
+        # leaves the round as it was)
+        return rounds.train_round(project, config, warm_start=True, resume=resume, next_round=next_round)
 
-    note_unfinished_run(project, project.current_round)  # until Done: a stop, a close or a kill can be resumed
     state.set_status(Status.RUNNING)
     state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.runtime.threads)
     return state.worker

@@ -722,11 +722,11 @@ def test_failing_worker_shows_error_and_viewer_stays_usable(make_napari_viewer, 
     real_train_round = rounds.train_round
     calls = []
 
-    def failing_once(project, config, warm_start=True, resume=False):
+    def failing_once(project, config, warm_start=True, resume=False, next_round=False):
         calls.append(config)
         if len(calls) == 1:
             raise RuntimeError("simulated failure in the engine")
-        yield from real_train_round(project, config, warm_start=warm_start, resume=resume)
+        yield from real_train_round(project, config, warm_start=warm_start, resume=resume, next_round=next_round)
 
     monkeypatch.setattr(rounds, "train_round", failing_once)
     train.start_button.click()

@@ -352,3 +352,31 @@ def test_view_fits_a_new_image_undo_only_when_it_can_act_and_review_restarts_at_
     state.set_status(Status.DONE)  # ... the round ends: Review goes back to the most doubtful one
     qtbot.waitUntil(lambda: review.current_name() == review.queue[0], timeout=5_000)
     assert shown["error"] == []
+
+
+def test_a_refused_or_failed_next_round_leaves_the_round_as_it_was(make_napari_viewer, qtbot, tmp_path, shown):
+    """Next round begins the round only once training holds the project's lock: with another trainer holding it
+    (the command line, say) the project stays in round 1 and no resume is noted; a run that fails before its first
+    step (no labelled image) is taken back too."""
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    review, train, state = panels["Review"], panels["Train"], panels["Review"].state
+    project = _small_project(tmp_path / "proj", labelled=0)
+    state.set_project(project)
+    state.config = tiny_config()
+
+    with project.training_lock("training round 2 from the command line"):
+        review.next_round_button.click()
+        wait_until_finished(qtbot, state)
+    assert state.status == Status.FAILED and "is busy: training round 2 from the command line" in shown["error"][-1]
+    assert project.current_round == state.round == 1 and train.round_label.text() == "Round 1"
+    assert project.config.get(_state.UNFINISHED_RUN_KEY) is None  # nothing to offer for resume
+    assert not project.checkpoints_dir(2, create=False).exists()
+
+    review.next_round_button.click()  # the lock is free: round 2 begins, then finds no labelled image
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.FAILED and "no labelled image" in shown["error"][-1]
+    assert project.current_round == state.round == 1 and train.round_label.text() == "Round 1"
+    assert project.config.get(_state.UNFINISHED_RUN_KEY) is None
+    assert not project.checkpoints_dir(2, create=False).exists()
+    assert stopped_run(project) is None
