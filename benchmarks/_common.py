@@ -49,16 +49,17 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
                 warm_start: Path | None = None, on_event: Callable[[object], None] | None = None) -> dict:
     """Train on every image of ``train_pairs`` with the ground truth of the ``labelled`` indices (the others are
     the unlabelled pool), as ``diffseg train`` does; ``on_event`` sees every training event. Returns steps,
-    seconds and the latest mean uncertainty of each unlabelled image (from the last ``PseudoLabelsReady``)."""
+    seconds, the latest mean uncertainty of each unlabelled image (from the last ``PseudoLabelsReady``) and the
+    run's collapse verdict (``FitReport.collapse``: None, "empty" or "all foreground")."""
     from napari_diffseg.core.data.training_set import training_data_from_arrays
     from napari_diffseg.core.device import configure_threads
-    from napari_diffseg.core.method.training import Progress, PseudoLabelsReady, train
+    from napari_diffseg.core.method.training import Done, Progress, PseudoLabelsReady, train
 
     configure_threads(config.runtime.threads)  # as the CLI does: the engine leaves the process's thread count alone
 
     data = training_data_from_arrays([p[0] for p in train_pairs], {i: train_pairs[i][1] for i in labelled},
                                      [p[2] for p in train_pairs])
-    steps, uncertainty = 0, {}
+    steps, uncertainty, collapse = 0, {}, None
     start = time.perf_counter()
     for event in train(data, config, Path(out_dir), warm_start=warm_start):
         if on_event is not None:
@@ -67,7 +68,10 @@ def train_model(train_pairs: list[Pair], labelled: list[int], config, out_dir: P
             steps = event.step
         elif isinstance(event, PseudoLabelsReady):
             uncertainty = dict(event.mean_uncertainty)
-    return {"steps": steps, "train_seconds": time.perf_counter() - start, "mean_uncertainty": uncertainty}
+        elif isinstance(event, Done) and event.fit is not None:
+            collapse = event.fit.collapse
+    return {"steps": steps, "train_seconds": time.perf_counter() - start, "mean_uncertainty": uncertainty,
+            "collapse": collapse}
 
 
 def score_masks(predictions: list[np.ndarray], truth: list[np.ndarray]) -> dict:

@@ -101,7 +101,8 @@ def job_train(params: dict) -> dict:
         result.update(steps=trained["steps"], optimisation_seconds=card["training"]["elapsed_seconds"],
                       overhead_seconds=card["training"]["overhead_seconds"], cpu_seconds=cpu_seconds,
                       wall_seconds=wall_seconds, working_scale=card.get("working_scale"),
-                      patch_size=card.get("patch_size"), collection_size=len(collection))
+                      patch_size=card.get("patch_size"), collection_size=len(collection),
+                      collapse=trained["collapse"])
     result["steps_per_second"] = result["steps"] / max(1e-9, result["optimisation_seconds"])
     return result
 
@@ -270,8 +271,20 @@ def report(results: list[dict], metas: list[dict]) -> str:
             ratio = f"{np.mean(ours) / np.mean(base):.2f}" if ours and base and speed else "n/a"
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {dataset} | {n} | {arm} | " + " | ".join(cells) + f" | {ratio} |")
-    lines += ["", "## The bar (quality issue)", ""] + bar_lines(results)
+    lines += ["", "## The bar (quality issue)", ""] + bar_lines(results) + ["", collapse_line(results)]
     return "\n".join(lines) + "\n"
+
+
+def collapse_line(results: list[dict]) -> str:
+    """Runs whose kept model's masks of its labelled images collapsed (``FitReport.collapse``), or that none did;
+    runs of results written before the check existed are counted as not checked."""
+    trained = [r for r in results if r["method"] != FOREST]
+    checked = [r for r in trained if "collapse" in r]
+    collapsed = [f"{r['dataset']} K={r['n']} subset {r['subset']} seed {r['seed']} {r['method']}: {r['collapse']}"
+                 for r in checked if r["collapse"]]
+    head = f"Collapsed runs (the run's own check, `FitReport.collapse`): {len(collapsed)} of {len(checked)} checked"
+    unchecked = f"; {len(trained) - len(checked)} run(s) predate the check" if len(checked) < len(trained) else ""
+    return head + unchecked + (": " + "; ".join(collapsed) if collapsed else "")
 
 
 def bar_lines(results: list[dict]) -> list[str]:

@@ -435,7 +435,8 @@ def test_quiet_prints_only_warnings_and_errors_but_answers_questions(dataset, tm
     code, out, err = run_cli(["train", dataset / "images", "--labels", dataset / "labels", "--out", model, "-q",
                               *FAST])
     assert code == 0, err
-    assert out == "" and err == ""
+    # a FAST run is too short to learn the blobs: its collapse warning is the one thing quiet still prints
+    assert out == "" and all(line.startswith("diffseg: warning: ") for line in err.splitlines())
     code, out, err = run_cli(["predict", model, dataset / "images", "--out", tmp_path / "pred", "-q"])
     assert code == 0 and out == "" and err == ""
     code, out, _ = run_cli(["info", model, "-q"])  # a question: it still answers

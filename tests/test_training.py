@@ -48,8 +48,8 @@ def make_config(**overrides) -> TrainConfig:
         # both twins from the start, a quarter of warm-up: every stage shows within 20 steps (the default, the
         # teacher alone then a copy, is covered by tests/test_scale_and_schedule.py and the semi-supervised gain test)
         supervised_warmup=0.25, warmup_twins="both",
-        # the twin student as a second network (the paper's; the default student is the teacher's running average,
-        # covered by tests/test_consistency.py), ramped over half of the rest
+        # the twin student as a second network (the paper's and the default; the mean-teacher student, the
+        # teacher's running average, is covered by tests/test_consistency.py), ramped over half of the rest
         student="network", unlabelled_ramp=0.5, copy_paste=False,
     )
     settings.update(overrides)

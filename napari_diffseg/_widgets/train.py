@@ -26,8 +26,9 @@ from napari_diffseg._widgets._closing import guard_closing
 from napari_diffseg._widgets._common import (connect_until_destroyed, forward_review_keys, user_errors, widget_grid,
                                             wrapping_label)
 from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
-from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_error, start_job,
-                                     start_pretraining, start_training, stop_pretraining, stop_training, torch_loaded)
+from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_collapse, notify_error,
+                                     start_job, start_pretraining, start_training, stop_pretraining, stop_training,
+                                     torch_loaded)
 from napari_diffseg.core.method.config import LIMITS
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.method.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
@@ -430,6 +431,8 @@ class TrainPanel(QWidget):
         elif isinstance(event, Done):
             self._refresh_progress()
             self.progress.setValue(1000)
+            if event.fit is not None and event.fit.collapse:
+                notify_collapse(event.fit)
 
 
 def _describe_torch(config: Any) -> str:

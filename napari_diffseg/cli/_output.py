@@ -166,8 +166,9 @@ def _run_training(events, quiet: bool, out: Path | None, resume_command: str) ->
     return outcome
 
 
-def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device, prefix: str = "") -> None:
-    """The summary lines shared by ``train`` and ``project train``: steps and time, selected twin, model."""
+def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device, prefix: str = "") -> bool:
+    """The summary lines shared by ``train`` and ``project train``: steps and time, selected twin, model. Returns
+    whether the model's masks collapsed (then said on stderr, as a warning: the model is kept, its card says so)."""
     from napari_diffseg.core.method.checkpoint import BEST, read_model_card
 
     card = read_model_card(out)
@@ -178,5 +179,11 @@ def _print_trained(out: Path, outcome: _TrainOutcome, labels_only: bool, device,
           f"({'labels only' if labels_only else 'teacher + student'}, {device})")
     print(f"kept:     {fit.describe() if fit is not None else 'no model yet'} (a fit, not a validation)")
     print(f"model:    {out / BEST}   -> diffseg predict {shlex.quote(str(out))} IMAGES --out MASKS")
+    if fit is not None and fit.collapse:
+        print(f"{PROG}: warning: the model's masks of its own labelled images are {fit.collapse} (predicted "
+              f"foreground {fit.foreground[fit.kept_twin]:.1%}, labelled {fit.true_foreground:.1%}): the run failed "
+              "to learn; train again with another --seed, a longer --budget or more labelled images", file=sys.stderr)
+        return True
+    return False
 
 

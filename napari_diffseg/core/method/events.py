@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -61,19 +61,34 @@ class FitReport:
     dice: dict[str, float]  # per twin ("teacher", "student")
     step: int
     elapsed: float
+    foreground: dict[str, float] = field(default_factory=dict)  # per twin: predicted foreground fraction
+    true_foreground: float | None = None  # the labels' foreground fraction on the same images
 
     @property
     def kept_dice(self) -> float:
         return self.dice[self.kept_twin]
 
+    @property
+    def collapse(self) -> str | None:
+        """"empty" or "all foreground" when the kept twin's masks of its own labelled images collapsed to (almost)
+        nothing or (almost) everything while the labels hold both: a failed run, whatever its loss said."""
+        predicted = self.foreground.get(self.kept_twin)
+        return collapse_of(predicted, self.true_foreground) if predicted is not None else None
+
     def describe(self) -> str:
-        return (f"{self.kept_twin} (final weights), threshold {self.threshold:.2f}, "
+        text = (f"{self.kept_twin} (final weights), threshold {self.threshold:.2f}, "
                 f"Dice on the labelled training images {self.kept_dice:.4f}")
+        return text + (f"; MASK COLLAPSED ({self.collapse})" if self.collapse else "")
 
     def to_dict(self) -> dict:
-        """The model card's "metrics" section (its JSON shape since the first model cards)."""
-        return {"selected_twin": self.kept_twin, "step": self.step, "elapsed": self.elapsed,
-                "validation": {twin: {"threshold": self.threshold, "dice": dice} for twin, dice in self.dice.items()}}
+        """The model card's "metrics" section (its JSON shape since the first model cards, plus the foreground
+        fractions and the collapse verdict)."""
+        metrics = {"selected_twin": self.kept_twin, "step": self.step, "elapsed": self.elapsed,
+                   "validation": {twin: {"threshold": self.threshold, "dice": dice} for twin, dice in self.dice.items()}}
+        if self.foreground:
+            metrics.update(foreground=dict(self.foreground), true_foreground=self.true_foreground,
+                           collapse=self.collapse)
+        return metrics
 
     @classmethod
     def from_dict(cls, metrics: dict) -> FitReport | None:
@@ -81,10 +96,29 @@ class FitReport:
         try:
             twin = metrics["selected_twin"]
             fits = metrics["validation"]
+            true = metrics.get("true_foreground")
             return cls(twin, float(fits[twin]["threshold"]), {t: float(f["dice"]) for t, f in fits.items()},
-                       int(metrics.get("step", 0)), float(metrics.get("elapsed", 0.0)))
+                       int(metrics.get("step", 0)), float(metrics.get("elapsed", 0.0)),
+                       {t: float(v) for t, v in (metrics.get("foreground") or {}).items()},
+                       float(true) if true is not None else None)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
+
+
+COLLAPSE_RATIO = 0.05  # predicted foreground (or background) under 5 % of the labels' is a collapse
+
+
+def collapse_of(predicted: float, true: float | None) -> str | None:
+    """The collapse verdict for a predicted foreground fraction against the labels' fraction on the same pixels:
+    "empty" when it is under COLLAPSE_RATIO of the true one, "all foreground" when the predicted background is
+    under COLLAPSE_RATIO of the true background; None otherwise (or when the labels are all one class)."""
+    if true is None or not 0.0 < true < 1.0:
+        return None
+    if predicted < COLLAPSE_RATIO * true:
+        return "empty"
+    if 1.0 - predicted < COLLAPSE_RATIO * (1.0 - true):
+        return "all foreground"
+    return None
 
 
 @dataclass

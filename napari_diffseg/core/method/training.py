@@ -595,12 +595,15 @@ class TrainingRun:
         (a report, not a validation: these are the images it trained on)."""
         indices = self.data.labelled_indices[: self.config.schedule.max_validation_images]
         truth = np.concatenate([self.data.labels[i].ravel() for i in indices])
-        dice = {}
+        dice, foreground = {}, {}
         for name, network in self.twins().items():
             masks = [probabilities_to_mask(self._probabilities([network], i).primary, self.config.method.threshold)
                      for i in indices]
-            dice[name] = dice_score(np.concatenate([m.ravel() for m in masks]), truth)
-        return FitReport(self.kept_twin, self.config.method.threshold, dice, self.step, round(clock.elapsed, 1))
+            predicted = np.concatenate([m.ravel() for m in masks])
+            dice[name] = dice_score(predicted, truth)
+            foreground[name] = float(np.count_nonzero(predicted)) / max(predicted.size, 1)
+        return FitReport(self.kept_twin, self.config.method.threshold, dice, self.step, round(clock.elapsed, 1),
+                         foreground, float(np.count_nonzero(truth)) / max(truth.size, 1))
 
     def save_best(self, clock: _Clock) -> CheckpointSaved:
         """Write the kept twin's mask pathway (the model to predict with) and the model card."""
