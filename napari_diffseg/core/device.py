@@ -189,6 +189,20 @@ def describe_torch(device: torch.device | str | None = None, threads: int | None
     return f"torch {torch.__version__} ({build}), device {where}, {threads} thread(s)"
 
 
+def device_info(device: torch.device | str, threads: int | None = None):
+    """What the planner (core/method/planner.py) needs to know of ``device``: kind, threads, free GPU memory."""
+    from napari_diffseg.core.method.planner import DeviceInfo
+
+    device = torch.device(device)
+    free = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        try:
+            free = int(torch.cuda.mem_get_info(device)[0])
+        except RuntimeError:  # a GPU that cannot report it: plan as if its memory were unknown
+            free = None
+    return DeviceInfo(device.type, torch.get_num_threads() if threads is None else int(threads), free)
+
+
 def memory_format_for(spatial_dims: int) -> torch.memory_format:
     """Channels-last layout: 1.2-3x faster convolutions on CPU (oneDNN) for training and inference."""
     return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d

@@ -195,6 +195,47 @@ def read_image(path: Path) -> np.ndarray:
     return array
 
 
+def read_spacing(path: Path) -> tuple[float, ...] | None:
+    """The voxel size per spatial axis ((Z,) Y, X) a TIFF's metadata gives (OME PhysicalSize, or ImageJ's
+    resolution tags and ``spacing``), or None when it gives none (other formats, plain TIFFs): callers then assume
+    isotropic voxels. Units are not converted (one file's axes share one unit in practice)."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            depth = "Z" in axes and series.shape[axes.index("Z")] > 1
+            if tif.is_ome and tif.ome_metadata:
+                import xml.etree.ElementTree as ElementTree
+
+                pixels = next((e for e in ElementTree.fromstring(tif.ome_metadata).iter() if e.tag.endswith("Pixels")),
+                              None)
+                if pixels is not None and pixels.get("PhysicalSizeX") and pixels.get("PhysicalSizeY"):
+                    yx = (float(pixels.get("PhysicalSizeY")), float(pixels.get("PhysicalSizeX")))
+                    if not depth:
+                        return yx
+                    if pixels.get("PhysicalSizeZ"):
+                        return (float(pixels.get("PhysicalSizeZ")), *yx)
+            page = tif.pages[0]
+            tags = page.tags
+            if "XResolution" not in tags or "YResolution" not in tags:
+                return None
+
+            def size(tag: str) -> float:
+                numerator, denominator = tags[tag].value
+                return float(denominator) / float(numerator)  # pixels per unit -> unit per pixel
+
+            yx = (size("YResolution"), size("XResolution"))
+            if not depth:
+                return yx
+            z = (tif.imagej_metadata or {}).get("spacing")
+            return (float(z), *yx) if z else None
+    except Exception:  # unreadable or odd metadata: no spacing, never an error (the pixels are read elsewhere)
+        return None
+
+
 # ----------------------------------------------------------------------------------------------- layout
 def _check_spatial(shape: tuple[int, ...], name: str | os.PathLike | None, what: str = "image") -> None:
     if any(s < MIN_AXIS for s in shape):

@@ -56,9 +56,10 @@ def structure_thickness_of(region: np.ndarray) -> float:
     return float(np.median(diameters))
 
 
-def scaled_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
-    """Spatial shape at ``scale`` (each axis at least 1 pixel)."""
-    return tuple(max(1, int(round(s * scale))) for s in shape)
+def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, ...]:
+    """Spatial shape at ``scale``, one factor for every axis or one per axis (each axis at least 1 pixel)."""
+    scales = [float(scale)] * len(shape) if np.isscalar(scale) else [float(s) for s in scale]
+    return tuple(max(1, int(round(s * f))) for s, f in zip(shape, scales))
 
 
 def _interpolate(array: np.ndarray, shape: tuple[int, ...], mode: str) -> np.ndarray:

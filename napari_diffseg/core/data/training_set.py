@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .io import check_mask_matches, name_stem, normalise_mask, pair_images_with_labels, read_image, read_mask, to_channels_first
+from .io import (check_mask_matches, name_stem, normalise_mask, pair_images_with_labels, read_image, read_mask,
+                 read_spacing, to_channels_first)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class TrainingData:
     num_classes: int = 2
     require_labels: bool = True  # False: stage-1 pretraining, which needs no label
     objects: dict | None = None  # objects mode: the labels are core.objects three-class targets (the model card says so)
+    spacing: tuple[float, ...] | None = None  # voxel size per spatial axis when the files say (None: isotropic)
     spatial_dims: int = field(init=False)
     channels: int = field(init=False)
 
@@ -106,7 +108,11 @@ def effective_patch_size(requested: tuple[int, ...] | None, data: TrainingData, 
         requested = DEFAULT_PATCH_2D if data.spatial_dims == 2 else DEFAULT_PATCH_3D
     if len(requested) != data.spatial_dims:
         raise InputError(f"patch size {requested} does not match {data.spatial_dims}D images")
-    largest = np.max([image.shape[1:] for image in data.images], axis=0)
+    return fit_patch(requested, np.max([image.shape[1:] for image in data.images], axis=0), multiple)
+
+
+def fit_patch(requested: tuple[int, ...], largest: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+    """``requested`` shrunk to the ``largest`` image shape and rounded down to ``multiple``."""
     effective = tuple(max(multiple, (min(p, int(s)) // multiple) * multiple) for p, s in zip(requested, largest))
     if any(p % multiple for p, s in zip(requested, largest) if p <= s):
         logger.warning("patch size %s is not a multiple of %d: training on %s", "x".join(map(str, requested)),
@@ -186,6 +192,23 @@ class PatchSampler:
         return torch.from_numpy(np.stack(patches))
 
 
+class SliceSampler(PatchSampler):
+    """Random 2D patches of slices of volumes (the plan's "2d" layout): ``data`` holds the volumes with the slice
+    axis moved to the first spatial axis; batches are (B, C, Y, X) and (B, Y, X), with the flips, rotations and
+    foreground centring of ``PatchSampler`` (a slice through labelled foreground half of the time)."""
+
+    def __init__(self, data: TrainingData, patch_size: tuple[int, ...], seed: int = 0,
+                 foreground_fraction: float = 0.5):
+        super().__init__(data, (1, *patch_size), seed, foreground_fraction)
+
+    def labelled_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = super().labelled_batch(batch_size)
+        return images[:, :, 0], labels[:, 0]
+
+    def image_batch(self, batch_size: int, indices: list[int] | None = None) -> torch.Tensor:
+        return super().image_batch(batch_size, indices)[:, :, 0]
+
+
 def training_data_from_arrays(
     images: list[np.ndarray], labels: dict[int, np.ndarray], names: list[str], num_classes: int = 2,
     require_labels: bool = True,
@@ -205,7 +228,15 @@ def training_data_from_folders(images_dir, labels_dir, num_classes: int = 2) -> 
     names = [name_stem(path) for path in image_paths]
     images = [read_image(path) for path in image_paths]
     labels = {i: read_mask(label_paths[name], num_classes) for i, name in enumerate(names) if name in label_paths}
-    return training_data_from_arrays(images, labels, names, num_classes)
+    data = training_data_from_arrays(images, labels, names, num_classes)
+    data.spacing = common_spacing([read_spacing(path) for path in image_paths], data.spatial_dims)
+    return data
+
+
+def common_spacing(spacings: list[tuple[float, ...] | None], spatial_dims: int) -> tuple[float, ...] | None:
+    """The median voxel size per axis of the images that carry one of ``spatial_dims`` axes (None: none does)."""
+    known = [s for s in spacings if s is not None and len(s) == spatial_dims]
+    return tuple(float(v) for v in np.median(np.asarray(known, float), axis=0)) if known else None
 
 
 def cutmix_boxes(pairs: int, spatial: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:

@@ -72,6 +72,7 @@ class ModelCheckpoint:
     threshold: float
     working_scale: float = 1.0
     twin: str = "teacher"
+    plan: dict | None = None  # core/method/planner.Plan as a dict (None: written before plans, a 2D/3D network)
 
     def save(self, path: Path) -> None:
         save_checkpoint(path, _as_payload(self))
@@ -81,7 +82,8 @@ class ModelCheckpoint:
         payload = load_checkpoint(path)
         try:
             return cls(dict(payload["network"]), dict(payload["mask_path"]), float(payload["threshold"]),
-                       float(payload.get("working_scale", 1.0)), str(payload.get("twin", "teacher")))
+                       float(payload.get("working_scale", 1.0)), str(payload.get("twin", "teacher")),
+                       dict(payload["plan"]) if payload.get("plan") is not None else None)
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"{path}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") \
                 from None
@@ -109,6 +111,7 @@ class RunCheckpoint:
     student_optimiser: dict | None = None
     pretrain_only: bool = False  # written by training.pretrain: stage 1's teacher alone, before any label
     pretrain_seconds: float = 0.0
+    plan: dict | None = None  # core/method/planner.Plan as a dict: a resumed or warm-started run keeps its layout
 
     def save(self, path: Path) -> None:
         save_checkpoint(path, _as_payload(self))

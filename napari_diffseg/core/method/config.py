@@ -102,6 +102,15 @@ class BudgetClock(StrEnum):
     CPU = "cpu"  # CPU seconds of this process (benchmarks: a budget that machine load cannot move)
 
 
+class Layout(StrEnum):
+    """How volumes are trained and predicted (core/method/planner.py decides under "auto")."""
+
+    AUTO = "auto"  # the planner decides from the spacing, the shapes and the device
+    SLICES = "2d"  # a 2D network on slices of the volumes (and on 2D images)
+    VOLUME = "3d"  # a 3D network on patches of the volumes
+    BOTH = "both"  # both, their probabilities averaged: not built yet (refused)
+
+
 class Loss(StrEnum):
     """The mask loss."""
 
@@ -149,6 +158,7 @@ class NetworkSettings:
     base_channels: int = 16
     student_channels: int | None = None  # the student's width (None: the teacher's); a narrower student is cheaper
     depth: int = 3
+    layout: Layout = Layout.AUTO  # 2d slices or 3d patches for volumes (auto: core/method/planner.py decides)
 
 
 @dataclass
@@ -197,7 +207,8 @@ SECTIONS = {"method": MethodSettings, "network": NetworkSettings, "schedule": Sc
             "runtime": RuntimeSettings}
 SECTION_OF = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}  # setting -> section
 _CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_schedule": LrSchedule,
-            "targets": Targets, "targets_from": TargetsFrom, "student": Student, "unlabelled_loss": Loss, "budget_clock": BudgetClock}
+            "targets": Targets, "targets_from": TargetsFrom, "student": Student, "unlabelled_loss": Loss, "budget_clock": BudgetClock,
+            "layout": Layout}
 
 
 @dataclass(init=False)
@@ -270,6 +281,13 @@ class TrainConfig:
         if schedule.patch_size is not None and min(schedule.patch_size) < 2 ** network.depth:
             raise InputError(f"patch size {schedule.patch_size} is smaller than the network's {2 ** network.depth}"
                              f"-pixel granularity (depth {network.depth}): use larger patches or a shallower network")
+        if network.layout == Layout.BOTH:
+            raise InputError("layout 'both' (a 2D and a 3D network with their probabilities averaged) is not built "
+                             "yet: choose 2d, 3d or auto")
+        if schedule.patch_size is not None and network.layout != Layout.AUTO and \
+                len(schedule.patch_size) != (2 if network.layout == Layout.SLICES else 3):
+            raise InputError(f"layout {network.layout} trains a {2 if network.layout == Layout.SLICES else 3}D "
+                             f"network: the patch size needs as many numbers, got {schedule.patch_size}")
         if not isinstance(runtime.device, str) or not _DEVICE_PATTERN.fullmatch(runtime.device):
             raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got {runtime.device!r}")
         if schedule.budget_seconds is None and schedule.max_steps is None:

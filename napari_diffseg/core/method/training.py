@@ -36,15 +36,17 @@ from .config import BudgetClock, LrSchedule, Student, Targets, TargetsFrom, Trai
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
                      Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
+from .planner import Plan, plan_training
 from .consistency import WeightAverage, confident_targets, masked_segmentation_loss, paste_labelled, strong_view
-from ..data.training_set import PatchSampler, TrainingData, augment_intensity, cutmix_boxes, effective_patch_size
+from ..data.training_set import (PatchSampler, SliceSampler, TrainingData, augment_intensity, cutmix_boxes,
+                                 effective_patch_size, fit_patch)
 from ..errors import InputError, ModelError
 from ..data.io import UNCERTAINTY_SUFFIX, atomic_write, write_mask, write_tiff_atomic
 from ..data.metrics import dice as dice_score
 from ..device import autocast_context, memory_format_for
 from ..prediction.predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, disagreement, normalised_entropy, probabilities_to_mask,
-                      run_to_completion, tiled_probabilities)
-from ..data.scale import choose_working_scale, resize_image, resize_labels, resize_probabilities, scaled_shape
+                      predict_probabilities, run_to_completion)
+from ..data.scale import resize_image, resize_labels, resize_probabilities, scaled_shape
 from .teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss, pretraining_loss,
                       segmentation_loss, supervised_loss, swap_in_pairs)
 
@@ -146,14 +148,24 @@ class Every:
         return self.next is not None and now >= self.next
 
 
-def scaled_training_data(data: TrainingData, scale: float) -> TrainingData:
-    """``data`` resampled to the working scale (images by area averaging, labels by majority of the one-hot)."""
-    if scale == 1.0:
+def scaled_training_data(data: TrainingData, scale: float | tuple[float, ...]) -> TrainingData:
+    """``data`` resampled to the working scale, one factor or one per axis (images by area averaging, labels by
+    majority of the one-hot)."""
+    if np.all(np.asarray(scale) == 1.0):
         return data
     images = [resize_image(image, scaled_shape(image.shape[1:], scale)) for image in data.images]
     labels = {index: resize_labels(label, images[index].shape[1:], data.num_classes)
               for index, label in data.labels.items()}
-    return TrainingData(images, labels, list(data.names), data.num_classes, data.require_labels)
+    return TrainingData(images, labels, list(data.names), data.num_classes, data.require_labels, data.spacing)
+
+
+def sliced_training_data(data: TrainingData, axis: int) -> TrainingData:
+    """``data`` with spatial ``axis`` moved first (views, no copy): what ``SliceSampler`` draws slices from."""
+    if axis == 0:
+        return data
+    return TrainingData([np.moveaxis(image, 1 + axis, 1) for image in data.images],
+                        {index: np.moveaxis(label, axis, 0) for index, label in data.labels.items()},
+                        list(data.names), data.num_classes, data.require_labels)
 
 
 def poly_factor(progress: float) -> float:
@@ -165,7 +177,8 @@ class TrainingRun:
     """State of one training run; ``train`` drives it."""
 
     def __init__(self, data: TrainingData, config: TrainConfig, out_dir: Path, scale: float | None = None,
-                 sink: PseudoLabelSink | None = None, ranks: distributed.Ranks | None = None):
+                 sink: PseudoLabelSink | None = None, ranks: distributed.Ranks | None = None,
+                 plan: Plan | None = None):
         self.data, self.config, self.out_dir = data, config, Path(out_dir)
         self.ranks = ranks  # data-parallel ranks (torchrun), None in a single process
         self.main = ranks is None or ranks.main  # the process that writes files and keeps the clock
@@ -178,17 +191,21 @@ class TrainingRun:
         self.fp16 = not self.bf16 and devices.fp16_training(self.device, config.runtime.bf16)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fp16)
         self.generator = torch.Generator().manual_seed(self._stream_seed())
-        self.network_config = NetworkConfig(
-            spatial_dims=data.spatial_dims, image_channels=data.channels, num_classes=config.network.num_classes,
-            base_channels=config.network.base_channels, depth=config.network.depth,
-        )
         if scale is None:
             scale = config.schedule.working_scale
-        if scale is None:
-            scale = choose_working_scale([data.labels[i] for i in data.labelled_indices])
-        self.scale = float(scale)
-        self.scaled = scaled_training_data(data, self.scale)
-        self.memory_format = memory_format_for(data.spatial_dims)
+        # core/method/planner.py: layout (2D slices or 3D patches), working scale per axis, patch and batch
+        self.plan = plan or plan_training(
+            [image.shape[1:] for image in data.images], [data.labels[i] for i in data.labelled_indices],
+            spacing=data.spacing, device=devices.device_info(self.device, self.threads), layout=config.network.layout,
+            patch_size=config.schedule.patch_size, batch_size=config.schedule.batch_size, working_scale=scale,
+            base_channels=config.network.base_channels, depth=config.network.depth)
+        self.network_config = NetworkConfig(
+            spatial_dims=self.plan.network_dims, image_channels=data.channels, num_classes=config.network.num_classes,
+            base_channels=config.network.base_channels, depth=config.network.depth,
+        )
+        self.scale = self.plan.scale
+        self.scaled = scaled_training_data(data, self.plan.working_scale)
+        self.memory_format = memory_format_for(self.plan.network_dims)
         # torch's own random stream of this run (initial weights, dropout), swapped in around each use so that the
         # process's stream (a test, the napari session) is left alone and the run is reproducible from its seed
         self.rng_state = torch.Generator().manual_seed(config.runtime.seed).get_state()
@@ -198,9 +215,16 @@ class TrainingRun:
                                      base_channels=config.network.student_channels or self.network_config.base_channels)
             self.student = (None if config.method.labels_only or config.method.student == Student.AVERAGE
                             else DiffusionTwin(student_config).to(self.device, memory_format=self.memory_format))
-        self.patch_size = effective_patch_size(config.schedule.patch_size, self.scaled, self.teacher.size_multiple)
-        self.batch_size = config.schedule.batch_size or (8 if data.spatial_dims == 2 else 2)
-        self.sampler = PatchSampler(self.scaled, self.patch_size, seed=self._stream_seed())
+        self.batch_size = self.plan.batch_size
+        if self.plan.slice_axis is None:
+            self.patch_size = effective_patch_size(self.plan.patch_size, self.scaled, self.teacher.size_multiple)
+            self.sampler = PatchSampler(self.scaled, self.patch_size, seed=self._stream_seed())
+        else:  # a 2D network on slices across the plan's axis
+            sliced = sliced_training_data(self.scaled, self.plan.slice_axis)
+            largest = np.max([image.shape[2:] for image in sliced.images], axis=0)
+            self.patch_size = fit_patch(self.plan.patch_size, largest, self.teacher.size_multiple)
+            self.sampler = SliceSampler(sliced, self.patch_size, seed=self._stream_seed())
+        self.plan = replace(self.plan, patch_size=self.patch_size)  # fitted to the images: what the network sees
         lr = config.schedule.lr_cotrain if config.method.labels_only else config.schedule.lr_pretrain
         self.teacher_optimiser = torch.optim.Adam(self.teacher.parameters(), lr=lr)
         self.student_optimiser = (None if self.student is None
@@ -271,6 +295,7 @@ class TrainingRun:
         path = self.out_dir / LAST
         RunCheckpoint(
             config=self.config.to_dict(), network=asdict(self.network_config), working_scale=self.scale,
+            plan=self.plan.to_dict(),
             teacher=self.teacher.state_dict(), teacher_optimiser=self.teacher_optimiser.state_dict(), step=self.step,
             stage=str(self.stage), stage_start=self.stage_start, student_pending_copy=self.student_pending_copy,
             elapsed=clock.elapsed, overhead=clock.overhead, data=self.data.fingerprints(),
@@ -561,7 +586,7 @@ class TrainingRun:
     # ----- fit report, model, pseudo-labels -----
     @property
     def tile(self) -> tuple[int, ...]:
-        return DEFAULT_TILE_2D if self.data.spatial_dims == 2 else DEFAULT_TILE_3D
+        return DEFAULT_TILE_2D if self.plan.network_dims == 2 else DEFAULT_TILE_3D
 
     def twins(self) -> dict[str, DiffusionTwin]:
         """The trained networks (the student only once it exists as more than a fresh or pending copy)."""
@@ -580,8 +605,9 @@ class TrainingRun:
         """Probabilities of image ``index`` at the working scale, brought back to its full resolution."""
         # networks train in the same channels-last layout that tiled_probabilities uses, so predicting mid-run
         # (on a wall-clock schedule) leaves the numerics of a step-budget run unchanged
-        probs = run_to_completion(tiled_probabilities(networks, self.scaled.images[index], self.tile, draws=draws,
-                                        device=self.device, bf16=self.bf16, seed=self.config.runtime.seed))
+        probs = run_to_completion(predict_probabilities(networks, self.scaled.images[index], self.tile,
+                                                        self.plan.slice_axis, draws=draws, device=self.device,
+                                                        bf16=self.bf16, seed=self.config.runtime.seed))
         shape = self.data.images[index].shape[1:]
         probs.primary = resize_probabilities(probs.primary, shape)
         if probs.ensemble is not None:
@@ -611,7 +637,7 @@ class TrainingRun:
         network = self.twins()[self.kept_twin]
         path = self.out_dir / BEST
         ModelCheckpoint(asdict(self.network_config), network.mask_path.state_dict(), self.config.method.threshold,
-                        self.scale, self.kept_twin).save(path)
+                        self.scale, self.kept_twin, self.plan.to_dict()).save(path)
         self.write_card(clock)
         return CheckpointSaved(path, CheckpointKind.BEST, self.fit)
 
@@ -622,6 +648,7 @@ class TrainingRun:
             "config": self.config.to_dict(),
             "network": asdict(self.network_config),
             "working_scale": self.scale,
+            "plan": {**self.plan.to_dict(), "text": self.plan.describe()},
             "patch_size": list(self.patch_size),
             "batch_size": self.batch_size,
             "data": self.data.fingerprints(),
@@ -689,7 +716,11 @@ def train(
     if (saved is not None and config.schedule.working_scale is None and saved.working_scale is not None
             and not saved.pretrain_only):  # a pretraining ran before any label could set the scale
         scale = float(saved.working_scale)
-    run = TrainingRun(data, config, out_dir, scale, sink, ranks)
+    plan = None
+    if (saved is not None and saved.plan and not saved.pretrain_only and config.network.layout == "auto"
+            and config.schedule.patch_size is None and config.schedule.batch_size is None):
+        plan = Plan.from_dict(saved.plan)  # the layout the network was trained in (another device may plan another)
+    run = TrainingRun(data, config, out_dir, scale, sink, ranks, plan)
     elapsed = overhead = 0.0
     if resume:
         elapsed, overhead = run.restore(saved, full=True)
@@ -707,9 +738,7 @@ def train(
             if not config.method.labels_only:
                 run.enter_cotraining(0.0)
     run.join_ranks(resumed=resume)
-    log.info("working scale %.2f (%s), patch %s", run.scale,
-             "chosen from the labelled objects" if config.schedule.working_scale is None and scale is None else "given",
-             "x".join(map(str, run.patch_size)))
+    log.info("%s", run.plan.describe() + ("" if plan is None else " (kept from the run it continues)"))
     clock = _Clock(config, elapsed, overhead)
     checkpoints = Every(config.schedule.checkpoint_every_seconds)
     checkpoints.start(clock.elapsed)

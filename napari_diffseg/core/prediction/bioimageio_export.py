@@ -214,6 +214,9 @@ def scripted_module(model) -> torch.jit.ScriptModule:
     unet = model.network.mask_path
     if not isinstance(unet, TimeUNet):
         raise ExportError("export needs the torch backend of the model (load it with backend='torch')")
+    if getattr(model, "slice_axis", None) is not None:
+        raise ExportError("this model segments volumes slice by slice (a 2D network, layout 2d); exporting that "
+                          "layout to bioimage.io is not built yet: train with --layout 3d to export a volume model")
     module = ExportedMaskPathway(unet, model.config.num_classes, model.threshold, model.working_scale).eval()
     for parameter in module.parameters():
         parameter.requires_grad_(False)

@@ -314,11 +314,14 @@ def plan_blocks(model: SegmentationModel, image, name: str = "image", block: tup
                 halo: tuple[int, ...] | None = None) -> BlockPlan:
     """Check that the image fits the model and plan its blocks (reads only a regular subsample)."""
     model.check_layout(_ShapeOnly(image.shape), name)
-    dims = model.config.spatial_dims
+    dims = model.image_dims
     ranges = tuple(subsample_ranges(image, dims))
     release_mapped_pages(image)
+    halo = list(halo or (HALO_2D if dims == 2 else HALO_3D))
+    if model.slice_axis is not None:
+        halo[model.slice_axis] = 0  # slices are predicted apart: no context across them
     return BlockPlan(tuple(int(n) for n in image.shape[:dims]), tuple(block or (BLOCK_2D if dims == 2 else BLOCK_3D)),
-                     tuple(halo or (HALO_2D if dims == 2 else HALO_3D)), ranges)
+                     tuple(halo), ranges)
 
 
 def create_output(out_path: Path, plan: BlockPlan):

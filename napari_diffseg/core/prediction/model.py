@@ -15,9 +15,10 @@ from ..method.checkpoint import ModelCheckpoint, read_model_card
 from ..errors import InputError, ModelError
 from ..data.io import BEST, describe_kind, image_layout, to_channels_first
 from .predict import (DEFAULT_TILE_2D, DEFAULT_TILE_3D, Probabilities, TileProgress, normalised_entropy,
-                      probabilities_to_mask, run_to_completion, tiled_probabilities)
+                      predict_probabilities, probabilities_to_mask, run_to_completion)
 from ..data.scale import resize_image, resize_probabilities, scaled_shape
 from ..method.networks import fold_batch_norm
+from ..method.planner import Plan
 from ..method.teacher import DiffusionTwin, NetworkConfig
 
 
@@ -38,8 +39,12 @@ class SegmentationModel:
     images."""
 
     def __init__(self, network: DiffusionTwin, threshold: float, card: dict, device: torch.device | str = "cpu",
-                 bf16: bool = False, working_scale: float = 1.0, backend: str = "torch"):
+                 bf16: bool = False, working_scale: float = 1.0, backend: str = "torch", plan: Plan | None = None):
         self.network = network.to(device).eval()
+        # the plan it was trained in (None: a model from before plans, whose images have the network's dims): a 2D
+        # network trained on slices of volumes predicts volumes slice by slice, at the plan's scale per axis
+        self.plan = plan
+        self.slice_axis = None if plan is None else plan.slice_axis
         self.backend = backend  # what runs the mask pathway: torch, or openvino (core/prediction/openvino_backend.py)
         self.threshold = threshold
         self.working_scale = working_scale
@@ -63,6 +68,14 @@ class SegmentationModel:
         threshold, working_scale = saved.threshold, saved.working_scale
         _check_network_settings(saved.network, model_dir / BEST)
         try:
+            plan = None if saved.plan is None else Plan.from_dict(saved.plan)
+        except InputError as error:
+            raise ModelError(f"{model_dir / BEST}: {error}; the checkpoint is damaged: train again") from None
+        if plan is not None and (plan.network_dims != saved.network.get("spatial_dims")
+                                 or not all(0 < s <= 1 for s in plan.working_scale)):
+            raise ModelError(f"{model_dir / BEST}: its plan ({plan.layout}, scale {plan.working_scale}) does not fit "
+                             "its network; the checkpoint is damaged: train again")
+        try:
             network = DiffusionTwin(NetworkConfig(**saved.network))
             network.mask_path.load_state_dict(saved.mask_path)
             fold_batch_norm(network.mask_path.eval())  # inference only: one memory pass fewer per convolution
@@ -72,7 +85,18 @@ class SegmentationModel:
             raise ModelError(f"{model_dir / BEST}: threshold {threshold} or working scale {working_scale} out of range; "
                              "the checkpoint is damaged: train again")
         backend = _compile(network, backend, torch.device(device), bf16)
-        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale, backend)
+        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale, backend, plan)
+
+    @property
+    def image_dims(self) -> int:
+        """The spatial dimensions of the images it segments (3 for a 2D network on slices of volumes)."""
+        return 3 if self.slice_axis is not None else self.config.spatial_dims
+
+    @property
+    def axis_scales(self) -> tuple[float, ...]:
+        """The working scale per image axis: ``working_scale`` (best.pt's, which export and earlier versions read)
+        on every axis but the slice axis, which slices are never resampled along."""
+        return tuple(1.0 if axis == self.slice_axis else self.working_scale for axis in range(self.image_dims))
 
     def check_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Normalise a raw image and check it fits the model (dimensionality and channels)."""
@@ -90,9 +114,9 @@ class SegmentationModel:
     def check_layout(self, image: np.ndarray, name: str = "image") -> None:
         """InputError unless a raw (channels-last) image has the dimensionality and channels of the model."""
         spatial_dims, channels = image_layout(image)
-        if spatial_dims != self.config.spatial_dims or channels != self.config.image_channels:
+        if spatial_dims != self.image_dims or channels != self.config.image_channels:
             raise InputError(
-                f"{name}: the model was trained on {describe_kind(self.config.spatial_dims, self.config.image_channels)} "
+                f"{name}: the model was trained on {describe_kind(self.image_dims, self.config.image_channels)} "
                 f"images, this one is {describe_kind(spatial_dims, channels)}"
             )
 
@@ -102,13 +126,13 @@ class SegmentationModel:
         """``iter_predict`` for an image already normalised to float (C, *spatial) in [0, 1] (a block of a large
         image normalised with the whole image's intensity ranges, say)."""
         full_shape = image01.shape[1:]
-        if self.working_scale != 1.0:
-            image01 = resize_image(image01, scaled_shape(full_shape, self.working_scale))
+        if any(s != 1.0 for s in self.axis_scales):
+            image01 = resize_image(image01, scaled_shape(full_shape, self.axis_scales))
         if tile is None:
             tile = (PREDICT_TILE_2D[self.backend] if self.config.spatial_dims == 2 else DEFAULT_TILE_3D)
-        probs: Probabilities = yield from tiled_probabilities(
-            [self.network], image01, tile, draws=draws if uncertainty else 0, sampling_steps=sampling_steps,
-            device=self.device, bf16=self.bf16,
+        probs: Probabilities = yield from predict_probabilities(
+            [self.network], image01, tile, self.slice_axis, draws=draws if uncertainty else 0,
+            sampling_steps=sampling_steps, device=self.device, bf16=self.bf16,
         )
         primary = resize_probabilities(probs.primary, full_shape)
         mask = probabilities_to_mask(primary, self.threshold)

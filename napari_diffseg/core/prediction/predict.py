@@ -149,6 +149,45 @@ def tiled_probabilities(
     return Probabilities(primary, ensemble, second)
 
 
+def slice_probabilities(
+    networks: Sequence[DiffusionTwin], volume01: np.ndarray, tile: tuple[int, ...], axis: int, **options,
+) -> Generator[TileProgress, None, Probabilities]:
+    """``tiled_probabilities`` of a (C, *3 spatial) volume through 2D networks, slice by slice across spatial
+    ``axis``, stacked back into a volume (the plan's "2d" layout). Memory: one slice's tiles plus the output;
+    progress counts tiles over all slices."""
+    moved = np.moveaxis(volume01, 1 + axis, 1)  # a view: slice i is moved[:, i]
+    count = moved.shape[1]
+    outputs: dict[str, np.ndarray] = {}
+    for index in range(count):
+        run = tiled_probabilities(networks, np.ascontiguousarray(moved[:, index]), tile, **options)
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                probs: Probabilities = stop.value
+                break
+            yield TileProgress(index * event.total + event.done, count * event.total)
+        for name in ("primary", "ensemble", "second"):
+            part = getattr(probs, name)
+            if part is None:
+                continue
+            if name not in outputs:
+                outputs[name] = np.zeros((part.shape[0], *volume01.shape[1:]), np.float32)
+            np.moveaxis(outputs[name], 1 + axis, 1)[:, index] = part
+    return Probabilities(outputs["primary"], outputs.get("ensemble"), outputs.get("second"))
+
+
+def predict_probabilities(
+    networks: Sequence[DiffusionTwin], image01: np.ndarray, tile: tuple[int, ...], slice_axis: int | None = None,
+    **options,
+) -> Generator[TileProgress, None, Probabilities]:
+    """Tiled probabilities of an image in the network's layout: whole (2D images, 3D networks) or slice by slice
+    across ``slice_axis`` (2D networks on volumes)."""
+    if slice_axis is None or image01.ndim - 1 == networks[0].config.spatial_dims:
+        return (yield from tiled_probabilities(networks, image01, tile, **options))
+    return (yield from slice_probabilities(networks, image01, tile, slice_axis, **options))
+
+
 def run_to_completion(generator: Generator, on_progress: Callable[[TileProgress], None] | None = None):
     """Drive a progress generator to completion and return its result."""
     while True:
