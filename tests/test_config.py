@@ -77,10 +77,25 @@ def test_train_panel_spin_boxes_take_their_bounds_from_the_config(qtbot):
     ({"patch_size": (64,)}, r"patch_size needs 2 \(Y X\) or 3 \(Z Y X\) numbers"),
     ({"seed": -1}, "seed must be a number in"),
     ({"threads": 0}, "threads must be a number >= 1"),
+    ({"layout": "both"}, "not built yet"),
+    ({"layout": "3d", "patch_size": (32, 32)}, "the patch size needs as many numbers"),
+    ({"layout": "slices"}, "layout must be one of auto, 2d, 3d, both"),
 ])
 def test_every_setting_is_checked(changes, message):
     with pytest.raises(InputError, match=message):
         TrainConfig(**changes)
+
+
+def test_the_layout_option_offers_the_config_layouts():
+    from napari_diffseg.core.method.config import Layout
+
+    assert _train_option("--layout").choices == [layout.value for layout in Layout]
+    args = cli.build_parser().parse_args(["train", "images", "--labels", "labels", "--out", "m", "--layout", "2d",
+                                          "--patch-size", "96", "64"])
+    from napari_diffseg.cli._common import _train_config
+
+    config = _train_config(args, 2)
+    assert config.network.layout == Layout.SLICES and config.schedule.patch_size == (96, 64)
 
 
 def test_stored_settings_with_unknown_keys_are_named_not_dropped_silently(caplog):

@@ -49,7 +49,7 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
     given = {
         "pretrain_fraction": args.pretrain_fraction, "rounds": args.rounds, "rounds_every": args.rounds_every,
         "base_channels": args.width, "patch_size": tuple(args.patch_size) if args.patch_size else None,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "layout": getattr(args, "layout", None),
     }
     given = {key: value for key, value in given.items() if value is not None}
     if getattr(args, "preset", None):

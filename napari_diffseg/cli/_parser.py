@@ -6,7 +6,7 @@ import argparse
 import math
 
 from napari_diffseg import __version__
-from napari_diffseg.core.method.config import LIMITS
+from napari_diffseg.core.method.config import LIMITS, Layout
 
 from napari_diffseg.cli._common import PROG
 from napari_diffseg.cli._export import _cmd_export
@@ -145,10 +145,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                              "it gave within minutes; 'diffseg project pretrain' runs it outside the budget)")
     parser.add_argument("--width", type=_setting("base_channels"), default=None, metavar="C",
                         help="base channels of the U-Nets (default 16; smaller is faster)")
+    parser.add_argument("--layout", choices=[layout.value for layout in Layout], default=None,
+                        help="volumes: a 2D network on slices (2d) or a 3D network on patches (3d); auto (default): "
+                             "the planner decides from the voxel spacing, the shapes and the device, and "
+                             "prints its plan; both (averaged) is not built yet")
     parser.add_argument("--patch-size", type=_setting("patch_edge"), nargs="+", default=None, metavar="PX",
-                        help="training patch size, 2 numbers (Y X) or 3 (Z Y X) (default 128 128 / 32 64 64)")
+                        help="training patch size, 2 numbers (Y X: 2D images or slices of volumes) or 3 (Z Y X: a 3D "
+                             "network) (default: the plan's, 128 128 for 2D, 32 64 64 for 3D on a CPU, larger on a "
+                             "GPU)")
     parser.add_argument("--batch-size", type=_setting("batch_size"), default=None, metavar="N",
-                        help="patches per step (default 8 in 2D, 2 in 3D)")
+                        help="patches per step (default: the plan's, 8 in 2D and 2 in 3D on a CPU)")
     _add_device_options(parser)
 
 
