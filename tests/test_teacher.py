@@ -195,6 +195,14 @@ def test_cotraining_terms_make_up_the_total(twins, with_unlabelled, chained):
         assert "cps_student" not in terms and "align" not in terms
     torch.testing.assert_close(losses.total, expected)
     assert losses.parts["total"] == pytest.approx(float(losses.total.detach()), rel=1e-6)
+    # the parts apart, as the loss plot draws them: one network's mask losses, and the rounds' terms on their own
+    round_terms = [terms[name] for name in ("round_dice_labelled", "rec_labelled", "align", "rec_unlabelled")
+                   if name in terms]
+    assert losses.parts["rounds"] == pytest.approx(lambda_d / rounds * float(sum(round_terms).detach()), rel=1e-5)
+    assert losses.parts["mask_labelled"] == pytest.approx(
+        float((terms["sup_student"] + terms["sup_teacher"]).detach()) / 2, rel=1e-6)
+    if with_unlabelled:
+        assert losses.parts["mask_unlabelled"] == pytest.approx(losses.parts["cps"] / 2, rel=1e-6)
     assert all(torch.isfinite(t) for t in terms.values())
     assert float(terms["rec_labelled"].detach()) > 0 and float(terms["round_dice_labelled"].detach()) > 0
 
@@ -311,7 +319,7 @@ def test_zero_rounds(twins, monkeypatch):
     torch.testing.assert_close(losses.total, expected)
     losses.total.backward()
     assert all(p.grad is None for p in teacher.image_path.parameters())
-    assert "rec" not in losses.parts
+    assert "rec" not in losses.parts and "rounds" not in losses.parts
 
 
 # ----- CutMix in cross pseudo supervision (MethodSettings.cutmix) -----

@@ -290,10 +290,10 @@ def test_loss_plot_draws_each_part_smoothed_with_marks_and_axis_titles(make_napa
     points = [(step, "pretrain", {"reconstruction": 0.5 - 0.01 * step}) for step in range(1, 6)]
     for step in range(6, 80):
         weight = 0.0 if step < 20 else min(1.0, (step - 20) / 20)
-        losses = {"supervised": 0.3 + 0.1 * rng.standard_normal() ** 2, "unsupervised": 1.0 + rng.random(),
-                  "total": 0.3, "unlabelled_weight": weight}
+        losses = {"mask_labelled": 0.3 + 0.1 * rng.standard_normal() ** 2, "mask_unlabelled": 1.0 + rng.random(),
+                  "supervised": 5.0, "unsupervised": 5.0, "total": 0.3, "unlabelled_weight": weight}
         if step % 4 == 0:
-            losses["rec"] = 2.0
+            losses["rounds"] = 2.0
         points.append((step, "cotrain", losses))
     plot = LossPlot()
     plot.resize(320, 190)
@@ -303,13 +303,51 @@ def test_loss_plot_draws_each_part_smoothed_with_marks_and_axis_titles(make_napa
     series = plot.update_series()
     assert set(series) == {"stage 1 (no labels)", "supervised", "unlabelled", "rounds"}
     assert plot.marks == {"co-training": 6.0, "unlabelled join": 21.0}
-    raw = np.array([p[2]["supervised"] for p in points if "supervised" in p[2]])
+    raw = np.array([p[2]["mask_labelled"] for p in points if "mask_labelled" in p[2]])
     smoothed = np.asarray(series["supervised"].smoothed)
     assert smoothed[20:].std() < raw[20:].std() / 2  # smoothed
     assert series["rounds"].steps == [float(s) for s in range(8, 80, 4)]  # only the steps that ran rounds
+    assert max(series["supervised"].smoothed) < 1  # the part apart, not the engine's sums (5.0 here)
     points.append((80, "cotrain", {"supervised": 0.2, "unlabelled_weight": 1.0}))  # grows incrementally
     plot.set_points(points)
     assert plot.update_series()["supervised"].steps[-1] == 80.0
+
+
+def test_loss_plot_parts_come_from_a_real_run_of_the_train_panel(make_napari_viewer, qtbot, tmp_path, shown):
+    """The plot's parts from the Progress events of real runs (the engine's loss keys, not the test's): the default
+    method gives supervised, unlabelled and rounds (on the steps that ran rounds only) and the mark where the
+    unlabelled images join; the supervised part is one network's Dice loss (at most 1), not the engine's sum over
+    both networks and the rounds (which doubled at the join and jumped on every step with rounds). A Mean Teacher
+    run gives its unlabelled part too."""
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    train, state = panels["Train"], panels["Train"].state
+    _small_project(tmp_path / "proj")
+    panels["Project"].open_project(tmp_path / "proj")
+    state.config = tiny_config(max_steps=8, rounds_every=2)
+    train.start_button.click()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    train._refresh_progress()
+    series = train.plot.update_series()
+    assert {"supervised", "unlabelled", "rounds"} <= set(series)
+    joined = next(step for step, _, losses in state.losses if losses.get("unlabelled_weight", 0) > 0)
+    assert train.plot.marks == {"unlabelled join": float(joined)}
+    with_rounds = [float(step) for step, _, losses in state.losses if "rec" in losses]
+    assert with_rounds and series["rounds"].steps == with_rounds
+    assert series["unlabelled"].steps == [float(step) for step, _, _ in state.losses if step >= joined]
+    assert max(step_losses["supervised"] for _, _, step_losses in state.losses) > 1  # the engine's sum ...
+    assert len(series["supervised"].steps) == len(state.losses)
+    assert all(0 <= value <= 1 for value in series["supervised"].smoothed)  # ... the plot's part: one network's
+
+    state.config = tiny_config(max_steps=8, student="average", targets="average")  # Mean Teacher: one network
+    train.start_button.click()
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE, shown["error"]
+    series = train.plot.update_series()
+    assert {"supervised", "unlabelled"} <= set(series) and "rounds" not in series
+    assert series["unlabelled"].steps == [float(step) for step, _, losses in state.losses if "cps" in losses]
+    assert series["unlabelled"].steps
 
 
 def test_train_panel_explains_the_budget_the_plot_and_each_advanced_field(make_napari_viewer):

@@ -5,7 +5,11 @@ and labelled axes; painted with QPainter in a few milliseconds (a matplotlib red
 
 One line for the total loss alarmed users: it is ~0.02 through the supervised warm-up, then jumps when the
 unlabelled part joins, and the rounds part (computed every few steps only) made it a saw-tooth. Parts drawn
-apart, smoothed, each over the steps that have it, show what each does.
+apart, smoothed, each over the steps that have it, show what each does. The engine's "supervised" and
+"unsupervised" of a co-training step are the sums over both networks with the rounds' terms inside (they double at
+the join and jump on every step with rounds), so the plot takes the parts apart where the engine logs them
+(``core.method.teacher.CoTrainingLosses``): one network's mask loss on labelled and on unlabelled patches, and the
+rounds' terms; a step without them (the warm-up, labels-only, stage 1, Mean Teacher) has only its own part.
 """
 
 from __future__ import annotations
@@ -18,28 +22,21 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QWidget
 
-# (legend name, loss keys: the first present in a step's losses is that part's value, colour)
-SERIES = (("supervised", ("supervised",), "#49c56b"),
-          ("unlabelled", ("unsupervised",), "#4aa3ff"),
-          ("rounds", ("rec",), "#ff9f40"),
+# (legend name, loss keys: the first present in a step's losses is that part's value, colour); mask_labelled and
+# mask_unlabelled are per network, as the warm-up's and Mean Teacher's supervised and cps are
+SERIES = (("supervised", ("mask_labelled", "supervised"), "#49c56b"),
+          ("unlabelled", ("mask_unlabelled", "cps"), "#4aa3ff"),
+          ("rounds", ("rounds",), "#ff9f40"),
           ("stage 1 (no labels)", ("reconstruction",), "#c78bff"))
 SMOOTHING_STEPS = 20  # exponential moving average over about this many of a part's points
 UNLABELLED_WEIGHT = "unlabelled_weight"  # in the losses of a co-training step: 0 during the supervised warm-up
-PLOT_HELP = ("Loss parts, smoothed. Unlabelled joins after the warm-up (dashed mark) and starts higher than "
-             "supervised: the jump there is expected, not a failure.")
-PLOT_TOOLTIP = ("Supervised: the labelled images (should fall). Unlabelled: the twins learning from each other on the "
-                "unlabelled images, from the end of the warm-up (dashed mark); it starts higher and falls more "
-                "slowly. Rounds: the teacher rebuilding images from its own masks, logged on the steps that run it. "
-                "Stage 1: the teacher pretrained without labels.")
-
-
-def plotted_value(losses: dict[str, float]) -> float | None:
-    """The first part present in one step's losses (supervised, else unlabelled, ...); None when none is."""
-    for _, keys, _ in SERIES:
-        for key in keys:
-            if key in losses:
-                return float(losses[key])
-    return None
+PLOT_HELP = ("Loss parts per network, smoothed. Unlabelled and rounds join after the warm-up (dashed mark), "
+             "higher than supervised: expected, not a failure.")
+PLOT_TOOLTIP = ("Supervised: one network's mask loss on the labelled images (should fall). Unlabelled: the twins "
+                "learning from each other on the unlabelled images, from the end of the warm-up (dashed mark); it "
+                "starts higher and falls more slowly. Rounds: the teacher rebuilding images from its own masks, "
+                "logged on the steps that run them (every few steps). Stage 1: the teacher pretrained without "
+                "labels.")
 
 
 class _Series:

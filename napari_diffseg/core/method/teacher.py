@@ -155,7 +155,13 @@ class CoTrainingLosses:
     (each summed over rounds where it has one per round) that ``total`` is made of, for inspection and tests:
     sup_student, sup_teacher, round_dice_labelled, rec_labelled, and with an unlabelled batch cps_student,
     cps_teacher, align, rec_unlabelled. total = w (cps_student + cps_teacher + lambda_d/K (align + rec_unlabelled))
-    + sup_student + sup_teacher + lambda_d/K (round_dice_labelled + rec_labelled)."""
+    + sup_student + sup_teacher + lambda_d/K (round_dice_labelled + rec_labelled).
+
+    ``parts``: supervised and unsupervised (the two halves of total, rounds included: on the steps that run rounds
+    they jump), total, cps, rec (the rounds' mean reconstruction loss), and the parts apart, as the Train panel's
+    loss plot draws them: mask_labelled (the mean of sup_student and sup_teacher: one network's mask loss on the
+    labelled patches, comparable with the supervised warm-up's teacher alone), mask_unlabelled (the mean of
+    cps_student and cps_teacher) and, on steps with rounds, rounds (lambda_d/K times all round terms)."""
 
     total: torch.Tensor
     parts: dict[str, float]
@@ -224,6 +230,7 @@ def cotraining_loss(
         "sup_teacher": mask_loss(teacher_logits[:n_l], labels),
     }
     sup = terms["sup_student"] + terms["sup_teacher"]
+    parts["mask_labelled"] = float(sup.detach()) / 2
     unsup = torch.zeros((), device=images.device)
     if unlabelled is not None and targets is not None:
 
@@ -236,6 +243,7 @@ def cotraining_loss(
         cps = terms["cps_student"] + terms["cps_teacher"]
         unsup = unsup + cps
         parts["cps"] = float(cps.detach())
+        parts["mask_unlabelled"] = parts["cps"] / 2
         parts["confident"] = float(targets.for_student[1].mean())
     elif unlabelled is not None:
         student_hard = mix(student_logits[n_l:].argmax(1).detach())  # aligned with the teacher's view
@@ -245,6 +253,7 @@ def cotraining_loss(
         cps = terms["cps_student"] + terms["cps_teacher"]
         unsup = unsup + cps
         parts["cps"] = float(cps.detach())
+        parts["mask_unlabelled"] = parts["cps"] / 2
 
     conditioning = torch.softmax(teacher_logits.detach().float(), dim=1)
     round_sup = torch.zeros((), device=images.device)
@@ -273,6 +282,7 @@ def cotraining_loss(
     if rounds:
         sup = sup + lambda_d / rounds * round_sup
         unsup = unsup + lambda_d / rounds * round_unsup
+        parts["rounds"] = float((round_sup + round_unsup).detach()) * lambda_d / rounds
     total = unlabelled_weight * unsup + sup
     parts.update(supervised=float(sup.detach()), unsupervised=float(unsup.detach()), total=float(total.detach()))
     return CoTrainingLosses(total, parts, terms)
