@@ -81,14 +81,36 @@ def test_predict_with_an_objects_model_writes_the_decoded_instances(objects_mode
     assert_one_line_error(code, err, "earlier")
 
 
-def test_objects_model_refuses_block_by_block_images(objects_model, objects_data, tmp_path, monkeypatch):
+def test_objects_model_predicts_block_by_block_with_one_id_per_object(objects_model, objects_data, tmp_path,
+                                                                        monkeypatch):
+    """Over the in-memory limit (lowered here) the classes go block by block into <stem>.zarr and the objects are
+    decoded block by block into <stem>.tif (core/objects/blocks.py); with windows that cover the image the result
+    is the whole-image decoding of the same classes."""
+    import zarr
+
+    from napari_diffseg.core.objects import blocks
+    from napari_diffseg.core.objects.decode import classes_to_instances
+    from napari_diffseg.core.objects.metrics import object_scores
     from napari_diffseg.core.prediction import large
 
     monkeypatch.setattr(large, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(large, "BLOCK_2D", (24, 24))
+    monkeypatch.setattr(blocks, "BLOCK_2D", (24, 24))
+    monkeypatch.setattr(blocks, "MARGIN_2D", (24, 24))
     code, out, err = run_cli(["predict", objects_model["model"], objects_data / "images" / "img_3.tif",
                               "--out", tmp_path / "pred"])
-    assert code == 2 and "not built yet for block-by-block" in err
-    assert not (tmp_path / "pred" / "img_3.tif").exists() and not (tmp_path / "pred" / "img_3.zarr").exists()
+    assert code == 0, err
+    assert large.is_complete(tmp_path / "pred" / "img_3.zarr")
+    classes = np.asarray(zarr.open_array(str(large.output_zarr(tmp_path / "pred" / "img_3.tif"))))
+    assert classes.max() <= 2
+    written = tifffile.imread(tmp_path / "pred" / "img_3.tif")
+    assert written.dtype == np.uint16 and written.shape == classes.shape
+    whole = classes_to_instances(classes)
+    assert int(written.max()) == int(whole.max())
+    if whole.max():
+        assert object_scores(whole, written)["ap_50_95"] == 1.0
+    assert "decoded block by block" in err
+    assert not list((tmp_path / "pred").glob(".*objects.zarr"))
 
 
 def test_objects_option_errors(objects_data, tmp_path):

@@ -162,10 +162,8 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _refuse_unsafe_masks(Path(args.input), out, targets, args)
     model = _load_model(args, device)
     config = model.config
-    log.info("predicting %d image(s) with the %s model%s in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
-             describe_kind(model.image_dims, config.image_channels),
-             "" if model.slice_axis is None else f" (2D slices across axis {model.slice_axis})", args.model,
-             model.threshold, device, threads)
+    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
+             describe_kind(config.spatial_dims, config.image_channels), args.model, model.threshold, device, threads)
     started = time.perf_counter()
     failed = _predict_all(model, inputs, targets, args)
     extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
@@ -238,8 +236,6 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
     tile = tuple(args.tile) if args.tile else None
     objects = _objects.model_objects(model) is not None
     if path.is_dir() or large.pixel_count(path) > large.LARGE_IMAGE_PIXELS:
-        if objects:
-            _objects.refuse_large(path)
         if args.uncertainty:
             log.warning("%s: too large to hold in memory; predicted block by block, without an uncertainty map",
                         path.name)
@@ -251,6 +247,8 @@ def _predict_file(model, path: Path, target: Path, args: argparse.Namespace) -> 
                 Path(args.model), path, zarr_path, args.dask_scheduler, tile, bf16=False if args.no_bf16 else None,
                 level=args.level)
         _drive(large.predict_file(model, path, target, tile, run_blocks, level=args.level), args.quiet, "block")
+        if objects:  # the classes went block by block into <stem>.zarr; the objects into <stem>.tif
+            _drive(_objects.decode_large(target), args.quiet, "block")
         log.info("%s: block by block into %s (OME-Zarr labels) and %s", path.name, large.output_folder(target),
                  target)
         return
@@ -324,8 +322,7 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model = SegmentationModel.load(model_dir)  # validates best.pt
     card = model.card
     network = model.config  # the architecture (teacher.NetworkConfig), not the training settings
-    kind = describe_kind(model.image_dims, network.image_channels)
-    slices = "" if model.slice_axis is None else f" as 2D slices across axis {model.slice_axis}"
+    kind = describe_kind(network.spatial_dims, network.image_channels)
     try:  # the card is data, edited by hand at times: read all of it before printing a line
         described = _card_lines(card) if card else [f"threshold:    {model.threshold:.2f} ({CARD} missing)"]
     except (AttributeError, TypeError, ValueError, OverflowError) as error:
@@ -333,10 +330,8 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
                          f"({type(error).__name__}; edited by hand?); retrain, or restore the file") from None
     print(f"model folder: {model_dir}")
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
-    print(f"network:      {kind} images{slices}, {network.num_classes} classes, width {network.base_channels}, "
+    print(f"network:      {kind} images, {network.num_classes} classes, width {network.base_channels}, "
           f"depth {network.depth}")
-    if model.plan is not None:
-        print(f"plan:         {model.plan.describe().removeprefix('plan: ')}")
     print("\n".join(described))
     return EXIT_OK
 

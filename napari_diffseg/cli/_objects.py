@@ -53,13 +53,21 @@ def write_prediction(target: Path, prediction) -> int:
     return int(instances.max()) if instances.size else 0
 
 
-def refuse_large(path: Path) -> None:
-    """Objects mode has no block-by-block decoding yet: say so instead of writing objects cut at block borders."""
+def decode_large(target: Path):
+    """After a block-by-block prediction into ``target``'s OME-Zarr labels (the three classes), decode the objects
+    block by block into the instance TIFF ``target`` (core/objects/blocks.py: one id per object across block
+    borders); a progress generator for ``_drive``."""
+    from napari_diffseg.core.objects import blocks
     from napari_diffseg.core.prediction import large
 
-    raise InputError(f"{path.name}: objects mode is not built yet for block-by-block prediction (one id per object "
-                     f"across block borders); this image is over {large.LARGE_IMAGE_PIXELS / 1e6:g} megapixels or a "
-                     ".zarr: crop it into pieces under the limit, or use a regions model")
+    decoded = yield from blocks.decode_large(large.output_zarr(target), target)
+    log.info("%s: %d object(s) decoded block by block (%s holds the three classes)", target.name, decoded.count,
+             large.output_folder(target).name)
+    if decoded.cut:
+        log.warning("%s: %d object(s) reach beyond the margin of the block decoding (%s px in 2D, %s in 3D) and may "
+                    "be cut at a block border", target.name, decoded.cut, "x".join(map(str, blocks.MARGIN_2D)),
+                    "x".join(map(str, blocks.MARGIN_3D)))
+    return decoded
 
 
 def _measure_pairs(images: Path, masks: Path) -> list[tuple[str, Path, Path]]:
