@@ -147,3 +147,62 @@ def test_measure_writes_the_object_table(objects_data, tmp_path):
                               "--out", objects_data / "labels" / "img_0.tif", "--overwrite"])
     assert_one_line_error(code, err, ".csv")
     assert not (objects_data / "labels" / "img_0.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------- projects
+def test_project_in_objects_mode_keeps_ids_from_create_to_export(objects_data, tmp_path):
+    """create --objects (instance labels stored with their ids), train a round (pseudo-labels decoded into
+    objects), accept a pseudo-label with an id painted into it, export: instance masks with the same ids."""
+    from napari_diffseg.core.project.store import ImageStatus, Project
+
+    folder = tmp_path / "proj"
+    code, out, err = run_cli(["project", "create", folder, "--images", objects_data / "images", "--labels",
+                              objects_data / "labels", "--objects", "--boundary-width", "2"])
+    assert code == 0, err
+    assert "objects mode" in out
+    project = Project.open(folder)
+    assert project.objects["boundary_width"] == 2 and project.num_classes == 3
+    _, instances = _touching_discs(0)
+    stored = project.label("img_0")
+    assert stored.dtype == np.uint16
+    np.testing.assert_array_equal(stored, instances)  # ids 1, 2, 3 kept (touching discs not merged)
+    code, out, err = run_cli(["project", "train", folder, *FAST])
+    assert code == 0, err
+    card = json.loads((project.latest_model_dir() / "model_card.json").read_text())
+    assert card["objects"]["boundary_width"] == 2 and card["network"]["num_classes"] == 3
+    pseudo, _ = project.pseudo("img_3")
+    assert pseudo.dtype == np.uint16  # objects, not the three classes
+    corrected = pseudo.astype(np.uint16).copy()
+    corrected[:4, :4] = 77  # a new object painted with its own id
+    project.accept("img_3", corrected)
+    assert project.record("img_3").status == ImageStatus.ACCEPTED
+    np.testing.assert_array_equal(project.label("img_3"), corrected)
+    code, out, err = run_cli(["project", "export", folder, "--out", tmp_path / "exported"])
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported" / "img_3.tif"), corrected)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported" / "img_0.tif"), instances)
+    # the next round trains on the accepted objects' three-class target
+    from napari_diffseg.core.objects.targets import instances_to_classes
+    from napari_diffseg.core.project.rounds import project_training_data
+
+    data = project_training_data(project)
+    index = data.names.index("img_3")
+    np.testing.assert_array_equal(data.labels[index], instances_to_classes(corrected, 2))
+
+
+def test_project_store_keeps_3d_instance_ids(tmp_path):
+    from napari_diffseg.core.objects.files import objects_card
+    from napari_diffseg.core.project.store import Project
+
+    project = Project.create(tmp_path / "proj3d", config={"num_classes": 3, "objects": objects_card()})
+    volume = np.random.default_rng(0).integers(0, 255, (10, 24, 24)).astype(np.uint8)
+    record = project.add_image(volume, name="stack")
+    instances = np.zeros((10, 24, 24), np.uint32)
+    instances[2:6, 3:9, 3:9] = 300
+    instances[2:6, 3:9, 9:15] = 70_000  # ids beyond uint16 stay
+    project.save_label(record.name, instances)
+    np.testing.assert_array_equal(project.label(record.name), instances)
+    assert project.label(record.name).dtype == np.uint32
+    semantic = (instances > 0).astype(np.uint8)  # one value: split by connected components (touching: one)
+    project.save_label(record.name, semantic)
+    assert int(project.label(record.name).max()) == 1

@@ -24,6 +24,17 @@ def num_classes_of(args: argparse.Namespace) -> int:
     return 3
 
 
+def project_objects(args: argparse.Namespace) -> dict | None:
+    """``project create --objects``: the objects settings a new project stores (None: a regions project)."""
+    from napari_diffseg.core.objects.files import objects_card
+    from napari_diffseg.core.objects.targets import DEFAULT_BOUNDARY_WIDTH
+
+    num_classes_of(args)  # the same checks as train's
+    if not args.objects:
+        return None
+    return objects_card(args.boundary_width if args.boundary_width is not None else DEFAULT_BOUNDARY_WIDTH)
+
+
 def read_training_data(args: argparse.Namespace):
     """Objects-mode TrainingData from ``train``'s IMAGES and LABELS (instance masks)."""
     from napari_diffseg.core.objects.files import objects_training_data_from_folders

@@ -328,6 +328,12 @@ def _add_project_commands(commands, common: argparse.ArgumentParser) -> None:
     create.add_argument("--labels", default=None, metavar="LABELS",
                         help="folder of label images (0 = background, >0 = object), named like their images")
     _add_num_classes_option(create)
+    create.add_argument("--objects", action="store_true",
+                        help="objects mode: labels are instance masks (one id per object), kept with their ids; "
+                             "training learns background / interior / boundary, pseudo-labels and export are "
+                             "instance masks")
+    create.add_argument("--boundary-width", type=_int_between(1, 8), default=None, metavar="PX",
+                        help="objects mode: width of the boundary class inside each object's outline (default 1)")
     create.set_defaults(handler=_cmd_project_create)
 
     train = actions.add_parser(

@@ -21,18 +21,22 @@ def _cmd_project_create(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.data import io
     from napari_diffseg.core.project.store import Project
 
+    from napari_diffseg.cli import _objects
+
     images_dir = Path(args.images)
+    objects = _objects.project_objects(args)
     bar = _bar(args.quiet, total=len(io.list_images(images_dir)), unit="image", desc="add")
     try:
         with _bar_logging(bar):
             project = Project.create_from_folders(Path(args.project), images_dir, args.labels and Path(args.labels),
-                                                  args.num_classes, on_image=lambda path: bar.update(1))
+                                                  args.num_classes, on_image=lambda path: bar.update(1),
+                                                  objects=objects)
     finally:
         bar.close()
     labelled, image_count = len(project.labelled_names()), len(project.names())
     folder = project.folder
     print(f"created project {folder}: {image_count} image(s), {labelled} labelled, "
-          f"{image_count - labelled} unlabelled ({args.num_classes} classes)")
+          f"{image_count - labelled} unlabelled ({'objects mode' if objects else f'{args.num_classes} classes'})")
     if labelled:
         print(f"next: diffseg project train {shlex.quote(str(folder))}")
     else:

@@ -70,6 +70,11 @@ def project_training_data(project: Project, num_classes: int | None = None) -> T
             labels[len(images) - 1] = mask
     if not labels:
         raise InputError("no labelled image: label at least one image (Annotate panel) before training")
+    objects = project.objects
+    if objects:  # instance labels -> the three-class target (core/objects)
+        from ..objects.files import objects_training_data_from_arrays
+
+        return objects_training_data_from_arrays(images, labels, names, int(objects.get("boundary_width", 1)))
     return training_data_from_arrays(images, labels, names, classes)
 
 

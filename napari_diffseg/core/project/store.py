@@ -62,6 +62,9 @@ from napari_diffseg.core.data.io import (
     write_tiff_atomic,
 )
 from napari_diffseg.core.data.safety import child_path, is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
+from napari_diffseg.core.objects.decode import classes_to_instances
+from napari_diffseg.core.objects.files import read_instances, write_instances
+from napari_diffseg.core.objects.targets import as_instances
 
 logger = logging.getLogger(__name__)
 
@@ -261,23 +264,26 @@ class Project:
 
     @classmethod
     def create_from_folders(cls, folder: Path, images_dir: Path, labels_dir: Path | None = None,
-                            num_classes: int = 2, on_image: Callable[[Path], None] | None = None) -> Project:
+                            num_classes: int = 2, on_image: Callable[[Path], None] | None = None,
+                            objects: dict | None = None) -> Project:
         """A new project in ``folder`` with every image of ``images_dir``; a file of ``labels_dir`` with an image's
         name stem becomes its ground truth. All files are paired (and the pairing checked) before anything is
         created; when an image or label fails, or the user interrupts, the half-filled project is removed again.
-        ``on_image(path)`` is called after each image (progress)."""
+        ``on_image(path)`` is called after each image (progress). ``objects`` (core.objects.files.objects_card):
+        an objects-mode project, whose labels are instance masks (ids kept) trained as three classes."""
         folder, images_dir = Path(folder), Path(images_dir)
         image_paths, label_paths = pair_images_with_labels(images_dir, labels_dir)
         refuse_name_collisions((sanitise_name(name_stem(path)), path) for path in image_paths)
         existed = folder.exists()
-        project = cls.create(folder, config={"num_classes": num_classes})
+        config = {"num_classes": num_classes} if objects is None else {"num_classes": 3, "objects": objects}
+        project = cls.create(folder, config=config)
         try:
             project._record_sources(images_dir, labels_dir)
             for path in image_paths:
                 record = project.add_image(path)
                 label = label_paths.get(name_stem(path))
                 if label is not None:
-                    project.save_label(record.name, read_mask(label, num_classes))
+                    project.save_label(record.name, read_instances(label) if objects else read_mask(label, num_classes))
                 if on_image is not None:
                     on_image(path)
         except BaseException:  # a bad image or label, Ctrl-C: no half-filled project is left behind
@@ -497,6 +503,19 @@ class Project:
         return config
 
     @property
+    def objects(self) -> dict | None:
+        """The objects-mode settings (core.objects: instance labels, three-class training) or None (regions)."""
+        entry = self.config.get("objects")
+        return entry if isinstance(entry, dict) and entry.get("mode") == "objects" else None
+
+    def _write_mask(self, path: Path, mask: np.ndarray) -> None:
+        """A label image as stored: instance ids (uint16 / uint32) in objects mode, uint8 classes otherwise."""
+        if self.objects:
+            write_instances(path, mask)
+        else:
+            write_mask(path, mask)
+
+    @property
     def num_classes(self) -> int:
         """``config["num_classes"]`` (default 2: background / foreground); masks are validated against it."""
         value = self.config.get("num_classes", 2)
@@ -630,6 +649,10 @@ class Project:
         return read_image(path) if path.is_file() else None
 
     def _checked_mask(self, name: str, mask: np.ndarray) -> np.ndarray:
+        if self.objects:  # instance ids are kept (a one-value mask is split into objects, warned)
+            instances = as_instances(np.asarray(mask), name=name)
+            check_mask_matches(self.image(name), instances, name)
+            return instances
         mask = normalise_mask(np.asarray(mask), self.num_classes, name=name)
         check_mask_matches(self.image(name), mask, name)
         return mask.astype(np.uint8, copy=False)
@@ -642,7 +665,7 @@ class Project:
         fresh = path.with_name(f".{path.name}{_NEW_SUFFIX}")
         previous = path.with_name(f".{path.name}{_PREVIOUS_SUFFIX}")
         with self._lock:
-            write_mask(fresh, mask)
+            self._write_mask(fresh, mask)
             had_previous = path.exists()
             try:
                 if had_previous:
@@ -757,7 +780,7 @@ class Project:
             "images the project was created from": sources.get("images"),
             "labels the project was created from": sources.get("labels")})
         for name in with_mask:
-            write_mask(targets[name], self.current_mask(name)[0])
+            self._write_mask(targets[name], self.current_mask(name)[0])
         return written, skipped
 
     def save_label(self, name: str, mask: np.ndarray) -> None:
@@ -806,13 +829,15 @@ class Project:
         status check and the update are one SQL statement, so a concurrent accept from the GUI always wins.
         """
         mask = normalise_mask(np.asarray(mask), self.num_classes, name=name).astype(np.uint8, copy=False)
+        if self.objects:  # the network's three classes -> objects, so review and accept work on ids
+            mask = classes_to_instances(mask)
         uncertainty_map = np.asarray(uncertainty_map, dtype=np.float32)
         if uncertainty_map.shape != mask.shape:
             raise InputError(f"pseudo-label of {name!r}: uncertainty map shape {uncertainty_map.shape} does not "
                              f"match mask shape {mask.shape}")
         record = self.record(name)  # InputError for unknown names before anything is written
         mask_path, uncertainty_path = self._pseudo_paths(record.name, round_number)
-        write_mask(mask_path, mask)
+        self._write_mask(mask_path, mask)
         write_tiff_atomic(uncertainty_path, uncertainty_map)
         mean = float(mean_uncertainty)
         with self._connection(write=True) as con:
