@@ -359,23 +359,16 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
     state.step = 0
     state.losses = []
     state.last_error = ""
-    outcome: dict[str, Any] = {"done": False, "round": None, "noted": False}
+    outcome = {"done": False}
 
     def on_yielded(event: Any) -> None:
         if isinstance(event, RoundStarted):  # the lock is held and (with next_round) the new round begun
-            outcome["round"] = event.round
             state.refresh_round()
         elif isinstance(event, Progress):
             state.step = event.step
             state.losses.append((event.step, event.stage, dict(event.losses)))
-            if not outcome["noted"] and outcome["round"] is not None:
-                # from the first step until Done, a stop, a close or a kill leaves a run to resume; a run refused
-                # or failed before its first step changed nothing, so the note stays as it was
-                note_unfinished_run(project, outcome["round"])
-                outcome["noted"] = True
         elif isinstance(event, Done):
             outcome["done"] = True
-            note_unfinished_run(project, None)  # nothing to resume in this round any more
         state.training_event.emit(event)
         if isinstance(event, PseudoLabelsReady):
             state.records_changed.emit()  # train_round stored them in the project before yielding
@@ -400,11 +393,34 @@ def start_training(state: DiffsegState, next_round: bool = False, resume: bool =
         # next_round: the engine begins the round once it holds the project's training lock, and takes it back
         # when the run is refused, fails or stops before its first step (another process training this project
         # leaves the round as it was)
-        return rounds.train_round(project, config, warm_start=True, resume=resume, next_round=next_round)
+        return _noting_unfinished_run(project, rounds.train_round(project, config, warm_start=True, resume=resume,
+                                                                  next_round=next_round))
 
     state.set_status(Status.RUNNING)
     state.worker = start_job(events, on_yielded, on_errored, on_finished, threads=config.runtime.threads)
     return state.worker
+
+
+def _noting_unfinished_run(project: Any, events: Iterator[Any]) -> Iterator[Any]:
+    """``train_round``'s events, with the run noted in the project (``_state.note_unfinished_run``) in the worker
+    thread, before the GUI sees the event: from the first step until Done a stop, a close or a kill leaves a run to
+    resume; a run refused or failed before its first step changed nothing, so the note stays as it was. (The
+    project is not written from the GUI thread, where a write waiting for the worker's transaction would stall
+    the window.)"""
+    round_, noted = None, False
+    try:
+        for event in events:
+            if isinstance(event, RoundStarted):
+                round_ = event.round
+            elif isinstance(event, Progress) and not noted and round_ is not None:
+                note_unfinished_run(project, round_)
+                noted = True
+            elif isinstance(event, Done):
+                note_unfinished_run(project, None)  # nothing to resume in this round any more
+            yield event
+    finally:
+        if hasattr(events, "close"):
+            events.close()  # in this (the worker) thread: the run's clean-up writes last.pt
 
 
 def stop_training(state: DiffsegState) -> None:
