@@ -16,7 +16,10 @@ Training uses the default settings of the Train panel except the time budget. Pr
 samples, median / p95 / p99 / max lateness in ms) and writes it with the machine, versions, date and load
 (``uptime``) to ``--out``. ``--profile`` adds a sampler of the GUI thread's Python stack (every 2 ms) and lists
 where the GUI thread was when the timer was more than ``--stall-ms`` late; use it to find stalls (it perturbs
-the timings a little, so measure without it).
+the timings a little, so measure without it). Every report (also without ``--profile``) ends with each tick later
+than 200 ms and what reached the GUI thread around it (training events, status changes, phase changes, full
+garbage collections), so a stall can be traced to its event from a measuring run. The last phase goes on for 0.5 s
+after the round ends: a finished round brings the Review panel back to the top of its queue.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_gui_event_loop.py --budget 60 \\
         --out benchmarks/gui_event_loop.md
@@ -91,6 +94,7 @@ class FullCollections:
         import gc
 
         self.durations_ms: list[float] = []
+        self.spans: list[tuple[float, float]] = []  # (start, end) on the probe's clock (time.perf_counter)
         self._began = 0.0
         gc.callbacks.append(self._on_gc)
 
@@ -100,7 +104,9 @@ class FullCollections:
         if phase == "start":
             self._began = time.perf_counter()
         else:
-            self.durations_ms.append((time.perf_counter() - self._began) * 1000.0)
+            end = time.perf_counter()
+            self.durations_ms.append((end - self._began) * 1000.0)
+            self.spans.append((self._began, end))
 
     def summary(self) -> str:
         if not self.durations_ms:
@@ -205,6 +211,29 @@ def stall_report(probe: Probe, sampler: StackSampler, stall_ms: float, top: int 
     lines += [f"  {count:5d}  {frame}" for frame, count in slots.most_common(top)]
     lines += ["", "innermost frames:"]
     lines += [f"  {count:5d}  {frame}" for frame, count in where.most_common(top)]
+    return "\n".join(lines)
+
+
+LONG_STALL_MS = 200.0  # the target: no tick later than this
+
+
+def long_stalls(probe: Probe, timeline: list[tuple[float, str]], collections: FullCollections, origin: float,
+                stall_ms: float = LONG_STALL_MS, before_s: float = 0.3) -> str:
+    """Every tick later than ``stall_ms`` (any phase), with what happened from ``before_s`` before the late interval
+    began to its end: training events and status changes reaching the GUI thread, phase changes, and full garbage
+    collections (any thread). Times in seconds from ``origin`` (the start of the idle phase)."""
+    stalls = [(end, late, phase) for end, late, phase in probe.ticks if late > stall_ms]
+    if not stalls:
+        return f"No tick later than {stall_ms:.0f} ms."
+    lines = [f"Ticks later than {stall_ms:.0f} ms ({len(stalls)}), with what happened from {before_s:.1f} s before "
+             "each late interval to its end:", ""]
+    for end, late, phase in stalls:
+        start = end - (late + probe.interval_ms) / 1000.0
+        near = [f"{name} at {at - origin:.2f}" for at, name in timeline if start - before_s <= at <= end]
+        near += [f"full collection {(gc_end - gc_start) * 1000:.0f} ms at {gc_start - origin:.2f}"
+                 for gc_start, gc_end in collections.spans if gc_start <= end and gc_end >= start - before_s]
+        lines.append(f"- {late:.0f} ms late, interval {start - origin:.2f}-{end - origin:.2f} s, {phase}: "
+                     + ("; ".join(near) if near else "no event, status change or full collection"))
     return "\n".join(lines)
 
 
@@ -315,25 +344,41 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
     phases = ["idle (project open, Train panel in front)", "training, Train panel in front",
               SWITCH_PHASE, "training, Review panel in front"]
-    probe.set_phase(phases[0])
+    timeline: list[tuple[float, str]] = []  # (time.perf_counter(), what) for the long-stall list
+
+    def set_phase(phase: str) -> None:
+        probe.set_phase(phase)
+        timeline.append((time.perf_counter(), f"phase '{phase}'"))
+
+    origin = time.perf_counter()
+    set_phase(phases[0])
     run_loop(args.idle)
 
     events: Counter[str] = Counter()
-    state.training_event.connect(lambda event: events.update([type(event).__name__]))
+
+    def on_event(event: Any) -> None:
+        name = type(event).__name__
+        events.update([name])
+        if name != "Progress":  # one per step: too many to list
+            timeline.append((time.perf_counter(), name))
+
+    state.training_event.connect(on_event)
+    state.status_changed.connect(lambda status: timeline.append((time.perf_counter(), f"status {status.value}")))
     train.budget.setValue(int(args.budget))
-    probe.set_phase(phases[1])
+    set_phase(phases[1])
     started = time.monotonic()
     train.start_button.click()
     if state.status != Status.RUNNING:
         raise SystemExit(f"training did not start: {state.last_error}")
     run_loop(until=lambda: time.monotonic() - started >= args.budget / 2 or not state.busy)
-    probe.set_phase(phases[2])  # the user's click: the first time, it creates the three review layers
+    set_phase(phases[2])  # the user's click: the first time, it creates the three review layers
     switched = time.monotonic()
     run_loop(until=lambda: raise_panel(docks["Review"]) and (panels["Review"].current_name() is not None
                                                              or time.monotonic() - switched > 5), poll_ms=10)
     run_loop(0.5)
-    probe.set_phase(phases[3])
+    set_phase(phases[3])
     run_loop(until=lambda: not state.busy and state.worker is None)
+    run_loop(0.5)  # the turns that follow the end of the round (Review back at the top of its queue) count too
     wall = time.monotonic() - started
     probe.timer.stop()
     if sampler is not None:
@@ -365,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine()}",
         f"- load before: `{load_before}`",
         f"- load after: `{load_after}`",
-    ] + ([f"- note: {args.note}"] if args.note else []) + [""])
+    ] + ([f"- note: {args.note}"] if args.note else []) + [
+        "", long_stalls(probe, timeline, collections, origin), ""])
     print(report)
     if sampler is not None:
         print(stall_report(probe, sampler, args.stall_ms))
