@@ -205,7 +205,7 @@ def show_for_annotation(viewer: Any, project: Project, name: str) -> Any:
         pseudo = project.pseudo(name)
         mask = pseudo[0] if pseudo is not None else np.zeros(spatial, np.uint8)
     _set_visible(viewer, REVIEW_LAYERS, False)
-    labels = _upsert(viewer, "labels", ANNOTATE_LABELS, np.asarray(mask, np.uint8).copy(), name)
+    labels = _upsert(viewer, "labels", ANNOTATE_LABELS, np.asarray(mask, label_dtype(project)).copy(), name)
     labels.editable = True
     _remember(project, "annotate", name)
     return labels
@@ -215,6 +215,22 @@ PSEUDO_LABEL_COLOURS = ("#00e5ff", "#ffe600", "#ff3df2", "#7dff3d", "#ff8c1a")  
 # on dark (fluorescence, EM) and on pink/brown (H&E, dermoscopy) images alike
 UNSURE_FROM = 0.4  # normalised entropy from which the uncertainty overlay shows (p ~ 0.92)
 OUTLINE_WIDTH = 2  # the pseudo-label is drawn as an outline by default: the image under it stays readable
+
+
+def label_dtype(project: Project | None) -> type:
+    """The dtype of a project's Labels layers: uint32 object ids in objects mode (core/objects), uint8 classes."""
+    return np.uint32 if project is not None and project.objects else np.uint8
+
+
+def style_pseudo_labels(layer: Any, project: Project) -> None:
+    """Objects mode: one colour per object id (napari's cyclic label colours); regions: one colour per class."""
+    from napari.utils.colormaps import CyclicLabelColormap, label_colormap
+
+    objects = bool(project.objects)
+    if objects and not isinstance(layer.colormap, CyclicLabelColormap):
+        layer.colormap = label_colormap()
+    elif not objects and isinstance(layer.colormap, CyclicLabelColormap):
+        layer.colormap = pseudo_label_colormap(project.num_classes)
 
 
 def pseudo_label_colormap(num_classes: int) -> Any:
@@ -277,8 +293,9 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     if uncertainty is None:
         uncertainty = np.zeros(spatial, np.float32)
     _upsert(viewer, "image", REVIEW_UNCERTAINTY, np.asarray(uncertainty, np.float32), name, **uncertainty_style())
-    labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, np.uint8).copy(), name,
+    labels = _upsert(viewer, "labels", REVIEW_PSEUDO, np.asarray(mask, label_dtype(project)).copy(), name,
                      colormap=pseudo_label_colormap(project.num_classes))
+    style_pseudo_labels(labels, project)  # objects: each object its colour, drawn as an outline
     labels.editable = True
     viewer.layers.selection.active = labels
     _remember(project, "review", name)

@@ -431,7 +431,7 @@ class ReviewPanel(QWidget):
         mask = project.undo_review(name)
         self._last_decision = None
         if mask is not None:
-            self.drafts[name] = np.asarray(mask, np.uint8)
+            self.drafts[name] = np.asarray(mask, _layers.label_dtype(project))
         self.state.records_changed.emit()
         self.show_image(name)
         return name
