@@ -131,6 +131,7 @@ def test_a_2d_layout_model_trains_on_slices_and_predicts_volumes(tmp_path):
     with pytest.raises(InputError, match="3D"):
         model.predict(raw[0])  # a 2D image for a model of volumes
     assert any(type(e).__name__ == "Done" for e in events)
+    assert type(events[0]).__name__ == "PlanChosen" and events[0].text == plan.describe()  # before the first step
 
 
 def test_slice_prediction_equals_the_2d_network_on_each_slice(tmp_path):

@@ -90,6 +90,8 @@ def reference(tmp_path_factory, data):
 
 def test_event_sequence(reference, data):
     out, events = reference
+    assert type(events[0]).__name__ == "PlanChosen"  # the run begins with its plan (core/method/planner.py)
+    events = events[1:]
     progress = [e for e in events if isinstance(e, Progress)]
     assert [e.step for e in progress] == list(range(1, MAX_STEPS + 1))
     assert all(e.fraction == pytest.approx(e.step / MAX_STEPS) for e in progress)

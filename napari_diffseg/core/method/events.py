@@ -137,6 +137,14 @@ class PseudoLabelsReady(TrainingEvent):
 
 
 @dataclass
+class PlanChosen(TrainingEvent):
+    """The plan a run trains in (core/method/planner.py), yielded before its first step."""
+
+    text: str  # Plan.describe(): one line for people
+    plan: dict  # Plan.to_dict()
+
+
+@dataclass
 class Done(TrainingEvent):
     model_dir: Path
     fit: FitReport | None

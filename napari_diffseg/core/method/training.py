@@ -33,8 +33,8 @@ from .. import device as devices
 
 from . import distributed
 from .config import BudgetClock, LrSchedule, Student, Targets, TargetsFrom, TrainConfig, Twin, WarmupTwins
-from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, Progress, PseudoLabelsReady,  # noqa: F401
-                     Stage, StageProgress, TrainingEvent)
+from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, PlanChosen, Progress,  # noqa: F401
+                     PseudoLabelsReady, Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, write_model_card
 from .planner import Plan, plan_training
 from .consistency import WeightAverage, confident_targets, masked_segmentation_loss, paste_labelled, strong_view
@@ -784,6 +784,7 @@ def train(
 
     finished = False
     try:
+        yield PlanChosen(run.plan.describe(), run.plan.to_dict())
         while True:
             fraction = run.shared_fraction(clock)
             if run.stage == PRETRAIN and fraction >= config.method.pretrain_fraction:
