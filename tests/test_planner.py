@@ -183,3 +183,15 @@ def test_a_3d_layout_still_trains_and_predicts_volumes(tmp_path):
     assert model.slice_axis is None and model.image_dims == 3
     raw = make_blobs_dataset(1, (10, 20, 24), ndim=3, seed=5)[0][0]
     assert model.predict(raw).mask.shape == raw.shape
+
+
+def test_the_train_panel_shows_the_plan(qtbot):
+    from napari_diffseg._state import DiffsegState
+    from napari_diffseg._widgets.train import TrainPanel
+    from napari_diffseg.core.method.events import PlanChosen
+
+    panel = TrainPanel(None, DiffsegState())
+    qtbot.addWidget(panel)
+    plan = plan_training([(10, 64, 64)], spacing=(4.0, 1.0, 1.0), device=CPU)
+    panel._on_event(PlanChosen(plan.describe(), plan.to_dict()))
+    assert panel.plan_label.text() == plan.describe() and "across axis 0" in panel.plan_label.text()

@@ -31,7 +31,8 @@ from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_o
                                      torch_loaded)
 from napari_diffseg.core.method.config import LIMITS
 from napari_diffseg.core.errors import DiffsegError
-from napari_diffseg.core.method.events import CheckpointSaved, Done, Progress, PseudoLabelsReady, RoundStarted, StageProgress
+from napari_diffseg.core.method.events import (CheckpointSaved, Done, PlanChosen, Progress, PseudoLabelsReady,
+                                               RoundStarted, StageProgress)
 from napari_diffseg.core.data.io import format_duration
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class TrainPanel(QWidget):
         self.elapsed_label = QLabel("elapsed: -")
         self.remaining_label = QLabel("remaining: -")
         self.status_label = wrapping_label("")
+        self.plan_label = wrapping_label("")  # the run's plan (core/method/planner.py): layout, scale, patch, why
         self.plot = LossPlot()
         self.plot.set_points(state.losses)
         self.plot_help = wrapping_label(PLOT_HELP)
@@ -181,6 +183,7 @@ class TrainPanel(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.stage_label)
+        layout.addWidget(self.plan_label)
         layout.addWidget(widget_grid(self.step_label, self.elapsed_label, self.remaining_label, columns=2))
         layout.addWidget(self.plot)
         layout.addWidget(self.plot_help)
@@ -418,6 +421,8 @@ class TrainPanel(QWidget):
         elif isinstance(event, Progress):  # cheap: shown by the next _refresh_progress
             self._pending_progress = event
             self.plot.set_points(self.state.losses)  # the worker bridge appended the step's losses to it
+        elif isinstance(event, PlanChosen):
+            self.plan_label.setText(event.text)
         elif isinstance(event, RoundStarted):
             self._reset_progress("starting")
             self.status_label.setText(f"Round {event.round}: {event.note} ({event.labelled} labelled, "
