@@ -206,3 +206,25 @@ def test_project_store_keeps_3d_instance_ids(tmp_path):
     semantic = (instances > 0).astype(np.uint8)  # one value: split by connected components (touching: one)
     project.save_label(record.name, semantic)
     assert int(project.label(record.name).max()) == 1
+
+
+def test_eval_objects_prints_and_writes_the_object_scores(objects_data, tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    _, instances = _touching_discs(0)
+    merged = (instances > 0).astype(np.uint16)  # the two touching discs as one object, the third one right
+    merged[instances == 3] = 2
+    tifffile.imwrite(pred / "img_0.tif", merged)
+    tifffile.imwrite(pred / "img_1.tif", tifffile.imread(objects_data / "labels" / "img_1.tif"))
+    table = tmp_path / "scores.csv"
+    code, out, err = run_cli(["eval", pred, objects_data / "labels", "--objects", "--csv", table])
+    assert code == 0, err
+    assert "AP@0.5" in out and "pooled" in out
+    with table.open() as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert float(rows["img_1"]["ap50"]) == 1.0 and int(rows["img_1"]["count_error"]) == 0
+    # img_0: the merged pair still matches disc 1 (drawn first, the larger part of the pair: IoU > 0.5), disc 2 is
+    # missed: TP 2, FP 0, FN 1
+    assert (instances == 1).sum() / (merged == 1).sum() > 0.5
+    assert float(rows["img_0"]["ap50"]) == pytest.approx(2 / 3) and int(rows["img_0"]["count_error"]) == -1
+    assert float(rows["pooled"]["ap50"]) == pytest.approx(5 / 6)  # TP 2 + 3, FN 1

@@ -291,13 +291,15 @@ def _cmd_eval(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if args.csv:
         _refuse_unsafe_table(Path(args.csv), Path(args.pred), Path(args.masks), args.overwrite)
+    if args.objects:  # instance masks: object scores (core/objects/metrics.py)
+        from napari_diffseg.core.objects import metrics
     rows = metrics.evaluate_folders(Path(args.pred), Path(args.masks))
     print(metrics.format_table(rows))
     if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["name", "dice", "jaccard", "hd95"])
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
         log.info("table written to %s", path)

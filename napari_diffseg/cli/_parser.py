@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("pred", metavar="PRED", help="folder of predicted masks")
     evaluate.add_argument("masks", metavar="MASKS", help="folder of ground-truth masks")
     evaluate.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
+    evaluate.add_argument("--objects", action="store_true",
+                          help="instance masks: object scores instead (AP = TP / (TP + FP + FN) at IoU 0.5 and its "
+                               "mean over 0.5:0.95, object F1, count error; StarDist's and the DSB 2018 definitions)")
     _add_overwrite_option(evaluate, "FILE, or a file with its name stem, exists. A mask the command reads is "
                                     "never replaced")
     evaluate.set_defaults(handler=_cmd_eval)

@@ -123,3 +123,48 @@ def pooled_scores(pairs) -> dict:
             "precision": pooled[0].precision, "recall": pooled[0].recall,
             "count_error_abs": float(np.mean(np.abs(count_errors))),
             "count_error": float(np.mean(count_errors)), "images": len(count_errors)}
+
+
+def evaluate_folders(pred_dir, mask_dir) -> list[dict]:
+    """Object scores of the instance masks in ``pred_dir`` against those in ``mask_dir`` (matched by name stem):
+    one row per image {name, ap50, ap_50_95, f1, count_error, n_true, n_pred} and a last row ``"pooled"`` with the
+    TP / FP / FN summed over the images and the mean absolute count error. InputError when nothing matches or a
+    pair differs in shape. One-value masks are split into objects by connected components (warned)."""
+    from pathlib import Path
+
+    from ..data.io import UNCERTAINTY_SUFFIX, list_images, name_stem
+    from ..errors import InputError
+    from .files import read_instances
+
+    pred_dir, mask_dir = Path(pred_dir), Path(mask_dir)
+    preds = {name_stem(p): p for p in list_images(pred_dir) if not name_stem(p).endswith(UNCERTAINTY_SUFFIX)}
+    masks = {name_stem(p): p for p in list_images(mask_dir)}
+    names = sorted(set(preds) & set(masks))
+    if not names:
+        raise InputError(f"no prediction in {pred_dir} has the name stem of a mask in {mask_dir}; name each "
+                         "prediction like its ground-truth mask")
+    rows, pairs = [], []
+    for name in names:
+        pred, truth = read_instances(preds[name]), read_instances(masks[name])
+        if pred.shape != truth.shape:
+            raise InputError(f"shape mismatch for {name}: prediction {pred.shape}, mask {truth.shape}")
+        scores = object_scores(truth, pred)
+        rows.append({"name": name, **{key: scores[key] for key in ("ap50", "ap_50_95", "f1", "count_error",
+                                                                   "n_true", "n_pred")}})
+        pairs.append((truth, pred))
+    pooled = pooled_scores(pairs)
+    rows.append({"name": "pooled", "ap50": pooled["ap50"], "ap_50_95": pooled["ap_50_95"], "f1": pooled["f1"],
+                 "count_error": pooled["count_error_abs"], "n_true": sum(r["n_true"] for r in rows),
+                 "n_pred": sum(r["n_pred"] for r in rows)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`evaluate_folders` as aligned text (the pooled row's count error is the mean absolute)."""
+    header = ("image", "AP@0.5", "AP 0.5:0.95", "F1", "count err", "true", "predicted")
+    cells = [header] + [(r["name"], f"{r['ap50']:.3f}", f"{r['ap_50_95']:.3f}", f"{r['f1']:.3f}",
+                         f"{r['count_error']:+g}" if r["name"] != "pooled" else f"|{r['count_error']:.2f}|",
+                         str(r["n_true"]), str(r["n_pred"])) for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    return "\n".join("  ".join([line[0].ljust(widths[0]), *(v.rjust(w) for v, w in zip(line[1:], widths[1:]))])
+                     for line in cells)
