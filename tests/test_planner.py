@@ -185,6 +185,28 @@ def test_a_3d_layout_still_trains_and_predicts_volumes(tmp_path):
     assert model.predict(raw).mask.shape == raw.shape
 
 
+def test_project_rounds_of_volumes_continue_in_their_layout(tmp_path):
+    """A project of volumes on a CPU trains 2D slices: the next round warm-starts from the previous one, and round 1
+    from the teacher pretrained while labelling (both are 2D networks, not 'other network settings')."""
+    from napari_diffseg.core.project import rounds
+    from napari_diffseg.core.project.store import Project
+
+    pairs = make_blobs_dataset(2, (8, 24, 24), ndim=3, seed=4)
+    project = Project.create(tmp_path / "proj")
+    for index, (image, _) in enumerate(pairs):
+        project.add_image(image, name=f"v{index}")
+    project.save_label("v0", pairs[0][1])
+    config = tiny_train_config(max_steps=2, patch_size=None, batch_size=None, threads=1)
+    list(rounds.pretrain_project(project, config))
+    first = list(rounds.train_round(project, config))
+    assert "pretrained without labels" in first[0].note
+    card = json.loads((project.checkpoints_dir(1) / CARD).read_text())
+    assert card["plan"]["layout"] == "2d" and card["network"]["spatial_dims"] == 2
+    project.next_round()
+    second = list(rounds.train_round(project, config))
+    assert second[0].warm_start == project.checkpoints_dir(1), second[0].note
+
+
 def test_the_train_panel_shows_the_plan(qtbot):
     from napari_diffseg._state import DiffsegState
     from napari_diffseg._widgets.train import TrainPanel

@@ -720,6 +720,9 @@ def train(
     if (saved is not None and saved.plan and not saved.pretrain_only and config.network.layout == "auto"
             and config.schedule.patch_size is None and config.schedule.batch_size is None):
         plan = Plan.from_dict(saved.plan)  # the layout the network was trained in (another device may plan another)
+    elif (saved is not None and saved.plan and saved.pretrain_only and config.network.layout == "auto"
+          and config.schedule.patch_size is None):
+        config = config.replace(layout=saved.plan["layout"])  # the pretrained teacher's layout; scale from labels
     run = TrainingRun(data, config, out_dir, scale, sink, ranks, plan)
     elapsed = overhead = 0.0
     if resume:
@@ -841,7 +844,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     def save() -> Path:
         RunCheckpoint(config.to_dict(), asdict(run.network_config), run.teacher.state_dict(),
                       run.teacher_optimiser.state_dict(), run.step, working_scale=run.scale, pretrain_only=True,
-                      pretrain_seconds=spent + clock.elapsed).save(previous)
+                      pretrain_seconds=spent + clock.elapsed, plan=run.plan.to_dict()).save(previous)
         return previous
 
     checkpoints = Every(config.schedule.checkpoint_every_seconds)
@@ -863,7 +866,7 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
 
 
 def pretraining_info(out_dir: Path) -> dict | None:
-    """``{"seconds", "steps", "network"}`` of the stage-1 pretraining stored in ``out_dir``, or None."""
+    """``{"seconds", "steps", "network", "plan"}`` of the stage-1 pretraining stored in ``out_dir``, or None."""
     path = Path(out_dir) / LAST
     if not path.is_file():
         return None
@@ -873,4 +876,5 @@ def pretraining_info(out_dir: Path) -> dict | None:
         return None
     if not saved.pretrain_only:
         return None
-    return {"seconds": float(saved.pretrain_seconds), "steps": int(saved.step), "network": saved.network}
+    return {"seconds": float(saved.pretrain_seconds), "steps": int(saved.step), "network": saved.network,
+            "plan": saved.plan}

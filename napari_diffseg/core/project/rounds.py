@@ -108,8 +108,15 @@ def pretrain_project(project: Project, config: TrainConfig) -> Iterator[Training
         yield from pretrain(data, config, folder)
 
 
-def _network_settings(data: TrainingData, config: TrainConfig) -> dict:
-    return asdict(NetworkConfig(spatial_dims=data.spatial_dims, image_channels=data.channels,
+def _network_settings(data: TrainingData, config: TrainConfig, plan: dict | None = None) -> dict:
+    """The network a round would train, to compare with the one it would start from: volumes train a 2D network
+    on slices in the "2d" layout; under layout "auto" a round continues in the layout of the model it starts from
+    (its ``plan``), as ``training.train`` does."""
+    layout = str(config.network.layout)
+    if layout == "auto" and plan and plan.get("layout") in ("2d", "3d"):
+        layout = plan["layout"]
+    dims = 2 if data.spatial_dims == 3 and layout == "2d" else data.spatial_dims
+    return asdict(NetworkConfig(spatial_dims=dims, image_channels=data.channels,
                                 num_classes=config.network.num_classes, base_channels=config.network.base_channels,
                                 depth=config.network.depth))
 
@@ -120,7 +127,7 @@ def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, r
         pretrained = pretraining_info(pretrain_dir(project))
         if pretrained is None:
             return None, "no earlier round to start from: training from scratch"
-        if pretrained["network"] != _network_settings(data, config):
+        if pretrained["network"] != _network_settings(data, config, pretrained.get("plan")):
             return None, "the pretrained teacher has other network settings: training from scratch"
         return pretrain_dir(project), (f"co-training from the teacher pretrained without labels for "
                                        f"{pretrained['seconds']:.0f} s ({pretrained['steps']} steps)")
@@ -128,7 +135,7 @@ def _warm_start_dir(project: Project, data: TrainingData, config: TrainConfig, r
         card = read_model_card(previous)
     except ModelError as error:
         return None, f"cannot read the model card of {previous.name} ({error}); training from scratch"
-    if card.get("network") != _network_settings(data, config):
+    if card.get("network") != _network_settings(data, config, card.get("plan")):
         return None, f"{previous.name} was trained with other network settings: training from scratch"
     return previous, f"warm start from {previous.name}"
 
