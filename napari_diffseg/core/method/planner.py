@@ -41,10 +41,12 @@ BATCH_2D_CPU, BATCH_3D = 8, 2
 GPU_MEMORY_SHARE = 0.5  # of the free GPU memory: the estimate below is rough, and cuDNN wants workspace
 MAX_PATCH_2D_GPU, MAX_BATCH_2D_GPU = 512, 32
 MAX_PATCH_3D_GPU = (128, 192, 192)
-# bytes of training activations per voxel per sample and per base channel (fp32; bf16 halves most of it): the
-# teacher's two pathways and the student, forward and backward, each level storing a few tensors of its width.
-# An estimate, not a measurement: it only scales the patch to the memory found.
-BYTES_PER_VOXEL_PER_CHANNEL = 4 * 3 * 24
+# bytes of training memory per voxel per sample and per base channel: the teacher's two pathways and the student,
+# forward and backward, with a pseudo-label round. Measured on a CPU in fp32 (a co-training step with rounds, width
+# 16, batch 2: peak RSS grew by 695 MiB from 16x64x64 to 32x64x64 patches, 5,560 bytes per voxel per sample);
+# bf16 autocast on a GPU stores most activations in half the bytes, so on a GPU it errs on the safe side. Not yet
+# checked on a GPU (no GPU in this project's CI).
+BYTES_PER_VOXEL_PER_CHANNEL = 350
 # On a CPU, volumes train as 2D slices unless rules 1-2 already decided: a 3D step (2 x 32 x 64 x 64 voxels) costs
 # about what a 2D step of 8 whole slices costs and sees a small block of each volume; the pilot in
 # benchmarks/quality/ABLATIONS.md ("Volumes: 2d slices vs 3d") is the evidence so far (one seed).
