@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.settle:.0f} s of event loop.", "",
         *rows, "",
         f"Target: no stall over {TARGET_MS:.0f} ms: **{verdict}** it (worst {worst:.1f} ms).", "",
-        f"- {collections.summary()} during the actions; {gc.get_freeze_count()} objects frozen at the end",
+        f"- {collections.summary(probe)} during the actions; {gc.get_freeze_count()} objects frozen at the end",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
         f"- load before: `{load_before}`",
