@@ -84,9 +84,11 @@ def job_train(params: dict) -> dict:
 
     pool, test = load_split(Path(params["root"]))
     labelled = params["labelled"]
+    overrides = dict(params["overrides"])  # a variant may be a labels-only arm too ({"labels_only": true, ...})
+    labels_only = bool(overrides.pop("labels_only", params["labels_only"]))
     config = TrainConfig.from_preset(params.get("preset"), budget_seconds=params["budget"],
-                                     budget_clock="cpu", threads=1, labels_only=params["labels_only"],
-                                     seed=params["seed"], **params["overrides"])
+                                     budget_clock="cpu", threads=1, labels_only=labels_only,
+                                     seed=params["seed"], **overrides)
     wall, cpu = clock.perf_counter(), clock.process_time()
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
@@ -102,6 +104,7 @@ def job_train(params: dict) -> dict:
                       overhead_seconds=card["training"]["overhead_seconds"], cpu_seconds=cpu_seconds,
                       wall_seconds=wall_seconds, working_scale=card.get("working_scale"),
                       patch_size=card.get("patch_size"), collection_size=len(collection),
+                      layout=(card.get("plan") or {}).get("layout"), plan=(card.get("plan") or {}).get("text"),
                       collapse=trained["collapse"])
     result["steps_per_second"] = result["steps"] / max(1e-9, result["optimisation_seconds"])
     return result
