@@ -228,3 +228,15 @@ def test_eval_objects_prints_and_writes_the_object_scores(objects_data, tmp_path
     assert (instances == 1).sum() / (merged == 1).sum() > 0.5
     assert float(rows["img_0"]["ap50"]) == pytest.approx(2 / 3) and int(rows["img_0"]["count_error"]) == -1
     assert float(rows["pooled"]["ap50"]) == pytest.approx(5 / 6)  # TP 2 + 3, FN 1
+
+
+def test_info_and_export_say_objects_mode(objects_model, tmp_path, monkeypatch):
+    code, out, err = run_cli(["info", objects_model["model"]])
+    assert code == 0, err
+    assert "objects:      predicts instance masks" in out and "boundary of 2 px" in out
+    from napari_diffseg.core.prediction import bioimageio_export
+
+    monkeypatch.setattr(bioimageio_export, "export_bioimageio", lambda *a, **k: tmp_path / "m.zip")
+    code, out, err = run_cli(["export", objects_model["model"], "--out", tmp_path / "m.zip"])
+    assert code == 0, err
+    assert "objects-mode model" in err and "not instance ids" in err

@@ -350,6 +350,10 @@ def _card_lines(card: dict) -> list[str]:
              f"batch {card.get('batch_size')}, working scale {card.get('working_scale', 1.0)}"]
     fit = FitReport.from_dict(card.get("metrics", {}))
     lines.append(f"kept:         {fit.describe() if fit is not None else 'no model yet'}")
+    objects = card.get("objects")
+    if isinstance(objects, dict) and objects.get("mode") == "objects":
+        lines.append(f"objects:      predicts instance masks (background / interior / boundary of "
+                     f"{int(objects.get('boundary_width', 1))} px, decoded by a seeded watershed)")
     environment = card.get("environment", {})
     if environment:
         lines.append(f"trained with: torch {environment.get('torch')}, {environment.get('device')}, "
