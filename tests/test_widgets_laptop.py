@@ -406,7 +406,9 @@ def test_a_refused_or_failed_next_round_leaves_the_round_as_it_was(make_napari_v
     with project.training_lock("training round 2 from the command line"):
         review.next_round_button.click()
         wait_until_finished(qtbot, state)
-    assert state.status == Status.FAILED and "is busy: training round 2 from the command line" in shown["error"][-1]
+    assert state.status == Status.FAILED
+    assert shown["error"][-1].startswith("project is busy: training round 2 from the command line")  # the reason
+    assert shown["error"][-1].endswith(str(project.folder))  # first, the path last
     assert project.current_round == state.round == 1 and train.round_label.text() == "Round 1"
     assert project.config.get(_state.UNFINISHED_RUN_KEY) is None  # nothing to offer for resume
     assert not project.checkpoints_dir(2, create=False).exists()

@@ -433,9 +433,9 @@ class Project:
         """Hold the project's training lock while ``activity`` runs: one trainer per project, across processes
         (napari and the command line alike) and platforms (see ``core.project.locks``). DiffsegError naming the holder when
         another run has it."""
-        def busy(holder: str) -> str:
-            return (f"project {self.folder} is busy: {holder}; wait for it to finish or stop it (one training per "
-                    "project)")
+        def busy(holder: str) -> str:  # the reason first, the path last: napari cuts long notifications at the end
+            return (f"project is busy: {holder}; wait for it to finish or stop it (one training per project): "
+                    f"{self.folder}")
 
         with locks.exclusive(self.folder / TRAINING_LOCK, activity, busy):
             yield
