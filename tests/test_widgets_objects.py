@@ -56,3 +56,41 @@ def test_review_and_annotate_keep_object_ids(make_napari_viewer, tmp_path, monke
     labels = _layers.show_for_annotation(viewer, project, "img_0")
     assert labels.data.dtype == np.uint32 and int(labels.data.max()) == 2
     assert not [m for k, m in messages if k == "error"]
+
+
+def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path):
+    """The Predict panel's job with an objects model: instance masks to disk (as diffseg predict writes them) and
+    in memory, shown with one colour per object."""
+    import tifffile
+
+    from napari_diffseg._widgets.predict import PredictResult, predict_job
+    from test_cli import run_cli
+    from test_cli_objects import FAST, _touching_discs
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for index in range(3):
+        image, instances = _touching_discs(index)
+        tifffile.imwrite(tmp_path / "images" / f"img_{index}.tif", image)
+        if index < 2:
+            tifffile.imwrite(tmp_path / "labels" / f"img_{index}.tif", instances)
+    model = tmp_path / "model"
+    code, _, err = run_cli(["train", tmp_path / "images", "--labels", tmp_path / "labels", "--out", model,
+                            "--objects", *FAST])
+    assert code == 0, err
+    code, _, err = run_cli(["predict", model, tmp_path / "images" / "img_2.tif", "--out", tmp_path / "cli"])
+    assert code == 0, err
+    source = tmp_path / "images" / "img_2.tif"
+    events = list(predict_job(model, [("img_2", source, None)], tmp_path / "panel", uncertainty=False))
+    assert any(isinstance(e, PredictResult) for e in events)
+    written = tifffile.imread(tmp_path / "panel" / "img_2.tif")
+    assert written.dtype == np.uint16
+    np.testing.assert_array_equal(written, tifffile.imread(tmp_path / "cli" / "img_2.tif"))
+    in_memory = [e for e in predict_job(model, [("img_2", source, None)], None, uncertainty=False)
+                 if isinstance(e, PredictResult)][0]
+    np.testing.assert_array_equal(in_memory.mask, written)
+    viewer = make_napari_viewer()
+    layer = _layers.show_prediction(viewer, tifffile.imread(source), in_memory.mask, None, "img_2")
+    assert layer.data.dtype == np.uint16 and isinstance(layer.colormap, CyclicLabelColormap)
+    layer = _layers.show_prediction(viewer, tifffile.imread(source), (in_memory.mask > 0).astype(np.uint8), None, "x")
+    assert not isinstance(layer.colormap, CyclicLabelColormap)  # a regions mask again: class colours

@@ -313,8 +313,17 @@ def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertaint
                 **uncertainty_style())
     elif unc_layer is not None:
         viewer.layers.remove(unc_layer)
+    mask = np.asarray(mask)
+    if mask.dtype.kind in "ui" and mask.dtype.itemsize > 1:  # instance ids of an objects model: kept, one colour each
+        from napari.utils.colormaps import label_colormap
+
+        labels = _upsert(viewer, "labels", PREDICT_MASK, mask, name, colormap=label_colormap())
+        labels.colormap = label_colormap()  # also when the layer showed classes before
+        return labels
     labels = _upsert(viewer, "labels", PREDICT_MASK, np.asarray(mask, np.uint8), name,
                      colormap=pseudo_label_colormap(max(2, int(np.max(mask)) + 1)))
+    if type(labels.colormap).__name__ == "CyclicLabelColormap":  # it showed objects before
+        labels.colormap = pseudo_label_colormap(max(2, int(np.max(mask)) + 1))
     return labels
 
 

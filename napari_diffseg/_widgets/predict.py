@@ -127,6 +127,9 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
     device = select_device("auto")
     yield PredictStatus(_loading_message(device))
     model = SegmentationModel.load(model_dir, device=device, bf16=bf16_supported(device), backend="auto")
+    from napari_diffseg.core.objects.files import card_objects
+
+    objects = card_objects(model.card) is not None  # objects mode (core/objects): instance masks out
     yield PredictStatus(f"Segmenting {len(sources)} image(s)…")
     for index, (name, source, layer_name) in enumerate(sources):
         if isinstance(source, Path) and large.pixel_count(source) > large.LARGE_IMAGE_PIXELS:
@@ -140,6 +143,12 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
                 try:
                     progress = next(blocks)
                 except StopIteration as stop:
+                    if objects:  # the classes went block by block into <stem>.zarr; the objects into <stem>.tif
+                        from napari_diffseg.core.objects.blocks import decode_large
+
+                        yield PredictStatus(f"{name}: decoding the objects block by block…")
+                        for _ in decode_large(large.output_zarr(target), target):
+                            pass
                     yield PredictResult(name, None, None, layer_name, stop.value, source_path=source)
                     break
                 if progress.region is not None:
@@ -160,7 +169,12 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
                     break
                 done = (plane_index + tiles.done / max(1, tiles.total)) / len(planes)
                 yield PredictProgress((index + done) / len(sources), name)
-            masks.append(prediction.mask)
+            if objects:
+                from napari_diffseg.core.objects.decode import probabilities_to_instances
+
+                masks.append(probabilities_to_instances(prediction.probabilities))
+            else:
+                masks.append(prediction.mask)
             maps.append(prediction.uncertainty)
         mask = np.stack(masks) if per_plane else masks[0]
         unc = (np.stack(maps) if per_plane else maps[0]) if uncertainty else None
@@ -170,7 +184,12 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
             continue
         stem = sanitise_name(name_stem(source) if isinstance(source, Path) else name)
         path = Path(out_dir) / f"{stem}.tif"
-        write_mask(path, mask)
+        if objects:
+            from napari_diffseg.core.objects.files import write_instances
+
+            write_instances(path, mask)
+        else:
+            write_mask(path, mask)
         if unc is not None:
             write_tiff_atomic(Path(out_dir) / f"{stem}{UNCERTAINTY_SUFFIX}.tif", unc.astype(np.float32))
         yield PredictResult(name, None, None, layer_name, path)
