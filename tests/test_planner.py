@@ -16,7 +16,7 @@ from napari_diffseg.core.method.checkpoint import CARD, ModelCheckpoint
 from napari_diffseg.core.method.config import TrainConfig
 from napari_diffseg.core.method.planner import (ANISOTROPY_RATIO, BATCH_3D, PATCH_3D_CPU, DeviceInfo, Plan,
                                                 plan_training, training_bytes)
-from tests.conftest import tiny_train_config
+from conftest import tiny_train_config
 
 CPU = DeviceInfo("cpu", 1, None)
 GPU = DeviceInfo("cuda", 8, 40 * 2**30)
@@ -132,6 +132,23 @@ def test_a_2d_layout_model_trains_on_slices_and_predicts_volumes(tmp_path):
         model.predict(raw[0])  # a 2D image for a model of volumes
     assert any(type(e).__name__ == "Done" for e in events)
     assert type(events[0]).__name__ == "PlanChosen" and events[0].text == plan.describe()  # before the first step
+
+
+def test_the_predict_panel_segments_a_volume_with_a_model_of_slices(tmp_path, monkeypatch):
+    """The Predict panel's job passes a volume whole to a model trained on 2D slices (it used to cut the stack into
+    planes, which such a model refuses)."""
+    from napari_diffseg._widgets.predict import PredictResult, predict_job
+    from napari_diffseg.core.method.training import train
+    from napari_diffseg.core.prediction import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "available", lambda: False)  # torch: no model conversion in a unit test
+
+    data = _volumes(2, (8, 24, 24))
+    list(train(data, tiny_train_config(max_steps=1, layout="2d", patch_size=(16, 16)), tmp_path / "model"))
+    volume = make_blobs_dataset(1, (9, 20, 28), ndim=3, seed=2)[0][0]
+    results = [e for e in predict_job(tmp_path / "model", [("v", volume, None)], None, False)
+               if isinstance(e, PredictResult)]
+    assert len(results) == 1 and results[0].mask.shape == volume.shape
 
 
 def test_slice_prediction_equals_the_2d_network_on_each_slice(tmp_path):

@@ -156,7 +156,7 @@ def predict_job(model_dir: Path, sources: list[tuple[str, Any, str | None]], out
                 yield PredictProgress((index + progress.done / progress.total) / len(sources), name)
             continue
         image = read_image(source) if isinstance(source, Path) else np.asarray(source)
-        per_plane = model.config.spatial_dims == 2 and _is_stack_of_2d(image)
+        per_plane = model.image_dims == 2 and _is_stack_of_2d(image)  # (a model of 2D slices takes volumes)
         planes = list(image) if per_plane else [image]
         masks, maps = [], []
         for plane_index, plane in enumerate(planes):
