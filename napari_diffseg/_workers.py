@@ -66,9 +66,9 @@ class ClosingGeneratorWorker(GeneratorWorker):
 
 
 def error_message(error: BaseException) -> str:
-    """One line for the user, the reason first and a leading path moved to the end (napari cuts long notifications
-    at the end, so a message that starts with a long path would show only the path): DiffsegError / WorkerFailure
-    messages as written, other errors as 'Type: message'."""
+    """One line for the user, the reason first and a path moved to the end (:func:`reason_first`; napari cuts long
+    notifications at the end, so a message that starts with a long path would show only the path): DiffsegError /
+    WorkerFailure messages as written, other errors as 'Type: message'."""
     if isinstance(error, (DiffsegError, WorkerFailure)):
         text = str(error)
     else:
@@ -78,14 +78,34 @@ def error_message(error: BaseException) -> str:
 
 
 _LEADING_PATH = re.compile(r"^(?P<path>(?:[A-Za-z]:)?[\\/][^\s:]+):\s+(?P<reason>\S.*)$")
+_PATH_TOKEN = re.compile(r"(?<![\w/\\.])(?:[A-Za-z]:)?[\\/][^\s:;,'\"()\[\]]+")
 
 
 def reason_first(message: str) -> str:
-    """'/long/path/last.pt: nothing to resume' -> 'nothing to resume: /long/path/last.pt'; anything else as is."""
+    """The reason first and the path last, as napari shows a notification only up to its width:
+    '/long/path/last.pt: nothing to resume' -> 'nothing to resume: /long/path/last.pt'; a path inside the message
+    ('/data/a.tif has unsupported pixel type int64; save it as ...', 'cannot create a project in /long/proj: the
+    folder is not empty') is named by its last part there and given in full at the end ('a.tif has unsupported
+    pixel type int64; save it as ...: /data/a.tif'). Only a path that exists is moved (a path with spaces is cut at
+    the first one by the pattern, and that part does not exist); anything else stays as it is."""
     match = _LEADING_PATH.match(message)
-    if match is None:
-        return message
-    return f"{match['reason'].rstrip('.')}: {match['path']}"
+    if match is not None:
+        return f"{match['reason'].rstrip('.')}: {match['path']}"
+    for token in _PATH_TOKEN.finditer(message):
+        path = token.group(0).rstrip(".")
+        rest = message[token.start() + len(path):]
+        if not rest.strip(" .'\"") or not _exists(path):
+            continue  # already at the end, or not a path of this machine
+        name = re.split(r"[\\/]", path.rstrip("\\/"))[-1] or path
+        return f"{message[:token.start()]}{name}{rest}".rstrip(" .") + f": {path}"
+    return message
+
+
+def _exists(path: str) -> bool:
+    try:
+        return os.path.exists(path)
+    except (OSError, ValueError):
+        return False
 
 
 def notify_error(message: str) -> None:

@@ -276,10 +276,25 @@ def test_a_read_only_project_opens_read_only_and_still_predicts(make_napari_view
     assert errors_before == 1
 
 
-def test_errors_say_the_reason_first_and_the_path_last():
+def test_errors_say_the_reason_first_and_the_path_last(tmp_path):
     assert error_message(InputError("/very/long/folder/of/the/lab/server/round_1/last.pt: nothing to resume")) == \
         "nothing to resume: /very/long/folder/of/the/lab/server/round_1/last.pt"
     assert error_message(InputError("no labelled image: label one first")) == "no labelled image: label one first"
+    folder = tmp_path / ("a_long_folder_of_the_lab_server_" * 3)  # a path inside the message: its name there,
+    folder.mkdir()  # the whole path at the end
+    image = folder / "img_001.tif"
+    image.write_bytes(b"")
+    assert error_message(InputError(f"{image} has unsupported pixel type int64; save it as uint8")) == \
+        f"img_001.tif has unsupported pixel type int64; save it as uint8: {image}"
+    assert error_message(InputError(f"cannot create a project in {folder}: the folder is not empty; choose an "
+                                    "empty one.")) == \
+        f"cannot create a project in {folder.name}: the folder is not empty; choose an empty one: {folder}"
+    at_end = f"no image named 'a' in project {folder}"
+    assert error_message(InputError(at_end)) == at_end  # already last
+    spaced = f"{folder}/My Data/x.tif is a folder, not an image file"  # a path with spaces is left whole
+    assert error_message(InputError(spaced)) == spaced
+    assert error_message(InputError("see https://bioimage.io/spec for the format")) == \
+        "see https://bioimage.io/spec for the format"
 
 
 def test_loss_plot_draws_each_part_smoothed_with_marks_and_axis_titles(make_napari_viewer):
