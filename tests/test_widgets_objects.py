@@ -4,6 +4,7 @@ cut to 8 bits), one colour per object, and Accept stores the ids; Annotate opens
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari.utils import notifications
 from napari.utils.colormaps import CyclicLabelColormap
 
@@ -92,5 +93,18 @@ def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path
     viewer = make_napari_viewer()
     layer = _layers.show_prediction(viewer, tifffile.imread(source), in_memory.mask, None, "img_2")
     assert layer.data.dtype == np.uint16 and isinstance(layer.colormap, CyclicLabelColormap)
+    ids = [int(i) for i in np.unique(in_memory.mask) if i]
+    assert list(layer.features["index"]) == ids  # the per-object table, one row per object
+    assert ids, "the trained model found no object: the check below would test nothing"
+    first = in_memory.mask == ids[0]
+    assert layer.features["area"].iloc[0] == first.sum()
+    assert layer.features["mean_intensity"].iloc[0] == pytest.approx(tifffile.imread(source)[first].mean())
+    # a layer source: the '<name> prediction' layer carries the table, intensities from the source layer
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")[1]
+    viewer.add_image(tifffile.imread(source), name="nuclei")
+    panel._show_result(PredictResult("nuclei", in_memory.mask, None, "nuclei"))
+    features = viewer.layers["nuclei prediction"].features
+    assert list(features["index"]) == ids
+    assert features["mean_intensity"].iloc[0] == pytest.approx(tifffile.imread(source)[first].mean())
     layer = _layers.show_prediction(viewer, tifffile.imread(source), (in_memory.mask > 0).astype(np.uint8), None, "x")
     assert not isinstance(layer.colormap, CyclicLabelColormap)  # a regions mask again: class colours

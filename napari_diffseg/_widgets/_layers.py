@@ -302,6 +302,20 @@ def show_for_review(viewer: Any, project: Project, name: str) -> Any:
     return labels
 
 
+def object_features(instances: np.ndarray, image: np.ndarray | None = None) -> Any:
+    """The per-object table (core/objects/measure.py: area or volume, centroid, mean intensity, bounding box) as a
+    Labels layer's features, one row per object id (napari shows them beside the id under the cursor)."""
+    import pandas as pd
+
+    from napari_diffseg.core.objects.measure import object_table
+
+    try:
+        rows = object_table(instances, image)
+    except DiffsegError:  # an image of another shape than the mask: no intensities
+        rows = object_table(instances)
+    return pd.DataFrame([{"index": row.pop("id"), **row} for row in rows])
+
+
 def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertainty: np.ndarray | None,
                     name: str) -> Any:
     """Show one segmented file with its image in the reused Predict layers (no orphan result layers)."""
@@ -319,6 +333,7 @@ def show_prediction(viewer: Any, image: np.ndarray, mask: np.ndarray, uncertaint
 
         labels = _upsert(viewer, "labels", PREDICT_MASK, mask, name, colormap=label_colormap())
         labels.colormap = label_colormap()  # also when the layer showed classes before
+        labels.features = object_features(mask, image)
         return labels
     labels = _upsert(viewer, "labels", PREDICT_MASK, np.asarray(mask, np.uint8), name,
                      colormap=pseudo_label_colormap(max(2, int(np.max(mask)) + 1)))

@@ -455,6 +455,9 @@ class PredictPanel(QWidget):
             if existing is not None:
                 self.viewer.layers.remove(existing)
             self.viewer.add_labels(result.mask, name=name, **kwargs)
+        if result.mask.dtype.itemsize > 1:  # an objects model's instance ids: the per-object table as features
+            self.viewer.layers[name].features = _layers.object_features(
+                result.mask, np.asarray(source.data) if source is not None and kwargs else None)
         if result.uncertainty is not None:
             unc_name = f"{result.name}{UNCERTAINTY_LAYER_SUFFIX}"
             if unc_name in self.viewer.layers:
