@@ -108,3 +108,27 @@ def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path
     assert features["mean_intensity"].iloc[0] == pytest.approx(tifffile.imread(source)[first].mean())
     layer = _layers.show_prediction(viewer, tifffile.imread(source), (in_memory.mask > 0).astype(np.uint8), None, "x")
     assert not isinstance(layer.colormap, CyclicLabelColormap)  # a regions mask again: class colours
+
+
+def test_annotate_says_how_to_paint_objects_and_saves_their_ids(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_diffseg._widgets.annotate import HELP, OBJECTS_HELP
+
+    infos = []
+    monkeypatch.setattr(notifications, "show_info", lambda message: infos.append(str(message)))
+    viewer = make_napari_viewer()
+    annotate = viewer.window.add_plugin_dock_widget(PLUGIN, "Annotate")[1]
+    project = _objects_project(tmp_path / "proj")
+    annotate.state.set_project(project)
+    assert annotate.help_label.text() == OBJECTS_HELP and "Press M" in OBJECTS_HELP
+    annotate.open_image("img_1")
+    layer = annotate.labels_layer()
+    painted = np.zeros((48, 48), np.uint32)
+    painted[2:8, 2:8], painted[2:8, 8:14], painted[30:40, 30:40] = 5, 6, 1000
+    layer.data = painted
+    assert annotate.save()
+    np.testing.assert_array_equal(project.label("img_1"), painted)
+    assert infos[-1].startswith("saved the 3 object(s) of img_1")
+    regions = Project.create(tmp_path / "regions")
+    regions.add_image(np.zeros((16, 16), np.uint8), name="a")
+    annotate.state.set_project(regions)
+    assert annotate.help_label.text() == HELP

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 HELP = ("Paint the objects with label 1 (0 erases). Keys: P paint, E erase, F fill, [ and ] brush size. "
         "For 3D images, paint slice by slice with the slider.")
+OBJECTS_HELP = ("Objects project: paint each object with its own label. Press M for the next free label (napari's "
+                "new-label key), paint the object, M again for the next one; touching objects need different labels; "
+                "0 erases. Keys: P paint, E erase, F fill, [ and ] brush size. 3D: slice by slice with the slider.")
 
 
 class AnnotatePanel(QWidget):
@@ -46,7 +49,7 @@ class AnnotatePanel(QWidget):
         self.save_button.clicked.connect(lambda: self.save())
         self.clear_button.clicked.connect(self.clear)
         self.current_label = wrapping_label("")
-        help_label = wrapping_label(HELP)
+        self.help_label = help_label = wrapping_label(HELP)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Image"))
@@ -70,6 +73,7 @@ class AnnotatePanel(QWidget):
     def refresh(self, *_: Any) -> None:
         """Fill the image list: images without ground truth first, then labelled ones."""
         project = self.state.project
+        self.help_label.setText(OBJECTS_HELP if project is not None and project.objects else HELP)
         current = self.image_combo.currentData()
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
@@ -182,6 +186,9 @@ class AnnotatePanel(QWidget):
         project.save_label(name, mask)
         if not mask.any():
             notifications.show_warning(f"saved an empty mask for {name}: it teaches 'no object here'")
+        elif project.objects:
+            count = len(np.unique(mask)) - 1
+            notifications.show_info(f"saved the {count} object(s) of {name} as ground truth, each with its id")
         elif project.num_classes == 2 and mask.max() > 1:
             notifications.show_info(f"saved the mask of {name} as ground truth; labels 2-{int(mask.max())} were saved "
                                     "as foreground (1): this project has one foreground class")
