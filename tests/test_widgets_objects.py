@@ -132,3 +132,28 @@ def test_annotate_says_how_to_paint_objects_and_saves_their_ids(make_napari_view
     regions.add_image(np.zeros((16, 16), np.uint8), name="a")
     annotate.state.set_project(regions)
     assert annotate.help_label.text() == HELP
+
+
+def test_project_table_counts_the_objects_of_each_image(make_napari_viewer, tmp_path):
+    from napari_diffseg._widgets.project import OBJECTS_COLUMN
+
+    viewer = make_napari_viewer()
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]
+    project = _objects_project(tmp_path / "proj")
+    assert project.object_counts() == {"img_0": 2, "img_1": 2, "img_2": 2}
+    corrected = project.pseudo("img_1")[0].astype(np.uint32)
+    corrected[40:44, 40:44] = 9
+    project.accept("img_1", corrected)  # the accepted mask's count replaces the pseudo-label's
+    project.reject("img_2")  # no mask any more
+    panel.state.set_project(project)
+    panel.refresh()
+    header = [panel.table.horizontalHeaderItem(c).text() for c in range(panel.table.columnCount())]
+    assert header[-1] == OBJECTS_COLUMN
+    shown = {panel.table.item(r, 0).text(): panel.table.item(r, len(header) - 1).text()
+             for r in range(panel.table.rowCount())}
+    assert shown == {"img_0": "2", "img_1": "3", "img_2": ""}
+    regions = Project.create(tmp_path / "regions")
+    regions.add_image(np.zeros((16, 16), np.uint8), name="a")
+    panel.state.set_project(regions)
+    panel.refresh()
+    assert panel.table.columnCount() == len(header) - 1 and regions.object_counts() == {}

@@ -32,6 +32,7 @@ from napari_diffseg.core.project.store import ImageRecord, ImageStatus, Project
 log = logging.getLogger(__name__)
 
 COLUMNS = ("Image", "Status", "Round", "Uncertainty")
+OBJECTS_COLUMN = "Objects"  # an objects project's column: objects in each image's current mask
 
 
 def status_text(record: ImageRecord) -> str:
@@ -307,10 +308,18 @@ class ProjectPanel(QWidget):
     def refresh(self, *_: Any) -> None:
         project = self.state.project
         records = [] if project is None else project.records()
+        counts = None if project is None or not project.objects else project.object_counts()  # objects mode
+        columns = COLUMNS + (() if counts is None else (OBJECTS_COLUMN,))
+        if self.table.columnCount() != len(columns):
+            self.table.setColumnCount(len(columns))
+            self.table.setHorizontalHeaderLabels(columns)
         self.table.setRowCount(len(records))
         for row, record in enumerate(records):
             uncertainty = "" if record.uncertainty is None else f"{record.uncertainty:.3f}"
-            for column, text in enumerate((record.name, status_text(record), str(record.round), uncertainty)):
+            cells = (record.name, status_text(record), str(record.round), uncertainty)
+            if counts is not None:
+                cells += (str(counts.get(record.name, "")),)
+            for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if column:
                     item.setTextAlignment(Qt.AlignCenter)

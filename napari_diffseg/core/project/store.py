@@ -82,6 +82,7 @@ _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
 _MAX_ROUND = 100_000  # a round number beyond this was not counted by a project (edited by hand)
 _ORIGINAL_NAME_KEY = "original_name:"  # meta key prefix: the name the user gave an image the project had to change
+_OBJECTS_KEY = "objects:"  # meta key prefix: objects mode's object count of an image's label or pseudo-label
 _SOURCES_KEY = "sources"  # meta key: the folders a project was created from (JSON), which export never writes into
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
@@ -515,6 +516,35 @@ class Project:
         else:
             write_mask(path, mask)
 
+    def _record_object_count(self, kind: str, name: str, mask: np.ndarray) -> None:
+        """Objects mode: remember how many objects the label or the latest pseudo-label of ``name`` holds (for the
+        Project table, without reading every mask)."""
+        if not self.objects:
+            return
+        count = int(np.count_nonzero(np.unique(np.asarray(mask))))
+        with self._connection(write=True) as con:
+            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"{_OBJECTS_KEY}{kind}:{name}",
+                                                                               str(count)))
+
+    def object_counts(self) -> dict[str, int]:
+        """Objects mode: image name -> objects in its current mask (the ground truth of labelled and accepted
+        images, else the latest pseudo-label; images without either are left out). {} for a regions project."""
+        if not self.objects:
+            return {}
+        with self._connection() as con:
+            rows = con.execute("SELECT key, value FROM meta WHERE key LIKE ?", (f"{_OBJECTS_KEY}%",)).fetchall()
+        stored: dict[tuple[str, str], int] = {}
+        for key, value in rows:
+            kind, _, name = key[len(_OBJECTS_KEY):].partition(":")
+            with contextlib.suppress(ValueError):
+                stored[(kind, name)] = int(value)
+        counts = {}
+        for record in self.records():
+            kind = "label" if record.status in GROUND_TRUTH_STATUSES else "pseudo"
+            if record.status != ImageStatus.REJECTED and (kind, record.name) in stored:
+                counts[record.name] = stored[(kind, record.name)]
+        return counts
+
     @property
     def num_classes(self) -> int:
         """``config["num_classes"]`` (default 2: background / foreground); masks are validated against it."""
@@ -680,6 +710,7 @@ class Project:
                 fresh.unlink(missing_ok=True)
                 raise
             previous.unlink(missing_ok=True)
+        self._record_object_count("label", name, mask)
 
     def current_mask(self, name: str) -> tuple[np.ndarray | None, str]:
         """The best mask there is for image ``name`` and where it comes from: the ground truth of labelled and
@@ -839,6 +870,7 @@ class Project:
         mask_path, uncertainty_path = self._pseudo_paths(record.name, round_number)
         self._write_mask(mask_path, mask)
         write_tiff_atomic(uncertainty_path, uncertainty_map)
+        self._record_object_count("pseudo", record.name, mask)
         mean = float(mean_uncertainty)
         with self._connection(write=True) as con:
             cur = con.execute(
