@@ -198,6 +198,44 @@ def test_closing_during_training_asks_and_stop_leaves_a_run_the_reopened_project
     assert shown["error"] == []
 
 
+def test_keep_training_closes_the_dock_at_once_and_napari_when_the_round_ends(make_napari_viewer, qtbot, tmp_path,
+                                                                               shown, monkeypatch):
+    """The third answer: the dock closes while the round trains on; napari's window stays open, says it will close,
+    and closes itself once the round has finished (its model written, nothing left to resume)."""
+    viewer = make_napari_viewer(show=True)
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    state = train.state
+    _small_project(tmp_path / "proj")
+    state.set_project(Project.open(tmp_path / "proj"))
+    state.config = tiny_config(max_steps=16)
+    asked: list[str] = []
+    monkeypatch.setattr(_closing, "ask_while_training",
+                        lambda _parent, closing: asked.append(closing) or _closing.KEEP_TRAINING)
+    window = viewer.window._qt_window
+    closed: list[bool] = []
+    window.close = lambda: closed.append(True)  # (a real close here would be closed again by the fixture, on a
+    # deleted window; not monkeypatch: its undo would leave the bound method in the window's dict, a cycle)
+    train.start_button.click()
+    qtbot.waitUntil(lambda: state.step >= 2, timeout=TRAIN_TIMEOUT_MS)
+
+    train_dock.title.close_button.click()
+    assert asked == ["this panel"] and state.status == Status.RUNNING
+    qtbot.waitUntil(lambda: not train_dock.isVisible(), timeout=5_000)  # closed at once, the round goes on
+
+    event = QCloseEvent()
+    QApplication.sendEvent(window, event)
+    assert asked[-1] == "napari" and not event.isAccepted() and window.isVisible()
+    assert state.status == Status.RUNNING and shown["info"][-1] == "napari closes when the round ends"
+    assert closed == []
+    wait_until_finished(qtbot, state)
+    assert state.status == Status.DONE and state.step == 16
+    assert closed == [True]  # napari's window closed itself once the round had ended
+    del window.close
+    project = Project.open(tmp_path / "proj")
+    assert (project.checkpoints_dir(1) / LAST).is_file() and stopped_run(project) is None
+    assert shown["error"] == []
+
+
 def test_status_lines_after_a_failure_and_with_no_project(make_napari_viewer, qtbot, tmp_path, shown):
     viewer = make_napari_viewer()
     panels = open_panels(viewer)
