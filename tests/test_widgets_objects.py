@@ -157,3 +157,15 @@ def test_project_table_counts_the_objects_of_each_image(make_napari_viewer, tmp_
     panel.state.set_project(regions)
     panel.refresh()
     assert panel.table.columnCount() == len(header) - 1 and regions.object_counts() == {}
+
+
+def test_new_project_in_objects_mode_from_the_panel(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]
+    assert not panel.objects_check.isChecked()  # regions by default
+    regions = panel.create_project(tmp_path / "regions")
+    assert regions.objects is None and regions.num_classes == 2
+    panel.objects_check.setChecked(True)
+    project = panel.create_project(tmp_path / "objects")
+    assert project.objects["mode"] == "objects" and project.num_classes == 3
+    assert panel.state.project.folder == project.folder

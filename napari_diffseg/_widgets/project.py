@@ -80,6 +80,10 @@ class ProjectPanel(QWidget):
         self.new_button = QPushButton("New project…")
         self.open_button = QPushButton("Open project…")
         self.new_button.clicked.connect(self._choose_new)
+        self.objects_check = QCheckBox("new project: objects (one id per object)")
+        self.objects_check.setToolTip("Objects mode: label each object with its own id (nuclei, cells); the model "
+                                      "learns object interior and boundary and gives objects back (instance masks). "
+                                      "Off: regions (every label > 0 is one foreground class)")
         self.open_button.clicked.connect(self._choose_open)
 
         self.layer_combo = LayerCombo(viewer, (Image,))
@@ -111,6 +115,7 @@ class ProjectPanel(QWidget):
         project_box = QGroupBox("Project folder")
         project_layout = QVBoxLayout(project_box)
         project_layout.addWidget(widget_grid(self.new_button, self.open_button))
+        project_layout.addWidget(self.objects_check)
         project_layout.addWidget(self.project_label)
         project_layout.addWidget(self.read_only_label)
 
@@ -158,11 +163,16 @@ class ProjectPanel(QWidget):
         return True
 
     @user_errors
-    def create_project(self, folder: str | Path) -> Project | None:
-        """Create a new project in ``folder`` and make it the open project."""
+    def create_project(self, folder: str | Path, objects: bool | None = None) -> Project | None:
+        """Create a new project in ``folder`` and make it the open project; ``objects`` (default: the panel's box)
+        makes it an objects-mode project (core/objects: instance labels, three-class training)."""
         if not self._can_switch():
             return None
-        project = Project.create(Path(folder))
+        if objects is None:
+            objects = self.objects_check.isChecked()
+        from napari_diffseg.core.objects.files import objects_card
+
+        project = Project.create(Path(folder), config={"num_classes": 3, "objects": objects_card()} if objects else None)
         _layers.remove_plugin_layers(self.viewer)
         self.state.set_project(project)
         return project
