@@ -155,6 +155,9 @@ class DiffsegState:
         stored = None if project is None else project.config.get("train")
         if stored:
             self._use_stored_config(dict(stored))
+        if project is not None and self.config.network.num_classes != project.num_classes:
+            # the project's classes decide (3 for an objects project): a training with others is refused
+            self._config = self.config.replace(num_classes=project.num_classes)
         self.round = 0 if project is None else project.current_round
         self.step = 0
         self.losses = []

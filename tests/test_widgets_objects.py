@@ -169,3 +169,20 @@ def test_new_project_in_objects_mode_from_the_panel(make_napari_viewer, tmp_path
     project = panel.create_project(tmp_path / "objects")
     assert project.objects["mode"] == "objects" and project.num_classes == 3
     assert panel.state.project.folder == project.folder
+
+
+def test_an_objects_project_trains_its_three_classes_from_napari(make_napari_viewer, tmp_path):
+    """The napari settings take the project's classes (they kept 2, and Train was refused: '2 classes but the
+    project has 3')."""
+    from napari_diffseg.core.project import rounds
+    from conftest import tiny_train_config
+
+    viewer = make_napari_viewer()
+    panel = viewer.window.add_plugin_dock_widget(PLUGIN, "Project")[1]
+    project = _objects_project(tmp_path / "proj")
+    panel.state.set_project(project)
+    assert panel.state.config.network.num_classes == 3
+    config = tiny_train_config(num_classes=panel.state.config.network.num_classes, max_steps=2,
+                               patch_size=(32, 32))
+    events = list(rounds.train_round(project, config))
+    assert project.latest_model_dir() is not None and events
