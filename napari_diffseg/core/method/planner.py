@@ -47,9 +47,9 @@ MAX_PATCH_3D_GPU = (128, 192, 192)
 # bf16 autocast on a GPU stores most activations in half the bytes, so on a GPU it errs on the safe side. Not yet
 # checked on a GPU (no GPU in this project's CI).
 BYTES_PER_VOXEL_PER_CHANNEL = 350
-# On a CPU, volumes train as 2D slices unless rules 1-2 already decided: a 3D step (2 x 32 x 64 x 64 voxels) costs
-# about what a 2D step of 8 whole slices costs and sees a small block of each volume; the pilot in
-# benchmarks/quality/ABLATIONS.md ("Volumes: 2d slices vs 3d") is the evidence so far (one seed).
+# On a CPU, volumes train as 2D slices unless rules 1-2 already decided. Evidence (one seed, benchmarks/quality/
+# ABLATIONS.md, "Volumes: 2d slices vs 3d patches"): la_mri_3d, K = 2, 120 CPU seconds: slices made 4x the steps
+# of 3D patches and scored 0.707 vs 0.522 test Dice (DiffSeg) and 0.768 vs 0.499 (labels-only).
 CPU_VOLUME_LAYOUT = "2d"
 
 
