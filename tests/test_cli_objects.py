@@ -240,3 +240,35 @@ def test_info_and_export_say_objects_mode(objects_model, tmp_path, monkeypatch):
     code, out, err = run_cli(["export", objects_model["model"], "--out", tmp_path / "m.zip"])
     assert code == 0, err
     assert "objects-mode model" in err and "not instance ids" in err
+
+
+def test_3d_volumes_train_and_predict_objects(tmp_path):
+    """Volumes of touching balls: train --objects, predict writes a 3D instance mask (the decoding of the model's
+    probabilities), whatever the plan trains the volumes as (slices on a CPU)."""
+    zz, yy, xx = np.indices((16, 32, 32))
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        instances = np.zeros((16, 32, 32), np.uint16)
+        for object_id, (cz, cy, cx) in enumerate([(8, 10, 10), (8, 10, 19), (8, 22, 22)], start=1):
+            instances[((zz - cz) ** 2 + (yy - cy - index) ** 2 + (xx - cx) ** 2 <= 25) & (instances == 0)] = object_id
+        image = (40 + 150 * (instances > 0) + rng.normal(0, 8, instances.shape)).clip(0, 255).astype(np.uint8)
+        tifffile.imwrite(tmp_path / "images" / f"vol_{index}.tif", image)
+        if index == 0:
+            tifffile.imwrite(tmp_path / "labels" / f"vol_{index}.tif", instances)
+    model = tmp_path / "model"
+    code, out, err = run_cli(["train", tmp_path / "images", "--labels", tmp_path / "labels", "--out", model,
+                              "--objects", "--steps", "4", "--width", "8", "--batch-size", "1"])
+    assert code == 0, err
+    assert json.loads((model / "model_card.json").read_text())["objects"]["mode"] == "objects"
+    code, out, err = run_cli(["predict", model, tmp_path / "images" / "vol_2.tif", "--out", tmp_path / "pred",
+                              "--backend", "torch", "--no-bf16"])
+    assert code == 0, err
+    written = tifffile.imread(tmp_path / "pred" / "vol_2.tif")
+    assert written.dtype == np.uint16 and written.shape == (16, 32, 32)
+    from napari_diffseg.core.objects.decode import probabilities_to_instances
+    from napari_diffseg.core.prediction.model import SegmentationModel
+
+    prediction = SegmentationModel.load(model).predict(tifffile.imread(tmp_path / "images" / "vol_2.tif"))
+    np.testing.assert_array_equal(written, probabilities_to_instances(prediction.probabilities))
