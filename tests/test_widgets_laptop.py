@@ -298,6 +298,15 @@ def test_a_read_only_project_opens_read_only_and_still_predicts(make_napari_view
 
     predict = panels["Predict"]  # predicting still works: to a layer, and to a folder elsewhere
     assert predict.model_row.text() == str(model_dir)
+    proposed = []  # exporting the model: the dialog proposes a file outside the read-only project
+
+    def save_dialog(_parent, _title, path, _filter):
+        proposed.append(Path(path))
+        return "", ""  # the user cancels
+
+    monkeypatch.setattr("qtpy.QtWidgets.QFileDialog.getSaveFileName", save_dialog)
+    assert predict.export_button.isEnabled() and predict.export() is None
+    assert proposed and project.folder not in proposed[0].parents and proposed[0].suffix == ".zip"
     image = viewer2.add_image(project.image(project.names()[0]), name="new image")
     predict.source_combo.setCurrentText(SOURCE_LAYER)
     predict.layer_combo.setCurrentText(image.name)

@@ -360,6 +360,15 @@ class PredictPanel(QWidget):
         self.worker.aborted.connect(lambda: self.status_label.setText("Cancelled."))
         return self.worker
 
+    def _export_default(self, model_dir: Path) -> Path:
+        """Where the export dialog proposes the package: beside the model folder, or in the home folder when that
+        is inside a project open read-only (which cannot be written)."""
+        default = model_dir.parent / f"{model_dir.name}.zip"
+        project = self.state.project
+        if self.state.read_only and project is not None and Path(project.folder) in default.parents:
+            default = Path.home() / f"{Path(project.folder).name}_{model_dir.name}.zip"
+        return default
+
     @user_errors
     def export(self, out: Path | None = None, overwrite: bool = False) -> Any:
         """Export the chosen model as a bioimage.io package to ``out`` (asked for with a file dialog when None, which
@@ -374,7 +383,7 @@ class PredictPanel(QWidget):
             from qtpy.QtWidgets import QFileDialog
 
             chosen, _ = QFileDialog.getSaveFileName(self, "bioimage.io model package",
-                                                    str(model_dir.parent / f"{model_dir.name}.zip"), "zip (*.zip)")
+                                                    str(self._export_default(model_dir)), "zip (*.zip)")
             if not chosen:
                 return None
             out, overwrite = Path(chosen), True
