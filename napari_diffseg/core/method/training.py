@@ -194,9 +194,13 @@ class TrainingRun:
         if scale is None:
             scale = config.schedule.working_scale
         # core/method/planner.py: layout (2D slices or 3D patches), working scale per axis, patch and batch
+        device_info = devices.device_info(self.device, self.threads)
+        if plan is None and ranks is not None and device_info.free_memory is not None:  # one plan on every rank
+            device_info = replace(device_info, free_memory=int(distributed.rank0_value(device_info.free_memory,
+                                                                                     self.device)))
         self.plan = plan or plan_training(
             [image.shape[1:] for image in data.images], [data.labels[i] for i in data.labelled_indices],
-            spacing=data.spacing, device=devices.device_info(self.device, self.threads), layout=config.network.layout,
+            spacing=data.spacing, device=device_info, layout=config.network.layout,
             patch_size=config.schedule.patch_size, batch_size=config.schedule.batch_size, working_scale=scale,
             base_channels=config.network.base_channels, depth=config.network.depth)
         self.network_config = NetworkConfig(
