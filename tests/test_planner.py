@@ -188,6 +188,27 @@ def test_a_warm_start_keeps_the_plan_it_was_trained_in(tmp_path):
     assert card["network"]["spatial_dims"] == 3
 
 
+def test_a_scale_given_at_a_warm_start_wins_over_the_saved_plan(tmp_path):
+    from napari_diffseg.core.method.training import train
+
+    data = _volumes(2, (16, 32, 32))
+    list(train(data, tiny_train_config(max_steps=1, patch_size=None, batch_size=None, layout="2d"), tmp_path / "a"))
+    list(train(data, tiny_train_config(max_steps=1, patch_size=None, batch_size=None, working_scale=0.5),
+               tmp_path / "b", warm_start=tmp_path / "a"))
+    card = json.loads((tmp_path / "b" / CARD).read_text())
+    assert card["working_scale"] == 0.5 and card["plan"]["working_scale"] == [1.0, 0.5, 0.5]
+
+
+def test_exporting_a_model_of_slices_is_refused_in_one_line(tmp_path):
+    from napari_diffseg.core.method.training import train
+    from napari_diffseg.core.prediction.bioimageio_export import ExportError, scripted_module
+    from napari_diffseg.core.prediction.model import SegmentationModel
+
+    list(train(_volumes(2, (8, 24, 24)), tiny_train_config(max_steps=1, layout="2d", patch_size=(16, 16)), tmp_path))
+    with pytest.raises(ExportError, match="slice by slice.*not built yet"):
+        scripted_module(SegmentationModel.load(tmp_path, backend="torch"))
+
+
 def test_a_3d_layout_still_trains_and_predicts_volumes(tmp_path):
     from napari_diffseg.core.method.training import train
     from napari_diffseg.core.prediction.model import SegmentationModel

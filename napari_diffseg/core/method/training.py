@@ -722,7 +722,8 @@ def train(
         scale = float(saved.working_scale)
     plan = None
     if (saved is not None and saved.plan and not saved.pretrain_only and config.network.layout == "auto"
-            and config.schedule.patch_size is None and config.schedule.batch_size is None):
+            and config.schedule.patch_size is None and config.schedule.batch_size is None
+            and config.schedule.working_scale is None):
         plan = Plan.from_dict(saved.plan)  # the layout the network was trained in (another device may plan another)
     elif (saved is not None and saved.plan and saved.pretrain_only and config.network.layout == "auto"
           and config.schedule.patch_size is None):
