@@ -65,7 +65,8 @@ def decode_blocks(classes, out, block: tuple[int, ...] | None = None, margin: tu
         core = tuple(slice(c, min(c + b, n)) for c, b, n in zip(corner, block, shape))
         window = tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(core, margin, shape))
         window_classes = np.asarray(classes[window])
-        local = classes_to_instances(window_classes, min_size=min_size).astype(np.int64)
+        local = classes_to_instances(window_classes, min_size=min_size,
+                                     origin=tuple(w.start for w in window)).astype(np.int64)
         if local.any():
             window_shape = local.shape
             anchors = _anchors(local, window_classes == INTERIOR)

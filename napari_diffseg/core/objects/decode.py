@@ -26,21 +26,16 @@ def relabel_sequential(instances: np.ndarray) -> np.ndarray:
     return relabelled.astype(instance_dtype(count))
 
 
-def probabilities_to_instances(probabilities: np.ndarray, seed_threshold: float = SEED_THRESHOLD,
-                               min_size: int = MIN_SIZE) -> np.ndarray:
-    """Instance ids (uint16, uint32 beyond 65,535 objects) from (3, *spatial) class probabilities."""
+def _decode(seed_mask: np.ndarray, extent: np.ndarray, elevation: np.ndarray, min_size: int) -> np.ndarray:
+    """Seeds = connected components of ``seed_mask`` inside ``extent``; the watershed floods ``elevation`` from them
+    inside ``extent``; seedless foreground of at least ``min_size`` pixels becomes objects of its own."""
     from scipy import ndimage
     from skimage import measure, segmentation
 
-    probabilities = np.asarray(probabilities, np.float32)
-    if probabilities.shape[0] != NUM_CLASSES:
-        raise ValueError(f"objects mode decodes {NUM_CLASSES} classes, got {probabilities.shape[0]}")
-    interior = probabilities[INTERIOR]
-    extent = probabilities[BACKGROUND] < 0.5
-    seeds = measure.label(extent & (interior > seed_threshold), connectivity=1)
-    if seeds.max() == 0 and not extent.any():
-        return np.zeros(interior.shape, np.uint16)
-    instances = segmentation.watershed(1.0 - interior, markers=seeds, mask=extent)
+    seeds = measure.label(extent & seed_mask, connectivity=1)
+    if not extent.any():
+        return np.zeros(extent.shape, np.uint16)
+    instances = segmentation.watershed(elevation, markers=seeds, mask=extent)
     orphans, count = ndimage.label(extent & (instances == 0))
     if count:
         sizes = np.bincount(orphans.ravel(), minlength=count + 1)
@@ -51,12 +46,43 @@ def probabilities_to_instances(probabilities: np.ndarray, seed_threshold: float 
     return relabel_sequential(instances)
 
 
-def classes_to_instances(classes: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
-    """Instance ids from a three-class mask (argmax class ids, e.g. a pseudo-label), via its one-hot
-    probabilities."""
+def probabilities_to_instances(probabilities: np.ndarray, seed_threshold: float = SEED_THRESHOLD,
+                               min_size: int = MIN_SIZE) -> np.ndarray:
+    """Instance ids (uint16, uint32 beyond 65,535 objects) from (3, *spatial) class probabilities."""
+    probabilities = np.asarray(probabilities, np.float32)
+    if probabilities.shape[0] != NUM_CLASSES:
+        raise ValueError(f"objects mode decodes {NUM_CLASSES} classes, got {probabilities.shape[0]}")
+    interior = probabilities[INTERIOR]
+    return _decode(interior > seed_threshold, probabilities[BACKGROUND] < 0.5, 1.0 - interior, min_size)
+
+
+TIE_BREAK = 1e-4  # a fraction of a pixel: below any difference of two distances in an image under 5,000 px
+
+
+def _tie_break(shape: tuple[int, ...], origin: tuple[int, ...]) -> np.ndarray:
+    """A pseudo-random value in [0, TIE_BREAK) per pixel, a function of its coordinates in the whole image (the
+    window's ``origin`` added), so that the same pixel gets the same value in every window."""
+    modulus = 9973
+    values = np.zeros(shape, np.int32)
+    for axis, (size, start, prime) in enumerate(zip(shape, origin, (7919, 104729, 15485863))):
+        coordinate = (np.arange(start, start + size, dtype=np.int64) * prime) % modulus
+        values += coordinate.astype(np.int32).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+    return (values % modulus) * (TIE_BREAK / modulus)  # float64: float32 would round it away beside distances
+
+
+def classes_to_instances(classes: np.ndarray, min_size: int = MIN_SIZE,
+                         origin: tuple[int, ...] | None = None) -> np.ndarray:
+    """Instance ids from a three-class mask (class ids: a pseudo-label, the block-by-block classes of a large
+    image). The flood climbs the distance to the nearest interior pixel, so each boundary pixel goes to the nearest
+    seed; equal distances are decided by a tiny value fixed by the pixel's position in the whole image (``origin``:
+    where this array starts in it), not by the flood's order, which differs between an image and a window of it
+    (core/objects/blocks.py decodes windows)."""
+    from scipy import ndimage
+
     classes = np.asarray(classes)
-    one_hot = np.stack([(classes == k).astype(np.float32) for k in range(NUM_CLASSES)])
-    return probabilities_to_instances(one_hot, min_size=min_size)
+    interior = classes == INTERIOR
+    elevation = ndimage.distance_transform_edt(~interior) + _tie_break(classes.shape, origin or (0,) * classes.ndim)
+    return _decode(interior, classes != BACKGROUND, elevation, min_size)
 
 
 def semantic_to_instances(mask: np.ndarray) -> np.ndarray:
