@@ -272,3 +272,41 @@ def test_3d_volumes_train_and_predict_objects(tmp_path):
 
     prediction = SegmentationModel.load(model).predict(tifffile.imread(tmp_path / "images" / "vol_2.tif"))
     np.testing.assert_array_equal(written, probabilities_to_instances(prediction.probabilities))
+
+
+def test_3d_project_keeps_ids_from_create_to_export(tmp_path):
+    """The round trip of #28 on volumes: instance labels in, a trained round, a corrected pseudo-label accepted with
+    a new id, export: the ids come out as they went in."""
+    from napari_diffseg.core.project.store import Project
+
+    zz, yy, xx = np.indices((16, 32, 32))
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    truth = None
+    for index in range(3):
+        instances = np.zeros((16, 32, 32), np.uint16)
+        for object_id, (cz, cy, cx) in zip((4, 9, 300), [(8, 10, 10), (8, 10, 19), (8, 22, 22)]):
+            instances[((zz - cz) ** 2 + (yy - cy - index) ** 2 + (xx - cx) ** 2 <= 25) & (instances == 0)] = object_id
+        image = (40 + 150 * (instances > 0)).astype(np.uint8)
+        tifffile.imwrite(tmp_path / "images" / f"vol_{index}.tif", image)
+        if index == 0:
+            truth = instances
+            tifffile.imwrite(tmp_path / "labels" / f"vol_{index}.tif", instances)
+    folder = tmp_path / "proj"
+    code, out, err = run_cli(["project", "create", folder, "--images", tmp_path / "images", "--labels",
+                              tmp_path / "labels", "--objects"])
+    assert code == 0, err
+    code, out, err = run_cli(["project", "train", folder, "--steps", "2", "--width", "8", "--batch-size", "1"])
+    assert code == 0, err
+    project = Project.open(folder)
+    pseudo, _ = project.pseudo("vol_2")
+    assert pseudo.shape == (16, 32, 32) and pseudo.dtype == np.uint16
+    corrected = pseudo.astype(np.uint32)
+    corrected[0:2, 0:3, 0:3] = 70_000  # beyond uint16
+    project.accept("vol_2", corrected)
+    code, out, err = run_cli(["project", "export", folder, "--out", tmp_path / "exported"])
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "exported" / "vol_0.tif"), truth)  # ids 4, 9, 300
+    exported = tifffile.imread(tmp_path / "exported" / "vol_2.tif")
+    assert exported.dtype == np.uint32
+    np.testing.assert_array_equal(exported, corrected)
