@@ -115,13 +115,21 @@ class PseudoLabelSink(Protocol):
 
 
 class FolderSink:
-    """A folder training's pseudo-labels: ``<name>.tif`` (uint8) and ``<name>_uncertainty.tif`` (float32)."""
+    """A folder training's pseudo-labels: ``<name>.tif`` (uint8; in objects mode the objects, uint16 / uint32)
+    and ``<name>_uncertainty.tif`` (float32)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, objects: bool = False):
         self.directory = Path(directory)
+        self.objects = objects
 
     def write(self, name: str, mask: np.ndarray, uncertainty: np.ndarray, score: float, step: int) -> None:
-        write_mask(self.directory / f"{name}.tif", mask)
+        if self.objects:  # the three classes decoded into objects (core/objects), as predict writes them
+            from ..objects.decode import classes_to_instances
+            from ..objects.files import write_instances
+
+            write_instances(self.directory / f"{name}.tif", classes_to_instances(mask))
+        else:
+            write_mask(self.directory / f"{name}.tif", mask)
         write_tiff_atomic(self.directory / f"{name}{UNCERTAINTY_SUFFIX}.tif", uncertainty)
 
 
@@ -182,7 +190,8 @@ class TrainingRun:
         self.data, self.config, self.out_dir = data, config, Path(out_dir)
         self.ranks = ranks  # data-parallel ranks (torchrun), None in a single process
         self.main = ranks is None or ranks.main  # the process that writes files and keeps the clock
-        self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR)
+        self.sink = sink if sink is not None else FolderSink(self.out_dir / PSEUDO_LABEL_DIR,
+                                                             objects=bool(getattr(data, "objects", None)))
         self.device = devices.select_device(config.runtime.device)
         devices.prepare_for_fixed_shapes(self.device)
         self.threads = torch.get_num_threads()  # set by the entry point (CLI, napari worker)
