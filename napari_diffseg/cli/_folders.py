@@ -162,8 +162,10 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _refuse_unsafe_masks(Path(args.input), out, targets, args)
     model = _load_model(args, device)
     config = model.config
-    log.info("predicting %d image(s) with the %s model in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
-             describe_kind(config.spatial_dims, config.image_channels), args.model, model.threshold, device, threads)
+    log.info("predicting %d image(s) with the %s model%s in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
+             describe_kind(model.image_dims, config.image_channels),
+             "" if model.slice_axis is None else f" (2D slices across axis {model.slice_axis})", args.model,
+             model.threshold, device, threads)
     started = time.perf_counter()
     failed = _predict_all(model, inputs, targets, args)
     extra = f" and <stem>{UNCERTAINTY_SUFFIX}.tif uncertainty maps" if args.uncertainty else ""
@@ -324,7 +326,8 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     model = SegmentationModel.load(model_dir)  # validates best.pt
     card = model.card
     network = model.config  # the architecture (teacher.NetworkConfig), not the training settings
-    kind = describe_kind(network.spatial_dims, network.image_channels)
+    kind = describe_kind(model.image_dims, network.image_channels)
+    slices = "" if model.slice_axis is None else f" as 2D slices across axis {model.slice_axis}"
     try:  # the card is data, edited by hand at times: read all of it before printing a line
         described = _card_lines(card) if card else [f"threshold:    {model.threshold:.2f} ({CARD} missing)"]
     except (AttributeError, TypeError, ValueError, OverflowError) as error:
@@ -332,8 +335,10 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
                          f"({type(error).__name__}; edited by hand?); retrain, or restore the file") from None
     print(f"model folder: {model_dir}")
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
-    print(f"network:      {kind} images, {network.num_classes} classes, width {network.base_channels}, "
+    print(f"network:      {kind} images{slices}, {network.num_classes} classes, width {network.base_channels}, "
           f"depth {network.depth}")
+    if model.plan is not None:
+        print(f"plan:         {model.plan.describe().removeprefix('plan: ')}")
     print("\n".join(described))
     return EXIT_OK
 
