@@ -541,3 +541,34 @@ def pair_images_with_labels(
                        ".png, .jpg, .jpeg), so their images train as unlabelled: %s", len(unread), labels_dir,
                        ", ".join(unread[:10]) + (" ..." if len(unread) > 10 else ""))
     return images, {stem: matched[stem] for stem in image_stems if stem in matched}
+
+
+def zarr_to_tiff(source: Path, target: Path, tile: int = 512, dtype: type | np.dtype = np.uint8) -> Path:
+    """Copy a 2D or 3D zarr mask (uint8 classes; ``dtype`` uint16/uint32 for instance ids) into a tiled, compressed
+    TIFF (BigTIFF where needed), one row of tiles in memory at a time; written under a temporary name and renamed
+    when whole."""
+    import zarr
+
+    dtype = np.dtype(dtype)
+    array = zarr.open_array(str(source), mode="r")
+    shape = tuple(array.shape)
+    planes = [None] if len(shape) == 2 else list(range(shape[0]))
+    height, width = shape[-2:]
+
+    def tiles() -> Iterable[np.ndarray]:
+        for z in planes:
+            for y in range(0, height, tile):
+                rows = np.asarray(array[y:y + tile] if z is None else array[z, y:y + tile])
+                for x in range(0, width, tile):
+                    piece = np.zeros((tile, tile), dtype)
+                    part = rows[:, x:x + tile]
+                    piece[:part.shape[0], :part.shape[1]] = part
+                    yield piece
+
+    target = Path(target)
+    partial = target.with_name(f".{target.name}.partial")
+    tifffile.imwrite(partial, tiles(), shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib",
+                     photometric="minisblack", software=SOFTWARE_TAG,  # core.data.safety tells our outputs by it
+                     bigtiff=np.prod(shape) * dtype.itemsize > 2**31)
+    os.replace(partial, target)
+    return target

@@ -86,10 +86,17 @@ class TimeUNet(nn.Module):
 
     @property
     def size_multiple(self) -> int:
-        return 2**self.depth
+        return 1 << self.depth  # an int in TorchScript too (2**n is a float there)
 
+    @torch.jit.unused  # a scripted export calls forward_with_bias with its constant t = 0 bias
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        skips = []
+        bias = self.time_mlp(timestep_embedding(t, self.time_dim).to(x.dtype))
+        return self.forward_with_bias(x, bias.view(bias.shape + (1,) * self.spatial_dims))
+
+    def forward_with_bias(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The U-Net with the time embedding's per-channel ``bias`` (B or 1, C, 1, ...) added after the first block
+        (TorchScript-compatible: the bioimage.io export scripts it)."""
+        skips: list[torch.Tensor] = []
         h = x
         for level, block in enumerate(self.encoder):
             if level > 0:
@@ -97,9 +104,9 @@ class TimeUNet(nn.Module):
                 h = self.pool(h)
             h = block(h)
             if level == 0:
-                bias = self.time_mlp(timestep_embedding(t, self.time_dim).to(h.dtype))
-                h = h + bias.view(bias.shape + (1,) * self.spatial_dims).to(h.dtype)
-        for block, skip in zip(self.decoder, reversed(skips)):
+                h = h + bias.to(h.dtype)
+        for index, block in enumerate(self.decoder):
+            skip = skips[len(skips) - 1 - index]
             h = F.interpolate(h, size=skip.shape[2:], mode=self._upsample_mode, align_corners=False)
             h = block(torch.cat([h, skip], dim=1))
         return self.head(h)

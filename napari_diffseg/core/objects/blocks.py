@@ -12,14 +12,14 @@ edge: it is then written as far as the window reaches (counted in ``cut``; raise
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..data.io import zarr_to_tiff
 from .decode import MIN_SIZE, classes_to_instances
 from .targets import INTERIOR, instance_dtype
 
@@ -100,34 +100,7 @@ def decode_blocks(classes, out, block: tuple[int, ...] | None = None, margin: tu
 def zarr_to_instance_tiff(source: Path, target: Path, count: int, tile: int = 512) -> Path:
     """Copy a 2D or 3D instance zarr array into a tiled, compressed TIFF of uint16 (uint32 beyond 65,535 objects),
     one row of tiles in memory at a time, written under a temporary name and renamed when whole."""
-    import tifffile
-    import zarr
-
-    from ..data.io import SOFTWARE_TAG
-
-    array = zarr.open_array(str(source), mode="r")
-    shape = tuple(array.shape)
-    dtype = instance_dtype(count)
-    planes = [None] if len(shape) == 2 else list(range(shape[0]))
-    height, width = shape[-2:]
-
-    def tiles() -> Iterator[np.ndarray]:
-        for z in planes:
-            for y in range(0, height, tile):
-                rows = np.asarray(array[y:y + tile] if z is None else array[z, y:y + tile])
-                for x in range(0, width, tile):
-                    piece = np.zeros((tile, tile), dtype)
-                    part = rows[:, x:x + tile]
-                    piece[:part.shape[0], :part.shape[1]] = part
-                    yield piece
-
-    target = Path(target)
-    partial = target.with_name(f".{target.name}.partial")
-    tifffile.imwrite(partial, tiles(), shape=shape, dtype=dtype, tile=(tile, tile), compression="zlib",
-                     photometric="minisblack", software=SOFTWARE_TAG,
-                     bigtiff=np.prod(shape) * dtype.itemsize > 2**31)
-    os.replace(partial, target)
-    return target
+    return zarr_to_tiff(source, target, tile=tile, dtype=instance_dtype(count))
 
 
 def decode_large(classes_zarr: Path, target: Path, block: tuple[int, ...] | None = None,

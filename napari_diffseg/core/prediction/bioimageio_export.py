@@ -73,16 +73,13 @@ class ExportedMaskPathway(nn.Module):
         super().__init__()
         from ..method.diffusion import timestep_embedding
 
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
-        self.pool = unet.pool
-        self.head = unet.head
+        self.unet = unet
         self.spatial_dims = int(unet.spatial_dims)
+        self.upsample_mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         self.multiple = int(unet.size_multiple)
         self.num_classes = int(num_classes)
         self.threshold = float(threshold)
         self.working_scale = float(working_scale)
-        self.upsample_mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         # napari-diffseg's torch tiles (core.prediction.model.PREDICT_TILE_2D, core.prediction.predict.DEFAULT_TILE_3D)
         self.tile = list(PREDICT_TILE_2D["torch"] if self.spatial_dims == 2 else DEFAULT_TILE_3D)
         self.growth = float(MAX_TILE_GROWTH if self.spatial_dims == 2 else 1.0)
@@ -93,20 +90,7 @@ class ExportedMaskPathway(nn.Module):
         self.register_buffer("time_bias", bias.reshape([1, -1] + [1] * self.spatial_dims).clone())
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
-        skips: list[torch.Tensor] = []
-        h = x
-        for level, block in enumerate(self.encoder):
-            if level > 0:
-                skips.append(h)
-                h = self.pool(h)
-            h = block(h)
-            if level == 0:
-                h = h + self.time_bias
-        for index, block in enumerate(self.decoder):
-            skip = skips[len(skips) - 1 - index]
-            h = F.interpolate(h, size=skip.shape[2:], mode=self.upsample_mode, align_corners=False)
-            h = block(torch.cat([h, skip], dim=1))
-        return self.head(h)
+        return self.unet.forward_with_bias(x, self.time_bias)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of (B, C, *spatial) in [0, 1] in overlapping tiles blended with Gaussian weights,

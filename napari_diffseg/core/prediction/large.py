@@ -33,7 +33,8 @@ import warnings
 import numpy as np
 
 from ..errors import InputError
-from ..data.io import SOFTWARE_TAG, ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image, spatial_shape
+from ..data.io import (ZARR_SUFFIX, check_finite, intensity_ranges, normalise_channels, read_image,
+                       spatial_shape, zarr_to_tiff)
 from .model import SegmentationModel
 from .predict import run_to_completion
 
@@ -389,7 +390,7 @@ def predict_file(model: SegmentationModel, source: Path, target: Path, tile: tup
         yield from run_blocks(zarr_path)
     write_ngff_labels(output_folder(target), model.config.num_classes, getattr(image, "scale", None),
                       getattr(image, "translation", None))
-    return zarr_to_tiff(zarr_path, target)
+    return zarr_to_tiff(zarr_path, target, tile=TIFF_TILE)
 
 
 def prepare_labels_group(folder: Path) -> None:
@@ -479,33 +480,3 @@ def is_complete(path: Path) -> bool:
         except Exception:  # missing or not a zarr array
             continue
     return False
-
-
-def zarr_to_tiff(source: Path, target: Path, tile: int = TIFF_TILE) -> Path:
-    """Copy a 2D or 3D uint8 zarr mask into a tiled, compressed TIFF (BigTIFF where needed), one row of tiles in
-    memory at a time; written under a temporary name and renamed when whole."""
-    import tifffile
-    import zarr
-
-    array = zarr.open_array(str(source), mode="r")
-    shape = tuple(array.shape)
-    planes = [None] if len(shape) == 2 else list(range(shape[0]))
-    height, width = shape[-2:]
-
-    def tiles() -> Iterator[np.ndarray]:
-        for z in planes:
-            for y in range(0, height, tile):
-                rows = np.asarray(array[y:y + tile] if z is None else array[z, y:y + tile])
-                for x in range(0, width, tile):
-                    piece = np.zeros((tile, tile), np.uint8)
-                    part = rows[:, x:x + tile]
-                    piece[:part.shape[0], :part.shape[1]] = part
-                    yield piece
-
-    target = Path(target)
-    partial = target.with_name(f".{target.name}.partial")
-    tifffile.imwrite(partial, tiles(), shape=shape, dtype=np.uint8, tile=(tile, tile), compression="zlib", photometric="minisblack",
-                     software=SOFTWARE_TAG,  # core.data.safety tells our outputs by it
-                     bigtiff=np.prod(shape) > 2**31)
-    os.replace(partial, target)
-    return target
