@@ -52,7 +52,6 @@ from napari_diffseg.core.data.io import (
     UNCERTAINTY_SUFFIX,
     check_mask_matches,
     image_layout,
-    name_key,
     name_stem,
     normalise_mask,
     pair_images_with_labels,
@@ -61,29 +60,25 @@ from napari_diffseg.core.data.io import (
     write_mask,
     write_tiff_atomic,
 )
-from napari_diffseg.core.data.safety import child_path, is_plain_name, refuse_name_collisions, refuse_unsafe_outputs
+from napari_diffseg.core.data.safety import is_plain_name, refuse_name_collisions
 from napari_diffseg.core.objects.decode import classes_to_instances
 from napari_diffseg.core.objects.files import read_instances, write_instances
 from napari_diffseg.core.objects.targets import as_instances
+from napari_diffseg.core.project.export import ProjectExport
+from napari_diffseg.core.project.layout import (CHECKPOINTS_DIR, DB_NAME, IMAGES_DIR, LABELS_DIR, ORIGINAL_NAME_KEY,
+                                                PSEUDO_DIR, is_path_like)
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-DB_NAME = "project.sqlite"
 TRAINING_LOCK = locks.LOCK_NAME  # held (an OS file lock) by the one process training or pretraining the project
 APP_ID = "napari-diffseg"
-IMAGES_DIR = "images"
-LABELS_DIR = "labels"
-PSEUDO_DIR = "pseudo"
-CHECKPOINTS_DIR = "checkpoints"
 _NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: hidden files beside it
 FIRST_ROUND = 1
 _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
 _MAX_ROUND = 100_000  # a round number beyond this was not counted by a project (edited by hand)
-_ORIGINAL_NAME_KEY = "original_name:"  # meta key prefix: the name the user gave an image the project had to change
 _OBJECTS_KEY = "objects:"  # meta key prefix: objects mode's object count of an image's label or pseudo-label
-_SOURCES_KEY = "sources"  # meta key: the folders a project was created from (JSON), which export never writes into
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
 
@@ -189,12 +184,6 @@ def _user() -> str:
         return "unknown"
 
 
-def _is_path_like(name: str) -> bool:
-    """A name that no file could have (a path): never recorded as an image's original name, and refused when
-    found recorded (the manifest was edited)."""
-    return name in (".", "..") or "/" in name or "\0" in name
-
-
 def sanitise_name(raw: str) -> str:
     """A file-system-safe image name: letters and digits of any script (NFC), ``.``, ``_``, ``-``; never empty,
     hidden or reserved. The project records the user's name where this changed it (see ``Project.export_names``)."""
@@ -206,7 +195,7 @@ def sanitise_name(raw: str) -> str:
     return name
 
 
-class Project:
+class Project(ProjectExport):
     """A project folder: images, ground-truth labels, pseudo-labels per round, checkpoints and the manifest."""
 
     def __init__(self, folder: Path) -> None:
@@ -630,9 +619,9 @@ class Project:
                             (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
-                if str(raw_name) != unique and not _is_path_like(str(raw_name)):  # given back by exports
+                if str(raw_name) != unique and not is_path_like(str(raw_name)):  # given back by exports
                     con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                                (f"{_ORIGINAL_NAME_KEY}{unique}", str(raw_name)))
+                                (f"{ORIGINAL_NAME_KEY}{unique}", str(raw_name)))
         logger.info("added image %s %s %s", unique, array.shape, array.dtype)
         return self.record(unique)
 
@@ -726,93 +715,6 @@ class Project:
             return None, record.status.value
         pseudo = self.pseudo(name)
         return (pseudo[0], "pseudo-labelled") if pseudo is not None else (None, "no mask yet")
-
-    def _record_sources(self, images_dir: Path, labels_dir: Path | None) -> None:
-        sources = {"images": str(Path(images_dir).resolve())}
-        if labels_dir is not None:
-            sources["labels"] = str(Path(labels_dir).resolve())
-        with self._connection(write=True) as con:
-            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_SOURCES_KEY, json.dumps(sources)))
-
-    def source_folders(self) -> dict[str, Path]:
-        """The folders the project was created from ({"images": ..., "labels": ...}; {} for a project made
-        otherwise, or when the record is unreadable: it only ever adds protection)."""
-        try:
-            sources = json.loads(self._meta(_SOURCES_KEY) or "{}")
-        except json.JSONDecodeError:
-            return {}
-        if not isinstance(sources, dict):
-            return {}
-        return {key: Path(value) for key, value in sources.items() if key in ("images", "labels")
-                and isinstance(value, str) and value}
-
-    def original_name(self, name: str) -> str:
-        """The name the user gave image ``name`` (its file stem, or the name passed to ``add_image``) where the
-        project had to change it (spaces, punctuation, a name taken); ``name`` otherwise. InputError for a
-        recorded name that no file could have had (a path: edited by hand)."""
-        original = self._meta(f"{_ORIGINAL_NAME_KEY}{name}")
-        if original is None:
-            return name
-        if _is_path_like(original):
-            raise InputError(f"the project manifest {self.db_path} records the original name {original!r} for image "
-                             f"{name!r}: a path, not a file name (edited by hand?); it is never used as a path: "
-                             "restore the manifest from a backup")
-        return original
-
-    def export_names(self, names: list[str]) -> dict[str, str]:
-        """The file stem each image is exported under: the user's name (``original_name``), or the project name
-        where the user's name cannot be a file name here or two would be one file on a case-insensitive file
-        system (the images whose name was kept claim theirs first)."""
-        preferred = {name: self.original_name(name) for name in names}
-        taken: set[str] = set()
-        chosen: dict[str, str] = {}
-        for name in sorted(names, key=lambda n: preferred[n] != n):  # stable sort: the order of ``names`` stays
-            stem = preferred[name]
-            if not is_plain_name(stem) or name_key(stem) in taken:
-                logger.warning("%s: exported as %s.tif, not under its original name %r (%s)", name, name, stem,
-                               "taken" if is_plain_name(stem) else "not a file name here")
-                stem = name
-            taken.add(name_key(stem))
-            chosen[name] = stem
-        return {name: chosen[name] for name in names}
-
-    def export_masks(self, out: Path, overwrite: bool = False) -> tuple[dict[str, int], dict[str, int]]:
-        """Write ``<name>.tif`` to ``out`` for every image that has a mask (see ``current_mask``), under the user's
-        names (``export_names``); returns the counts written and skipped, by source. InputError, before anything is
-        written, when ``out`` is inside the project, nothing has a mask, or (unless ``overwrite``) a mask would
-        replace or mix with files in ``out`` or ``out`` is a folder the project was created from (core.data.safety)."""
-        if not self.names():
-            raise InputError(f"project {self.folder} has no images: nothing to export")
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"the export folder {out} is a file; give a folder for the masks")
-        target = out.resolve()
-        for sub in ("", IMAGES_DIR, LABELS_DIR, PSEUDO_DIR, CHECKPOINTS_DIR):
-            inside = self.folder.resolve() / sub
-            if target == inside or (sub and target.is_relative_to(inside)):
-                raise InputError(f"the export folder {out} is inside the project's own files; choose another "
-                                 "folder")
-        names = [record.name for record in self.records()]  # every row is checked before anything is written
-        written: dict[str, int] = {}
-        skipped: dict[str, int] = {}
-        with_mask = []
-        for name in names:  # first pass: what will be written (the masks are read again when written)
-            mask, source = self.current_mask(name)
-            counts = skipped if mask is None else written
-            counts[source] = counts.get(source, 0) + 1
-            if mask is not None:
-                with_mask.append(name)
-        if not written:
-            raise InputError("nothing to export: no image has a mask yet; label images or train a round first")
-        stems = self.export_names(names)
-        targets = {name: child_path(out, stems[name], ".tif", what="export name") for name in with_mask}
-        sources = self.source_folders()
-        refuse_unsafe_outputs(out, list(targets.values()), overwrite=overwrite, option="--out folder", originals={
-            "images the project was created from": sources.get("images"),
-            "labels the project was created from": sources.get("labels")})
-        for name in with_mask:
-            self._write_mask(targets[name], self.current_mask(name)[0])
-        return written, skipped
 
     def save_label(self, name: str, mask: np.ndarray) -> None:
         """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED (one atomic change)."""
