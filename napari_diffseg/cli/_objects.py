@@ -98,9 +98,8 @@ def _measure_pairs(images: Path, masks: Path) -> list[tuple[str, Path, Path]]:
 
 
 def _cmd_measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from napari_diffseg.core.data import io, safety
-    from napari_diffseg.core.objects.files import read_instances
-    from napari_diffseg.core.objects.measure import object_table, write_table
+    from napari_diffseg.core.data import safety
+    from napari_diffseg.core.objects.measure import measure_files, write_table
 
     images, masks, out = Path(args.images), Path(args.masks), Path(args.out)
     for given, path in (("IMAGES", images), ("MASKS", masks)):
@@ -114,11 +113,7 @@ def _cmd_measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
     reads = [path for _, image, mask in pairs for path in (image, mask)]
     safety.refuse_unsafe_outputs(out.parent, [out], overwrite=args.overwrite, inputs=reads, option="--out file")
     rows: list[dict] = []
-    for name, image_path, mask_path in pairs:
-        image = io.read_image(image_path)
-        instances = read_instances(mask_path)
-        io.check_mask_matches(image, instances, name)
-        found = object_table(instances, image, name=name)
+    for name, found in measure_files(pairs):  # the Predict panel's project table measures as core does too
         log.info("%s: %d object(s)", name, len(found))
         rows += found
     write_table(rows, out)

@@ -1,10 +1,13 @@
 """The per-object table: id, area (2D) or volume (3D) in pixels, centroid, mean intensity per channel, bounding
-box; written as CSV."""
+box; written as CSV. ``measure_files`` (``diffseg measure``) and ``measure_project`` (the Predict panel's project
+table) give it image by image."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,3 +73,29 @@ def write_table(rows: list[dict], path: Path) -> None:
         handle.write(text.getvalue().encode())
 
     atomic_write(Path(path), write)
+
+
+def measure_files(pairs: Sequence[tuple[str, Path, Path]]) -> Iterator[tuple[str, list[dict]]]:
+    """(name, rows) for each ``(name, image file, instance mask file)``: the image and its mask are read, checked
+    to match, and measured (``diffseg measure``)."""
+    from ..data import io
+    from .files import read_instances
+
+    for name, image_path, mask_path in pairs:
+        image = io.read_image(image_path)
+        instances = read_instances(mask_path)
+        io.check_mask_matches(image, instances, name)
+        yield name, object_table(instances, image, name=name)
+
+
+def measure_project(project: Any, names: Sequence[str] | None = None) -> Iterator[tuple[str, list[dict]]]:
+    """(name, rows) for each image of an objects project (default: all, in the project's order) that has a mask:
+    its current mask (``Project.current_mask``: the ground truth of labelled and accepted images, else the latest
+    pseudo-label; rejected images and images without a mask are left out), measured on its image."""
+    if not project.objects:
+        raise InputError("this is a regions project: its masks hold classes, not objects. The object table needs an "
+                         "objects project (new project: objects)")
+    for name in project.names() if names is None else names:
+        mask, _source = project.current_mask(name)
+        if mask is not None:
+            yield name, object_table(np.asarray(mask), project.image(name), name=name)
