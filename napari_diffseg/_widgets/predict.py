@@ -10,6 +10,9 @@ Image files over core.prediction.large.LARGE_IMAGE_PIXELS go to disk only, predi
 TIFF, see core/prediction/large.py); the panel shows an overview that fills in as blocks are written (every n-th pixel, in
 memory), then full resolution read lazily from the files once the output is complete (_layers.LargeOverview).
 
+*Objects: one row per object* (_objects_table.py) measures the selected Labels layer or a whole objects project
+(core/objects/measure.py, as ``diffseg measure``), shows the rows and saves them as CSV.
+
 *Export for bioimage.io…* writes the chosen model as a bioimage.io model package in a worker
 (core.prediction.bioimageio_export, the same function as ``diffseg export``); a failure is one line in the status and a
 notification.
@@ -34,6 +37,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLis
 
 from napari_diffseg._state import DiffsegState, state_for_viewer
 from napari_diffseg._widgets import _layers
+from napari_diffseg._widgets._objects_table import ObjectTableBox
 from napari_diffseg._widgets._common import (LayerCombo, PathRow, connect_until_destroyed, forward_review_keys,
                                             user_errors, wrapping_label)
 from napari_diffseg._workers import error_message, notify_error, start_job
@@ -283,6 +287,8 @@ class PredictPanel(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
         layout.addWidget(self.results_list)
+        self.objects_box = ObjectTableBox(viewer, state)  # the per-object table (#28)
+        layout.addWidget(self.objects_box)
         self._shortcuts = forward_review_keys(self, viewer, state)  # the review keys work here too
 
         connect_until_destroyed(self, state.project_changed, self._on_project)
@@ -301,6 +307,7 @@ class PredictPanel(QWidget):
 
     def _on_project(self, *_: Any) -> None:
         """Follow the project's latest model unless the user chose another folder."""
+        self.objects_box.update_enabled()
         if self.model_row.text() in ("", self._auto_model):
             self.use_latest_model()
 

@@ -12,6 +12,11 @@ Shift-N previous, A accept, R reject, T revert to the teacher. (P is napari's pa
 Shift-N for "previous".) They work on the canvas and wherever the focus is in a DiffSeg panel (the queue list, a
 button); Escape in a panel gives the keyboard back to the canvas without painting.
 
+Objects projects (core/objects) get a row of object edits on the layer's selected label (pick an object with
+napari's colour picker, L): Delete it, Split it into its pieces after erasing a line across it, Merge another id
+into it (core/objects/edit.py). Each edit joins the layer's undo history (Ctrl-Z), like a brush stroke; painting
+with a new label (M) still adds or re-draws objects. The outline toggle draws each object's outline.
+
 A read-only project can be browsed but not changed: Accept, Reject, Undo and Next round are off.
 """
 
@@ -24,8 +29,8 @@ import weakref
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QLabel, QListWidget, QListWidgetItem,
-                            QPushButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QGroupBox, QLabel, QListWidget, QListWidgetItem,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
@@ -45,6 +50,10 @@ log = logging.getLogger(__name__)
 
 SHORTCUTS = REVIEW_SHORTCUTS
 EDITED_MARK = "✎ edited"  # queue rows of images with corrections not accepted yet
+
+
+OBJECTS_HELP = ("The selected label is the object: pick it with napari's colour picker (L, then click it). Split: "
+                "erase a line across it first (E).")
 
 
 QUEUE_SCORE_HELP = ("The score is how much the two networks (teacher and student) disagree on the image: 1 - the "
@@ -126,6 +135,7 @@ class ReviewPanel(QWidget):
         layout.addWidget(self.current_label)
         layout.addLayout(grid)
         layout.addWidget(widget_grid(self.show_pseudo, self.outline, self.show_uncertainty))
+        layout.addWidget(self._objects_box())
         self.canvas_button = QPushButton(f"Keys to the canvas ({CANVAS_KEY[:3]})")
         self.canvas_button.setToolTip("Give the keyboard to the image without clicking it (a click paints in paint "
                                       "mode); the review keys also work here in the panel")
@@ -144,6 +154,31 @@ class ReviewPanel(QWidget):
         connect_until_destroyed(self, state.round_changed, self._on_round)
         connect_until_destroyed(self, state.image_shown, self._on_image_shown)
         self.refresh()
+
+    def _objects_box(self) -> QGroupBox:
+        """Objects projects: Delete, Split and Merge the selected object (core/objects/edit.py)."""
+        self.objects_box = QGroupBox("Objects")
+        self.delete_button = QPushButton("Delete object")
+        self.delete_button.setToolTip("The selected label's object becomes background")
+        self.split_button = QPushButton("Split object")
+        self.split_button.setToolTip("Erase a line across the selected object (E) where it should be cut, then "
+                                     "Split: each piece becomes an object of its own (the largest keeps the id)")
+        self.merge_id = QSpinBox()
+        self.merge_id.setRange(1, 2**31 - 1)
+        self.merge_id.setPrefix("id ")
+        self.merge_id.setToolTip("The id of the object to merge into the selected one (hover it: napari shows its "
+                                 "id in the status bar)")
+        self.merge_button = QPushButton("Merge into selected")
+        self.merge_button.setToolTip("The object with the id on the left becomes part of the selected object")
+        self.delete_button.clicked.connect(lambda: self.edit_object("delete"))
+        self.split_button.clicked.connect(lambda: self.edit_object("split"))
+        self.merge_button.clicked.connect(lambda: self.edit_object("merge", self.merge_id.value()))
+        box_layout = QVBoxLayout(self.objects_box)
+        box_layout.addWidget(wrapping_label(OBJECTS_HELP))
+        box_layout.addWidget(widget_grid(self.delete_button, self.split_button))
+        box_layout.addWidget(widget_grid(self.merge_id, self.merge_button))
+        self.objects_box.setVisible(False)  # shown for an objects project
+        return self.objects_box
 
     # ------------------------------------------------------------------ shortcuts
     def bind_keys(self) -> None:
@@ -204,6 +239,9 @@ class ReviewPanel(QWidget):
             item.setData(256, name)
             self.queue_list.addItem(item)
         self.queue_list.blockSignals(False)
+        objects = project is not None and bool(project.objects)  # (read here, not on every status change)
+        if self.objects_box.isVisibleTo(self) != objects:
+            self.objects_box.setVisible(objects)
         if project is None:
             self.counts_label.setText("No project open")
         else:
@@ -289,6 +327,8 @@ class ReviewPanel(QWidget):
         self.next_button.setEnabled(bool(self.queue))
         self.next_round_button.setEnabled(project is not None and writable and not self.state.busy)
         self.read_only_label.setVisible(project is not None and not writable)
+        for button in (self.delete_button, self.split_button, self.merge_button):
+            button.setEnabled(shown)
 
     def _can_undo(self) -> bool:
         """Whether Undo can act: the image last accepted or rejected still is, in this round (an earlier round's
@@ -445,10 +485,39 @@ class ReviewPanel(QWidget):
         pseudo = project.pseudo(name)
         if pseudo is None:
             raise InputError(f"{name} has no pseudo-label to revert to")
-        layer.data = np.asarray(pseudo[0], np.uint8).copy()
+        layer.data = np.asarray(pseudo[0], _layers.label_dtype(project)).copy()  # objects: ids beyond 255 kept
         self.drafts.pop(name, None)
         self.refresh()
         return True
+
+    @user_errors
+    def edit_object(self, action: str, other: int | None = None) -> str:
+        """Objects mode: ``"delete"``, ``"split"`` or ``"merge"`` (``other`` into it) the object of the layer's
+        selected label (core/objects/edit.py), as one step of the layer's undo history; returns what was done."""
+        from napari_diffseg.core.objects import edit
+
+        project, name, layer = self.state.project, self.current_name(), self.pseudo_layer()
+        if project is None or name is None or layer is None:
+            raise InputError("nothing to edit: show a pseudo-label first")
+        if not project.objects:
+            raise InputError("object edits are for objects projects; edit this mask with the Labels tools")
+        selected = int(layer.selected_label)
+        before = np.asarray(layer.data)
+        if action == "delete":
+            after, done = edit.delete_id(before, selected), f"deleted object {selected}"
+        elif action == "split":
+            after = edit.split_by_components(before, selected)
+            new_ids = int(after.max()) - int(before.max())
+            done = f"split object {selected} into {new_ids + 1} (new id(s) from {int(before.max()) + 1})"
+        elif action == "merge":
+            after, done = edit.merge_ids(before, [selected, int(other or 0)], into=selected), \
+                f"merged object {other} into {selected}"
+        else:
+            raise ValueError(f"unknown object edit {action!r}")
+        where, values = edit.changed_pixels(before, after)
+        layer.data_setitem(where, values)  # in place, in napari's undo history (Ctrl-Z)
+        self.current_label.setText(f"{short_name(name)}: {done} (Ctrl-Z undoes it; Accept stores the ids)")
+        return done
 
     def next_round(self) -> Any:
         """Start the next round (accepted corrections are ground truth now), warm-started; returns the worker."""
