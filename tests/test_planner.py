@@ -102,6 +102,34 @@ def test_spacing_from_imagej_tiffs_reaches_the_training_data(tmp_path):
     assert data.spacing == pytest.approx((4.0, 0.5, 0.5))
 
 
+def test_a_project_keeps_each_images_spacing_for_the_planner(tmp_path):
+    from napari_diffseg.core.project.rounds import project_training_data
+    from napari_diffseg.core.project.store import Project
+
+    pairs = make_blobs_dataset(3, (8, 32, 32), ndim=3, seed=2)
+    tifffile.imwrite(tmp_path / "from_file.tif", pairs[2][0], imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 4.0, "axes": "ZYX"})
+    project = Project.create(tmp_path / "proj")
+    given = project.add_image(pairs[0][0], name="given", spacing=(5.0, 1.0, 1.0))  # a napari layer's scale
+    plain = project.add_image(pairs[1][0], name="plain", spacing=(1.0, 1.0, 1.0))  # napari's default: says nothing
+    read = project.add_image(tmp_path / "from_file.tif")  # the file's own metadata
+    assert project.spacing(given.name) == (5.0, 1.0, 1.0)
+    assert project.spacing(plain.name) is None
+    assert project.spacing(read.name) == pytest.approx((4.0, 0.5, 0.5))
+    project.save_label(given.name, pairs[0][1])
+    data = project_training_data(project)
+    assert data.spacing == pytest.approx((4.5, 0.75, 0.75))  # the median of the images that carry one
+    plan = plan_training([image.shape[1:] for image in data.images], spacing=data.spacing, device=GPU)
+    assert plan.layout == "2d" and plan.slice_axis == 0 and "anisotropic" in plan.reason
+    # a voxel size that is not one: a clear error, and the project is unchanged
+    for bad in ((1.0, 2.0), (0.0, 1.0, 1.0), ("a", 1, 1), (float("nan"), 1.0, 1.0)):
+        with pytest.raises(InputError, match="voxel size"):
+            project.add_image(pairs[1][0] + 1, name="bad", spacing=bad)
+    assert project.names() == ["given", "plain", "from_file"]
+    # reopened from disk, the spacing is still there
+    assert Project.open(tmp_path / "proj").spacing("given") == (5.0, 1.0, 1.0)
+
+
 def _volumes(count=2, shape=(12, 40, 48)):
     pairs = make_blobs_dataset(count, shape, ndim=3, seed=3)
     return training_data_from_arrays([p[0] for p in pairs], {0: pairs[0][1]}, [f"v{i}" for i in range(count)])

@@ -743,6 +743,19 @@ def test_failing_worker_shows_error_and_viewer_stays_usable(make_napari_viewer, 
     assert shown["error"] == ["RuntimeError: simulated failure in the engine"]
 
 
+def test_a_volume_layers_scale_reaches_the_project_as_its_spacing(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    panels = open_panels(viewer)
+    project_panel = panels["Project"]
+    volume = make_blobs_dataset(1, (10, 24, 24), ndim=3, seed=4)[0][0]
+    viewer.add_image(volume, name="stack", scale=(4.0, 0.5, 0.5))
+    project = project_panel.create_project(tmp_path / "proj")
+    project_panel.add_layer("stack", split=False)
+    wait_for_import(qtbot, project_panel)
+    assert project.names() == ["stack"]
+    assert project.spacing("stack") == (4.0, 0.5, 0.5)  # the planner sees it (test_planner)
+
+
 def test_reopen_project_restores_statuses_settings_and_layers(make_napari_viewer, qtbot, tmp_path, shown):
     viewer = make_napari_viewer()
     panels = open_panels(viewer)

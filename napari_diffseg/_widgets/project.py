@@ -237,15 +237,17 @@ class ProjectPanel(QWidget):
         split = self.split_check.isChecked() if split is None else split
         planes = _layer_planes(layer, split)
         masks: list[np.ndarray | None] = [None] * len(planes)
+        spatial_dims = image_layout(planes[0][0], name=layer.name)[0]
+        spacing = tuple(float(v) for v in layer.scale)[-spatial_dims:]  # the layer's voxel size, for the planner
         if labels_layer is not None:
             label_data = np.asarray(labels_layer.data).copy()
-            spatial = planes[0][0].shape[: image_layout(planes[0][0], name=layer.name)[0]]
+            spatial = planes[0][0].shape[:spatial_dims]
             expected = (len(planes), *spatial) if split else spatial
             if label_data.shape != expected:
                 raise InputError(f"labels layer {labels_layer.name!r} has shape {label_data.shape}, which does not "
                                  f"match image layer {layer.name!r} ({expected})")
             masks = list(label_data) if split else [label_data]
-        items = [(array, name, mask) for (array, name), mask in zip(planes, masks)]
+        items = [(array, name, mask, spacing) for (array, name), mask in zip(planes, masks)]
         return self._start_import(project, items)
 
     def _choose_files(self) -> None:
@@ -262,7 +264,7 @@ class ProjectPanel(QWidget):
     def add_files(self, paths: list[str | Path]) -> Any:
         """Add image files (read in the worker); returns the import worker."""
         project = self._require_project()
-        return self._start_import(project, [(Path(path), None, None) for path in paths])
+        return self._start_import(project, [(Path(path), None, None, None) for path in paths])
 
     @user_errors
     def add_folder(self, folder: str | Path) -> Any:
@@ -274,16 +276,17 @@ class ProjectPanel(QWidget):
         self.state.require_writable("add images")
         return self.state.project
 
-    def _start_import(self, project: Project, items: list[tuple[Any, str | None, np.ndarray | None]]) -> Any:
+    def _start_import(self, project: Project,
+                      items: list[tuple[Any, str | None, np.ndarray | None, tuple[float, ...] | None]]) -> Any:
         if self.import_worker is not None:
             raise InputError("images are still being added; wait for them")
 
         skipped: list[str] = []
 
         def events():
-            for index, (source, name, mask) in enumerate(items):
+            for index, (source, name, mask, spacing) in enumerate(items):
                 try:
-                    record = project.add_image(source, name=name)
+                    record = project.add_image(source, name=name, spacing=spacing)
                 except DuplicateImageError as duplicate:  # the rest of the batch still comes in
                     skipped.append(duplicate.existing)
                 else:

@@ -12,6 +12,7 @@ Every spatial axis must be at least ``MIN_AXIS`` pixels long.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import unicodedata
 import uuid
@@ -234,6 +235,24 @@ def read_spacing(path: Path) -> tuple[float, ...] | None:
             return (float(z), *yx) if z else None
     except Exception:  # unreadable or odd metadata: no spacing, never an error (the pixels are read elsewhere)
         return None
+
+
+def checked_spacing(spacing, spatial_dims: int, name: str | os.PathLike | None = None) -> tuple[float, ...] | None:
+    """``spacing`` as a tuple of ``spatial_dims`` positive finite floats; None when it is None or all ones (napari's
+    default scale says nothing). A 2D image given a (1, Y, X) scale keeps its last axes. InputError otherwise."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(v) for v in np.ravel(spacing))
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: the voxel size {spacing!r} is not a list of numbers") from None
+    if len(values) > spatial_dims and all(v == 1.0 for v in values[:-spatial_dims]):
+        values = values[-spatial_dims:]
+    if len(values) != spatial_dims:
+        raise InputError(f"{name}: the voxel size {values} needs one value per spatial axis ({spatial_dims})")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{name}: the voxel size {values} must be positive")
+    return None if all(v == 1.0 for v in values) else values
 
 
 # ----------------------------------------------------------------------------------------------- layout

@@ -7,6 +7,7 @@ LABELS_DIR = "labels"
 PSEUDO_DIR = "pseudo"
 CHECKPOINTS_DIR = "checkpoints"
 ORIGINAL_NAME_KEY = "original_name:"  # meta key prefix: the name the user gave an image the project had to change
+SPACING_KEY = "spacing:"  # meta key prefix: an image's voxel size per spatial axis (JSON), when it was given
 SOURCES_KEY = "sources"  # meta key: the folders a project was created from (JSON), which export never writes into
 
 

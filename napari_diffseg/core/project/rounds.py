@@ -34,7 +34,7 @@ import numpy as np
 
 from ..method import rollback
 from ..method.checkpoint import LAST, read_model_card
-from ..data.training_set import TrainingData, training_data_from_arrays
+from ..data.training_set import TrainingData, common_spacing, training_data_from_arrays
 from ..errors import InputError, ModelError
 from .store import CHECKPOINTS_DIR, ImageStatus, Project
 from ..method.teacher import NetworkConfig
@@ -74,8 +74,11 @@ def project_training_data(project: Project, num_classes: int | None = None) -> T
     if objects:  # instance labels -> the three-class target (core/objects)
         from ..objects.files import objects_training_data_from_arrays
 
-        return objects_training_data_from_arrays(images, labels, names, int(objects.get("boundary_width", 1)))
-    return training_data_from_arrays(images, labels, names, classes)
+        data = objects_training_data_from_arrays(images, labels, names, int(objects.get("boundary_width", 1)))
+    else:
+        data = training_data_from_arrays(images, labels, names, classes)
+    data.spacing = common_spacing([project.spacing(name) for name in names], data.spatial_dims)
+    return data
 
 
 def previous_checkpoint_dir(project: Project, round_number: int | None = None) -> Path | None:

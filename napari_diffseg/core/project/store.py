@@ -51,12 +51,14 @@ from napari_diffseg.core.data.io import (
     BEST,
     UNCERTAINTY_SUFFIX,
     check_mask_matches,
+    checked_spacing,
     image_layout,
     name_stem,
     normalise_mask,
     pair_images_with_labels,
     read_image,
     read_mask,
+    read_spacing,
     write_mask,
     write_tiff_atomic,
 )
@@ -66,7 +68,7 @@ from napari_diffseg.core.objects.files import read_instances, write_instances
 from napari_diffseg.core.objects.targets import as_instances
 from napari_diffseg.core.project.export import ProjectExport
 from napari_diffseg.core.project.layout import (CHECKPOINTS_DIR, DB_NAME, IMAGES_DIR, LABELS_DIR, ORIGINAL_NAME_KEY,
-                                                PSEUDO_DIR, is_path_like)
+                                                PSEUDO_DIR, SPACING_KEY, is_path_like)
 
 logger = logging.getLogger(__name__)
 
@@ -578,22 +580,30 @@ class Project(ProjectExport):
 
     # ------------------------------------------------------------------ images
 
-    def add_image(self, array_or_path: np.ndarray | Path | str, name: str | None = None) -> ImageRecord:
+    def add_image(self, array_or_path: np.ndarray | Path | str, name: str | None = None,
+                  spacing: tuple[float, ...] | None = None) -> ImageRecord:
         """Copy an image (a file path or an array) into ``images/<name>.tif`` and register it as UNLABELLED.
 
         The name defaults to the file stem (``"image"`` for arrays); it is sanitised and made unique.
         All images of a project must share one layout (2D/3D, channel count): InputError otherwise.
+        ``spacing``: the voxel size per spatial axis (a napari layer's scale); a file's own metadata gives it when
+        None. The planner reads it to train anisotropic volumes on slices (``spacing``).
         """
         if isinstance(array_or_path, (str, Path)):
             path = Path(array_or_path)
             array = read_image(path)
             raw_name = name if name is not None else name_stem(path)
+            file_spacing = read_spacing(path)
         else:
             array = np.asarray(array_or_path)
             raw_name = name if name is not None else "image"
+            file_spacing = None
             if array.dtype == object or array.dtype.kind not in "biuf":
                 raise InputError(f"image {raw_name!r} has unsupported pixel type {array.dtype}")
         layout = image_layout(array, name=raw_name)
+        if spacing is None and file_spacing is not None and len(file_spacing) == layout[0]:
+            spacing = file_spacing  # the file's metadata, where it gives one value per spatial axis
+        spacing = checked_spacing(spacing, layout[0], raw_name)
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise InputError(f"image {raw_name!r} contains NaN or infinite values; clean it before adding it")
         base = sanitise_name(raw_name)
@@ -619,6 +629,9 @@ class Project(ProjectExport):
                             (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
+                if spacing is not None:
+                    con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                (f"{SPACING_KEY}{unique}", json.dumps(spacing)))
                 if str(raw_name) != unique and not is_path_like(str(raw_name)):  # given back by exports
                     con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
                                 (f"{ORIGINAL_NAME_KEY}{unique}", str(raw_name)))
@@ -659,6 +672,11 @@ class Project(ProjectExport):
 
     def image(self, name: str) -> np.ndarray:
         return read_image(self.record(name).image_path)
+
+    def spacing(self, name: str) -> tuple[float, ...] | None:
+        """The voxel size per spatial axis given when the image was added (None: none was given)."""
+        stored = self._meta(f"{SPACING_KEY}{name}")
+        return None if stored is None else tuple(float(v) for v in json.loads(stored))
 
     def label(self, name: str) -> np.ndarray | None:
         """The ground-truth mask of a LABELLED / ACCEPTED image, else None."""
