@@ -17,7 +17,7 @@ from napari_diffseg.core.method.consistency import (WeightAverage, blur, confide
 from napari_diffseg.core.errors import InputError
 from napari_diffseg.core.method.teacher import (DiffusionTwin, NetworkConfig, UnlabelledTargets, cotraining_loss,
                                          soft_dice_loss)
-from napari_diffseg.core.method.training import _Clock
+from napari_diffseg.core.method.clock import Clock as _Clock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # scripts, not a package
 from quality_stats import bootstrap_ci, labelled_subset, paired_differences  # noqa: E402

@@ -17,7 +17,8 @@ from napari_diffseg.core.data.io import to_channels_first
 from napari_diffseg.core.data.scale import (MIN_SCALE, choose_working_scale, resize_image, resize_labels,
                                        resize_probabilities, scaled_shape)
 from napari_diffseg.core.data.synthetic import make_blobs_dataset
-from napari_diffseg.core.method.training import PseudoLabelsReady, TrainConfig, _Clock, poly_factor, train
+from napari_diffseg.core.method.clock import Clock as _Clock
+from napari_diffseg.core.method.training import PseudoLabelsReady, TrainConfig, poly_factor, train
 
 from conftest import tiny_train_config
 

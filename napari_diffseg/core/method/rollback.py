@@ -18,7 +18,8 @@ import shutil
 
 from .checkpoint import LAST
 from ..errors import UntrainedRunError
-from .training import LOSSES_FILE, PSEUDO_LABEL_DIR
+from .outputs import PSEUDO_LABEL_DIR
+from .resume import LOSSES_FILE
 
 KEPT_DIR = ".before-this-run"
 RUN_FILES = (LAST, LOSSES_FILE, PSEUDO_LABEL_DIR)  # what a new run replaces or removes before it has learned
