@@ -135,6 +135,8 @@ class MethodSettings:
     loss: Loss = Loss.DICE
     cutmix: bool = False  # unlabelled patches CutMixed in pairs (teacher.swap_in_pairs)
     copy_paste: bool = False  # labelled content pasted into unlabelled patches (BCP), instead of CutMix
+    appearance: float = 0.0  # share of labelled patches given an unlabelled patch's low-frequency appearance
+    # (core/method/appearance.py: Fourier appearance transfer); 0: off
     targets: Targets = Targets.NOISED
     targets_from: TargetsFrom = TargetsFrom.OTHER
     average_decay: float = 0.99  # of the running weight averages that make the targets (targets "average")
@@ -198,7 +200,7 @@ class RuntimeSettings:
 # departures with the original. The product's budget, patches, scale, augmentation and schedule stay.
 PRESETS: dict[str, dict] = {
     "paper": {"pretrain_fraction": 0.25, "student": "network", "warmup_twins": "both", "supervised_warmup": 0.0,
-              "unlabelled_ramp": 1.0, "copy_paste": False,
+              "unlabelled_ramp": 1.0, "copy_paste": False, "appearance": 0.0,
               "rounds": 3, "rounds_every": 1, "targets": "noised", "confidence": 0.0, "strong_augment": 0.0,
               "cutmix": False, "loss": "dice", "unlabelled_loss": "dice"},
 }

@@ -10,6 +10,7 @@ import torch
 from .. import device as devices
 
 from . import distributed
+from .appearance import transfer_appearance
 from .clock import Clock
 from .config import LrSchedule, Student, TargetsFrom
 from .consistency import confident_targets, masked_segmentation_loss, paste_labelled, strong_view
@@ -92,6 +93,11 @@ class StageSteps:
         labelled, labels = self.sampler.labelled_batch(half if unlabelled_indices and self.stage == COTRAIN
                                                         else self.batch_size)
         labels = devices.to_device(labels, self.device)
+        method = self.config.method
+        if method.appearance > 0 and not method.labels_only and self.scaled.unlabelled_indices:
+            # the collection's appearance on the labelled patches, from the first step (core/method/appearance.py)
+            references = self.sampler.image_batch(labelled.shape[0], self.scaled.unlabelled_indices)
+            labelled = transfer_appearance(labelled, references, self.generator, method.appearance)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             return self._supervised_step(labelled, labels)
         if self.config.method.student == Student.AVERAGE:
