@@ -51,3 +51,14 @@ def pytest_collection_modifyitems(config, items):
     passes, and a `diffseg predict` with OpenVINO stopped by SIGTERM exits 143 cleanly in its own process). The
     cause is not found; the CLI never converts and trains in one process."""
     items.sort(key=lambda item: item.nodeid.startswith("tests/test_openvino.py"))
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    """Records napari error / warning / info notifications instead of showing them (napari imported only here)."""
+    from napari.utils import notifications
+
+    messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
+    for kind in messages:
+        monkeypatch.setattr(notifications, f"show_{kind}", lambda message, _k=kind: messages[_k].append(str(message)))
+    return messages

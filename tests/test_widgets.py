@@ -12,7 +12,6 @@ import pytest
 import tifffile
 import torch
 from napari.layers import Image, Labels
-from napari.utils import notifications
 from napari.utils.key_bindings import KeyBinding
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
@@ -45,15 +44,6 @@ TRAIN_TIMEOUT_MS = 60_000
 
 def tiny_config(**changes) -> TrainConfig:
     return tiny_train_config(**{"max_steps": 8, "patch_size": (CROP, CROP), **changes})
-
-
-@pytest.fixture
-def shown(monkeypatch):
-    """Records napari error / warning / info notifications instead of showing them."""
-    messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
-    for kind in messages:
-        monkeypatch.setattr(notifications, f"show_{kind}", lambda message, _k=kind: messages[_k].append(str(message)))
-    return messages
 
 
 def open_panels(viewer) -> dict:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QCloseEvent
 from qtpy.QtWidgets import QApplication, QLineEdit, QScrollArea
@@ -30,15 +29,6 @@ from napari_diffseg.core.data.io import format_duration
 from napari_diffseg.core.project.store import ImageStatus, Project
 from test_widgets import (PLUGIN, TRAIN_TIMEOUT_MS, _project_with_pseudo_labels, _small_project, open_panels,
                           tiny_config, wait_until_finished)
-
-
-@pytest.fixture
-def shown(monkeypatch):
-    """Records napari error / warning / info notifications instead of showing them."""
-    messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
-    for kind in messages:
-        monkeypatch.setattr(notifications, f"show_{kind}", lambda message, _k=kind: messages[_k].append(str(message)))
-    return messages
 
 
 def _queue_row_centre(review, row: int):

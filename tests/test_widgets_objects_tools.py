@@ -8,7 +8,6 @@ import csv
 
 import numpy as np
 import pytest
-from napari.utils import notifications
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea
 
@@ -17,14 +16,6 @@ from napari_diffseg._widgets._common import DOCK_WIDTH
 from napari_diffseg.core.objects.measure import measure_project, object_table
 from napari_diffseg.core.project.store import ImageStatus, Project
 from test_widgets_objects import PLUGIN, _objects_project
-
-
-@pytest.fixture
-def shown(monkeypatch):
-    messages: dict[str, list[str]] = {"error": [], "warning": [], "info": []}
-    for kind in messages:
-        monkeypatch.setattr(notifications, f"show_{kind}", lambda message, _k=kind: messages[_k].append(str(message)))
-    return messages
 
 
 def _csv(path) -> list[dict]:
