@@ -25,6 +25,7 @@ def test_the_low_frequency_box_holds_the_zero_frequency_and_its_neighbours_only(
     assert mask[0, 0] and mask[1, 1] and mask[-1, -2] and mask[3, 2]
     assert not mask[32, 0] and not mask[0, 20] and not mask[4, 0] and not mask[0, 3]
     assert low_frequency_mask((8, 16, 16)).shape == (8, 16, 16)
+    assert low_frequency_mask((64, 40), 0.0).sum() == 1  # the mean alone
 
 
 def test_labelled_patches_take_the_pools_brightness_and_keep_their_structures():
@@ -75,9 +76,9 @@ def test_the_method_gives_labelled_patches_the_pools_appearance_and_labels_only_
     calls = []
     real = steps.transfer_appearance
 
-    def recording(images, references, generator, probability):
+    def recording(images, references, generator, probability, fraction):
         calls.append((tuple(images.shape), tuple(references.shape), probability))
-        return real(images, references, generator, probability)
+        return real(images, references, generator, probability, fraction)
 
     monkeypatch.setattr(steps, "transfer_appearance", recording)
     pairs = make_blobs_dataset(3, (48, 48), seed=1)

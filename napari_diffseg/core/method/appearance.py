@@ -17,10 +17,11 @@ LOW_FREQUENCY_FRACTION = 0.05  # FDA's beta: the half-width of the swapped low-f
 
 def low_frequency_mask(shape: tuple[int, ...], fraction: float = LOW_FREQUENCY_FRACTION) -> torch.Tensor:
     """Bool mask over an unshifted FFT of ``shape`` (spatial axes): frequencies within ``fraction`` of each axis's
-    length of zero on every axis (at least the zero frequency and its neighbours)."""
+    length of zero on every axis (at least the zero frequency and its neighbours; ``fraction`` 0: the zero frequency
+    alone, i.e. each channel's mean: colour and brightness, no structure)."""
     mask = torch.ones(shape, dtype=torch.bool)
     for axis, size in enumerate(shape):
-        half_width = max(1, int(fraction * size))
+        half_width = max(1, int(fraction * size)) if fraction > 0 else 0
         index = torch.fft.fftfreq(size) * size  # 0, 1, ..., -1
         near = index.abs() <= half_width
         mask = mask & near.view([-1 if a == axis else 1 for a in range(len(shape))])

@@ -137,6 +137,7 @@ class MethodSettings:
     copy_paste: bool = False  # labelled content pasted into unlabelled patches (BCP), instead of CutMix
     appearance: float = 0.0  # share of labelled patches given an unlabelled patch's low-frequency appearance
     # (core/method/appearance.py: Fourier appearance transfer); 0: off
+    appearance_band: float = 0.05  # the low frequencies it transfers, as a fraction of the patch (0: the mean alone)
     targets: Targets = Targets.NOISED
     targets_from: TargetsFrom = TargetsFrom.OTHER
     average_decay: float = 0.99  # of the running weight averages that make the targets (targets "average")

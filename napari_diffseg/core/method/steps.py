@@ -97,7 +97,8 @@ class StageSteps:
         if method.appearance > 0 and not method.labels_only and self.scaled.unlabelled_indices:
             # the collection's appearance on the labelled patches, from the first step (core/method/appearance.py)
             references = self.sampler.image_batch(labelled.shape[0], self.scaled.unlabelled_indices)
-            labelled = transfer_appearance(labelled, references, self.generator, method.appearance)
+            labelled = transfer_appearance(labelled, references, self.generator, method.appearance,
+                                           method.appearance_band)
         if self.stage == SUPERVISED or (self.student_pending_copy and not unlabelled_indices):
             return self._supervised_step(labelled, labels)
         if self.config.method.student == Student.AVERAGE:
