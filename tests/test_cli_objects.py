@@ -149,6 +149,32 @@ def test_measure_writes_the_object_table(objects_data, tmp_path):
     assert not (objects_data / "labels" / "img_0.csv").exists()
 
 
+def test_measure_a_projects_current_masks(objects_data, tmp_path):
+    from napari_diffseg.core.objects.files import objects_card
+    from napari_diffseg.core.project.store import Project
+
+    project = Project.create_from_folders(tmp_path / "proj", objects_data / "images", objects_data / "labels",
+                                          objects=objects_card(1))
+    table = tmp_path / "project.csv"
+    code, out, err = run_cli(["measure", "--project", tmp_path / "proj", "--out", table])
+    assert code == 0, err
+    with table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    # the two labelled images' ground truth (the others have no mask yet), as the files measure it
+    assert [(row["image"], row["id"]) for row in rows] == [(f"img_{i}", str(k)) for i in range(2) for k in (1, 2, 3)]
+    assert "in 2 image(s)" in out
+    assert project.names() == [f"img_{i}" for i in range(4)]  # nothing in the project changed
+    code, out, err = run_cli(["measure", objects_data / "images", "--project", tmp_path / "proj", "--out", table,
+                              "--overwrite"])
+    assert_one_line_error(code, err, "not both")
+    code, out, err = run_cli(["measure", "--out", table, "--overwrite"])
+    assert_one_line_error(code, err, "--project")
+    regions = Project.create_from_folders(tmp_path / "regions", objects_data / "images", objects_data / "labels")
+    code, out, err = run_cli(["measure", "--project", regions.folder, "--out", tmp_path / "table_of_regions.csv"])
+    assert_one_line_error(code, err, "objects project")
+    assert not (tmp_path / "table_of_regions.csv").exists()
+
+
 # ------------------------------------------------------------------------------------------------- projects
 def test_project_in_objects_mode_keeps_ids_from_create_to_export(objects_data, tmp_path):
     """create --objects (instance labels stored with their ids), train a round (pseudo-labels decoded into

@@ -99,23 +99,39 @@ def _measure_pairs(images: Path, masks: Path) -> list[tuple[str, Path, Path]]:
 
 def _cmd_measure(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_diffseg.core.data import safety
-    from napari_diffseg.core.objects.measure import measure_files, write_table
+    from napari_diffseg.core.objects.measure import measure_files, measure_project, write_table
 
-    images, masks, out = Path(args.images), Path(args.masks), Path(args.out)
-    for given, path in (("IMAGES", images), ("MASKS", masks)):
-        if not path.exists():
-            raise InputError(f"{given} {path} not found; give an image file or a folder of images")
+    out = Path(args.out)
+    if args.project is not None and (args.images or args.masks):
+        raise InputError("give IMAGES and MASKS, or --project DIR, not both")
+    if args.project is None and not (args.images and args.masks):
+        raise InputError("give IMAGES and MASKS (files or folders), or --project DIR")
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give a file name for the table (e.g. objects.csv)")
     if out.suffix.lower() != ".csv":
         raise InputError(f"--out {out}: the table is CSV; give a name ending in .csv")
-    pairs = _measure_pairs(images, masks)
-    reads = [path for _, image, mask in pairs for path in (image, mask)]
+    if args.project is not None:  # the Predict panel's "Measure project", from the command line
+        from napari_diffseg.core.project.layout import DB_NAME
+        from napari_diffseg.core.project.store import Project
+
+        project = Project.open(Path(args.project))
+        reads = [project.folder / DB_NAME]
+        measured = measure_project(project)
+    else:
+        images, masks = Path(args.images), Path(args.masks)
+        for given, path in (("IMAGES", images), ("MASKS", masks)):
+            if not path.exists():
+                raise InputError(f"{given} {path} not found; give an image file or a folder of images")
+        pairs = _measure_pairs(images, masks)
+        reads = [path for _, image, mask in pairs for path in (image, mask)]
+        measured = measure_files(pairs)  # the Predict panel's project table measures as core does too
     safety.refuse_unsafe_outputs(out.parent, [out], overwrite=args.overwrite, inputs=reads, option="--out file")
     rows: list[dict] = []
-    for name, found in measure_files(pairs):  # the Predict panel's project table measures as core does too
+    count = 0
+    for name, found in measured:
         log.info("%s: %d object(s)", name, len(found))
         rows += found
+        count += 1
     write_table(rows, out)
-    print(f"measured {len(rows)} object(s) in {len(pairs)} image(s): {out}")
+    print(f"measured {len(rows)} object(s) in {count} image(s): {out}")
     return EXIT_OK

@@ -270,10 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every object of the instance masks in MASKS (matched to the images of IMAGES by name "
                     "stem; or two files): one CSV row per object with the image name, id, area (2D) or volume (3D) "
                     "in pixels, centroid, mean intensity per channel and bounding box (min inclusive, max "
-                    "exclusive). A mask with one value is split into objects by connected components (a warning).",
+                    "exclusive). A mask with one value is split into objects by connected components (a warning). "
+                    "--project DIR measures every image of an objects project instead, on its current mask (the "
+                    "ground truth of labelled and accepted images, else the latest pseudo-label), as the Predict "
+                    "panel's 'Measure project' does.",
     )
-    measure.add_argument("images", metavar="IMAGES", help="image file or folder of images")
-    measure.add_argument("masks", metavar="MASKS", help="instance mask file or folder of instance masks")
+    measure.add_argument("images", metavar="IMAGES", nargs="?", help="image file or folder of images")
+    measure.add_argument("masks", metavar="MASKS", nargs="?", help="instance mask file or folder of instance masks")
+    measure.add_argument("--project", metavar="DIR", default=None,
+                         help="measure an objects project's current masks instead of IMAGES and MASKS")
     measure.add_argument("--out", required=True, metavar="TABLE.csv", help="the CSV table to write")
     _add_overwrite_option(measure, "TABLE.csv, or a file with its name stem, exists. An image or mask the command "
                                    "reads is never replaced")
