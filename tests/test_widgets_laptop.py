@@ -35,6 +35,18 @@ def _queue_row_centre(review, row: int):
     return review.queue_list.visualItemRect(review.queue_list.item(row)).center()
 
 
+def assert_panels_fit_the_dock(viewer, qtbot, tabs, dock, names: list[str]) -> None:
+    """With the dock at DOCK_WIDTH, each named panel shows without a horizontal scrollbar."""
+    viewer.window._qt_window.resizeDocks([dock], [DOCK_WIDTH], Qt.Horizontal)
+    for name in names:
+        tabs.show_panel(name)
+        scroll = tabs.currentWidget()
+        assert isinstance(scroll, QScrollArea)
+        qtbot.waitUntil(lambda: dock.width() <= DOCK_WIDTH + 2, timeout=5_000)
+        qtbot.wait(50)
+        assert not scroll.horizontalScrollBar().isVisible(), name
+
+
 def test_review_keys_work_wherever_the_focus_is_in_the_panels(make_napari_viewer, qtbot, tmp_path, shown):
     """A click on a queue row gives the list the focus; A, sent to the focused widget as a keyboard would, still
     accepts (the list used to take it as type-ahead search); so do N on a focused button and keys in another
@@ -117,14 +129,7 @@ def test_every_panel_fits_a_340_px_dock(make_napari_viewer, qtbot, tmp_path, mon
                                "'resume' to train the round from its start).")
     for name, panel in tabs.panels.items():
         assert panel.minimumSizeHint().width() <= DOCK_WIDTH, name
-    viewer.window._qt_window.resizeDocks([dock], [DOCK_WIDTH], Qt.Horizontal)
-    for name in tabs.panels:
-        tabs.show_panel(name)
-        scroll = tabs.currentWidget()
-        assert isinstance(scroll, QScrollArea)
-        qtbot.waitUntil(lambda: dock.width() <= DOCK_WIDTH + 2, timeout=5_000)
-        qtbot.wait(50)
-        assert not scroll.horizontalScrollBar().isVisible(), name
+    assert_panels_fit_the_dock(viewer, qtbot, tabs, dock, list(tabs.panels))
     label = tabs.panels["Project"].project_label
     assert label.full_text() == str(Project.open(folder).folder) and "…" in label.text()  # cut in the middle
     assert label.text().endswith("proj")

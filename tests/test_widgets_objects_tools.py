@@ -8,13 +8,12 @@ import csv
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea
 
 from napari_diffseg._state import state_for_viewer
 from napari_diffseg._widgets._common import DOCK_WIDTH
 from napari_diffseg.core.objects.measure import measure_project, object_table
 from napari_diffseg.core.project.store import ImageStatus, Project
+from test_widgets_laptop import assert_panels_fit_the_dock
 from test_widgets_objects import PLUGIN, _objects_project
 
 
@@ -143,11 +142,4 @@ def test_objects_panels_fit_a_340_px_dock(make_napari_viewer, qtbot, tmp_path):
     assert predict.objects_box.table.isVisibleTo(predict) and review.objects_box.isVisibleTo(review)
     for name in ("Review", "Predict"):
         assert tabs.panels[name].minimumSizeHint().width() <= DOCK_WIDTH, name
-    viewer.window._qt_window.resizeDocks([dock], [DOCK_WIDTH], Qt.Horizontal)
-    for name in ("Review", "Predict"):
-        tabs.show_panel(name)
-        scroll = tabs.currentWidget()
-        assert isinstance(scroll, QScrollArea)
-        qtbot.waitUntil(lambda: dock.width() <= DOCK_WIDTH + 2, timeout=5_000)
-        qtbot.wait(50)
-        assert not scroll.horizontalScrollBar().isVisible(), name
+    assert_panels_fit_the_dock(viewer, qtbot, tabs, dock, ["Review", "Predict"])
