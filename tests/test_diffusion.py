@@ -123,6 +123,14 @@ def test_sample_timesteps_uniform_in_range(schedule):
     assert torch.equal(t, again)
 
 
+def test_sample_timesteps_within_a_fraction_of_the_schedule(schedule):
+    t = schedule.sample_timesteps(20000, torch.Generator().manual_seed(4), fraction=0.1)
+    high = round(0.1 * T)
+    assert int(t.min()) >= 0 and int(t.max()) == high - 1  # the whole first tenth, nothing beyond
+    assert t.float().mean().item() == pytest.approx((high - 1) / 2, rel=0.05)
+    assert int(schedule.sample_timesteps(100, torch.Generator().manual_seed(4), fraction=1e-9).max()) == 0
+
+
 def test_timestep_embedding_shape_and_distinct_rows():
     t = torch.arange(T)
     embedding = timestep_embedding(t, 64)

@@ -269,9 +269,9 @@ class _Spy:
         self.logits: list[torch.Tensor] = []
         reconstruct, random_mask_logits = teacher.reconstruct, teacher.random_mask_logits
 
-        def spy_reconstruct(image01, soft_mask, generator=None):
+        def spy_reconstruct(image01, soft_mask, generator=None, t_fraction=1.0):
             self.soft_masks.append(soft_mask.detach().clone())
-            return reconstruct(image01, soft_mask, generator)
+            return reconstruct(image01, soft_mask, generator, t_fraction)
 
         def spy_logits(image01, generator=None):
             out = random_mask_logits(image01, generator)
@@ -320,6 +320,18 @@ def test_zero_rounds(twins, monkeypatch):
     losses.total.backward()
     assert all(p.grad is None for p in teacher.image_path.parameters())
     assert "rec" not in losses.parts and "rounds" not in losses.parts
+
+
+def test_rounds_at_small_t_reconstruct_close_to_the_image(twins):
+    """round_t_fraction: the round's one-step reconstruction from a small t stays near the image (a barely noised
+    image), whereas any t (the paper's) gives reconstructions far from it for an untrained image pathway."""
+    teacher, _, labelled, _, _ = twins
+    soft = torch.full((labelled.shape[0], 3, *labelled.shape[2:]), 1 / 3)
+    errors = {}
+    for fraction in (1.0, 0.02):
+        _, reconstruction = teacher.reconstruct(labelled, soft, torch.Generator().manual_seed(0), fraction)
+        errors[fraction] = float((reconstruction - labelled).abs().mean())
+    assert errors[0.02] < 0.5 * errors[1.0], errors
 
 
 # ----- CutMix in cross pseudo supervision (MethodSettings.cutmix) -----

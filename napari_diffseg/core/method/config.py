@@ -128,6 +128,7 @@ class MethodSettings:
     rounds_every: int = 4
     chained_rounds: bool = False
     lambda_d: float = 1.0
+    round_t_fraction: float = 1.0  # the rounds' reconstructions noise at t < this fraction of T (1: any t)
     supervised_warmup: float = 0.5
     unlabelled_ramp: float = 0.5
     warmup_twins: WarmupTwins = WarmupTwins.COPY
@@ -315,6 +316,8 @@ class TrainConfig:
                              f"got {schedule.working_scale}")
         if not 0 <= method.average_decay < 1:
             raise InputError(f"average_decay must be in [0, 1), got {method.average_decay}")
+        if not 0 < method.round_t_fraction <= 1:
+            raise InputError(f"round_t_fraction must be in (0, 1], got {method.round_t_fraction}")
         if not 0 <= method.confidence < 1:
             raise InputError(f"confidence must be in [0, 1), got {method.confidence}")
         if method.strong_augment < 0:

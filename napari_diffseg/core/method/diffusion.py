@@ -55,9 +55,11 @@ class DiffusionSchedule:
         sqrt_1mab = self._sqrt_one_minus_ab.to(like.device)[t].view(shape).to(like.dtype)
         return sqrt_ab, sqrt_1mab
 
-    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """Uniform integer timesteps in [0, T), one per sample."""
-        return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu").to(device or "cpu")
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None,
+                         fraction: float = 1.0) -> torch.Tensor:
+        """Uniform integer timesteps in [0, T), one per sample; ``fraction`` < 1: in [0, fraction * T) only."""
+        high = max(1, min(self.timesteps, int(round(fraction * self.timesteps))))
+        return torch.randint(0, high, (batch,), generator=generator, device="cpu").to(device or "cpu")
 
     def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise."""

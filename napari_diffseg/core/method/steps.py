@@ -158,7 +158,8 @@ class StageSteps:
                 self.teacher, self.student, teacher_view[:n_l], labels,
                 teacher_view[n_l:] if unlabelled_indices else None, ramp,
                 rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
-                chained=method.chained_rounds, lambda_d=method.lambda_d, generator=self.generator,
+                chained=method.chained_rounds, lambda_d=method.lambda_d, round_t_fraction=method.round_t_fraction,
+                generator=self.generator,
                 student_view=student_view, loss=method.loss, mix_boxes=boxes,
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
@@ -218,7 +219,8 @@ class StageSteps:
             losses = cotraining_loss(
                 self.teacher, self.student, teacher_view[:n_l], labels, teacher_view[n_l:], ramp,
                 rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
-                chained=method.chained_rounds, lambda_d=method.lambda_d, generator=self.generator,
+                chained=method.chained_rounds, lambda_d=method.lambda_d, round_t_fraction=method.round_t_fraction,
+                generator=self.generator,
                 student_view=student_view, loss=method.loss,
                 targets=UnlabelledTargets(for_student, for_teacher, method.unlabelled_loss),
             )

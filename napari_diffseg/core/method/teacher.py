@@ -113,14 +113,16 @@ class DiffusionTwin(nn.Module):
         return self.mask_logits(image01, t, noise)
 
     def reconstruct(
-        self, image01: torch.Tensor, soft_mask: torch.Tensor, generator: torch.Generator | None = None
+        self, image01: torch.Tensor, soft_mask: torch.Tensor, generator: torch.Generator | None = None,
+        t_fraction: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise the image at a fresh t, predict the noise conditioned on ``soft_mask`` (probabilities in [0, 1]).
+        """Noise the image at a fresh t (in the first ``t_fraction`` of the schedule), predict the noise conditioned
+        on ``soft_mask`` (probabilities in [0, 1]).
 
         Returns (per-sample mean squared noise error, shape (B,), and the one-step reconstruction x0_hat in [0, 1]).
         """
         batch = image01.shape[0]
-        t = self.schedule.sample_timesteps(batch, generator, image01.device)
+        t = self.schedule.sample_timesteps(batch, generator, image01.device, t_fraction)
         noise = torch.randn(image01.shape, generator=generator).to(image01)
         noisy_image = self.schedule.q_sample(to_signed(image01), t, noise)
         eps_hat = self.image_path(torch.cat([noisy_image, to_signed(soft_mask.to(noisy_image.dtype))], dim=1), t)
@@ -198,6 +200,7 @@ def cotraining_loss(
     loss: str = "dice",
     mix_boxes: torch.Tensor | None = None,
     targets: UnlabelledTargets | None = None,
+    round_t_fraction: float = 1.0,
 ) -> CoTrainingLosses:
     """Stage 2 loss L = lambda_u L_u + L_l of shared/METHOD.md for one labelled and one unlabelled batch.
 
@@ -208,6 +211,8 @@ def cotraining_loss(
     to reproduce the other's mask under a perturbation it did not see. ``mix_boxes`` (see ``swap_in_pairs``): the
     teacher sees the unlabelled patches CutMixed in pairs (a strong view) and learns the student's prediction on
     the unmixed patches (the weak view), mixed the same way; the student learns the teacher's, unmixed.
+    ``round_t_fraction``: the pseudo-label rounds noise the images at t in the first fraction of the schedule only
+    (1: any t, the paper's; small: reconstructions close to the image rather than to noise).
     ``targets`` (weak-to-strong, ``consistency``): the unlabelled term takes its targets from there (each twin's
     class map and confident pixels, made from the weak view and aligned with the unlabelled patches as given)
     instead of the other twin's argmax on this step's noised forward; the loss then covers the confident pixels
@@ -263,7 +268,7 @@ def cotraining_loss(
     if unlabelled is not None:
         terms.update(align=zero, rec_unlabelled=zero)
     for _ in range(rounds):
-        rec_loss, reconstruction = teacher.reconstruct(images, conditioning, generator)
+        rec_loss, reconstruction = teacher.reconstruct(images, conditioning, generator, round_t_fraction)
         round_logits = teacher.random_mask_logits(reconstruction.detach().to(images.dtype), generator)
         round_dice, round_rec = mask_loss(round_logits[:n_l], labels), rec_loss[:n_l].mean()
         terms["round_dice_labelled"] = terms["round_dice_labelled"] + round_dice
