@@ -154,6 +154,33 @@ def test_the_cli_preset_reaches_the_config():
     assert config.method.targets == Targets.NOISED and config.method.rounds == 2
 
 
+def test_the_cli_sets_any_setting_by_name_and_says_what_is_wrong():
+    from napari_diffseg.cli._common import _train_config
+    from napari_diffseg.cli._parser import build_parser
+
+    def config(*options):
+        return _train_config(build_parser().parse_args(["train", "in", "--labels", "lab", "--out", "m", *options]), 2)
+
+    chosen = config("--set", "cutmix=true", "--set", "appearance=0.5", "--set", "round-t-fraction=0.05",
+                    "--set", "targets=average", "--set", "student_channels=none")
+    assert chosen.method.cutmix is True and chosen.method.appearance == 0.5
+    assert chosen.method.round_t_fraction == 0.05 and chosen.method.targets == Targets.AVERAGE
+    assert config("--set", "rounds=3", "--rounds", "2").method.rounds == 2  # the named option wins
+    assert config("--preset", "paper", "--set", "rounds=2").method.rounds == 2  # --set wins over the preset
+    with pytest.raises(InputError, match="did you mean cutmix"):
+        config("--set", "cutmx=true")
+    with pytest.raises(InputError, match="cutmix takes true or false"):
+        config("--set", "cutmix=maybe")
+    with pytest.raises(InputError, match="appearance takes a number"):
+        config("--set", "appearance=lots")
+    with pytest.raises(InputError, match="NAME=VALUE"):
+        config("--set", "cutmix")
+    with pytest.raises(InputError, match="own option \\(--seed\\)"):
+        config("--set", "seed=3")
+    with pytest.raises(InputError, match="round_t_fraction must be in"):
+        config("--set", "round_t_fraction=0")  # the ranges: TrainConfig.validate
+
+
 def test_labelled_subsets_are_fixed_distinct_and_the_first_is_the_first_k():
     assert labelled_subset(60, 2, 0) == [0, 1]
     drawn = labelled_subset(60, 2, 1)

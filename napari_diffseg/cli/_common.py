@@ -34,13 +34,16 @@ _COMMAND_LINE_SETTINGS = frozenset({"budget_seconds", "max_steps", "labels_only"
                                     "num_classes", "device", "threads", "bf16"})
 
 
+_OWN_OPTION = {"budget_seconds": "budget", "max_steps": "steps", "bf16": "no-bf16"}
+
+
 def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | None = None):
     """TrainConfig from the options of ``_add_training_options``.
 
     An option left out keeps its value from ``stored`` (a project's stored settings, except the
     ``_COMMAND_LINE_SETTINGS``), else TrainConfig's default (the one place the defaults are defined).
     """
-    from napari_diffseg.core.method.config import TrainConfig
+    from napari_diffseg.core.method.config import TrainConfig, parse_setting
 
     if stored is not None and not isinstance(stored, dict):  # read from the project's manifest: never trusted
         log.warning("ignoring the project's stored training settings (a JSON %s, not an object; edited by hand?)",
@@ -52,6 +55,12 @@ def _train_config(args: argparse.Namespace, num_classes: int, stored: dict | Non
         "batch_size": args.batch_size, "layout": getattr(args, "layout", None),
     }
     given = {key: value for key, value in given.items() if value is not None}
+    assigned = dict(parse_setting(text) for text in getattr(args, "settings", None) or [])
+    own_option = sorted(set(assigned) & _COMMAND_LINE_SETTINGS)
+    if own_option:
+        raise InputError(f"--set {own_option[0]}: this setting has its own option (--"
+                         f"{_OWN_OPTION.get(own_option[0], own_option[0]).replace('_', '-')}); use that")
+    given = {**assigned, **given}
     if getattr(args, "preset", None):
         from napari_diffseg.core.method.config import PRESETS
 

@@ -155,6 +155,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                              "GPU)")
     parser.add_argument("--batch-size", type=_setting("batch_size"), default=None, metavar="N",
                         help="patches per step (default: the plan's, 8 in 2D and 2 in 3D on a CPU)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                        help="any other training setting by its TrainConfig name (repeatable), e.g. --set cutmix=true "
+                             "--set appearance=0.5: the method's measured options (benchmarks/quality/ABLATIONS.md); "
+                             "the named options above win")
     _add_device_options(parser)
 
 

@@ -215,6 +215,40 @@ _CHOICES = {"warmup_twins": WarmupTwins, "loss": Loss, "keep_twin": Twin, "lr_sc
             "layout": Layout}
 
 
+def parse_setting(assignment: str) -> tuple[str, object]:
+    """``NAME=VALUE`` (the CLI's ``--set``) -> (name, value), the value typed after the setting's default: true/false
+    for switches, a number for numbers, a word for choices, ``none`` for optional settings. InputError naming the
+    setting when the name is unknown or the value is not of its kind; the ranges are checked by ``validate``."""
+    import difflib
+
+    name, sep, text = assignment.partition("=")
+    name, text = name.strip().replace("-", "_"), text.strip()
+    if not sep or not name:
+        raise InputError(f"--set expects NAME=VALUE, got {assignment!r}")
+    if name not in SECTION_OF:
+        close = difflib.get_close_matches(name, SECTION_OF, n=3)
+        raise InputError(f"unknown training setting {name!r}" + (f" (did you mean {', '.join(close)}?)" if close
+                                                                 else "; the settings are TrainConfig's fields"))
+    default = next(f.default for f in fields(SECTIONS[SECTION_OF[name]]) if f.name == name)
+    if text.lower() in ("none", "null") and default is None:
+        return name, None
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ValueError
+            return name, text.lower() in ("true", "1", "yes", "on")
+        if isinstance(default, StrEnum) or name in _CHOICES:
+            return name, text
+        if isinstance(default, int) or name in ("max_steps", "batch_size", "threads", "student_channels"):
+            return name, int(text)
+        if isinstance(default, float) or default is None:
+            return name, float(text)
+    except ValueError:
+        raise InputError(f"{name} takes {'true or false' if isinstance(default, bool) else 'a number'}, "
+                         f"got {text!r}") from None
+    return name, text
+
+
 @dataclass(init=False)
 class TrainConfig:
     """Settings of one training run in four sections (``config.method``, ``.network``, ``.schedule``,
