@@ -62,12 +62,12 @@ def dataset_root(dataset: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ jobs
-def _predict_all(model_dir: Path, images: list[np.ndarray]) -> list[np.ndarray]:
+def _predict_all(model_dir: Path, images: list[np.ndarray], mirror: bool = False) -> list[np.ndarray]:
     from napari_diffseg.core import device as devices
     from napari_diffseg.core.prediction.model import SegmentationModel
 
     model = SegmentationModel.load(Path(model_dir), bf16=devices.bf16_supported("cpu"))
-    return [model.predict(image).mask for image in images]
+    return [model.predict(image, mirror=mirror).mask for image in images]
 
 
 def _scores(prefix: str, predictions: list[np.ndarray], truth: list[np.ndarray]) -> dict:
@@ -101,6 +101,13 @@ def job_train(params: dict) -> dict:
         result.update(
             _scores("collection", _predict_all(out, [pool[i][0] for i in collection]), [pool[i][1] for i in collection]))
         result.update(_scores("test", _predict_all(out, [p[0] for p in test]), [p[1] for p in test]))
+        if params.get("mirror_too"):  # the same model predicted with test-time mirroring: a pair no load can move
+            began = clock.process_time()
+            result.update(_scores("collection_mirror", _predict_all(out, [pool[i][0] for i in collection], True),
+                                  [pool[i][1] for i in collection]))
+            result.update(_scores("test_mirror", _predict_all(out, [p[0] for p in test], True),
+                                  [p[1] for p in test]))
+            result["mirror_cpu_seconds"] = clock.process_time() - began
         result.update(steps=trained["steps"], optimisation_seconds=card["training"]["elapsed_seconds"],
                       overhead_seconds=card["training"]["overhead_seconds"], cpu_seconds=cpu_seconds,
                       wall_seconds=wall_seconds, working_scale=card.get("working_scale"),
@@ -176,6 +183,7 @@ def plan(args) -> list[tuple[str, dict]]:
                         arms.append((LABELS_ONLY, True, {}, None))
                     for method, labels_only, overrides, preset in arms:
                         jobs.append(("train", {**common, "n": n, "subset": subset, "seed": seed,
+                                               "mirror_too": args.mirror_too,
                                                "labelled": labelled, "labels_only": labels_only, "method": method,
                                                "overrides": overrides, "preset": preset}))
         if args.ceiling:
@@ -381,6 +389,9 @@ def main(argv=None) -> int:
     parser.add_argument("--paper-too", action="store_true", help="also run the paper preset as an arm")
     parser.add_argument("--ceiling", action="store_true", help="also run the ceiling (whole pool labelled)")
     parser.add_argument("--no-forest", action="store_true")
+    parser.add_argument("--mirror-too", action="store_true",
+                        help="also score every trained model with test-time mirroring (collection_mirror_*, "
+                             "test_mirror_* in the JSON)")
     parser.add_argument("--no-labels-only", action="store_true")
     parser.add_argument("--part", default="run", help="name of this part: results_<part>.json, RESULTS_<part>.md")
     parser.add_argument("--out", default=str(BENCH_DIR / "quality"))

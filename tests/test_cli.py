@@ -135,6 +135,25 @@ def test_predict_single_file_with_uncertainty(trained, tmp_path):
     assert uncertainty.max() > 0.0  # stochastic draws of an 8-step net disagree somewhere
 
 
+def test_predict_mirror_reaches_every_tile_pass(trained, tmp_path, monkeypatch):
+    from napari_diffseg.core.prediction import predict as predicting
+
+    original, seen = predicting.tiled_probabilities, []
+
+    def recording(*args, **options):
+        seen.append(options.get("mirror"))
+        return (yield from original(*args, **options))
+
+    monkeypatch.setattr(predicting, "tiled_probabilities", recording)
+    image = trained["data"] / "images" / "img_004.tif"
+    for options, expected in (([], False), (["--mirror"], True)):
+        seen.clear()
+        code, _, err = run_cli(["predict", trained["model"], image, "--out", tmp_path / f"pred{len(options)}",
+                                "--device", "cpu", "--threads", "1", *options])
+        assert code == 0, err
+        assert seen and set(seen) == {expected}
+
+
 def test_predict_large_tiff_and_zarr_block_by_block(trained, tmp_path, monkeypatch):
     """An image over the in-memory limit (lowered here) and a zarr array are predicted block by block into a
     complete zarr mask and a tiled TIFF of the same content."""

@@ -17,7 +17,7 @@ from napari_diffseg.core.method.networks import fold_batch_norm
 from napari_diffseg.core.errors import InputError, ModelError
 from napari_diffseg.core.data.io import to_channels_first
 from napari_diffseg.core.data.metrics import THRESHOLDS, best_threshold, dice
-from napari_diffseg.core.prediction.predict import (TileProgress, normalised_entropy, probabilities_to_mask, run_to_completion,
+from napari_diffseg.core.prediction.predict import (TileProgress, mirror_sets, normalised_entropy, probabilities_to_mask, run_to_completion,
                                          sample_mask, tiled_probabilities)
 from napari_diffseg.core.prediction.tiling import gaussian_weight
 from napari_diffseg.core.data.synthetic import make_blobs_dataset
@@ -203,6 +203,32 @@ def test_rgb_tiles():
     network = DiffusionTwin(NetworkConfig(2, 3, 2, base_channels=4, depth=2))
     image01 = np.random.default_rng(0).random((3, 40, 36), dtype=np.float32)
     assert run_to_completion(tiled_probabilities([network], image01, (32, 32))).primary.shape == (2, 40, 36)
+
+
+def test_mirror_sets_start_with_the_identity_and_cover_every_subset_of_axes():
+    assert mirror_sets(2) == [(), (2,), (3,), (2, 3)]
+    assert len(mirror_sets(3)) == 8 and mirror_sets(3)[0] == () and len(set(mirror_sets(3))) == 8
+
+
+@pytest.mark.parametrize("fixture, shape", [("net2d", (40, 48)), ("net3d", (16, 16, 24))])
+def test_mirroring_makes_the_prediction_of_a_mirrored_image_the_mirrored_prediction(fixture, shape, request):
+    """Averaged over the whole group of axis flips, the predictor commutes with each flip (one tile: no tile grid
+    to break the symmetry); one pass alone does not, and the mirrored mean is the mean of the flipped passes."""
+    network = request.getfixturevalue(fixture)
+    image01 = _image(shape)
+    flipped_image = np.ascontiguousarray(np.flip(image01, axis=-1))
+
+    def predict(image, mirror):
+        return run_to_completion(tiled_probabilities([network], image, shape, mirror=mirror)).primary
+
+    plain, mirrored = predict(image01, False), predict(image01, True)
+    np.testing.assert_allclose(np.flip(predict(flipped_image, True), axis=-1), mirrored, atol=1e-5)
+    assert np.abs(np.flip(predict(flipped_image, False), axis=-1) - plain).max() > 1e-3
+    with torch.no_grad():
+        batch = torch.from_numpy(image01)[None]
+        passes = [torch.softmax(network.mask_logits(batch.flip(d) if d else batch), 1).flip(d) if d else
+                  torch.softmax(network.mask_logits(batch), 1) for d in mirror_sets(len(shape))]
+    np.testing.assert_allclose(mirrored, (sum(passes) / len(passes))[0].numpy(), atol=1e-5)
 
 
 def test_ensemble_with_draws_and_two_networks(net2d):

@@ -223,6 +223,9 @@ def _load_model(args: argparse.Namespace, device):
     dims = model.config.spatial_dims
     if args.tile is not None and len(args.tile) != dims:
         raise InputError(f"--tile needs {dims} numbers for this {dims}D model, got {len(args.tile)}")
+    model.mirror = bool(getattr(args, "mirror", False))
+    if model.mirror and getattr(args, "dask_scheduler", None):
+        log.warning("--mirror: the blocks that run on the dask scheduler are predicted without mirroring")
     return model
 
 

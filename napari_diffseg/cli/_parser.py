@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--sampling-steps", type=_int_between(1, _MAX_SAMPLING_STEPS), default=1, metavar="N",
                          help=f"diffusion sampling steps per tile, 1 to {_MAX_SAMPLING_STEPS} (default 1: one "
                               "deterministic step)")
+    predict.add_argument("--mirror", action="store_true",
+                         help="test-time mirroring: the mean of the predictions of the image flipped along each "
+                              "subset of its axes (4x the time in 2D and on slices, 8x in 3D)")
     predict.add_argument("--tile", type=_positive_int, nargs="+", default=None, metavar="PX",
                          help="tile size, 2 numbers (Y X) or 3 (Z Y X) (default 512 512 / 64 128 128)")
     predict.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",

@@ -37,10 +37,27 @@ class Probabilities:
     second: np.ndarray | None = None  # (K, *spatial) the second network's deterministic pass, when there is one
 
 
+def mirror_sets(spatial_dims: int) -> list[tuple[int, ...]]:
+    """The tensor dims (of a (B, C, *spatial) batch) to flip for mirroring test-time augmentation: every subset of
+    the spatial axes, the identity first (4 passes in 2D, 8 in 3D, as nnU-Net mirrors)."""
+    axes = range(2, 2 + spatial_dims)
+    return [dims for size in range(spatial_dims + 1) for dims in itertools.combinations(axes, size)]
+
+
 def _forward_probs(
-    network: DiffusionTwin, batch: torch.Tensor, stochastic: bool, sampling_steps: int, generator
+    network: DiffusionTwin, batch: torch.Tensor, stochastic: bool, sampling_steps: int, generator,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities for a batch of tiles: one deterministic step, a stochastic draw, or DDIM-style sampling."""
+    """Class probabilities for a batch of tiles: one deterministic step, a stochastic draw, or DDIM-style sampling;
+    ``mirror``: the deterministic step's mean over the batch mirrored along every subset of its spatial axes."""
+    if mirror and not stochastic and sampling_steps <= 1:
+        total = None
+        for dims in mirror_sets(batch.ndim - 2):
+            flipped = batch.flip(dims) if dims else batch
+            probs = torch.softmax(network.mask_logits(flipped).float(), dim=1)
+            probs = probs.flip(dims) if dims else probs
+            total = probs if total is None else total + probs
+        return total / len(mirror_sets(batch.ndim - 2))
     if sampling_steps > 1:
         return sample_mask(network, batch, sampling_steps, generator)
     logits = network.random_mask_logits(batch, generator) if stochastic else network.mask_logits(batch)
@@ -80,6 +97,7 @@ def tiled_probabilities(
     device: torch.device | str = "cpu",
     bf16: bool = False,
     seed: int = 0,
+    mirror: bool = False,
 ) -> Generator[TileProgress, None, Probabilities]:
     """Predict class probabilities of a (C, *spatial) image in [0, 1] with overlapping tiles.
 
@@ -89,6 +107,8 @@ def tiled_probabilities(
     longer fit the caches; benchmarks/predict_speed.md). The first network's deterministic
     pass gives ``primary``; with several networks or ``draws`` > 0, ``ensemble`` is the mean of every network's
     deterministic pass and ``draws`` stochastic passes each, and ``second`` the second network's deterministic pass.
+    ``mirror``: every deterministic pass is the mean over the tile mirrored along each subset of its axes (test-time
+    augmentation: 4x the forwards in 2D, 8x in 3D).
     """
     device = torch.device(device)
     networks = list(networks)
@@ -120,13 +140,14 @@ def tiled_probabilities(
             slices = [tuple(slice(c, c + t) for c, t in zip(corner, tile)) for corner in chunk]
             batch = to_device(torch.from_numpy(np.stack([padded[(slice(None),) + s] for s in slices])), device)
             batch = batch.contiguous(memory_format=memory_format)
-            first = _forward_probs(networks[0], batch, False, sampling_steps, generator).cpu().numpy()
+            first = _forward_probs(networks[0], batch, False, sampling_steps, generator, mirror).cpu().numpy()
             accumulated = None
             if ensemble is not None:
                 accumulated = first.copy()
                 for net_index, net in enumerate(networks):
                     if net_index:
-                        deterministic = _forward_probs(net, batch, False, sampling_steps, generator).cpu().numpy()
+                        deterministic = _forward_probs(net, batch, False, sampling_steps, generator,
+                                                       mirror).cpu().numpy()
                         accumulated += deterministic
                         if net_index == 1:
                             for i, s in enumerate(slices):
