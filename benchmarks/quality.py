@@ -103,8 +103,9 @@ def job_train(params: dict) -> dict:
         result.update(_scores("test", _predict_all(out, [p[0] for p in test]), [p[1] for p in test]))
         if params.get("mirror_too"):  # the same model predicted with test-time mirroring: a pair no load can move
             began = clock.process_time()
-            result.update(_scores("collection_mirror", _predict_all(out, [pool[i][0] for i in collection], True),
-                                  [pool[i][1] for i in collection]))
+            if params["mirror_too"] == "all":
+                result.update(_scores("collection_mirror", _predict_all(out, [pool[i][0] for i in collection], True),
+                                      [pool[i][1] for i in collection]))
             result.update(_scores("test_mirror", _predict_all(out, [p[0] for p in test], True),
                                   [p[1] for p in test]))
             result["mirror_cpu_seconds"] = clock.process_time() - began
@@ -389,9 +390,10 @@ def main(argv=None) -> int:
     parser.add_argument("--paper-too", action="store_true", help="also run the paper preset as an arm")
     parser.add_argument("--ceiling", action="store_true", help="also run the ceiling (whole pool labelled)")
     parser.add_argument("--no-forest", action="store_true")
-    parser.add_argument("--mirror-too", action="store_true",
-                        help="also score every trained model with test-time mirroring (collection_mirror_*, "
-                             "test_mirror_* in the JSON)")
+    parser.add_argument("--mirror-too", nargs="?", const="all", choices=("all", "test"), default=None,
+                        help="also score every trained model with test-time mirroring: on the collection and the "
+                             "test images (all, the default) or on the test images only (test; volumes take 4x "
+                             "as long); collection_mirror_*, test_mirror_* in the JSON")
     parser.add_argument("--no-labels-only", action="store_true")
     parser.add_argument("--part", default="run", help="name of this part: results_<part>.json, RESULTS_<part>.md")
     parser.add_argument("--out", default=str(BENCH_DIR / "quality"))
