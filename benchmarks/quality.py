@@ -299,7 +299,31 @@ def regime_section(results: list[dict], long_regime: bool) -> list[str]:
             ratio = f"{np.mean(ours) / np.mean(base):.2f}" if ours and base and speed else "n/a"
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {dataset} | {n} | {arm} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += mirror_lines(results)
     lines += ["", "### The bar (quality issue)", ""] + (long_bar_lines(results) if long_regime else bar_lines(results))
+    return lines
+
+
+def mirror_lines(results: list[dict]) -> list[str]:
+    """Test-time mirroring against one pass, on the same trained models (``--mirror-too``): paired differences."""
+    mirrored = [r for r in results if "test_mirror_mean_dice" in r]
+    if not mirrored:
+        return []
+    lines = ["", "### Test-time mirroring (`diffseg predict --mirror`), the same trained models predicted both ways",
+             "", "| dataset | K | arm | runs | test Dice: one pass -> mirrored | mirrored - one pass: test | "
+             "mirrored - one pass: collection |", "|" + "---|" * 7]
+    for dataset, n in settings_of(mirrored):
+        for arm in dict.fromkeys(r["method"] for r in mirrored):
+            rows = [r for r in mirrored if r["dataset"] == dataset and r["n"] == n and r["method"] == arm]
+            if not rows:
+                continue
+            cells = []
+            for score in ("test", "collection"):
+                diffs = [r[f"{score}_mirror_mean_dice"] - r[f"{score}_mean_dice"] for r in rows
+                         if f"{score}_mirror_mean_dice" in r]
+                cells.append(_ci_cell(diffs) if diffs else "not scored")
+            lines.append(f"| {dataset} | {n} | {arm} | {len(rows)} | {_cell([r['test_mean_dice'] for r in rows])} -> "
+                         f"{_cell([r['test_mirror_mean_dice'] for r in rows])} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -334,7 +358,8 @@ def collapse_line(results: list[dict]) -> str:
 def bar_lines(results: list[dict]) -> list[str]:
     """The issue's bar, as far as the results given reach (a part that did not run is said to be missing)."""
     lines = []
-    main = [(d, n) for d in ("glas", "ph2", "dsb2018") for n in (1, 2)]
+    present = {r["dataset"] for r in results}
+    main = [(d, n) for d in ("glas", "ph2", "dsb2018") for n in (1, 2) if present & {"glas", "ph2", "dsb2018"}]
     lower_bounds, means, test_ok = [], [], []
     for dataset, n in main:
         collection = comparison(results, dataset, n, DEFAULT_ARM, LABELS_ONLY, "collection_mean_dice")
@@ -367,6 +392,31 @@ def bar_lines(results: list[dict]) -> list[str]:
             mean = 100 * float(np.mean(forest))
             lines.append(f"- {dataset} K={n}: vs forest (test) {mean:+.1f} (bar: {need:+.0f}): "
                          f"{'met' if mean >= need else 'MISSED'}")
+    return lines + volume_bar_lines(results)
+
+
+VOLUME_BAR = {1: 0.65, 2: 0.75}  # the volumes issue: mean test Dice of the default at K = 1 and 2, 6 CPU minutes
+
+
+def volume_bar_lines(results: list[dict]) -> list[str]:
+    """The volumes issue's bar on la_mri_3d: the default's mean test Dice (>= 0.75 at K = 2, >= 0.65 at K = 1), its
+    sd over seeds and subsets (<= 0.05 at K = 2), no collapsed run, and >= the forest + 10 points."""
+    lines = []
+    for n, need in VOLUME_BAR.items():
+        rows = [r for r in results if r["dataset"] == "la_mri_3d" and r["n"] == n and r["method"] == DEFAULT_ARM]
+        if not rows:
+            continue
+        mean, sd = _mean_sd([r["test_mean_dice"] for r in rows])
+        collapsed = sum(bool(r.get("collapse")) for r in rows)
+        text = (f"- volumes, la_mri_3d K={n}: default test Dice {mean:.3f} ± {sd:.3f} over {len(rows)} run(s) "
+                f"(bar: >= {need:.2f}: {'met' if mean >= need else f'MISSED by {100 * (need - mean):.1f} points'}")
+        if n == 2:
+            text += f"; sd <= 0.05: {'met' if sd <= 0.05 else 'MISSED'}"
+            forest = comparison(results, "la_mri_3d", n, DEFAULT_ARM, FOREST, "test_mean_dice")
+            if forest:
+                gain = 100 * float(np.mean(forest))
+                text += f"; vs forest {gain:+.1f} (bar: +10: {'met' if gain >= 10 else 'MISSED'})"
+        lines.append(text + f"; collapsed runs: {collapsed})")
     return lines
 
 
