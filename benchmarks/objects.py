@@ -103,14 +103,35 @@ def train_arm(pool: list[Pair], labelled: list[int], arm: str, budget: float, se
     card = json.loads((out / "model_card.json").read_text())
     facts["optimisation_seconds"] = card["training"]["elapsed_seconds"]
     model = SegmentationModel.load(out, bf16=devices.bf16_supported("cpu"))
+    return model, facts
 
-    def predict(image: np.ndarray) -> np.ndarray:
+
+DECODERS = {"seed 0.3": (False, 0.3), "seed 0.7": (False, 0.7), "mirrored": (True, 0.5)}  # (mirror, seed threshold)
+
+
+def decoded_arms(model, arm: str, decoders: list[str]) -> dict[str, object]:
+    """The trained ``model``'s predictions as instance masks: the default decoding under ``arm``'s name and, for the
+    objects arms, each extra decoder of ``decoders`` under "arm, decoder" (the same model, so the pairs are free of
+    training noise); one function image -> {name: instances}."""
+    from napari_diffseg.core.objects.decode import probabilities_to_instances, semantic_to_instances
+
+    objects = arm in (OBJECTS, LABELS_ONLY)
+
+    def predict(image: np.ndarray) -> dict[str, np.ndarray]:
         prediction = model.predict(image)
-        if objects:
-            return probabilities_to_instances(prediction.probabilities)
-        return semantic_to_instances(prediction.mask)
+        if not objects:
+            return {arm: semantic_to_instances(prediction.mask)}
+        out = {arm: probabilities_to_instances(prediction.probabilities)}
+        mirrored = None
+        for name in decoders:
+            mirror, seed_threshold = DECODERS[name]
+            if mirror and mirrored is None:
+                mirrored = model.predict(image, mirror=True).probabilities
+            out[f"{arm}, {name}"] = probabilities_to_instances(mirrored if mirror else prediction.probabilities,
+                                                               seed_threshold)
+        return out
 
-    return predict, facts
+    return predict
 
 
 def forest_arm(pool: list[Pair], labelled: list[int], seed: int) -> tuple:
@@ -189,24 +210,33 @@ def run(args) -> tuple[list[dict], dict]:
                         continue  # no training, no randomness: one run per subset
                     with tempfile.TemporaryDirectory() as folder:
                         if arm == FOREST:
-                            predict, facts = forest_arm(pool, labelled, seed)
+                            single, facts = forest_arm(pool, labelled, seed)
                         elif arm == CLASSIC:
-                            predict, facts = classic_instances, {"steps": 0, "cpu_seconds": 0.0}
+                            single, facts = classic_instances, {"steps": 0, "cpu_seconds": 0.0}
                         else:
-                            predict, facts = train_arm(pool, labelled, arm, args.budget, seed, Path(folder))
+                            model, facts = train_arm(pool, labelled, arm, args.budget, seed, Path(folder))
+                            predict = decoded_arms(model, arm, args.decoders)
+                        if arm in (FOREST, CLASSIC):
+                            predict = lambda image, single=single, arm=arm: {arm: single(image)}  # noqa: E731
                         started = time.perf_counter()
-                        result = {"method": arm, "n": n, "subset": subset, "seed": seed, "labelled": labelled,
-                                  **facts}
+                        rows: dict[str, dict] = {}
                         for where, indices, pairs in (("test", None, test), ("collection", collection, pool)):
                             chosen = pairs if indices is None else [pairs[i] for i in indices]
-                            scored = score([predict(p[0]) for p in chosen], [p[1] for p in chosen])
-                            result.update({f"{where}_{key}": value for key, value in scored.items()})
-                        result["predict_seconds"] = time.perf_counter() - started
-                    results.append(result)
-                    print(f"[{(time.perf_counter() - began) / 60:5.1f} min] {arm:20s} K={n} subset {subset} seed "
-                          f"{seed}: test AP50 {result['test_ap50']:.3f} AP {result['test_ap_50_95']:.3f} F1 "
-                          f"{result['test_f1']:.3f} |count err| {result['test_count_error_abs']:.1f}; collection "
-                          f"AP50 {result['collection_ap50']:.3f} ({facts['steps']} steps)", flush=True)
+                            predicted = [predict(p[0]) for p in chosen]
+                            for name in predicted[0]:
+                                row = rows.setdefault(name, {"method": name, "n": n, "subset": subset, "seed": seed,
+                                                             "labelled": labelled, **facts})
+                                scored = score([p[name] for p in predicted], [p[1] for p in chosen])
+                                row.update({f"{where}_{key}": value for key, value in scored.items()})
+                        for row in rows.values():
+                            row["predict_seconds"] = time.perf_counter() - started
+                    results.extend(rows.values())
+                    for result in rows.values():
+                        print(f"[{(time.perf_counter() - began) / 60:5.1f} min] {result['method']:20s} K={n} subset "
+                              f"{subset} seed {seed}: test AP50 {result['test_ap50']:.3f} AP "
+                              f"{result['test_ap_50_95']:.3f} F1 {result['test_f1']:.3f} |count err| "
+                              f"{result['test_count_error_abs']:.1f}; collection AP50 {result['collection_ap50']:.3f} "
+                              f"({facts['steps']} steps)", flush=True)
                     meta.update(wall_minutes=round((time.perf_counter() - began) / 60, 2),
                                 load_end=[round(v, 2) for v in load_average()])
                     out_file.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
@@ -239,6 +269,9 @@ def main(argv=None) -> int:
     parser.add_argument("--collection", type=int, default=40,
                         help="score on the first N unlabelled images of the pool too (default 40)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--decoders", nargs="*", default=[], choices=list(DECODERS),
+                        help="also score the objects arms' models with these decodings (the same trained model: "
+                             "seed thresholds, test-time mirroring)")
     parser.add_argument("--part", default="run")
     parser.add_argument("--out", default=str(BENCH_DIR / "objects"))
     args = parser.parse_args(argv)
