@@ -235,7 +235,8 @@ AVERAGE_TARGETS = {"targets": "average"}
 @pytest.mark.parametrize("overrides", [
     {}, AVERAGE_TARGETS, {**AVERAGE_TARGETS, "cutmix": True}, {**AVERAGE_TARGETS, "copy_paste": True},
     {**AVERAGE_TARGETS, "targets_from": "mean"}, {**AVERAGE_TARGETS, "warmup_twins": "both", "student_channels": 8},
-    {**AVERAGE_TARGETS, "student": "average"}, {**AVERAGE_TARGETS, "student": "average", "copy_paste": True}])
+    {**AVERAGE_TARGETS, "student": "average"}, {**AVERAGE_TARGETS, "student": "average", "copy_paste": True},
+    {"targets": "offline"}])
 def test_cotraining_runs_the_chosen_unlabelled_term(tmp_path, overrides):
     from napari_diffseg.core.data.training_set import training_data_from_arrays
     from napari_diffseg.core.data.synthetic import make_blobs_dataset
@@ -253,5 +254,35 @@ def test_cotraining_runs_the_chosen_unlabelled_term(tmp_path, overrides):
         assert all("cps" not in step for step in losses[:2])  # both twins on labels alone through the warm-up
     unlabelled = [step for step in losses if step.get("unlabelled_weight", 0) > 0]
     assert unlabelled and all("cps" in step for step in unlabelled)
-    weak_to_strong = config.method.targets == Targets.AVERAGE
-    assert all(("confident" in step) == weak_to_strong for step in unlabelled)
+    masked = config.method.targets in (Targets.AVERAGE, Targets.OFFLINE)
+    assert all(("confident" in step) == masked for step in unlabelled)
+    if config.method.targets == Targets.OFFLINE:  # a pass where the term starts, another halfway through the rest
+        assert [step["offline_passes"] for step in unlabelled] == [1, 1, 2, 2]
+
+
+def test_offline_pseudo_labels_keep_the_confident_pixels_of_the_whole_image():
+    from napari_diffseg.core.data.synthetic import make_blobs_dataset
+    from napari_diffseg.core.data.training_set import PatchSampler, training_data_from_arrays
+    from napari_diffseg.core.method.offline import IGNORE, passes_due, pool_pseudo_labels
+    from napari_diffseg.core.method.teacher import DiffusionTwin, NetworkConfig
+
+    assert [passes_due(p, 0.5) for p in (0.2, 0.5, 0.7, 0.75, 1.0)] == [0, 1, 1, 2, 2]
+    torch.manual_seed(0)
+    network = DiffusionTwin(NetworkConfig(2, 1, 2, base_channels=4, depth=2)).eval()
+    pairs = make_blobs_dataset(3, shape=(40, 36), seed=0)
+    data = training_data_from_arrays([p[0] for p in pairs], {0: pairs[0][1]}, ["a", "b", "c"])
+    sampler = PatchSampler(data, (16, 16), seed=0)
+    kwargs = dict(sliced=False, device=torch.device("cpu"), bf16=False)
+    every = pool_pseudo_labels(network, sampler.images, [1, 2], confidence=0.0, **kwargs)
+    assert sorted(every) == [1, 2] and every[1].shape == (40, 36) and IGNORE not in every[1]
+    sure = pool_pseudo_labels(network, sampler.images, [1, 2], confidence=0.999, **kwargs)
+    assert np.all(sure[1] == IGNORE)  # an untrained network is sure of nothing
+    with torch.no_grad():
+        expected = torch.softmax(network.mask_logits(torch.from_numpy(sampler.images[1])[None]), 1)[0].argmax(0)
+    plain = pool_pseudo_labels(network, sampler.images, [1], confidence=0.0, mirror=False, **kwargs)
+    np.testing.assert_array_equal(plain[1], expected.numpy())  # one whole-image pass at t = 0
+    maps = {1: np.where(np.arange(36)[None, :] < 18, 1, IGNORE).repeat(40, 0).astype(np.uint8)}
+    sampler.set_pseudo_labels(maps, IGNORE)
+    images, hard, valid = sampler.pseudo_batch(6)
+    assert images.shape == (6, 1, 16, 16) and hard.shape == valid.shape == (6, 16, 16)
+    assert torch.all(hard[valid == 1] == 1) and torch.all(hard[valid == 0] == 0) and 0 < valid.mean() < 1

@@ -140,6 +140,8 @@ class PatchSampler:
         self.images = [_pad_to(image, self.patch_size, 1) for image in data.images]
         self.labels = {i: _pad_to(label, self.patch_size, 0) for i, label in data.labels.items()}
         self._foreground = {}
+        self.pseudo_labels: dict[int, np.ndarray] = {}
+        self.pseudo_ignore = 255
         for index, label in self.labels.items():
             coords = np.argwhere(label > 0)
             if len(coords) > MAX_FOREGROUND_COORDS:
@@ -181,6 +183,32 @@ class PatchSampler:
             labels.append(label)
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels)).long()
 
+    def set_pseudo_labels(self, maps: dict[int, np.ndarray], ignore: int) -> None:
+        """Pseudo-labels of unlabelled images (class maps of the padded images, ``ignore`` where unsure), drawn by
+        ``pseudo_batch`` (offline self-training, core/method/offline.py)."""
+        self.pseudo_labels, self.pseudo_ignore = dict(maps), ignore
+        for index, label in self.pseudo_labels.items():
+            coords = np.argwhere((label > 0) & (label != ignore))
+            if len(coords) > MAX_FOREGROUND_COORDS:
+                coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_COORDS, replace=False)]
+            self._foreground[index] = coords
+
+    def pseudo_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patches of pseudo-labelled images, as ``labelled_batch`` draws labelled ones (through foreground half of
+        the time, the same flips and rotations): (images, class map, float mask of the pixels that count)."""
+        images, labels = [], []
+        indices = sorted(self.pseudo_labels)
+        for _ in range(batch_size):
+            index = indices[self.rng.integers(len(indices))]
+            corner = self._corner(index, self.rng.random() < self.foreground_fraction)
+            image, label = self._augment([self._crop(self.images[index], corner, 1),
+                                          self._crop(self.pseudo_labels[index], corner, 0)], [1, 0])
+            images.append(image)
+            labels.append(label)
+        labels = torch.from_numpy(np.stack(labels)).long()
+        valid = labels != self.pseudo_ignore
+        return torch.from_numpy(np.stack(images)), torch.where(valid, labels, 0), valid.float()
+
     def image_batch(self, batch_size: int, indices: list[int] | None = None) -> torch.Tensor:
         """Random patches of the given images (default: all images), no labels."""
         indices = list(range(len(self.images))) if indices is None else indices
@@ -207,6 +235,10 @@ class SliceSampler(PatchSampler):
 
     def image_batch(self, batch_size: int, indices: list[int] | None = None) -> torch.Tensor:
         return super().image_batch(batch_size, indices)[:, :, 0]
+
+    def pseudo_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels, valid = super().pseudo_batch(batch_size)
+        return images[:, :, 0], labels[:, 0], valid[:, 0]
 
 
 def training_data_from_arrays(

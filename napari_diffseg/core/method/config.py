@@ -79,6 +79,7 @@ class Targets(StrEnum):
 
     AVERAGE = "average"  # each twin's running weight average at t = 0 on the weak view, confident pixels only
     NOISED = "noised"  # the other twin's argmax on this step's noised forward (the paper's cross pseudo supervision)
+    OFFLINE = "offline"  # the teacher's confident maps of whole pool images, two passes (core/method/offline.py)
 
 
 class Student(StrEnum):

@@ -12,8 +12,9 @@ from .. import device as devices
 from . import distributed
 from .appearance import transfer_appearance
 from .clock import Clock
-from .config import LrSchedule, Student, TargetsFrom
+from .config import LrSchedule, Student, Targets, TargetsFrom
 from .consistency import confident_targets, masked_segmentation_loss, paste_labelled, strong_view
+from .offline import IGNORE, passes_due, pool_pseudo_labels
 from .events import Stage
 from ..data.training_set import augment_intensity, cutmix_boxes
 from ..errors import InputError
@@ -85,6 +86,7 @@ class StageSteps:
         self.teacher.train()
         if self.stage == PRETRAIN:
             return self._pretraining_step()
+        self.progress = self.stage_progress(fraction)
         # every network sees batch_size patches per step: all labelled in labels-only training and in the supervised
         # warm-up of co-training (no unlabelled patch while its weight is 0), half and half afterwards
         ramp = self.unlabelled_weight(self.stage_progress(fraction))
@@ -144,6 +146,8 @@ class StageSteps:
         self.student.train()
         if unlabelled_indices and self.averages:
             return self._weak_to_strong_step(labelled, labels, unlabelled_indices, half, ramp)
+        if unlabelled_indices and method.targets == Targets.OFFLINE:
+            return self._offline_step(labelled, labels, unlabelled_indices, half, ramp)
         patches = labelled
         if unlabelled_indices:
             patches = torch.cat([labelled, self.sampler.image_batch(half, unlabelled_indices)])
@@ -227,6 +231,45 @@ class StageSteps:
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
         self._update_averages()
         return {**losses.parts, "unlabelled_weight": ramp}
+
+    def _refresh_pseudo_labels(self, unlabelled_indices: list[int]) -> None:
+        """Offline self-training: a pass of the teacher over the pool when one is due (core/method/offline.py);
+        after a resume, the first step makes the pass the run had made."""
+        due = passes_due(self.progress, self.config.method.supervised_warmup)
+        if due <= self.offline_passes and self.sampler.pseudo_labels:
+            return
+        with torch.no_grad():
+            maps = pool_pseudo_labels(self.teacher, self.sampler.images, unlabelled_indices,
+                                      sliced=self.plan.slice_axis is not None, confidence=self.config.method.confidence,
+                                      device=self.device, bf16=self.bf16)
+        self.teacher.train()
+        self.sampler.set_pseudo_labels(maps, IGNORE)
+        self.offline_passes = max(1, due)
+
+    def _offline_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int], half: int,
+                      ramp: float) -> dict[str, float]:
+        """Stage 2 with targets "offline": the unlabelled half of the batch are patches of pool images with the
+        teacher's confident maps of the last pass, learnt by both twins on their own strong views (the masked loss
+        of the confident pixels); labelled patches and the rounds as in ``_cotraining_step``."""
+        method = self.config.method
+        self._refresh_pseudo_labels(unlabelled_indices)
+        weak, hard, valid = self.sampler.pseudo_batch(half)
+        target = (devices.to_device(hard, self.device), devices.to_device(valid, self.device))
+        labelled_views, views, (for_student, for_teacher) = self._strong_views(weak, labelled, labels,
+                                                                             [target, target])
+        teacher_view = torch.cat([labelled_views[0], views[0]])
+        student_view = torch.cat([labelled_views[1], views[1]])
+        n_l = labelled.shape[0]
+        with self._autocast():
+            losses = cotraining_loss(
+                self.teacher, self.student, teacher_view[:n_l], labels, teacher_view[n_l:], ramp,
+                rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
+                chained=method.chained_rounds, lambda_d=method.lambda_d, round_t_fraction=method.round_t_fraction,
+                generator=self.generator, student_view=student_view, loss=method.loss,
+                targets=UnlabelledTargets(for_student, for_teacher, method.unlabelled_loss),
+            )
+        self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
+        return {**losses.parts, "unlabelled_weight": ramp, "offline_passes": self.offline_passes}
 
     def _mean_teacher_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
                            half: int, ramp: float) -> dict[str, float]:

@@ -142,6 +142,8 @@ class TrainingRun(StageSteps, RunResume, RunOutputs):
         elif not config.method.labels_only and config.method.student == Student.AVERAGE:
             self.averages = {"teacher": WeightAverage(self.teacher, config.method.average_decay)}
         self.step = 0
+        self.progress = 0.0  # of the current stage (steps.StageSteps.stage_progress), set by every step
+        self.offline_passes = 0  # targets "offline": passes of the teacher over the pool made (core/method/offline.py)
         # "copy": the student starts as a copy of the teacher's mask pathway at the end of the warm-up
         self.student_pending_copy = self.student is not None and config.method.warmup_twins == WarmupTwins.COPY
         self.stage = SUPERVISED if config.method.labels_only else PRETRAIN
