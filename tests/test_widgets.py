@@ -468,7 +468,7 @@ def test_open_sample_becomes_a_project_in_one_click(make_napari_viewer, qtbot, t
 
 
 @pytest.mark.slow
-def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, shown):
+def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, shown, monkeypatch):
     viewer = make_napari_viewer()
     panels = open_panels(viewer)
     project_panel, annotate, train, review, predict = (panels[n] for n in PANELS)
@@ -594,6 +594,11 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert predict.model_row.text() == str(project.checkpoints_dir(2))
     predict.layer_combo.setCurrentText(SAMPLE_NAME)
     predict.uncertainty_check.setChecked(True)
+    predict.mirror_check.setChecked(True)
+    from napari_diffseg._widgets import predict as predict_module
+
+    jobs, job = [], predict_module.predict_job
+    monkeypatch.setattr(predict_module, "predict_job", lambda *a, **k: jobs.append(a) or job(*a, **k))
     predict.run_button.click()
     qtbot.waitUntil(lambda: predict.worker is None, timeout=30_000)
     prediction = viewer.layers[f"{SAMPLE_NAME} prediction"]
@@ -601,6 +606,8 @@ def test_whole_loop_on_the_sample_data(make_napari_viewer, qtbot, tmp_path, show
     assert prediction.data.dtype == np.uint8 and set(np.unique(prediction.data)) <= {0, 1}
     assert viewer.layers[f"{SAMPLE_NAME} uncertainty"].data.shape == (N_IMAGES, CROP, CROP)
     assert predict.progress.value() == 1000
+    assert [args[3:] for args in jobs] == [(True, True)]  # uncertainty and mirroring, as ticked
+    predict.mirror_check.setChecked(False)
 
     # ... and on a folder, written to disk
     source = tmp_path / "new_images"

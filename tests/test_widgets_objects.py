@@ -59,7 +59,7 @@ def test_review_and_annotate_keep_object_ids(make_napari_viewer, tmp_path, monke
     assert not [m for k, m in messages if k == "error"]
 
 
-def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path):
+def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path, monkeypatch):
     """The Predict panel's job with an objects model: instance masks to disk (as diffseg predict writes them) and
     in memory, shown with one colour per object."""
     import tifffile
@@ -90,6 +90,17 @@ def test_predict_panel_job_writes_and_shows_objects(make_napari_viewer, tmp_path
     in_memory = [e for e in predict_job(model, [("img_2", source, None)], None, uncertainty=False)
                  if isinstance(e, PredictResult)][0]
     np.testing.assert_array_equal(in_memory.mask, written)
+    from napari_diffseg.core.prediction import predict as predicting
+
+    original, mirrored = predicting.tiled_probabilities, []
+
+    def recording(*args, **options):
+        mirrored.append(options.get("mirror"))
+        return (yield from original(*args, **options))
+
+    monkeypatch.setattr(predicting, "tiled_probabilities", recording)
+    list(predict_job(model, [("img_2", source, None)], None, uncertainty=False, mirror=True))
+    assert mirrored and set(mirrored) == {True}  # the panel's "mirrored" box reaches every tile pass
     viewer = make_napari_viewer()
     layer = _layers.show_prediction(viewer, tifffile.imread(source), in_memory.mask, None, "img_2")
     assert layer.data.dtype == np.uint16 and isinstance(layer.colormap, CyclicLabelColormap)
