@@ -214,6 +214,16 @@ class StageSteps:
             teacher_says = student_says = (teacher_says + student_says) / 2
         for_student = confident_targets(teacher_says, method.confidence)
         for_teacher = confident_targets(student_says, method.confidence)
+        losses = self._twins_learn_targets(weak, labelled, labels, for_student, for_teacher, ramp)
+        self._update_averages()
+        return {**losses.parts, "unlabelled_weight": ramp}
+
+    def _twins_learn_targets(self, weak: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
+                             for_student: tuple, for_teacher: tuple, ramp: float):
+        """One co-training step in which each twin learns the given (class map, valid pixels) targets of the
+        unlabelled ``weak`` patches on its own strong view (``_strong_views``), labelled patches and the rounds as
+        in ``_cotraining_step``; returns the losses."""
+        method = self.config.method
         labelled_views, views, (for_student, for_teacher) = self._strong_views(weak, labelled, labels,
                                                                              [for_student, for_teacher])
         teacher_view = torch.cat([labelled_views[0], views[0]])
@@ -224,13 +234,11 @@ class StageSteps:
                 self.teacher, self.student, teacher_view[:n_l], labels, teacher_view[n_l:], ramp,
                 rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
                 chained=method.chained_rounds, lambda_d=method.lambda_d, round_t_fraction=method.round_t_fraction,
-                generator=self.generator,
-                student_view=student_view, loss=method.loss,
+                generator=self.generator, student_view=student_view, loss=method.loss,
                 targets=UnlabelledTargets(for_student, for_teacher, method.unlabelled_loss),
             )
         self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
-        self._update_averages()
-        return {**losses.parts, "unlabelled_weight": ramp}
+        return losses
 
     def _refresh_pseudo_labels(self, unlabelled_indices: list[int]) -> None:
         """Offline self-training: a pass of the teacher over the pool when one is due (core/method/offline.py);
@@ -251,24 +259,10 @@ class StageSteps:
         """Stage 2 with targets "offline": the unlabelled half of the batch are patches of pool images with the
         teacher's confident maps of the last pass, learnt by both twins on their own strong views (the masked loss
         of the confident pixels); labelled patches and the rounds as in ``_cotraining_step``."""
-        method = self.config.method
         self._refresh_pseudo_labels(unlabelled_indices)
         weak, hard, valid = self.sampler.pseudo_batch(half)
         target = (devices.to_device(hard, self.device), devices.to_device(valid, self.device))
-        labelled_views, views, (for_student, for_teacher) = self._strong_views(weak, labelled, labels,
-                                                                             [target, target])
-        teacher_view = torch.cat([labelled_views[0], views[0]])
-        student_view = torch.cat([labelled_views[1], views[1]])
-        n_l = labelled.shape[0]
-        with self._autocast():
-            losses = cotraining_loss(
-                self.teacher, self.student, teacher_view[:n_l], labels, teacher_view[n_l:], ramp,
-                rounds=method.rounds if self.step % method.rounds_every == 0 else 0,
-                chained=method.chained_rounds, lambda_d=method.lambda_d, round_t_fraction=method.round_t_fraction,
-                generator=self.generator, student_view=student_view, loss=method.loss,
-                targets=UnlabelledTargets(for_student, for_teacher, method.unlabelled_loss),
-            )
-        self._optimise(losses.total, [self.teacher_optimiser, self.student_optimiser], [self.teacher, self.student])
+        losses = self._twins_learn_targets(weak, labelled, labels, target, target, ramp)
         return {**losses.parts, "unlabelled_weight": ramp, "offline_passes": self.offline_passes}
 
     def _mean_teacher_step(self, labelled: torch.Tensor, labels: torch.Tensor, unlabelled_indices: list[int],
