@@ -139,14 +139,16 @@ class PatchSampler:
         self.foreground_fraction = foreground_fraction
         self.images = [_pad_to(image, self.patch_size, 1) for image in data.images]
         self.labels = {i: _pad_to(label, self.patch_size, 0) for i, label in data.labels.items()}
-        self._foreground = {}
+        self._foreground = {index: self._foreground_coords(label > 0) for index, label in self.labels.items()}
         self.pseudo_labels: dict[int, np.ndarray] = {}
         self.pseudo_ignore = 255
-        for index, label in self.labels.items():
-            coords = np.argwhere(label > 0)
-            if len(coords) > MAX_FOREGROUND_COORDS:
-                coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_COORDS, replace=False)]
-            self._foreground[index] = coords
+
+    def _foreground_coords(self, foreground: np.ndarray) -> np.ndarray:
+        """Coordinates of the foreground pixels that patches are centred on, at most MAX_FOREGROUND_COORDS."""
+        coords = np.argwhere(foreground)
+        if len(coords) > MAX_FOREGROUND_COORDS:
+            coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_COORDS, replace=False)]
+        return coords
 
     def _corner(self, index: int, centre_on_foreground: bool) -> tuple[int, ...]:
         shape = self.images[index].shape[1:]
@@ -188,10 +190,7 @@ class PatchSampler:
         ``pseudo_batch`` (offline self-training, core/method/offline.py)."""
         self.pseudo_labels, self.pseudo_ignore = dict(maps), ignore
         for index, label in self.pseudo_labels.items():
-            coords = np.argwhere((label > 0) & (label != ignore))
-            if len(coords) > MAX_FOREGROUND_COORDS:
-                coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_COORDS, replace=False)]
-            self._foreground[index] = coords
+            self._foreground[index] = self._foreground_coords((label > 0) & (label != ignore))
 
     def pseudo_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Patches of pseudo-labelled images, as ``labelled_batch`` draws labelled ones (through foreground half of

@@ -51,13 +51,11 @@ def _forward_probs(
     """Class probabilities for a batch of tiles: one deterministic step, a stochastic draw, or DDIM-style sampling;
     ``mirror``: the deterministic step's mean over the batch mirrored along every subset of its spatial axes."""
     if mirror and not stochastic and sampling_steps <= 1:
-        total = None
-        for dims in mirror_sets(batch.ndim - 2):
-            flipped = batch.flip(dims) if dims else batch
-            probs = torch.softmax(network.mask_logits(flipped).float(), dim=1)
-            probs = probs.flip(dims) if dims else probs
-            total = probs if total is None else total + probs
-        return total / len(mirror_sets(batch.ndim - 2))
+        flips = mirror_sets(batch.ndim - 2)
+        total = torch.softmax(network.mask_logits(batch).float(), dim=1)  # flips[0] is the identity
+        for dims in flips[1:]:
+            total = total + torch.softmax(network.mask_logits(batch.flip(dims)).float(), dim=1).flip(dims)
+        return total / len(flips)
     if sampling_steps > 1:
         return sample_mask(network, batch, sampling_steps, generator)
     logits = network.random_mask_logits(batch, generator) if stochastic else network.mask_logits(batch)
