@@ -77,7 +77,7 @@ def test_train_panel_spin_boxes_take_their_bounds_from_the_config(qtbot):
     ({"patch_size": (64,)}, r"patch_size needs 2 \(Y X\) or 3 \(Z Y X\) numbers"),
     ({"seed": -1}, "seed must be a number in"),
     ({"threads": 0}, "threads must be a number >= 1"),
-    ({"layout": "both"}, "not built yet"),
+    ({"layout": "both", "patch_size": (32, 32)}, "plans a patch for each of its two networks"),
     ({"layout": "3d", "patch_size": (32, 32)}, "the patch size needs as many numbers"),
     ({"layout": "slices"}, "layout must be one of auto, 2d, 3d, both"),
 ])

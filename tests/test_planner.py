@@ -64,7 +64,7 @@ def test_the_working_scale_comes_from_the_labels_and_not_along_the_slice_axis():
     assert plan.working_scale[1] == plan.working_scale[2] < 1.0 and plan.scale == plan.working_scale[1]
 
 
-def test_overrides_win_and_both_is_refused():
+def test_overrides_win_and_both_is_planned_member_by_member():
     shapes = [(40, 64, 64)]
     assert plan_training(shapes, device=GPU, layout="2d").layout == "2d"
     forced = plan_training(shapes, spacing=(4, 1, 1), device=CPU, layout="3d", patch_size=(16, 32, 32), batch_size=3)
@@ -73,10 +73,9 @@ def test_overrides_win_and_both_is_refused():
     assert plan_training(shapes, device=CPU, patch_size=(16, 32, 32)).layout == "3d"  # 3 numbers: a 3D network
     with pytest.raises(InputError, match="2 numbers"):
         plan_training(shapes, device=CPU, layout="2d", patch_size=(16, 32, 32))
-    with pytest.raises(InputError, match="not built yet"):
-        plan_training(shapes, layout="both")
-    with pytest.raises(InputError, match="not built yet"):
-        TrainConfig(layout="both")
+    with pytest.raises(InputError, match="each planned in its own layout"):
+        plan_training(shapes, layout="both")  # two networks: core/method/ensemble.py plans each (tests/test_ensemble.py)
+    assert TrainConfig(layout="both").network.layout == "both"
     with pytest.raises(InputError, match="patch size needs"):
         TrainConfig(layout="3d", patch_size=(32, 32))
 

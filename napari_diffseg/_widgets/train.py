@@ -29,7 +29,7 @@ from napari_diffseg._widgets._loss_plot import PLOT_HELP, LossPlot
 from napari_diffseg._workers import (KEEP_THREADS, error_message, import_torch_once, notify_collapse, notify_error,
                                      start_job, start_pretraining, start_training, stop_pretraining, stop_training,
                                      torch_loaded)
-from napari_diffseg.core.method.config import LIMITS
+from napari_diffseg.core.method.config import LIMITS, Layout
 from napari_diffseg.core.errors import DiffsegError
 from napari_diffseg.core.method.events import (CheckpointSaved, Done, PlanChosen, Progress, PseudoLabelsReady,
                                                RoundStarted, StageProgress)
@@ -58,6 +58,9 @@ ADVANCED_HELP = {  # the tooltip of each Advanced field (and of its label)
              "otherwise the budget alone ends the round.",
     "seed": "Random seed: the same seed, images, labels and settings train the same model.",
     "device": "Where training runs: auto takes a GPU (CUDA, Apple MPS) when there is one, else the CPU.",
+    "layout": "Volumes: auto lets the planner choose (its plan shows below while training); 2d trains a network on "
+              "slices, 3d one on 3D patches, both trains the two one after the other (half the time each) and "
+              "averages their probabilities. 2D images always train in 2d.",
 }
 
 
@@ -122,6 +125,8 @@ class TrainPanel(QWidget):
         self.seed.setRange(*_range("seed"))
         self.device = QComboBox()
         self.device.addItems(DEVICES)
+        self.layout_choice = QComboBox()
+        self.layout_choice.addItems([layout.value for layout in Layout])
         self.resume = QCheckBox("resume the stopped run")
         self.resume.setToolTip("Continue the stopped run of this round from its last.pt (its steps, clock and "
                                "optimisers); untick to train the round from its start again.")
@@ -129,7 +134,7 @@ class TrainPanel(QWidget):
         for label, widget, key in (("pseudo-label rounds", self.rounds, "rounds"), (None, self.chained, "chained"),
                                    ("network width", self.width, "width"), ("patch size", self.patch, "patch"),
                                    ("steps", self.max_steps, "steps"), ("seed", self.seed, "seed"),
-                                   ("device", self.device, "device")):
+                                   ("device", self.device, "device"), ("volumes as", self.layout_choice, "layout")):
             widget.setToolTip(ADVANCED_HELP[key])
             if label is None:
                 form.addRow(widget)
@@ -199,6 +204,7 @@ class TrainPanel(QWidget):
         self.max_steps.valueChanged.connect(lambda v: self._apply(max_steps=int(v) if v else None))
         self.seed.valueChanged.connect(lambda v: self._apply(seed=int(v)))
         self.device.currentTextChanged.connect(self._apply_device)
+        self.layout_choice.currentTextChanged.connect(lambda v: self._apply(layout=v))
 
         self._pending_progress: Any = None  # the latest Progress event not shown yet
         self.plot_timer = QTimer(self)
@@ -246,6 +252,7 @@ class TrainPanel(QWidget):
             if self.device.findText(device) < 0:
                 self.device.addItem(device)
             self.device.setCurrentText(device)
+            self.layout_choice.setCurrentText(str(config.network.layout))
         finally:
             self._syncing = False
 

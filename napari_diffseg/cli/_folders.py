@@ -164,7 +164,7 @@ def _cmd_predict(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = model.config
     log.info("predicting %d image(s) with the %s model%s in %s (threshold %.2f) on %s, %d thread(s)", len(inputs),
              describe_kind(model.image_dims, config.image_channels),
-             "" if model.slice_axis is None else f" (2D slices across axis {model.slice_axis})", args.model,
+             model.layout_note(), args.model,
              model.threshold, device, threads)
     started = time.perf_counter()
     failed = _predict_all(model, inputs, targets, args)
@@ -340,8 +340,8 @@ def _cmd_info(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"method:       {card.get('method', 'unknown (no ' + CARD + ')')}")
     print(f"network:      {kind} images{slices}, {network.num_classes} classes, width {network.base_channels}, "
           f"depth {network.depth}")
-    if model.plan is not None:
-        print(f"plan:         {model.plan.describe().removeprefix('plan: ')}")
+    if model.describe_plan() is not None:
+        print(f"plan:         {model.describe_plan().removeprefix('plan: ')}")
     print("\n".join(described))
     return EXIT_OK
 

@@ -148,7 +148,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=[layout.value for layout in Layout], default=None,
                         help="volumes: a 2D network on slices (2d) or a 3D network on patches (3d); auto (default): "
                              "the planner decides from the voxel spacing, the shapes and the device, and "
-                             "prints its plan; both (averaged) is not built yet")
+                             "prints its plan; both: a 2D and a 3D network, half the budget each, their probabilities "
+                             "averaged (members/2d and members/3d of the model folder)")
     parser.add_argument("--patch-size", type=_setting("patch_edge"), nargs="+", default=None, metavar="PX",
                         help="training patch size, 2 numbers (Y X: 2D images or slices of volumes) or 3 (Z Y X: a 3D "
                              "network) (default: the plan's, 128 128 for 2D, 32 64 64 for 3D on a CPU, larger on a "

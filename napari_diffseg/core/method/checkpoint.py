@@ -65,7 +65,9 @@ def _from_json(value):
 @dataclass
 class ModelCheckpoint:
     """best.pt: what predicting needs, the kept twin's mask pathway with its architecture (teacher.NetworkConfig as a
-    dict), threshold and working scale."""
+    dict), threshold and working scale. A model of layout "both" (core/method/ensemble.py) also lists its
+    ``members``, each a ModelCheckpoint's fields as a dict; its own fields are those of its 3D member, so that a
+    reader that does not know members still loads a working model."""
 
     network: dict
     mask_path: dict
@@ -73,18 +75,30 @@ class ModelCheckpoint:
     working_scale: float = 1.0
     twin: str = "teacher"
     plan: dict | None = None  # core/method/planner.Plan as a dict (None: written before plans, a 2D/3D network)
+    members: list | None = None  # layout "both": the members' fields (the 2D network on slices, the 3D network)
 
     def save(self, path: Path) -> None:
         save_checkpoint(path, _as_payload(self))
+
+    def to_payload(self) -> dict:
+        """The fields by name (what ``members`` holds of each member)."""
+        return _as_payload(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> "ModelCheckpoint":
+        """From stored fields; KeyError, TypeError or ValueError when they are not a checkpoint's."""
+        members = payload.get("members")
+        return cls(dict(payload["network"]), dict(payload["mask_path"]), float(payload["threshold"]),
+                   float(payload.get("working_scale", 1.0)), str(payload.get("twin", "teacher")),
+                   dict(payload["plan"]) if payload.get("plan") is not None else None,
+                   None if members is None else [cls.from_payload(dict(m)).to_payload() for m in members])
 
     @classmethod
     def load(cls, path: Path) -> "ModelCheckpoint":
         payload = load_checkpoint(path)
         try:
-            return cls(dict(payload["network"]), dict(payload["mask_path"]), float(payload["threshold"]),
-                       float(payload.get("working_scale", 1.0)), str(payload.get("twin", "teacher")),
-                       dict(payload["plan"]) if payload.get("plan") is not None else None)
-        except (KeyError, TypeError, ValueError) as error:
+            return cls.from_payload(payload)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ModelError(f"{path}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") \
                 from None
 

@@ -109,7 +109,7 @@ class Layout(StrEnum):
     AUTO = "auto"  # the planner decides from the spacing, the shapes and the device
     SLICES = "2d"  # a 2D network on slices of the volumes (and on 2D images)
     VOLUME = "3d"  # a 3D network on patches of the volumes
-    BOTH = "both"  # both, their probabilities averaged: not built yet (refused)
+    BOTH = "both"  # a 2D and a 3D network, one after the other, their probabilities averaged (core/method/ensemble.py)
 
 
 class Loss(StrEnum):
@@ -320,9 +320,9 @@ class TrainConfig:
         if schedule.patch_size is not None and min(schedule.patch_size) < 2 ** network.depth:
             raise InputError(f"patch size {schedule.patch_size} is smaller than the network's {2 ** network.depth}"
                              f"-pixel granularity (depth {network.depth}): use larger patches or a shallower network")
-        if network.layout == Layout.BOTH:
-            raise InputError("layout 'both' (a 2D and a 3D network with their probabilities averaged) is not built "
-                             "yet: choose 2d, 3d or auto")
+        if network.layout == Layout.BOTH and schedule.patch_size is not None:
+            raise InputError("layout 'both' plans a patch for each of its two networks: leave the patch size to the "
+                             "planner, or train one layout (2d or 3d) with a patch size")
         if schedule.patch_size is not None and network.layout != Layout.AUTO and \
                 len(schedule.patch_size) != (2 if network.layout == Layout.SLICES else 3):
             raise InputError(f"layout {network.layout} trains a {2 if network.layout == Layout.SLICES else 3}D "

@@ -16,8 +16,9 @@ The rules for volumes, in order (nnU-Net's constants where it has one):
    the network's width) fits half the free GPU memory, starting from the median volume as nnU-Net does, batch 2;
 4. otherwise (CPU, MPS), ``CPU_VOLUME_LAYOUT``: what trains in a CPU budget (see its comment for the evidence).
 
-"both" (a 2D and a 3D network with their probabilities averaged) is planned by nnU-Net as an ensemble; it is not
-built here yet and is refused with an error that says so. Any of the planner's choices can be overridden (the
+"both" (a 2D and a 3D network with their probabilities averaged, nnU-Net's ensemble) is two runs
+(core/method/ensemble.py), each planned here in its own layout; the planner never chooses it (on a CPU the 3D
+member's share of the budget costs more than the average gains: benchmarks/quality/ABLATIONS.md). Any of the planner's choices can be overridden (the
 config's ``layout``, ``patch_size``, ``batch_size``, ``working_scale``); the plan then says "given". A patch of
 2 numbers for volumes under "auto" means slices, of 3 numbers a 3D network.
 """
@@ -172,8 +173,8 @@ def plan_training(shapes: Sequence[Sequence[int]], labels: Sequence[np.ndarray] 
         raise InputError("no images to plan for")
     dims = len(shapes[0])
     if layout == Layout.BOTH:
-        raise InputError("layout 'both' (a 2D and a 3D network with their probabilities averaged) is not built yet: "
-                         "choose 2d, 3d or auto")
+        raise InputError("layout 'both' is two networks, each planned in its own layout (2d, 3d): "
+                         "core/method/ensemble.py trains them")
     if layout not in (Layout.AUTO, Layout.SLICES, Layout.VOLUME):
         raise InputError(f"layout must be auto, 2d, 3d or both, got {layout!r}")
     scale_given = working_scale is not None

@@ -83,12 +83,16 @@ class RunResume:
         return float(saved.elapsed), float(saved.overhead)
 
     def _write_losses(self) -> None:
-        if not self.loss_rows:
-            return
-        leading = ["step", "stage", "elapsed"]
-        columns = leading + sorted({key for row in self.loss_rows for key in row} - set(leading))
-        buffer = _stringio.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.loss_rows)
-        atomic_write(self.out_dir / LOSSES_FILE, lambda handle: handle.write(buffer.getvalue().encode()))
+        if self.loss_rows:
+            write_loss_rows(self.out_dir / LOSSES_FILE, self.loss_rows)
+
+
+def write_loss_rows(path: Path, rows: list[dict]) -> None:
+    """A step log (losses.csv): step, stage and elapsed first, then the other columns in name order."""
+    leading = ["step", "stage", "elapsed"]
+    columns = leading + sorted({key for row in rows for key in row} - set(leading))
+    buffer = _stringio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))

@@ -31,7 +31,7 @@ from .. import device as devices
 
 from . import distributed
 from .clock import Clock, Every
-from .config import Student, Targets, TrainConfig, WarmupTwins
+from .config import Layout, Student, Targets, TrainConfig, WarmupTwins
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, PlanChosen, Progress,  # noqa: F401
                      PseudoLabelsReady, Stage, StageProgress, TrainingEvent)
 from .checkpoint import BEST, LAST, RunCheckpoint
@@ -205,6 +205,10 @@ def train(
     ``ranks``: this process's place in a data-parallel run (core/method/distributed.py; the process group is joined);
     only rank 0 writes files, pseudo-labels and checkpoints, and its clock decides for all.
     """
+    if config.network.layout == Layout.BOTH:  # two networks, one after the other (core/method/ensemble.py)
+        from .ensemble import train_both
+
+        return (yield from train_both(data, config, out_dir, resume, warm_start, sink, ranks))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = None
@@ -323,6 +327,8 @@ def pretrain(data: TrainingData, config: TrainConfig, out_dir: Path) -> Iterator
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.network.layout == Layout.BOTH:  # one teacher to pretrain: the 2D member's, which trains first
+        config = config.replace(layout=Layout.SLICES)
     # labels_only: a TrainingRun without a student (stage 1 trains the teacher alone)
     run = TrainingRun(data, config.replace(labels_only=True), out_dir,
                       scale=config.schedule.working_scale if config.schedule.working_scale is not None else 1.0)

@@ -337,6 +337,11 @@ def export_bioimageio(model_dir: Path, out: Path, *, sample: Path | np.ndarray |
     if not out.parent.is_dir():
         raise ExportError(f"{out.parent}: folder not found")
     model = SegmentationModel.load(Path(model_dir), backend="torch")
+    if getattr(model, "members", None):
+        raise ExportError(f"{model_dir} is a model of layout 'both' (a 2D and a 3D network, their probabilities "
+                          "averaged), which one bioimage.io network cannot hold: export a member instead, "
+                          f"{Path(model_dir) / 'members' / '2d'} or {Path(model_dir) / 'members' / '3d'} (each a "
+                          "complete model folder)")
     config = model.config
     if name is not None and not _valid_name(name):
         raise ExportError(f"name {name!r}: a bioimage.io name has 5 to 128 letters, digits, spaces and _+-() only")

@@ -61,32 +61,54 @@ class SegmentationModel:
     def load(cls, model_dir: Path, device: torch.device | str = "cpu", bf16: bool = False,
              backend: str = "torch") -> "SegmentationModel":
         """The model in ``model_dir`` for inference on ``device``; ``backend``: torch, openvino (CPU only, the
-        optional extra) or auto (openvino on a CPU where it is installed)."""
+        optional extra) or auto (openvino on a CPU where it is installed). A model of layout "both" loads as an
+        ``ensemble.EnsembleModel`` of its members."""
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: model folder not found")
-        saved = ModelCheckpoint.load(model_dir / BEST)
+        path = model_dir / BEST
+        saved = ModelCheckpoint.load(path)
+        card = read_model_card(model_dir)
+        if saved.members:
+            from .ensemble import EnsembleModel
+
+            return EnsembleModel([cls.from_checkpoint(ModelCheckpoint.from_payload(member), path, card, device, bf16,
+                                                      backend) for member in saved.members], card)
+        return cls.from_checkpoint(saved, path, card, device, bf16, backend)
+
+    @classmethod
+    def from_checkpoint(cls, saved: ModelCheckpoint, path: Path, card: dict, device: torch.device | str = "cpu",
+                        bf16: bool = False, backend: str = "torch") -> "SegmentationModel":
+        """The model of one network stored in ``saved`` (read from ``path``, named in errors), checked."""
         threshold, working_scale = saved.threshold, saved.working_scale
-        _check_network_settings(saved.network, model_dir / BEST)
+        _check_network_settings(saved.network, path)
         try:
             plan = None if saved.plan is None else Plan.from_dict(saved.plan)
         except InputError as error:
-            raise ModelError(f"{model_dir / BEST}: {error}; the checkpoint is damaged: train again") from None
+            raise ModelError(f"{path}: {error}; the checkpoint is damaged: train again") from None
         if plan is not None and (plan.network_dims != saved.network.get("spatial_dims")
                                  or not all(0 < s <= 1 for s in plan.working_scale)):
-            raise ModelError(f"{model_dir / BEST}: its plan ({plan.layout}, scale {plan.working_scale}) does not fit "
+            raise ModelError(f"{path}: its plan ({plan.layout}, scale {plan.working_scale}) does not fit "
                              "its network; the checkpoint is damaged: train again")
         try:
             network = DiffusionTwin(NetworkConfig(**saved.network))
             network.mask_path.load_state_dict(saved.mask_path)
             fold_batch_norm(network.mask_path.eval())  # inference only: one memory pass fewer per convolution
         except (KeyError, TypeError, RuntimeError, ValueError) as error:
-            raise ModelError(f"{model_dir / BEST}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") from None
+            raise ModelError(f"{path}: checkpoint content does not fit napari-diffseg ({type(error).__name__})") from None
         if not (0 < threshold < 1 and 0 < working_scale <= 1):
-            raise ModelError(f"{model_dir / BEST}: threshold {threshold} or working scale {working_scale} out of range; "
+            raise ModelError(f"{path}: threshold {threshold} or working scale {working_scale} out of range; "
                              "the checkpoint is damaged: train again")
         backend = _compile(network, backend, torch.device(device), bf16)
-        return cls(network, threshold, read_model_card(model_dir), device, bf16, working_scale, backend, plan)
+        return cls(network, threshold, card, device, bf16, working_scale, backend, plan)
+
+    def layout_note(self) -> str:
+        """How it takes volumes, in words for a log line ("" for a network of the images' dimensions)."""
+        return "" if self.slice_axis is None else f" (2D slices across axis {self.slice_axis})"
+
+    def describe_plan(self) -> str | None:
+        """The plan it was trained in, one line (None: a model from before plans)."""
+        return None if self.plan is None else self.plan.describe()
 
     @property
     def image_dims(self) -> int:
@@ -146,6 +168,9 @@ class SegmentationModel:
 
     def predict(self, image: np.ndarray, **options) -> Prediction:
         return run_to_completion(self.iter_predict(image, **options))
+
+    def predict_normalised(self, image01: np.ndarray, **options) -> Prediction:
+        return run_to_completion(self.iter_predict_normalised(image01, **options))
 
 
 def _check_network_settings(settings: dict, path: Path) -> None:

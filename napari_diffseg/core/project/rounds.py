@@ -114,10 +114,10 @@ def pretrain_project(project: Project, config: TrainConfig) -> Iterator[Training
 def _network_settings(data: TrainingData, config: TrainConfig, plan: dict | None = None) -> dict:
     """The network a round would train, to compare with the one it would start from: volumes train a 2D network
     on slices in the "2d" layout; under layout "auto" a round continues in the layout of the model it starts from
-    (its ``plan``), as ``training.train`` does."""
+    (its ``plan``), as ``training.train`` does. A model of layout "both" stores its 3D member's network."""
     layout = str(config.network.layout)
-    if layout == "auto" and plan and plan.get("layout") in ("2d", "3d"):
-        layout = plan["layout"]
+    if layout in ("auto", "both") and plan and plan.get("layout") in ("2d", "3d"):
+        layout = plan["layout"]  # ("both": a pretrained teacher of its 2D member, core/method/ensemble.py)
     dims = 2 if data.spatial_dims == 3 and layout == "2d" else data.spatial_dims
     return asdict(NetworkConfig(spatial_dims=dims, image_channels=data.channels,
                                 num_classes=config.network.num_classes, base_channels=config.network.base_channels,
