@@ -566,7 +566,7 @@ def test_undo_review_puts_the_image_back_in_the_queue(project):
 def test_a_failed_accept_keeps_the_earlier_ground_truth(project, monkeypatch, fault):
     """The manifest write failing (database locked, disk full) or the mask write failing leaves the painted
     label and the status exactly as they were: the file and the manifest never disagree."""
-    import napari_diffseg.core.project.store as project_module
+    import napari_diffseg.core.project.masks as project_module  # where masks are written
 
     names = _project_with_pseudo(project)
     painted = _mask(7)

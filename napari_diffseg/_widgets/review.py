@@ -29,7 +29,7 @@ import weakref
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QGroupBox, QLabel, QListWidget, QListWidgetItem,
+from qtpy.QtWidgets import (QCheckBox, QDockWidget, QGridLayout, QGroupBox, QListWidget, QListWidgetItem,
                             QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from napari.utils import notifications

@@ -20,12 +20,11 @@ ome-zarr-py, Fiji/MoBIE) open it. The group has the layout of an image's ``label
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 import itertools
 import logging
 import mmap
-import os
 from pathlib import Path
 import shutil
 import warnings

@@ -25,7 +25,6 @@ file stems and made unique case-insensitively (``cell``, ``cell_2``, ``cell_3`` 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import hashlib
 import json
 import logging
@@ -37,9 +36,6 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -50,23 +46,21 @@ from napari_diffseg.core.errors import DiffsegError, DuplicateImageError, InputE
 from napari_diffseg.core.data.io import (
     BEST,
     UNCERTAINTY_SUFFIX,
-    check_mask_matches,
     checked_spacing,
     image_layout,
     name_stem,
-    normalise_mask,
     pair_images_with_labels,
     read_image,
     read_mask,
     read_spacing,
-    write_mask,
     write_tiff_atomic,
 )
 from napari_diffseg.core.data.safety import is_plain_name, refuse_name_collisions
-from napari_diffseg.core.objects.decode import classes_to_instances
-from napari_diffseg.core.objects.files import read_instances, write_instances
-from napari_diffseg.core.objects.targets import as_instances
+from napari_diffseg.core.objects.files import read_instances
 from napari_diffseg.core.project.export import ProjectExport
+from napari_diffseg.core.project.masks import NEW_SUFFIX, PREVIOUS_SUFFIX, ProjectMasks
+from napari_diffseg.core.project.records import (GROUND_TRUTH_STATUSES, ImageRecord, ImageStatus,  # noqa: F401
+                                                 LossEntry, now, user)
 from napari_diffseg.core.project.layout import (CHECKPOINTS_DIR, DB_NAME, IMAGES_DIR, LABELS_DIR, ORIGINAL_NAME_KEY,
                                                 PSEUDO_DIR, SPACING_KEY, is_path_like)
 
@@ -75,12 +69,10 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 TRAINING_LOCK = locks.LOCK_NAME  # held (an OS file lock) by the one process training or pretraining the project
 APP_ID = "napari-diffseg"
-_NEW_SUFFIX, _PREVIOUS_SUFFIX = ".new", ".previous"  # a label being replaced: hidden files beside it
 FIRST_ROUND = 1
 _BUSY_TIMEOUT_S = 30.0
 _MAX_NAME_LEN = 100
 _MAX_ROUND = 100_000  # a round number beyond this was not counted by a project (edited by hand)
-_OBJECTS_KEY = "objects:"  # meta key prefix: objects mode's object count of an image's label or pseudo-label
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
                      *(f"LPT{i}" for i in range(1, 10))}
 
@@ -136,56 +128,6 @@ def content_hash(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class ImageStatus(str, Enum):
-    """Where an image is in the human-in-the-loop cycle."""
-
-    UNLABELLED = "unlabelled"
-    LABELLED = "labelled"
-    PSEUDO = "pseudo"
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-
-
-GROUND_TRUTH_STATUSES = (ImageStatus.LABELLED, ImageStatus.ACCEPTED)
-
-
-@dataclass
-class ImageRecord:
-    """One row of the manifest. ``round`` is the round in which ``status`` was last set."""
-
-    name: str
-    image_path: Path
-    status: ImageStatus
-    round: int
-    model_id: str | None
-    uncertainty: float | None
-    updated_at: str
-    updated_by: str
-
-
-@dataclass
-class LossEntry:
-    """One logged loss value; ``time`` is seconds since the epoch."""
-
-    round: int
-    stage: str
-    step: int
-    name: str
-    value: float
-    time: float
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser() or "unknown"
-    except Exception:  # getpass raises OSError/KeyError/ImportError when no user name can be found
-        return "unknown"
-
-
 def sanitise_name(raw: str) -> str:
     """A file-system-safe image name: letters and digits of any script (NFC), ``.``, ``_``, ``-``; never empty,
     hidden or reserved. The project records the user's name where this changed it (see ``Project.export_names``)."""
@@ -197,7 +139,7 @@ def sanitise_name(raw: str) -> str:
     return name
 
 
-class Project(ProjectExport):
+class Project(ProjectMasks, ProjectExport):
     """A project folder: images, ground-truth labels, pseudo-labels per round, checkpoints and the manifest."""
 
     def __init__(self, folder: Path) -> None:
@@ -237,8 +179,8 @@ class Project(ProjectExport):
                     ("schema_version", str(SCHEMA_VERSION)),
                     ("current_round", str(FIRST_ROUND)),
                     ("config", config_json),
-                    ("created_at", _now()),
-                    ("created_by", _user()),
+                    ("created_at", now()),
+                    ("created_by", user()),
                 ])
                 con.execute("COMMIT")
             finally:
@@ -332,14 +274,14 @@ class Project(ProjectExport):
         missing (the manifest still describes it), and remove leftover temporary files."""
         with contextlib.suppress(OSError):
             for leftover in sorted(self.labels_dir.glob(".*")):
-                if leftover.name.endswith(_PREVIOUS_SUFFIX):
-                    target = leftover.with_name(leftover.name[1:-len(_PREVIOUS_SUFFIX)])
+                if leftover.name.endswith(PREVIOUS_SUFFIX):
+                    target = leftover.with_name(leftover.name[1:-len(PREVIOUS_SUFFIX)])
                     if target.exists():
                         leftover.unlink()
                     else:
                         os.replace(leftover, target)
                         logger.warning("restored %s, interrupted while being replaced", target.name)
-                elif leftover.name.endswith((".tmp", _NEW_SUFFIX)):
+                elif leftover.name.endswith((".tmp", NEW_SUFFIX)):
                     leftover.unlink()
 
     # ------------------------------------------------------------------ database plumbing
@@ -398,7 +340,7 @@ class Project(ProjectExport):
 
     def _set_status(self, name: str, status: ImageStatus, **fields: Any) -> None:
         """Update one image's row in its own committed transaction."""
-        values = {"status": status.value, "updated_at": _now(), "updated_by": _user(), **fields}
+        values = {"status": status.value, "updated_at": now(), "updated_by": user(), **fields}
         assignments = ", ".join(f"{column} = ?" for column in values)
         with self._connection(write=True) as con:
             cur = con.execute(f"UPDATE images SET {assignments}, round = {_CURRENT_ROUND_SQL} WHERE name = ?",
@@ -441,13 +383,6 @@ class Project(ProjectExport):
                 missing.append(record.name)
         return missing
 
-    def review_queue(self) -> list[str]:
-        """Names of the images awaiting review (status PSEUDO), most uncertain first (unknown uncertainty last)."""
-        records = [r for r in self.records() if r.status == ImageStatus.PSEUDO]
-        order = {name: index for index, name in enumerate(r.name for r in records)}
-        records.sort(key=lambda r: (r.uncertainty is None, -(r.uncertainty or 0.0), order[r.name]))
-        return [r.name for r in records]
-
     def latest_model_dir(self) -> Path | None:
         """The most recent round's checkpoint folder that holds a ``best.pt`` (a model ready to predict with)."""
         for round_ in range(self.current_round, 0, -1):
@@ -462,13 +397,6 @@ class Project(ProjectExport):
         if create:
             path.mkdir(parents=True, exist_ok=True)
         return path
-
-    def _label_path(self, name: str) -> Path:
-        return self.labels_dir / f"{name}.tif"
-
-    def _pseudo_paths(self, name: str, round_number: int) -> tuple[Path, Path]:
-        folder = self.pseudo_dir(round_number)
-        return folder / f"{name}.tif", folder / f"{name}{UNCERTAINTY_SUFFIX}.tif"
 
     # ------------------------------------------------------------------ config and rounds
 
@@ -499,42 +427,6 @@ class Project(ProjectExport):
         """The objects-mode settings (core.objects: instance labels, three-class training) or None (regions)."""
         entry = self.config.get("objects")
         return entry if isinstance(entry, dict) and entry.get("mode") == "objects" else None
-
-    def _write_mask(self, path: Path, mask: np.ndarray) -> None:
-        """A label image as stored: instance ids (uint16 / uint32) in objects mode, uint8 classes otherwise."""
-        if self.objects:
-            write_instances(path, mask)
-        else:
-            write_mask(path, mask)
-
-    def _record_object_count(self, kind: str, name: str, mask: np.ndarray) -> None:
-        """Objects mode: remember how many objects the label or the latest pseudo-label of ``name`` holds (for the
-        Project table, without reading every mask)."""
-        if not self.objects:
-            return
-        count = int(np.count_nonzero(np.unique(np.asarray(mask))))
-        with self._connection(write=True) as con:
-            con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (f"{_OBJECTS_KEY}{kind}:{name}",
-                                                                               str(count)))
-
-    def object_counts(self) -> dict[str, int]:
-        """Objects mode: image name -> objects in its current mask (the ground truth of labelled and accepted
-        images, else the latest pseudo-label; images without either are left out). {} for a regions project."""
-        if not self.objects:
-            return {}
-        with self._connection() as con:
-            rows = con.execute("SELECT key, value FROM meta WHERE key LIKE ?", (f"{_OBJECTS_KEY}%",)).fetchall()
-        stored: dict[tuple[str, str], int] = {}
-        for key, value in rows:
-            kind, _, name = key[len(_OBJECTS_KEY):].partition(":")
-            with contextlib.suppress(ValueError):
-                stored[(kind, name)] = int(value)
-        counts = {}
-        for record in self.records():
-            kind = "label" if record.status in GROUND_TRUTH_STATUSES else "pseudo"
-            if record.status != ImageStatus.REJECTED and (kind, record.name) in stored:
-                counts[record.name] = stored[(kind, record.name)]
-        return counts
 
     @property
     def num_classes(self) -> int:
@@ -626,7 +518,7 @@ class Project(ProjectExport):
             with self._connection(write=True) as con:
                 con.execute("INSERT INTO images(name, image_file, status, round, model_id, uncertainty, updated_at,"
                             f" updated_by) VALUES (?, ?, ?, {_CURRENT_ROUND_SQL}, NULL, NULL, ?, ?)",
-                            (unique, image_file, ImageStatus.UNLABELLED.value, _now(), _user()))
+                            (unique, image_file, ImageStatus.UNLABELLED.value, now(), user()))
                 con.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('layout', ?)", (json.dumps(layout),))
                 con.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (content_key, unique))
                 if spacing is not None:
@@ -677,156 +569,6 @@ class Project(ProjectExport):
         """The voxel size per spatial axis given when the image was added (None: none was given)."""
         stored = self._meta(f"{SPACING_KEY}{name}")
         return None if stored is None else tuple(float(v) for v in json.loads(stored))
-
-    def label(self, name: str) -> np.ndarray | None:
-        """The ground-truth mask of a LABELLED / ACCEPTED image, else None."""
-        if self.record(name).status not in GROUND_TRUTH_STATUSES:
-            return None
-        path = self._label_path(name)
-        return read_image(path) if path.is_file() else None
-
-    def _checked_mask(self, name: str, mask: np.ndarray) -> np.ndarray:
-        if self.objects:  # instance ids are kept (a one-value mask is split into objects, warned)
-            instances = as_instances(np.asarray(mask), name=name)
-            check_mask_matches(self.image(name), instances, name)
-            return instances
-        mask = normalise_mask(np.asarray(mask), self.num_classes, name=name)
-        check_mask_matches(self.image(name), mask, name)
-        return mask.astype(np.uint8, copy=False)
-
-    def _store_ground_truth(self, name: str, mask: np.ndarray, status: ImageStatus) -> None:
-        """Replace ``labels/<name>.tif`` and the image's status as one change: the new mask is written completely
-        first, the previous one is kept aside until the manifest row is committed, and put back when that fails
-        (database locked, disk full), so the file and the status never disagree and no earlier mask is lost."""
-        path = self._label_path(name)
-        fresh = path.with_name(f".{path.name}{_NEW_SUFFIX}")
-        previous = path.with_name(f".{path.name}{_PREVIOUS_SUFFIX}")
-        with self._lock:
-            self._write_mask(fresh, mask)
-            had_previous = path.exists()
-            try:
-                if had_previous:
-                    os.replace(path, previous)
-                os.replace(fresh, path)
-                self._set_status(name, status)
-            except BaseException:
-                if had_previous and previous.exists():
-                    os.replace(previous, path)
-                else:
-                    path.unlink(missing_ok=True)
-                fresh.unlink(missing_ok=True)
-                raise
-            previous.unlink(missing_ok=True)
-        self._record_object_count("label", name, mask)
-
-    def current_mask(self, name: str) -> tuple[np.ndarray | None, str]:
-        """The best mask there is for image ``name`` and where it comes from: the ground truth of labelled and
-        accepted images, else the latest pseudo-label (none for rejected images). (mask or None, source)."""
-        record = self.record(name)
-        if record.status in GROUND_TRUTH_STATUSES:
-            mask = self.label(name)
-            if mask is None:
-                logger.warning("%s is %s but its mask file is missing; skipped", name, record.status.value)
-                return None, "missing label file"
-            return mask, record.status.value
-        if record.status == ImageStatus.REJECTED:
-            return None, record.status.value
-        pseudo = self.pseudo(name)
-        return (pseudo[0], "pseudo-labelled") if pseudo is not None else (None, "no mask yet")
-
-    def save_label(self, name: str, mask: np.ndarray) -> None:
-        """Store painted ground truth in ``labels/<name>.tif`` and mark the image LABELLED (one atomic change)."""
-        self._store_ground_truth(name, self._checked_mask(name, mask), ImageStatus.LABELLED)
-        logger.info("saved label %s", name)
-
-    def accept(self, name: str, mask: np.ndarray) -> None:
-        """Store a reviewed (possibly corrected) mask as ground truth and mark the image ACCEPTED.
-
-        The mask file is on disk and the status committed when this returns; when either fails, both stay as
-        they were (see ``_store_ground_truth``).
-        """
-        self._store_ground_truth(name, self._checked_mask(name, mask), ImageStatus.ACCEPTED)
-        logger.info("accepted %s", name)
-
-    def reject(self, name: str) -> None:
-        """Mark the image REJECTED: its pseudo-label is not used for training (the pixels still are, unsupervised)."""
-        self._set_status(name, ImageStatus.REJECTED)
-        logger.info("rejected %s", name)
-
-    def undo_review(self, name: str) -> np.ndarray | None:
-        """Undo an accept or a reject: the image is back in the review queue (PSEUDO). An accepted mask stops being
-        ground truth (its file is removed) and is returned, so that the corrections are not lost."""
-        record = self.record(name)
-        if record.status not in (ImageStatus.ACCEPTED, ImageStatus.REJECTED):
-            raise InputError(f"{name} is {record.status.value}: only an accepted or rejected pseudo-label can be "
-                             "sent back to review")
-        if not self.pseudo_rounds(name):
-            raise InputError(f"{name} has no pseudo-label to go back to")
-        mask = None
-        with self._lock:
-            if record.status == ImageStatus.ACCEPTED:
-                mask = self.label(name)
-                self._label_path(name).unlink(missing_ok=True)
-            self._set_status(name, ImageStatus.PSEUDO)
-        logger.info("back to review: %s (was %s)", name, record.status.value)
-        return mask
-
-    def save_pseudo(self, name: str, mask: np.ndarray, uncertainty_map: np.ndarray, round_number: int, model_id: str,
-                    mean_uncertainty: float) -> None:
-        """Write round ``round_number``'s pseudo-label and uncertainty map, then mark the image PSEUDO.
-
-        Images that are LABELLED or ACCEPTED keep their status (the files are still written, for the record), and a
-        REJECTED image only becomes PSEUDO again with a pseudo-label from a later round than its rejection. The
-        status check and the update are one SQL statement, so a concurrent accept from the GUI always wins.
-        """
-        mask = normalise_mask(np.asarray(mask), self.num_classes, name=name).astype(np.uint8, copy=False)
-        if self.objects:  # the network's three classes -> objects, so review and accept work on ids
-            mask = classes_to_instances(mask)
-        uncertainty_map = np.asarray(uncertainty_map, dtype=np.float32)
-        if uncertainty_map.shape != mask.shape:
-            raise InputError(f"pseudo-label of {name!r}: uncertainty map shape {uncertainty_map.shape} does not "
-                             f"match mask shape {mask.shape}")
-        record = self.record(name)  # InputError for unknown names before anything is written
-        mask_path, uncertainty_path = self._pseudo_paths(record.name, round_number)
-        self._write_mask(mask_path, mask)
-        write_tiff_atomic(uncertainty_path, uncertainty_map)
-        self._record_object_count("pseudo", record.name, mask)
-        mean = float(mean_uncertainty)
-        with self._connection(write=True) as con:
-            cur = con.execute(
-                "UPDATE images SET status = ?, round = ?, model_id = ?, uncertainty = ?, updated_at = ?, "
-                "updated_by = ? WHERE name = ? AND (status IN (?, ?) OR (status = ? AND round < ?))",
-                (ImageStatus.PSEUDO.value, int(round_number), model_id, mean if math.isfinite(mean) else None, _now(),
-                 _user(), name, ImageStatus.UNLABELLED.value, ImageStatus.PSEUDO.value, ImageStatus.REJECTED.value,
-                 int(round_number)))
-        if cur.rowcount == 0:
-            logger.debug("pseudo-label of %s (round %d) written; status kept", name, round_number)
-
-    def pseudo_rounds(self, name: str) -> list[int]:
-        """Rounds that have a pseudo-label file for ``name``, ascending."""
-        rounds = []
-        for folder in (self.folder / PSEUDO_DIR).glob("round_*"):
-            suffix = folder.name[len("round_"):]
-            if suffix.isdigit() and (folder / f"{name}.tif").is_file():
-                rounds.append(int(suffix))
-        return sorted(rounds)
-
-    def pseudo(self, name: str, round_number: int | None = None) -> tuple[np.ndarray, np.ndarray | None] | None:
-        """(mask, uncertainty) of round ``round_number`` (default: the latest round that has one), or None.
-
-        Used by the GUI's Revert to go back to the teacher's proposal.
-        """
-        self.record(name)
-        if round_number is None:
-            rounds = self.pseudo_rounds(name)
-            if not rounds:
-                return None
-            round_number = rounds[-1]
-        mask_path, uncertainty_path = self._pseudo_paths(name, round_number)
-        if not mask_path.is_file():
-            return None
-        uncertainty = read_image(uncertainty_path) if uncertainty_path.is_file() else None
-        return read_image(mask_path), uncertainty
 
     # ------------------------------------------------------------------ selections and counts
 
