@@ -41,11 +41,12 @@ def timed(argv: list[str]) -> dict:
             "seconds": seconds, "tail": result.stderr[-1500:]}
 
 
-def train_models(work: Path, budget: float) -> tuple[Path, Path]:
+def train_models(work: Path, budget: float, layout_3d: str = "auto", need_2d: bool = True) -> tuple[Path, Path]:
     from napari_diffseg.core.data.synthetic import make_blobs_dataset
 
-    model_2d, model_3d = work / "model_2d", work / "model_3d"
-    if not (model_2d / "best.pt").exists():
+    model_2d = work / "model_2d"
+    model_3d = work / ("model_3d" if layout_3d == "auto" else f"model_3d_{layout_3d}")
+    if need_2d and not (model_2d / "best.pt").exists():
         run = timed([PYTHON, "-m", "napari_diffseg.cli", "train", str(SAMPLE / "images"), "--labels",
                      str(SAMPLE / "labels"), "--out", str(model_2d), "--budget", str(budget), "--quiet"])
         assert run["code"] == 0, run["tail"]
@@ -58,7 +59,8 @@ def train_models(work: Path, budget: float) -> tuple[Path, Path]:
             if index < 2:
                 tifffile.imwrite(volumes / "labels" / f"v{index}.tif", mask)
         run = timed([PYTHON, "-m", "napari_diffseg.cli", "train", str(volumes / "images"), "--labels",
-                     str(volumes / "labels"), "--out", str(model_3d), "--budget", str(budget), "--quiet"])
+                     str(volumes / "labels"), "--out", str(model_3d), "--budget", str(budget), "--quiet",
+                     "--layout", layout_3d])
         assert run["code"] == 0, run["tail"]
     return model_2d, model_3d
 
@@ -139,9 +141,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/diffseg_large")
     parser.add_argument("--train-budget", type=float, default=60)
-    parser.add_argument("--sizes-2d", type=int, nargs="+", default=[8192, 20000])
+    parser.add_argument("--sizes-2d", type=int, nargs="*", default=[8192, 20000],
+                        help="2D mosaic sizes (none: the 3D volume alone, no 2D model)")
     parser.add_argument("--shape-3d", type=int, nargs=3, default=[200, 2048, 2048])
     parser.add_argument("--blocks-3d", type=int, default=3)
+    parser.add_argument("--layout-3d", default="auto", choices=["auto", "2d", "3d", "both"],
+                        help="the volume model's layout (auto: the planner's, 2D slices on a CPU)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     work = Path(args.work)
@@ -150,12 +155,12 @@ def main() -> None:
 
     backend = "OpenVINO (the [openvino] extra)" if openvino_backend.available() else "torch"
     lines = [f"{machine()}; load average {load_average()[0]:.1f} at the start; prediction backend {backend}", ""]
-    model_2d, model_3d = train_models(work, args.train_budget)
-    fits = mosaic_2d(work / "fits_4096.tif", 4096)
-    share = agreement(model_2d, fits, work)
-    lines += [f"Block-by-block vs in-memory prediction of a 4096 x 4096 mosaic (2048-px blocks, 128-px halo): "
-              f"{100 * share:.3f} % of pixels equal.", "",
-              "| input | size on disk | what ran | peak RSS | wall time | megapixels/s |", "|---|---:|---|---:|---:|---:|"]
+    model_2d, model_3d = train_models(work, args.train_budget, args.layout_3d, bool(args.sizes_2d))
+    if args.sizes_2d:
+        share = agreement(model_2d, mosaic_2d(work / "fits_4096.tif", 4096), work)
+        lines += [f"Block-by-block vs in-memory prediction of a 4096 x 4096 mosaic (2048-px blocks, 128-px halo): "
+                  f"{100 * share:.3f} % of pixels equal.", ""]
+    lines += ["| input | size on disk | what ran | peak RSS | wall time | megapixels/s |", "|---|---:|---|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for size in args.sizes_2d:
         path = mosaic_2d(work / f"mosaic_{size}.tif", size)
@@ -173,7 +178,8 @@ def main() -> None:
     blocks = re.findall(r"block (\d+) of (\d+)", run["tail"])
     done, total = blocks[-1] if blocks else ("?", "?")
     lines.append(f"| 3D {' x '.join(map(str, shape))} uint16 | {path.stat().st_size / 2**30:.2f} GiB | "
-                 f"`core.prediction.large.predict_large`, first {done} of {total} blocks, then cancelled | {run['peak_mb']:.0f} MB "
+                 f"`core.prediction.large.predict_large` (layout {args.layout_3d}), first {done} of {total} blocks, "
+                 f"then cancelled | {run['peak_mb']:.0f} MB "
                  f"| {run['seconds']:.0f} s | |")
     print(lines[-1], flush=True)
     print_report(lines, args.out)

@@ -159,3 +159,12 @@ def test_the_train_panel_offers_the_layouts(qtbot):
                                                                                              "both"]
     panel.layout_choice.setCurrentText("both")
     assert state.config.network.layout == "both"
+
+
+def test_a_member_whose_share_of_the_budget_ends_before_a_step_fails_the_run(tmp_path, monkeypatch):
+    from napari_diffseg.core.errors import UntrainedRunError
+
+    monkeypatch.setattr(ensemble, "SHARE_2D", 1 - 1e-9)  # a few nanoseconds left for the 3D member
+    with pytest.raises(UntrainedRunError, match="before the first training step"):
+        list(train(_volumes(), _config(max_steps=None, budget_seconds=5.0), tmp_path))
+    assert not (tmp_path / BEST).exists()  # no model that is half untrained

@@ -27,7 +27,7 @@ import numpy as np
 from .checkpoint import BEST, LAST, ModelCheckpoint, read_model_card, write_model_card
 from .config import Layout, TrainConfig
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, PlanChosen, Progress, PseudoLabelsReady,
-                     Stage, StageProgress, TrainingEvent)
+                     Stage, StageProgress, TrainingEvent, require_a_step)
 from .outputs import PSEUDO_LABEL_DIR, FolderSink, PseudoLabelSink
 from .resume import LOSSES_FILE, write_loss_rows
 from ..data.io import atomic_write
@@ -142,8 +142,11 @@ def train_both(data, config: TrainConfig, out_dir: Path, resume: bool = False, w
             continue
         resumed = resume and (folder / LAST).is_file()
         later = 0.0 if budget is None else budget * (1.0 - fraction_before - share)
-        events = train(data, member_config(config, layout), folder, resume=resumed,
+        settings = member_config(config, layout)
+        events = train(data, settings, folder, resume=resumed,
                        warm_start=None if resumed else _member_warm_start(warm_start, layout), sink=sink, ranks=ranks)
+        if not resumed:  # each member must learn something: an untrained member would pass for half the model
+            events = require_a_step(events, settings.schedule.budget_seconds)
         last_step = 0
         try:
             with contextlib.closing(events):

@@ -36,13 +36,17 @@ class EnsembleModel(SegmentationModel):
                                 sampling_steps: int = 1, tile: tuple[int, ...] | None = None,
                                 mirror: bool | None = None) -> Generator[TileProgress, None, Prediction]:
         mirror = self.mirror if mirror is None else mirror
-        probabilities = []
+        mean = None  # the sum of the members' probabilities, in place (a block of a large volume holds one copy)
         for member in self.members:
             member_tile = tile if tile is not None and len(tile) == member.config.spatial_dims else None
-            prediction = yield from member.iter_predict_normalised(image01, False, draws, sampling_steps,
-                                                                   member_tile, mirror)
-            probabilities.append(prediction.probabilities)
-        mean = np.mean(probabilities, axis=0, dtype=np.float32)
+            probabilities = (yield from member.iter_predict_normalised(image01, False, draws, sampling_steps,
+                                                                       member_tile, mirror)).probabilities
+            if mean is None:
+                mean = np.asarray(probabilities, np.float32)
+            else:
+                np.add(mean, probabilities, out=mean)
+            del probabilities
+        mean /= len(self.members)
         # the uncertainty of an ensemble is the entropy of its mean probabilities (no diffusion draws: the members
         # are the ensemble), which grows where either member is unsure and where they disagree
         unc = normalised_entropy(mean) if uncertainty else None
