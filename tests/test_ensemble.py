@@ -69,6 +69,8 @@ def test_both_trains_a_2d_then_a_3d_member_with_progress_over_the_whole_budget(t
     fits = [e.fit.step for e in events if isinstance(e, CheckpointSaved) and e.fit is not None]
     assert fits == [2, 4, 4]  # each member's model, then the joined one
     ready = [e for e in events if isinstance(e, PseudoLabelsReady)]
+    # each member's early pass (first_pseudo_labels_after_seconds=0), no member's final pass, the joined model's
+    assert [e.step for e in ready] == [1, 3, 4]
     assert ready[-1].directory == out / "pseudo_labels" and ready[-1].names == ["v1", "v2"]
     pseudo = tifffile.imread(out / "pseudo_labels" / "v1.tif")
     assert pseudo.shape == data.images[1].shape[1:]

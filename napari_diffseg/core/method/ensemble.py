@@ -4,7 +4,8 @@ theirs (core/prediction/ensemble.py), as nnU-Net ensembles its 2d and 3d_fullres
 
 Each member is a complete run of ``training.train`` (the whole method: teacher, student, rounds) in
 ``members/<layout>/`` of the model folder, a model folder of its own (predict with it, export it). The model folder
-itself holds, once both have trained: ``best.pt`` (both members: ``checkpoint.ModelCheckpoint.members``), the card
+itself holds, once both have trained (each member without the pass over the unlabelled images that ends a run:
+the joined model makes that one): ``best.pt`` (both members: ``checkpoint.ModelCheckpoint.members``), the card
 (both plans and the fit of the joined model), ``last.pt`` (a copy of the member's that trained last, so that the
 folder reads as resumable and a later round under layout 3d continues the 3D network), ``ensemble.json`` (which
 members have finished: resume goes on with the first that has not) and the joined model's pseudo-labels. The
@@ -143,8 +144,9 @@ def train_both(data, config: TrainConfig, out_dir: Path, resume: bool = False, w
         resumed = resume and (folder / LAST).is_file()
         later = 0.0 if budget is None else budget * (1.0 - fraction_before - share)
         settings = member_config(config, layout)
-        events = train(data, settings, folder, resume=resumed,
-                       warm_start=None if resumed else _member_warm_start(warm_start, layout), sink=sink, ranks=ranks)
+        events = train(data, settings, folder, resume=resumed,  # the joined model makes the final pseudo-labels
+                       warm_start=None if resumed else _member_warm_start(warm_start, layout), sink=sink, ranks=ranks,
+                       final_pseudo_labels=False)
         if not resumed:  # each member must learn something: an untrained member would pass for half the model
             events = require_a_step(events, settings.schedule.budget_seconds)
         last_step = 0

@@ -196,6 +196,7 @@ def train(
     warm_start: Path | None = None,
     sink: PseudoLabelSink | None = None,
     ranks: distributed.Ranks | None = None,
+    final_pseudo_labels: bool = True,
 ) -> Iterator[TrainingEvent]:
     """Run (or resume) training, yielding events; close the generator to cancel (a last.pt is still written).
 
@@ -204,6 +205,8 @@ def train(
     ``sink``: where the pseudo-labels go, image by image (default: ``out_dir/pseudo_labels``).
     ``ranks``: this process's place in a data-parallel run (core/method/distributed.py; the process group is joined);
     only rank 0 writes files, pseudo-labels and checkpoints, and its clock decides for all.
+    ``final_pseudo_labels``: False skips the pass after the last step (the members of layout "both", whose joined
+    model makes the final pseudo-labels).
     """
     if config.network.layout == Layout.BOTH:  # two networks, one after the other (core/method/ensemble.py)
         from .ensemble import train_both
@@ -282,7 +285,7 @@ def train(
             yield StageProgress(SAVING_STAGE, 0, 1)
             saved = run.save_best(clock)
         yield saved
-        if data.unlabelled_indices:
+        if data.unlabelled_indices and final_pseudo_labels:
             with clock.paused():
                 yield from run.pseudo_labels()
         with clock.paused():
