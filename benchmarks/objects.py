@@ -244,7 +244,7 @@ def run(args) -> tuple[list[dict], dict]:
 
 
 def table(results: list[dict], meta: dict) -> str:
-    lines = [f"dsb2018 objects ({meta['data']}: pool {meta['pool']}, test {meta['test']}); budget "
+    lines = [f"{Path(meta['data']).name} objects ({meta['data']}: pool {meta['pool']}, test {meta['test']}); budget "
              f"{meta['budget_cpu_seconds']:g} CPU-s per trained arm; {meta['machine']}; load "
              f"{meta['load_start']} -> {meta.get('load_end')}", "",
              "| arm | K | subset | seed | test AP@0.5 | test AP 0.5:0.95 | test F1 | test mean abs count error | "
