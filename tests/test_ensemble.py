@@ -1,4 +1,4 @@
-"""Layout "both" (core/method/ensemble.py, core/prediction/ensemble.py): a 2D network on slices and a 3D network
+"""Layout "both" (core/method/ensemble.py, core/prediction/model.EnsembleModel): a 2D network on slices and a 3D network
 trained one after the other in one budget, joined into one model whose probabilities are the mean of theirs."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from napari_diffseg.core.method.checkpoint import BEST, CARD, LAST, ModelCheckpo
 from napari_diffseg.core.method.config import TrainConfig
 from napari_diffseg.core.method.events import CheckpointSaved, Done, PlanChosen, Progress, PseudoLabelsReady
 from napari_diffseg.core.method.training import train
-from napari_diffseg.core.prediction.ensemble import EnsembleModel
+from napari_diffseg.core.prediction.model import EnsembleModel
 from napari_diffseg.core.prediction.model import SegmentationModel
 from conftest import tiny_train_config
 

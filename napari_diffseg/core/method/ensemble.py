@@ -1,6 +1,6 @@
 """Layout "both": a 2D network on slices of the volumes and a 3D network, trained one after the other inside the
 one budget (``SHARE_2D`` of it to the 2D network), then joined into one model whose probabilities are the mean of
-theirs (core/prediction/ensemble.py), as nnU-Net ensembles its 2d and 3d_fullres configurations.
+theirs (core/prediction/model.EnsembleModel), as nnU-Net ensembles its 2d and 3d_fullres configurations.
 
 Each member is a complete run of ``training.train`` (the whole method: teacher, student, rounds) in
 ``members/<layout>/`` of the model folder, a model folder of its own (predict with it, export it). The model folder
@@ -112,11 +112,11 @@ def _spent(folder: Path) -> tuple[int, float]:
     return int(training.get("steps", 0)), float(training.get("elapsed_seconds", 0.0))
 
 
-def train_both(data, config: TrainConfig, out_dir: Path, resume: bool = False, warm_start: Path | None = None,
-               sink: PseudoLabelSink | None = None, ranks=None) -> Iterator[TrainingEvent]:
-    """``training.train`` for layout "both" (same arguments, same events; see the module)."""
-    from .training import train
-
+def train_both(train, data, config: TrainConfig, out_dir: Path, resume: bool = False,
+               warm_start: Path | None = None, sink: PseudoLabelSink | None = None,
+               ranks=None) -> Iterator[TrainingEvent]:
+    """``training.train`` for layout "both" (same arguments, same events; see the module); ``train``: the one-network
+    run that trains each member (``training.train``, passed in: this module does not import the trainer)."""
     check_both(data, config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

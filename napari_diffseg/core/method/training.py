@@ -211,7 +211,7 @@ def train(
     if config.network.layout == Layout.BOTH:  # two networks, one after the other (core/method/ensemble.py)
         from .ensemble import train_both
 
-        return (yield from train_both(data, config, out_dir, resume, warm_start, sink, ranks))
+        return (yield from train_both(train, data, config, out_dir, resume, warm_start, sink, ranks))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     saved = None
