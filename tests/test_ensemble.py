@@ -61,6 +61,10 @@ def test_both_trains_a_2d_then_a_3d_member_with_progress_over_the_whole_budget(t
     card = json.loads((out / CARD).read_text())
     assert card["plan"]["layout"] == "both" and set(card["plan"]["members"]) == {"2d", "3d"}
     assert card["training"]["steps"] == 4 and card["metrics"]["selected_twin"] == "both"
+    members = card["training"]["members"]  # the keys of a one-network run's card, summed over the members
+    assert set(card["training"]) >= {"stage", "elapsed_seconds", "overhead_seconds"}
+    assert card["training"]["overhead_seconds"] == pytest.approx(
+        members["2d"]["overhead_seconds"] + members["3d"]["overhead_seconds"], abs=2e-3)
     assert json.loads((out / ensemble.STATE_FILE).read_text())["finished"] == ["2d", "3d"]
     assert RunCheckpoint.load(out / LAST).plan["layout"] == "3d"  # the folder's last.pt: the 3D member's
     with (out / "losses.csv").open() as handle:  # the members' step logs, steps counted on

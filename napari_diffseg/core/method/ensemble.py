@@ -232,7 +232,10 @@ def join_members(out_dir: Path, data, config: TrainConfig, steps: int, seconds: 
         "metrics": fit.to_dict(),
         "validation_note": "the mean of both members' probabilities at the mean of their thresholds; the Dice under "
                            "metrics.validation is the fit on the labelled (training) images, not a validation",
-        "training": {"steps": steps, "elapsed_seconds": round(seconds, 3),
+        "training": {**cards[Layout.VOLUME.value].get("training", {}),  # a run's keys (stage, ...), then the sums
+                     "steps": steps, "elapsed_seconds": round(seconds, 3),
+                     "overhead_seconds": round(sum(float(card.get("training", {}).get("overhead_seconds", 0.0))
+                                                   for card in cards.values()), 3),
                      "members": {layout: card.get("training", {}) for layout, card in cards.items()}},
     })
     model.card = read_model_card(out_dir)
