@@ -174,3 +174,21 @@ def test_a_member_whose_share_of_the_budget_ends_before_a_step_fails_the_run(tmp
     with pytest.raises(UntrainedRunError, match="before the first training step"):
         list(train(_volumes(), _config(max_steps=None, budget_seconds=5.0), tmp_path))
     assert not (tmp_path / BEST).exists()  # no model that is half untrained
+
+
+def test_a_both_run_that_ends_untrained_leaves_the_earlier_model_folder_as_it_was(tmp_path, monkeypatch):
+    from napari_diffseg.core.errors import UntrainedRunError
+    from napari_diffseg.core.method import rollback
+
+    data = _volumes()
+    list(train(data, _config(), tmp_path))
+
+    def state():
+        return {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = state()
+    monkeypatch.setattr(ensemble, "SHARE_2D", 1 - 1e-9)  # the 2D member retrains, the 3D member cannot step
+    with pytest.raises(UntrainedRunError):
+        with rollback.restored_if_untrained(tmp_path):
+            list(train(data, _config(max_steps=None, budget_seconds=3.0), tmp_path))
+    assert state() == before  # the members' folders and the record of which finished included

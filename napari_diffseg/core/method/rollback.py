@@ -17,12 +17,15 @@ from pathlib import Path
 import shutil
 
 from .checkpoint import LAST
+from .ensemble import MEMBERS_DIR, STATE_FILE
 from ..errors import UntrainedRunError
 from .outputs import PSEUDO_LABEL_DIR
 from .resume import LOSSES_FILE
 
 KEPT_DIR = ".before-this-run"
-RUN_FILES = (LAST, LOSSES_FILE, PSEUDO_LABEL_DIR)  # what a new run replaces or removes before it has learned
+# what a new run replaces or removes before it has learned (a run of layout "both" also its members' folders and
+# the record of which finished: core/method/ensemble.py)
+RUN_FILES = (LAST, LOSSES_FILE, PSEUDO_LABEL_DIR, MEMBERS_DIR, STATE_FILE)
 
 
 @contextlib.contextmanager
