@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import BEST, LAST, ModelCheckpoint, read_model_card, write_model_card
+from .checkpoint import BEST, LAST, ModelCheckpoint, RunCheckpoint, read_model_card, write_model_card
 from .config import Layout, TrainConfig
 from .events import (CheckpointKind, CheckpointSaved, Done, FitReport, PlanChosen, Progress, PseudoLabelsReady,
                      Stage, StageProgress, TrainingEvent, require_a_step)
@@ -34,6 +34,7 @@ from .resume import LOSSES_FILE, write_loss_rows
 from ..data.io import atomic_write
 from ..data.metrics import dice as dice_score
 from ..errors import InputError, ModelError
+from ..prediction.predict import probabilities_to_mask
 
 MEMBERS = (Layout.SLICES, Layout.VOLUME)  # in training order: the cheaper 2D network first
 SHARE_2D = 0.5  # of the budget (seconds or steps) to the 2D member; the 3D member gets the rest
@@ -86,7 +87,8 @@ def _write_state(out_dir: Path, finished: list[str]) -> None:
 def _copy_last(source: Path, out_dir: Path) -> None:
     """The member's last.pt as the folder's (what marks it resumable, and what a later round under layout 3d reads)."""
     if (source / LAST).is_file():
-        atomic_write(Path(out_dir) / LAST, lambda handle: handle.write((source / LAST).read_bytes()))
+        with (source / LAST).open("rb") as member_last:  # streamed: a 3D run's last.pt is tens of MB
+            atomic_write(Path(out_dir) / LAST, lambda handle: shutil.copyfileobj(member_last, handle))
 
 
 def _member_warm_start(warm_start: Path | None, layout: str) -> Path | None:
@@ -97,8 +99,6 @@ def _member_warm_start(warm_start: Path | None, layout: str) -> Path | None:
     own = member_dir(warm_start, layout)
     if (own / LAST).is_file():
         return own
-    from .checkpoint import RunCheckpoint
-
     try:
         saved = RunCheckpoint.load(Path(warm_start) / LAST)
     except ModelError:
@@ -244,17 +244,34 @@ def join_members(out_dir: Path, data, config: TrainConfig, steps: int, seconds: 
 
 
 def measure_fit(model, data, config: TrainConfig, steps: int, seconds: float) -> FitReport:
-    """Dice of each member and of the joined model on the labelled images (a report of the fit, as a run's)."""
+    """Dice of each member and of the joined model on the labelled images (a report of the fit, as a run's); each
+    image is predicted once per member, the joined mask taken from their mean."""
     indices = data.labelled_indices[: config.schedule.max_validation_images]
     truth = np.concatenate([data.labels[i].ravel() for i in indices])
-    predictors = {**{_name(member): member for member in model.members}, Layout.BOTH.value: model}
+    names = [_name(member) for member in model.members] + [Layout.BOTH.value]
+    masks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for index in indices:
+        members, mean = _member_probabilities(model, data.images[index])
+        for name, probabilities in zip(names, [*members, mean]):
+            masks[name].append(probabilities_to_mask(probabilities, model.threshold if name == Layout.BOTH.value
+                                                     else _member(model, name).threshold).ravel())
     dice, foreground = {}, {}
-    for name, predictor in predictors.items():
-        predicted = np.concatenate([predictor.predict_normalised(data.images[i]).mask.ravel() for i in indices])
+    for name in names:
+        predicted = np.concatenate(masks[name])
         dice[name] = dice_score(predicted, truth)
         foreground[name] = float(np.count_nonzero(predicted)) / max(predicted.size, 1)
     return FitReport(Layout.BOTH.value, model.threshold, dice, steps, round(seconds, 1), foreground,
                      float(np.count_nonzero(truth)) / max(truth.size, 1))
+
+
+def _member_probabilities(model, image01: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each member's probabilities of a normalised image and their mean (what the joined model predicts)."""
+    members = [member.predict_normalised(image01).probabilities for member in model.members]
+    return members, np.mean(members, axis=0, dtype=np.float32)
+
+
+def _member(model, name: str):
+    return next(member for member in model.members if _name(member) == name)
 
 
 def _name(member) -> str:
@@ -264,14 +281,13 @@ def _name(member) -> str:
 def _pseudo_labels(model, data, sink: PseudoLabelSink, step: int) -> Iterator[StageProgress | PseudoLabelsReady]:
     """The joined model's masks of the unlabelled images, the entropy of its mean probabilities, and an image score:
     the members' disagreement (1 - soft Dice between their probabilities), as the twins' for one network."""
-    from ..prediction.predict import disagreement, normalised_entropy, probabilities_to_mask
+    from ..prediction.predict import disagreement, normalised_entropy
 
     names, scores = [], {}
     indices = data.unlabelled_indices
     for done, index in enumerate(indices):
         yield StageProgress(Stage.PSEUDO_LABELS, done, len(indices))
-        probabilities = [member.predict_normalised(data.images[index]).probabilities for member in model.members]
-        mean = np.mean(probabilities, axis=0, dtype=np.float32)
+        probabilities, mean = _member_probabilities(model, data.images[index])
         score = disagreement(probabilities[0], probabilities[1])
         name = data.names[index]
         sink.write(name, probabilities_to_mask(mean, model.threshold), normalised_entropy(mean), score, step)
