@@ -128,6 +128,52 @@ def test_decode_of_soft_probabilities_and_seedless_fragments():
     assert found.max() == 1 and (found[40:46, 2:8] == 1).all()
 
 
+def _joined(instances: np.ndarray) -> np.ndarray:
+    """Class probabilities of ``instances`` as an undertrained network gives them: the boundary between touching
+    objects missed (painted interior), so their interiors join into one seed; the outer boundary kept."""
+    probabilities = _probabilities_of(instances)
+    outer = targets.instances_to_classes((instances > 0).astype(np.uint16)) == targets.BOUNDARY
+    between = (probabilities[targets.BOUNDARY] == 1) & ~outer
+    probabilities[:, between] = np.array([0, 1, 0], np.float32)[:, None]
+    return probabilities
+
+
+def test_seeds_joined_at_a_neck_are_split_and_round_objects_are_not(monkeypatch):
+    instances = _discs()
+    joined = _joined(instances)
+    assert decode.split_seeds(joined[targets.INTERIOR] > 0.5).max() == 3
+    split = decode.probabilities_to_instances(joined)
+    assert split.max() == 3 and metrics.object_scores(instances, split)["ap50"] == 1.0
+    # without the split, the two touching discs are one object (what the decoding gave before)
+    monkeypatch.setattr(decode, "SPLIT_DEPTH", 2.0)
+    assert decode.probabilities_to_instances(joined).max() == 2
+    monkeypatch.undo()
+    # convex objects of any size and elongation stay whole: a large disc, a long ellipse, a thin bar
+    yy, xx = np.indices((160, 160))
+    shapes = np.zeros((160, 160), np.uint16)
+    shapes[(yy - 50) ** 2 + (xx - 50) ** 2 <= 40 ** 2] = 1
+    shapes[((yy - 130) / 12.0) ** 2 + ((xx - 80) / 60.0) ** 2 <= 1] = 2
+    shapes[20:24, 110:158] = 3
+    whole = decode.probabilities_to_instances(_probabilities_of(shapes))
+    assert whole.max() == 3 and metrics.object_scores(shapes, whole)["ap50"] == 1.0
+
+
+def test_split_seeds_keep_one_id_per_object_block_by_block():
+    """Seeds joined across block borders are split alike in every window that holds them whole."""
+    from napari_diffseg.core.objects import blocks
+
+    truth = _discs_across_borders()
+    classes = np.argmax(_joined(truth), axis=0).astype(np.uint8)
+    assert decode.semantic_to_instances(classes == targets.INTERIOR).max() < truth.max()  # seeds do join
+    whole = decode.classes_to_instances(classes)
+    assert metrics.object_scores(truth, whole)["ap50"] == 1.0
+    out = np.zeros(truth.shape, np.uint32)
+    for _ in blocks.decode_blocks(classes, out, block=(32, 32), margin=(16, 16)):
+        pass
+    pairs = np.unique(np.stack([whole.ravel(), out.ravel().astype(whole.dtype)]), axis=1)
+    assert pairs.shape[1] == int(whole.max()) + 1  # the same partition as the whole image's, ids aside
+
+
 def test_decode_writes_uint32_beyond_65535_objects():
     classes = np.zeros((3 * 256, 3 * 256), np.uint8)
     classes[::3, ::3] = targets.INTERIOR  # 65,536 one-pixel objects
