@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 from pathlib import Path
 import tempfile
@@ -82,7 +81,6 @@ def train_arm(pool: list[Pair], labelled: list[int], arm: str, budget: float, se
     from napari_diffseg.core.data.training_set import training_data_from_arrays
     from napari_diffseg.core.method.config import TrainConfig
     from napari_diffseg.core.method.training import Progress, train
-    from napari_diffseg.core.objects.decode import probabilities_to_instances, semantic_to_instances
     from napari_diffseg.core.objects.files import objects_training_data_from_arrays
     from napari_diffseg.core.prediction.model import SegmentationModel
 
@@ -106,7 +104,10 @@ def train_arm(pool: list[Pair], labelled: list[int], arm: str, budget: float, se
     return model, facts
 
 
-DECODERS = {"seed 0.3": (False, 0.3), "seed 0.7": (False, 0.7), "mirrored": (True, 0.5)}  # (mirror, seed threshold)
+# extra decodings of the same trained model: keyword arguments of probabilities_to_instances, "mirror" to predict
+# with test-time mirroring
+DECODERS = {"seed 0.3": {"seed_threshold": 0.3}, "seed 0.5": {"seed_threshold": 0.5}, "mirrored": {"mirror": True},
+            "no split": {"split": False, "min_size": 4}}  # "no split": the decoding before seeds were split
 
 
 def decoded_arms(model, arm: str, decoders: list[str]) -> dict[str, object]:
@@ -124,11 +125,12 @@ def decoded_arms(model, arm: str, decoders: list[str]) -> dict[str, object]:
         out = {arm: probabilities_to_instances(prediction.probabilities)}
         mirrored = None
         for name in decoders:
-            mirror, seed_threshold = DECODERS[name]
+            options = dict(DECODERS[name])
+            mirror = options.pop("mirror", False)
             if mirror and mirrored is None:
                 mirrored = model.predict(image, mirror=True).probabilities
             out[f"{arm}, {name}"] = probabilities_to_instances(mirrored if mirror else prediction.probabilities,
-                                                               seed_threshold)
+                                                               **options)
         return out
 
     return predict

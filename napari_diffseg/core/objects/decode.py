@@ -74,15 +74,16 @@ def split_seeds(seed_mask: np.ndarray, tie_break: np.ndarray | float = 0.0) -> n
 
 
 def _decode(seed_mask: np.ndarray, extent: np.ndarray, elevation: np.ndarray, min_size: int,
-            tie_break: np.ndarray | float = 0.0) -> np.ndarray:
-    """Seeds = ``split_seeds`` of ``seed_mask`` inside ``extent``; the watershed floods ``elevation`` from them
-    inside ``extent``; seedless foreground of at least ``min_size`` pixels becomes objects of its own."""
+            tie_break: np.ndarray | float = 0.0, split: bool = True) -> np.ndarray:
+    """Seeds = ``split_seeds`` of ``seed_mask`` inside ``extent`` (its connected pieces when not ``split``); the
+    watershed floods ``elevation`` from them inside ``extent``; seedless foreground of at least ``min_size`` pixels
+    becomes objects of its own."""
     from scipy import ndimage
-    from skimage import segmentation
+    from skimage import measure, segmentation
 
     if not extent.any():
         return np.zeros(extent.shape, np.uint16)
-    seeds = split_seeds(extent & seed_mask, tie_break)
+    seeds = split_seeds(extent & seed_mask, tie_break) if split else measure.label(extent & seed_mask, connectivity=1)
     instances = segmentation.watershed(elevation, markers=seeds, mask=extent)
     orphans, count = ndimage.label(extent & (instances == 0))
     if count:
@@ -95,13 +96,14 @@ def _decode(seed_mask: np.ndarray, extent: np.ndarray, elevation: np.ndarray, mi
 
 
 def probabilities_to_instances(probabilities: np.ndarray, seed_threshold: float = SEED_THRESHOLD,
-                               min_size: int = MIN_SIZE) -> np.ndarray:
-    """Instance ids (uint16, uint32 beyond 65,535 objects) from (3, *spatial) class probabilities."""
+                               min_size: int = MIN_SIZE, split: bool = True) -> np.ndarray:
+    """Instance ids (uint16, uint32 beyond 65,535 objects) from (3, *spatial) class probabilities; ``split``: seeds
+    split at their necks (``split_seeds``), else each connected piece of confident interior is one seed."""
     probabilities = np.asarray(probabilities, np.float32)
     if probabilities.shape[0] != NUM_CLASSES:
         raise ValueError(f"objects mode decodes {NUM_CLASSES} classes, got {probabilities.shape[0]}")
     interior = probabilities[INTERIOR]
-    return _decode(interior > seed_threshold, probabilities[BACKGROUND] < 0.5, 1.0 - interior, min_size)
+    return _decode(interior > seed_threshold, probabilities[BACKGROUND] < 0.5, 1.0 - interior, min_size, split=split)
 
 
 TIE_BREAK = 1e-4  # a fraction of a pixel: below any difference of two distances in an image under 5,000 px
