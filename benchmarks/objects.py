@@ -40,7 +40,7 @@ import numpy as np
 
 from _common import REPO, fit_balanced_forest, load_average, machine, rf_features, versions, RF_MAX_PIXELS, \
     RF_PIXELS_PER_IMAGE
-from quality_stats import labelled_subset
+from quality_stats import bootstrap_ci, labelled_subset, paired_differences
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO.parent / "shared" / "data_large" / "dsb2018"
@@ -259,6 +259,44 @@ def table(results: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(results: list[dict]) -> str:
+    """Per K: each arm's mean (sd) over its runs, and the paired differences (AP@0.5 points, mean [95 % bootstrap
+    CI]) of the objects arm against labels-only (same subset and seed), against each baseline (same subset; the
+    seed too where the baseline has one: the untrained Otsu arm is paired with every seed of its subset, so its
+    interval is narrower than the runs warrant) and against its own earlier decoding (the same trained models)."""
+    lines = []
+    for n in sorted({r["n"] for r in results}):
+        runs = [r for r in results if r["n"] == n]
+        lines += [f"K = {n}", "", "| arm | runs | test AP@0.5 | test AP 0.5:0.95 | collection AP@0.5 | "
+                  "collection AP 0.5:0.95 | steps |", "|---|---|---|---|---|---|---|"]
+        arms = list(dict.fromkeys(r["method"] for r in runs))
+        for arm in arms:
+            mine = [r for r in runs if r["method"] == arm]
+
+            def cell(key, digits=3):
+                values = np.array([r[key] for r in mine], float)
+                mean, sd = f"{values.mean():.{digits}f}", f"{values.std():.{digits}f}"
+                return f"{mean} ({sd})" if len(values) > 1 else mean
+
+            lines.append(f"| {arm} | {len(mine)} | {cell('test_ap50')} | {cell('test_ap_50_95')} | "
+                         f"{cell('collection_ap50')} | {cell('collection_ap_50_95')} | {cell('steps', 0)} |")
+        lines += ["", "| objects arm vs | pairs | test AP@0.5 | collection AP@0.5 |", "|---|---|---|---|"]
+        ours = [r for r in runs if r["method"] == OBJECTS]
+        for other in arms:
+            if other == OBJECTS or not ours:
+                continue
+            theirs = [r for r in runs if r["method"] == other]
+            pair_on = ("subset",) if other == CLASSIC else ("subset", "seed")
+            cells = []
+            for key in ("test_ap50", "collection_ap50"):
+                differences = [100 * d for d in paired_differences(ours, theirs, key, pair_on)]
+                mean, low, high = bootstrap_ci(differences)
+                cells.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+            lines.append(f"| {other} | {len(differences)} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import sys
 
@@ -274,10 +312,16 @@ def main(argv=None) -> int:
     parser.add_argument("--decoders", nargs="*", default=[], choices=list(DECODERS),
                         help="also score the objects arms' models with these decodings (the same trained model: "
                              "seed thresholds, test-time mirroring)")
+    parser.add_argument("--summary", nargs="+", metavar="JSON",
+                        help="print the summary of these results files (paired differences with bootstrap CIs) "
+                             "and exit")
     parser.add_argument("--part", default="run")
     parser.add_argument("--out", default=str(BENCH_DIR / "objects"))
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.summary:
+        print(summary([r for path in args.summary for r in json.loads(Path(path).read_text())["results"]]))
+        return 0
     results, meta = run(args)
     print(table(results, meta))
     return 0
