@@ -7,8 +7,8 @@ score decodings of the *same* probabilities (no training noise between them).
     python benchmarks/objects_decoding.py decode /tmp/objprobs/*.npz --where collection test \
         --json benchmarks/objects/decoding.json
 
-``train``: benchmarks/objects.py's setting (K labelled = subset ``--subset`` of the pool, 180 CPU-s, one torch
-thread), the test images' and the first ``--collection`` unlabelled pool images' probabilities saved as float16.
+``train``: benchmarks/objects.py's training (``train_arm``: K labelled = subset ``--subset`` of the pool, 180 CPU-s,
+one torch thread, boundary width 1), the test images' and the first ``--collection`` unlabelled pool images' probabilities saved as float16.
 ``decode``: AP@0.5 (pooled, StarDist's definition) of each decoding below; "oracle split" gives the network's own
 extent the true objects' ids, the ceiling of any seed rule. Choose on the collection, read the test images after.
 """
@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from objects import DEFAULT_DATA, load_instances
+from objects import DEFAULT_DATA, LABELS_ONLY, OBJECTS, load_instances, train_arm
 from quality_stats import labelled_subset
 
 
@@ -32,36 +32,22 @@ def _collection(pool_size: int, labelled: int, subset: int, size: int) -> tuple[
 
 
 def train(args) -> None:
-    from napari_diffseg.core import device as devices
-    from napari_diffseg.core.method.config import TrainConfig
-    from napari_diffseg.core.method.training import Progress, train as run_training
-    from napari_diffseg.core.objects.files import objects_training_data_from_arrays
-    from napari_diffseg.core.prediction.model import SegmentationModel
-
     root = Path(args.data)
     pool, test = load_instances(root)
     labelled, collection = _collection(len(pool), args.labelled, args.subset, args.collection)
-    config = TrainConfig(budget_seconds=args.budget, budget_clock="cpu", threads=1, seed=args.seed,
-                         labels_only=args.arm == "labels-only", num_classes=3)
-    devices.configure_threads(1)
-    data = objects_training_data_from_arrays([p[0] for p in pool], {i: pool[i][1] for i in labelled},
-                                             [p[2] for p in pool], boundary_width=args.boundary_width)
-    steps = 0
     with tempfile.TemporaryDirectory() as folder:
-        for event in run_training(data, config, Path(folder)):
-            if isinstance(event, Progress):
-                steps = event.step
-        model = SegmentationModel.load(Path(folder), bf16=devices.bf16_supported("cpu"))
+        model, facts = train_arm(pool, labelled, LABELS_ONLY if args.arm == "labels-only" else OBJECTS, args.budget,
+                                 args.seed, Path(folder))
         saved = {}
         for where, chosen in (("test", test), ("collection", [pool[i] for i in collection])):
             for k, (image, _, _) in enumerate(chosen):
                 saved[f"{where}_{k}"] = model.predict(image).probabilities.astype(np.float16)
-    name = f"{root.name}_{args.arm}_bw{args.boundary_width}_s{args.seed}_sub{args.subset}.npz"
+    name = f"{root.name}_{args.arm}_bw1_s{args.seed}_sub{args.subset}.npz"
     Path(args.out).mkdir(parents=True, exist_ok=True)
     meta = json.dumps({"data": root.name, "arm": args.arm, "seed": args.seed, "subset": args.subset,
-                       "labelled": args.labelled, "collection": args.collection, "steps": steps})
+                       "labelled": args.labelled, "collection": args.collection, "steps": facts["steps"]})
     np.savez_compressed(Path(args.out) / name, meta=meta, **saved)
-    print(name, "steps", steps, flush=True)
+    print(name, "steps", facts["steps"], flush=True)
 
 
 def decoders() -> dict:
@@ -129,7 +115,6 @@ def main(argv=None) -> int:
     t.add_argument("--labelled", type=int, default=2)
     t.add_argument("--collection", type=int, default=40)
     t.add_argument("--budget", type=float, default=180.0)
-    t.add_argument("--boundary-width", type=int, default=1)
     t.add_argument("--out", required=True)
     d = sub.add_parser("decode")
     d.add_argument("files", nargs="+")

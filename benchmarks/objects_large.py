@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 import resource
+import sys
 import tempfile
 import time
 
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
         rss_after = peak_rss_mb()
         objects = tifffile.imread(folder / "objects.tif")
         scores = metrics.pooled_scores([(np.asarray(truth[:]), objects)])
-    result = {"command": "python benchmarks/objects_large.py " + " ".join(argv or __import__("sys").argv[1:]),
+    result = {"command": "python benchmarks/objects_large.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(), "versions": versions(), "load": [round(v, 2) for v in load_average()],
               "size": args.size, "radius": args.radius, "joined": args.joined, "discs": count,
               "objects": decoded.count, "cut": decoded.cut, "ap50": scores["ap50"], "ap_50_95": scores["ap_50_95"],

@@ -19,12 +19,12 @@ from .targets import BACKGROUND, BOUNDARY, INTERIOR, NUM_CLASSES, instance_dtype
 # and test AP@0.5 by +0.8 to +3.0 in all four pairs (objects and labels-only arms); 0.3 lowered both. A stricter
 # seed splits touching nuclei whose interiors the network joins with a less sure bridge.
 SEED_THRESHOLD = 0.7
-MIN_SIZE = 20  # pixels (voxels): smaller seedless fragments are dropped (4 before: +0.3 to +1.5 AP@0.5 points on the
-# collection of the same four models, seedless specks being mostly false objects)
+MIN_SIZE = 20  # pixels (voxels): smaller seedless fragments are dropped (4 before: +0.3 to +1.0 AP@0.5 points on the
+# collection of the four dsb2018 models below, seedless specks being mostly false objects)
 # Splitting seeds at their necks. A network trained on a few images often leaves the boundary between two touching
 # nuclei incomplete, so their interiors join into one seed: decoding the network's own foreground with the true
-# objects' split gave AP@0.5 0.89-0.90 on the dsb2018 test images, its seeds 0.69-0.70 (benchmarks/objects.py,
-# K = 2, 180 CPU-s). A seed is split where its distance map, smoothed by SPLIT_SMOOTHING, has two maxima that each
+# objects' split gave AP@0.5 0.89-0.92 on the dsb2018 test images, its seeds 0.69-0.70 (four models, K = 2,
+# 180 CPU-s; benchmarks/objects_decoding.py). A seed is split where its distance map, smoothed by SPLIT_SMOOTHING, has two maxima that each
 # rise SPLIT_DEPTH of the piece's highest distance above the neck between them (h-maxima of the distance map divided
 # by that height, so that the rule is the same for nuclei of 3 px and glands of 30 px). Chosen on the collections
 # (the first unlabelled pool images) of six trained models: on dsb2018 +3 to +6 AP@0.5 points against no split for
@@ -91,17 +91,14 @@ def split_seeds(seed_mask: np.ndarray, tie_break: np.ndarray | float = 0.0) -> n
     del relative
     # one marker per maximum (a plateau may touch itself only diagonally) and per piece
     maxima = measure.label(peaks, connectivity=seed_mask.ndim)
-    keys = np.unique(maxima[peaks].astype(np.int64) * (count + 1) + pieces[peaks])
-    markers_per_piece = np.bincount(keys % (count + 1), minlength=count + 1)
-    several = markers_per_piece > 1
+    keys, marker_ids = np.unique(maxima[peaks].astype(np.int64) * (count + 1) + pieces[peaks], return_inverse=True)
+    several = np.bincount(keys % (count + 1), minlength=count + 1) > 1  # pieces with several markers
     if not several.any():
         return pieces
     shared = several[pieces]
     markers = np.zeros(seed_mask.shape, np.int64)
-    in_shared = peaks & shared
-    _, marker_ids = np.unique(maxima[in_shared].astype(np.int64) * (count + 1) + pieces[in_shared],
-                              return_inverse=True)
-    markers[in_shared] = marker_ids.ravel() + 1
+    markers[peaks] = marker_ids.ravel() + 1
+    markers[~shared] = 0  # a piece with one marker stays one seed: no flood needed
     split = segmentation.watershed(tie_break - distance, markers=markers, mask=shared)
     return np.where(shared, split + count, pieces)
 
